@@ -1,0 +1,282 @@
+"""Flax CLIP towers with submodule names that mirror OpenCLIP's PyTorch keys.
+
+`visual.transformer.resblocks.3.attn.in_proj_weight` lives at
+`params['visual']['transformer']['resblocks_3']['attn']['in_proj']['kernel']` (transposed), so the
+checkpoint converter is a table. Attention keeps OpenCLIP's fused q/k/v projection: one matmul.
+
+Text of any length L <= context_length is accepted: under the causal mask the pooled (EOT) output
+depends only on the tokens before it, so encoding at a shorter length with the first L positional
+embeddings gives the same features as padding to 77 (see `tokenizer.trim_to_buckets`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hpjax.models.config import CLIPConfig, TextConfig, VisionConfig
+
+Dtype = Any
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+  # PyTorch's eps and two-pass variance: the parity traps of design.md.
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+                      param_dtype=param_dtype, name=name)
+
+
+class MultiheadAttention(nn.Module):
+  """torch.nn.MultiheadAttention with a fused in-projection (in_proj_weight/bias, out_proj)."""
+  width: int
+  heads: int
+  causal: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    batch, length, _ = x.shape
+    head_dim = self.width // self.heads
+    init = nn.initializers.normal(self.width ** -0.5)
+    qkv = nn.Dense(3 * self.width, kernel_init=init, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="in_proj")(x)
+    q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.heads, head_dim), 3, axis=2)
+    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=self.causal)
+    out = out.reshape(batch, length, self.width)
+    return nn.Dense(self.width, kernel_init=init, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="out_proj")(out)
+
+
+class MLP(nn.Module):
+  width: int
+  hidden: int
+  activation: Callable
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                 kernel_init=nn.initializers.normal((2 * self.width) ** -0.5), name="c_fc")(x)
+    x = self.activation(x)
+    return nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=nn.initializers.normal(self.hidden ** -0.5), name="c_proj")(x)
+
+
+class LayerScale(nn.Module):
+  init_value: float
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],),
+                       self.param_dtype)
+    return x * gamma.astype(x.dtype)
+
+
+class ResidualAttentionBlock(nn.Module):
+  width: int
+  heads: int
+  mlp_ratio: float
+  activation: Callable
+  causal: bool = False
+  ls_init_value: float | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    scale = (lambda name: LayerScale(self.ls_init_value, self.param_dtype, name=name)
+             if self.ls_init_value is not None else (lambda y: y))
+    y = _layer_norm("ln_1", **kw)(x)
+    y = MultiheadAttention(self.width, self.heads, self.causal, name="attn", **kw)(y)
+    x = x + scale("ls_1")(y)
+    y = _layer_norm("ln_2", **kw)(x)
+    y = MLP(self.width, int(self.width * self.mlp_ratio), self.activation, name="mlp", **kw)(y)
+    return x + scale("ls_2")(y)
+
+
+class Transformer(nn.Module):
+  width: int
+  layers: int
+  heads: int
+  mlp_ratio: float
+  activation: Callable
+  causal: bool = False
+  ls_init_value: float | None = None
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    for i in range(self.layers):
+      x = block(self.width, self.heads, self.mlp_ratio, self.activation, self.causal,
+                self.ls_init_value, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x)
+    return x
+
+
+class VisionTransformer(nn.Module):
+  cfg: VisionConfig
+  output_dim: int
+  activation: Callable
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    """images: (N, H, W, 3) normalised floats -> (N, output_dim) unnormalised features."""
+    cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    scale = cfg.width ** -0.5
+    x = nn.Conv(cfg.width, (cfg.patch_size,) * 2, strides=(cfg.patch_size,) * 2, padding="VALID",
+                use_bias=False, name="conv1", **kw)(images.astype(self.dtype))
+    x = x.reshape(x.shape[0], -1, cfg.width)
+    cls = self.param("class_embedding", nn.initializers.normal(scale), (cfg.width,),
+                     self.param_dtype)
+    pos = self.param("positional_embedding", nn.initializers.normal(scale),
+                     (cfg.grid_size ** 2 + 1, cfg.width), self.param_dtype)
+    if x.shape[1] + 1 != pos.shape[0]:
+      raise ValueError(f"image of {images.shape[1:3]} gives {x.shape[1]} patches; the model "
+                       f"expects {cfg.image_size}x{cfg.image_size} ({pos.shape[0] - 1} patches)")
+    cls = jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.width))
+    x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)
+    if not cfg.no_ln_pre:
+      x = _layer_norm("ln_pre", **kw)(x)
+    x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation,
+                    ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer", **kw)(x)
+    ln_post = _layer_norm("ln_post", **kw)
+    if cfg.final_ln_after_pool:
+      pooled = ln_post(_pool_image(x, cfg.pool_type))
+    else:
+      pooled = _pool_image(ln_post(x), cfg.pool_type)
+    proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.output_dim),
+                      self.param_dtype)
+    return pooled @ proj.astype(pooled.dtype)
+
+
+def _pool_image(x, pool_type: str):
+  if pool_type == "tok":
+    return x[:, 0]
+  if pool_type == "avg":
+    return x[:, 1:].mean(axis=1)
+  raise ValueError(f"vision pool_type {pool_type!r} is not supported (use 'tok' or 'avg')")
+
+
+class TextTransformer(nn.Module):
+  """The text tower; its parameters sit at the top level of CLIP, as in OpenCLIP's CLIP."""
+  cfg: TextConfig
+  output_dim: int
+  activation: Callable
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    """tokens: (N, L) int32 with L <= context_length -> (N, output_dim) unnormalised features."""
+    cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    length = tokens.shape[1]
+    if length > cfg.context_length:
+      raise ValueError(f"token length {length} exceeds context_length {cfg.context_length}")
+    x = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02),
+                 name="token_embedding", **kw)(tokens)
+    pos = self.param("positional_embedding", nn.initializers.normal(0.01),
+                     (cfg.context_length, cfg.width), self.param_dtype)
+    x = x + pos[:length].astype(x.dtype)
+    x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation, causal=True,
+                    ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer", **kw)(x)
+    ln_final = _layer_norm("ln_final", **kw)
+    if cfg.pool_type != "argmax":
+      raise ValueError(f"text pool_type {cfg.pool_type!r} is not supported (use 'argmax')")
+    # EOT has the largest id, so argmax finds it (the first one on ties, as torch does).
+    eot = jnp.argmax(tokens, axis=-1)
+    if cfg.final_ln_after_pool:
+      pooled = ln_final(jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0])
+    else:
+      pooled = jnp.take_along_axis(ln_final(x), eot[:, None, None], axis=1)[:, 0]
+    init = nn.initializers.normal(cfg.width ** -0.5)
+    if cfg.proj_bias:
+      return nn.Dense(self.output_dim, kernel_init=init, name="text_projection", **kw)(pooled)
+    proj = self.param("text_projection", init, (cfg.width, self.output_dim), self.param_dtype)
+    return pooled @ proj.astype(pooled.dtype)
+
+
+class CLIP(nn.Module):
+  """OpenCLIP's CLIP in Flax.
+
+  Attributes:
+    config: the architecture.
+    dtype: compute dtype (e.g. bfloat16); attention softmax and the final features stay fp32.
+    param_dtype: storage dtype of the parameters.
+    remat: recompute each residual block in the backward pass (saves activation memory).
+  """
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    cfg = self.config
+    act = quick_gelu if cfg.quick_gelu else exact_gelu
+    kw = dict(activation=act, remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
+    # share_scope puts the text tower's parameters at CLIP's top level, as OpenCLIP keys them.
+    self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
+    nn.share_scope(self, self.text)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.init_logit_scale),
+                                  (), jnp.float32)
+    if cfg.init_logit_bias is not None:
+      self.logit_bias = self.param("logit_bias", nn.initializers.constant(cfg.init_logit_bias),
+                                   (), jnp.float32)
+
+  def encode_image(self, images, normalize: bool = False):
+    return _maybe_normalize(self.visual(images).astype(jnp.float32), normalize)
+
+  def encode_text(self, tokens, normalize: bool = False):
+    return _maybe_normalize(self.text(tokens).astype(jnp.float32), normalize)
+
+  def __call__(self, images, tokens):
+    """Returns (normalised image features, normalised text features, exp(logit_scale))."""
+    return (self.encode_image(images, normalize=True), self.encode_text(tokens, normalize=True),
+            jnp.exp(self.logit_scale))
+
+
+def _maybe_normalize(x, normalize: bool):
+  if not normalize:
+    return x
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def init_params(model: CLIP, rng: jax.Array, batch: int = 1) -> dict:
+  """Random parameters for `model` (shape-only tracing, no dummy forward pass at full size)."""
+  cfg = model.config
+  images = jnp.zeros((batch, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
+  tokens = jnp.zeros((batch, cfg.text.context_length), jnp.int32)
+  return jax.jit(model.init)(rng, images, tokens)["params"]
+
+
+def param_shapes(model: CLIP) -> dict:
+  """The parameter tree as ShapeDtypeStructs, without allocating anything."""
+  cfg = model.config
+  images = jax.ShapeDtypeStruct((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
+  tokens = jax.ShapeDtypeStruct((1, cfg.text.context_length), jnp.int32)
+  return jax.eval_shape(model.init, jax.random.key(0), images, tokens)["params"]
+
+
+def num_params(params) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -1,0 +1,132 @@
+"""Model configs in OpenCLIP's JSON schema (embed_dim, vision_cfg, text_cfg, quick_gelu).
+
+Configs ship as package data under `models/configs/`; a user may also pass the path of a JSON
+file of their own. Only the fields the Flax towers implement are accepted: an unknown or
+unsupported field is an error rather than a silently different model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+
+# OpenCLIP fields that do not change the architecture we build (tokenizer hints, timm/HF
+# tower names are rejected separately below).
+_IGNORED_TEXT_FIELDS = {"hf_tokenizer_name", "tokenizer_kwargs"}
+_IGNORED_TOP_FIELDS = {"custom_text"}
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  image_size: int = 224
+  layers: int = 12
+  width: int = 768
+  head_width: int = 64
+  mlp_ratio: float = 4.0
+  patch_size: int = 16
+  ls_init_value: float | None = None
+  final_ln_after_pool: bool = False
+  pool_type: str = "tok"
+  no_ln_pre: bool = False
+
+  @property
+  def heads(self) -> int:
+    return self.width // self.head_width
+
+  @property
+  def grid_size(self) -> int:
+    return self.image_size // self.patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  context_length: int = 77
+  vocab_size: int = 49408
+  width: int = 512
+  heads: int = 8
+  layers: int = 12
+  mlp_ratio: float = 4.0
+  ls_init_value: float | None = None
+  final_ln_after_pool: bool = False
+  pool_type: str = "argmax"
+  proj_bias: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+  embed_dim: int
+  vision: VisionConfig
+  text: TextConfig
+  quick_gelu: bool = False
+  init_logit_scale: float = 2.6592600345611572  # ln(1 / 0.07), as OpenCLIP.
+  init_logit_bias: float | None = None
+  name: str = "custom"
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "CLIPConfig":
+    d = dict(d)
+    for key in _IGNORED_TOP_FIELDS:
+      d.pop(key, None)
+    vision = _build(VisionConfig, d.pop("vision_cfg", {}), f"{name}: vision_cfg", set())
+    text = _build(TextConfig, d.pop("text_cfg", {}), f"{name}: text_cfg", _IGNORED_TEXT_FIELDS)
+    top = {f.name for f in dataclasses.fields(cls)} - {"vision", "text", "name"}
+    unknown = sorted(set(d) - top)
+    if unknown:
+      raise ValueError(f"{name}: unsupported top-level config fields {unknown}; known: {sorted(top)}")
+    if "embed_dim" not in d:
+      raise ValueError(f"{name}: config has no 'embed_dim'")
+    return cls(vision=vision, text=text, name=name, **d)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The OpenCLIP JSON form (defaults omitted where OpenCLIP omits them)."""
+    out: dict[str, Any] = {"embed_dim": self.embed_dim}
+    if self.quick_gelu:
+      out["quick_gelu"] = True
+    if self.init_logit_bias is not None:
+      out["init_logit_bias"] = self.init_logit_bias
+    out["vision_cfg"] = _non_default(self.vision)
+    out["text_cfg"] = _non_default(self.text)
+    return out
+
+
+def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
+  fields = {k: v for k, v in fields.items() if k not in ignored}
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(
+        f"{where}: unsupported fields {unknown} (timm/HF towers, attentional pooling and other "
+        f"OpenCLIP variants are not ported); supported: {sorted(known)}")
+  return cls(**fields)
+
+
+def _non_default(cfg) -> dict[str, Any]:
+  out = {}
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    if value != f.default or f.name in ("image_size", "layers", "width", "patch_size",
+                                        "context_length", "vocab_size", "heads"):
+      out[f.name] = value
+  return out
+
+
+def list_models() -> list[str]:
+  """Names of the configs shipped with hpjax."""
+  return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def get_model_config(name_or_path: str) -> CLIPConfig:
+  """Returns the config for a shipped model name or a path to an OpenCLIP-schema JSON file."""
+  path = pathlib.Path(name_or_path)
+  if path.suffix == ".json" and path.is_file():
+    return CLIPConfig.from_dict(json.loads(path.read_text()), name=path.stem)
+  shipped = CONFIG_DIR / f"{name_or_path}.json"
+  if not shipped.is_file():
+    raise ValueError(
+        f"unknown model {name_or_path!r}: not a shipped config and not a JSON file; "
+        f"known models: {', '.join(list_models())}")
+  return CLIPConfig.from_dict(json.loads(shipped.read_text()), name=name_or_path)
