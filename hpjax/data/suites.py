@@ -1,0 +1,284 @@
+"""Evaluation suites as one record schema: an image (optionally cropped) and its caption options.
+
+Every benchmark the evaluator knows is read into `EvalRecord`s whose captions carry a role:
+`c` (a true caption), `c_n` (a hard negative) or `c_p` (a hard positive). The metrics of a
+suite depend only on those roles and the suite's `kind`, so a loader knows nothing of models and
+a scorer knows nothing of file formats.
+
+Bad input fails loudly: a missing field, a mismatched data/ and swapped_data/ pair or a bad crop
+box raises `SuiteFormatError` naming the file and the record's index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+# Roles of the caption options.
+C, C_N, C_P = "c", "c_n", "c_p"
+
+# Suite kinds: each one has its own metrics (see hpjax.evaluate.metrics).
+HARD_POSITIVE = "hard_positive"  # (c, c_n, c_p): REPLACE and SWAP.
+PAIR = "pair"  # c options vs c_n options: SugarCrepe, VL-CheckList.
+ARO_RELATION = "aro_relation"  # (c, c_n), macro accuracy over relations.
+ARO_ATTRIBUTION = "aro_attribution"  # (c, c_n), macro accuracy over attribute pairs.
+SUGARCREPE_PP = "sugarcrepe_pp"  # (c, c_p, c_n): ITT and TOT accuracies.
+KINDS = (HARD_POSITIVE, PAIR, ARO_RELATION, ARO_ATTRIBUTION, SUGARCREPE_PP)
+
+REPLACE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations")
+SWAP_NAME = "visual_genome_attribution"
+SUGARCREPE_FILES = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel",
+                    "swap_att", "swap_obj")
+SUGARCREPE_PP_FILES = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+class SuiteFormatError(ValueError):
+  """A suite file does not have the documented format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRecord:
+  """One test case.
+
+  Attributes:
+    image: image path, relative to the evaluator's image root unless absolute.
+    captions: the caption options.
+    roles: one of `c`, `c_n`, `c_p` per caption.
+    source: the file the record came from (for error messages and reports).
+    index: the record's index (or key) in that file.
+    crop: optional (x, y, w, h) box in pixels; the image is cropped to it before scoring.
+    group: optional label for macro-averaged metrics (ARO relation or attribute pair).
+  """
+  image: str
+  captions: tuple[str, ...]
+  roles: tuple[str, ...]
+  source: str
+  index: int
+  crop: tuple[float, float, float, float] | None = None
+  group: str | None = None
+
+  def caption(self, role: str) -> str:
+    """The first caption with `role`."""
+    return self.captions[self.roles.index(role)]
+
+  @property
+  def where(self) -> str:
+    return f"{self.source} [index {self.index}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  name: str
+  kind: str
+  records: tuple[EvalRecord, ...]
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"suite {self.name}: unknown kind {self.kind!r}; expected one of {KINDS}")
+
+  def __len__(self):
+    return len(self.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading helpers.
+
+def _read_json(path: str) -> Any:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"suite file not found: {path}")
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise SuiteFormatError(f"{path}: not valid JSON ({e})") from e
+
+
+def _read_list(path: str) -> list:
+  data = _read_json(path)
+  if not isinstance(data, list):
+    raise SuiteFormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+  return data
+
+
+def _indexed_items(path: str) -> list[tuple[int, Any]]:
+  """(index, record) pairs of a JSON list or of an object keyed by (non-contiguous) indices."""
+  data = _read_json(path)
+  if isinstance(data, list):
+    return list(enumerate(data))
+  if not isinstance(data, dict):
+    raise SuiteFormatError(f"{path}: expected a JSON list or an object keyed by indices")
+  items = []
+  for key, value in data.items():
+    try:
+      items.append((int(key), value))
+    except ValueError:
+      raise SuiteFormatError(f"{path}: key {key!r} is not an integer index") from None
+  return sorted(items, key=lambda kv: kv[0])
+
+
+def _get(record: Any, key: str, path: str, index: int, kind: type | tuple = str) -> Any:
+  if not isinstance(record, dict):
+    raise SuiteFormatError(f"{path} [index {index}]: expected an object, got "
+                           f"{type(record).__name__}")
+  if key not in record:
+    raise SuiteFormatError(f"{path} [index {index}]: missing field {key!r} "
+                           f"(has {sorted(record)})")
+  value = record[key]
+  if not isinstance(value, kind) or isinstance(value, bool):
+    raise SuiteFormatError(f"{path} [index {index}]: field {key!r} should be "
+                           f"{getattr(kind, '__name__', kind)}, got {value!r}")
+  return value
+
+
+def _crop_box(record: dict, path: str, index: int) -> tuple[float, float, float, float]:
+  box = tuple(float(_get(record, k, path, index, (int, float)))
+              for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+  if box[2] <= 0 or box[3] <= 0 or box[0] < 0 or box[1] < 0:
+    raise SuiteFormatError(f"{path} [index {index}]: crop box (x, y, w, h) = {box} must have "
+                           "x, y >= 0 and w, h > 0")
+  return box
+
+
+def _image_path(image_dir: str | None, path: str) -> str:
+  return os.path.join(image_dir, path) if image_dir else path
+
+
+# ---------------------------------------------------------------------------------------------
+# REPLACE and SWAP: the authors' data/ + swapped_data/ layout.
+
+def load_hard_positive_suite(root: str, name: str, image_dir: str | None = None,
+                             crop: bool | None = None) -> Suite:
+  """Pairs `root/data/<name>.json` (c, c_n) with `root/swapped_data/<name>.json` (c_p, c_n).
+
+  Records are paired by index; at each index both files must agree on the image (`image_id`
+  where present, `image_path`, and the crop box) and on `false_caption` (= c_n).
+  `crop` defaults to True for SWAP (ARO VG-Attribution boxes) and False for REPLACE.
+  """
+  crop = (name == SWAP_NAME) if crop is None else crop
+  data_path = os.path.join(root, "data", f"{name}.json")
+  swap_path = os.path.join(root, "swapped_data", f"{name}.json")
+  originals, swapped = _read_list(data_path), _read_list(swap_path)
+  if len(originals) != len(swapped):
+    raise SuiteFormatError(f"{data_path} has {len(originals)} records but {swap_path} has "
+                           f"{len(swapped)}: the files are paired by index")
+  keys = ["image_path", "false_caption"]
+  keys += ["bbox_x", "bbox_y", "bbox_w", "bbox_h"] if crop else []
+  records = []
+  for index, (orig, swap) in enumerate(zip(originals, swapped)):
+    c = _get(orig, "true_caption", data_path, index)
+    c_p = _get(swap, "true_caption", swap_path, index)
+    for key in keys:
+      a, b = _get(orig, key, data_path, index, object), _get(swap, key, swap_path, index, object)
+      if a != b:
+        raise SuiteFormatError(f"{data_path} and {swap_path} disagree at index {index}: "
+                               f"{key} {a!r} vs {b!r} (records are paired by index)")
+    if "image_id" in orig or "image_id" in swap:
+      a = _get(orig, "image_id", data_path, index, (str, int))
+      b = _get(swap, "image_id", swap_path, index, (str, int))
+      if a != b:
+        raise SuiteFormatError(f"{data_path} and {swap_path} disagree at index {index}: "
+                               f"image_id {a!r} vs {b!r} (records are paired by index)")
+    c_n = _get(orig, "false_caption", data_path, index)
+    records.append(EvalRecord(
+        image=_image_path(image_dir, _get(orig, "image_path", data_path, index)),
+        captions=(c, c_n, c_p), roles=(C, C_N, C_P), source=f"{name}.json", index=index,
+        crop=_crop_box(orig, data_path, index) if crop else None))
+  return Suite(name, HARD_POSITIVE, tuple(records))
+
+
+def load_replace(root: str, image_dir: str | None = None) -> dict[str, Suite]:
+  """REPLACE-attributes and REPLACE-relations (uncropped Visual Genome images)."""
+  return {name: load_hard_positive_suite(root, name, image_dir) for name in REPLACE_NAMES}
+
+
+def load_swap(root: str, image_dir: str | None = None) -> Suite:
+  """SWAP: ARO VG-Attribution records, each image cropped to its box."""
+  return load_hard_positive_suite(root, SWAP_NAME, image_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Other compositionality benchmarks.
+
+def _load_keyed_files(root: str, files: Sequence[str], prefix: str, kind: str,
+                      fields: Sequence[str], roles: tuple[str, ...],
+                      image_dir: str | None) -> dict[str, Suite]:
+  """One suite per `root/<file>.json`: COCO `filename` plus the caption `fields` in `roles`."""
+  suites = {}
+  for name in files:
+    path = os.path.join(root, f"{name}.json")
+    records = tuple(
+        EvalRecord(image=_image_path(image_dir, _get(rec, "filename", path, index)),
+                   captions=tuple(_get(rec, k, path, index) for k in fields), roles=roles,
+                   source=os.path.basename(path), index=index)
+        for index, rec in _indexed_items(path))
+    suites[f"{prefix}/{name}"] = Suite(f"{prefix}/{name}", kind, records)
+  return suites
+
+
+def load_sugarcrepe(root: str, image_dir: str | None = None,
+                    files: Sequence[str] = SUGARCREPE_FILES) -> dict[str, Suite]:
+  """SugarCrepe: `root/<file>.json`, objects keyed by (not always contiguous) string indices."""
+  return _load_keyed_files(root, files, "sugarcrepe", PAIR, ("caption", "negative_caption"),
+                           (C, C_N), image_dir)
+
+
+def load_sugarcrepe_pp(root: str, image_dir: str | None = None,
+                       files: Sequence[str] = SUGARCREPE_PP_FILES) -> dict[str, Suite]:
+  """SugarCrepe++: two true captions (`caption`, `caption2`) and a `negative_caption`."""
+  return _load_keyed_files(root, files, "sugarcrepe_pp", SUGARCREPE_PP,
+                           ("caption", "caption2", "negative_caption"), (C, C_P, C_N), image_dir)
+
+
+def load_aro(path: str, image_dir: str | None = None) -> Suite:
+  """ARO VG-Relation (`relation_name`) or VG-Attribution (`attributes`), cropped to the box.
+
+  The kind follows the file: records with `relation_name` are grouped by relation, records with
+  `attributes` by the attribute pair, as the official ARO code does for its macro accuracy.
+  """
+  items = list(enumerate(_read_list(path)))
+  if not items:
+    raise SuiteFormatError(f"{path}: no records")
+  is_relation = isinstance(items[0][1], dict) and "relation_name" in items[0][1]
+  records = []
+  for index, rec in items:
+    if is_relation:
+      group = _get(rec, "relation_name", path, index)
+    else:
+      attributes = _get(rec, "attributes", path, index, list)
+      if len(attributes) != 2:
+        raise SuiteFormatError(f"{path} [index {index}]: 'attributes' should hold 2 items, got "
+                               f"{attributes!r}")
+      group = f"{attributes[0]}_{attributes[1]}"
+    records.append(EvalRecord(
+        image=_image_path(image_dir, _get(rec, "image_path", path, index)),
+        captions=(_get(rec, "true_caption", path, index), _get(rec, "false_caption", path, index)),
+        roles=(C, C_N), source=os.path.basename(path), index=index,
+        crop=_crop_box(rec, path, index), group=group))
+  name = "aro/vg_relation" if is_relation else "aro/vg_attribution"
+  return Suite(name, ARO_RELATION if is_relation else ARO_ATTRIBUTION, tuple(records))
+
+
+def load_vl_checklist(path: str, image_dir: str | None = None, name: str | None = None) -> Suite:
+  """VL-CheckList: a JSON list of `[image_path, {"POS": [...], "NEG": [...]}]`."""
+  records = []
+  for index, item in enumerate(_read_list(path)):
+    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+      raise SuiteFormatError(f"{path} [index {index}]: expected [image_path, "
+                             f"{{'POS': [...], 'NEG': [...]}}], got {item!r:.200}")
+    pos = _get(item[1], "POS", path, index, list)
+    neg = _get(item[1], "NEG", path, index, list)
+    if not pos or not neg or not all(isinstance(t, str) for t in pos + neg):
+      raise SuiteFormatError(f"{path} [index {index}]: POS and NEG must be non-empty lists of "
+                             "strings")
+    records.append(EvalRecord(
+        image=_image_path(image_dir, item[0]), captions=tuple(pos + neg),
+        roles=(C,) * len(pos) + (C_N,) * len(neg), source=os.path.basename(path), index=index))
+  name = name or "vl_checklist/" + os.path.splitext(os.path.basename(path))[0]
+  return Suite(name, PAIR, tuple(records))
+
+
+def unique_images(records: Iterable[EvalRecord]) -> list[tuple[str, Any]]:
+  """Distinct (image, crop) keys in first-seen order."""
+  return list(dict.fromkeys((r.image, r.crop) for r in records))
