@@ -1,0 +1,1 @@
+"""Evaluation: metrics per suite kind, a deduplicating sharded scorer, the evaluator, reports."""
