@@ -1,0 +1,137 @@
+"""OpenCLIP state dict <-> Flax CLIP params: a table of renaming rules plus layouts.
+
+The Flax module names mirror OpenCLIP's keys (see models/clip.py), so a Flax path such as
+`visual/transformer/resblocks_3/mlp/c_fc/kernel` becomes the OpenCLIP key
+`visual.transformer.resblocks.3.mlp.c_fc.weight` by the first matching rule below, and the
+tensor changes layout (Linear (out, in) <-> kernel (in, out); conv OIHW <-> HWIO).
+Every key of the model is derived from the model's own parameter shapes, so a checkpoint is
+checked completely (missing, unexpected and mis-shaped keys) before anything is converted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from hpjax.models.clip import CLIP, param_shapes
+from hpjax.models.config import CLIPConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How an OpenCLIP tensor is permuted into its Flax parameter, and back."""
+  name: str
+  to_flax: tuple[int, ...] | None
+  to_torch: tuple[int, ...] | None
+
+
+SAME = Layout("same", None, None)
+LINEAR = Layout("linear", (1, 0), (1, 0))
+CONV = Layout("conv", (2, 3, 1, 0), (3, 2, 0, 1))
+
+# (Flax path joined by '.', OpenCLIP key, layout); the first match wins.
+RULES = (
+    (r"(.*)\.in_proj\.kernel", r"\1.in_proj_weight", LINEAR),
+    (r"(.*)\.in_proj\.bias", r"\1.in_proj_bias", SAME),
+    (r"(.*)conv1\.kernel", r"\1conv1.weight", CONV),
+    (r"(.*)\.kernel", r"\1.weight", LINEAR),
+    (r"(.*)\.scale", r"\1.weight", SAME),  # LayerNorm
+    (r"(.*)\.embedding", r"\1.weight", SAME),  # token_embedding
+    (r"(.*)", r"\1", SAME),  # class/positional embeddings, proj, text_projection, ls gamma, logits
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  flax_path: tuple[str, ...]
+  layout: Layout
+  flax_shape: tuple[int, ...]
+  torch_shape: tuple[int, ...]
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose keys or shapes do not fit the architecture; lists every problem."""
+
+  def __init__(self, source: str, model: str, missing, unexpected, misshaped):
+    self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), misshaped
+    lines = [f"{source} does not fit model {model!r}: {len(self.missing)} missing, "
+             f"{len(self.unexpected)} unexpected, {len(misshaped)} mis-shaped keys"]
+    lines += [f"  missing: {k}" for k in self.missing]
+    lines += [f"  unexpected: {k}" for k in self.unexpected]
+    lines += [f"  mis-shaped: {k}: checkpoint {got} vs model {want}"
+              for k, (got, want) in misshaped.items()]
+    super().__init__("\n".join(lines))
+
+
+def openclip_key(flax_path: tuple[str, ...]) -> tuple[str, Layout]:
+  """The OpenCLIP key and layout of one Flax parameter path."""
+  joined = re.sub(r"resblocks_(\d+)", r"resblocks.\1", ".".join(flax_path))
+  for pattern, template, layout in RULES:
+    if re.fullmatch(pattern, joined):
+      return re.sub(pattern, template, joined), layout
+  raise AssertionError(f"no rule for {joined}")  # The last rule matches everything.
+
+
+@functools.lru_cache(maxsize=16)
+def key_table(config: CLIPConfig) -> dict[str, Entry]:
+  """OpenCLIP key -> (Flax path, layout, OpenCLIP shape) for every parameter of `config`."""
+  table = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(CLIP(config)))[0]:
+    flax_path = tuple(p.key for p in path)
+    key, layout = openclip_key(flax_path)
+    flax_shape = tuple(leaf.shape)
+    torch_shape = flax_shape
+    if layout.to_torch is not None:
+      torch_shape = tuple(flax_shape[i] for i in layout.to_torch)
+    table[key] = Entry(flax_path, layout, flax_shape, torch_shape)
+  return table
+
+
+def check_keys(state: Mapping[str, tuple[int, ...]], table: Mapping[str, tuple[int, ...]],
+               source: str, model: str) -> None:
+  """Raises one CheckpointMismatchError if `state` (key -> shape) does not match `table`."""
+  missing = sorted(set(table) - set(state))
+  unexpected = sorted(set(state) - set(table))
+  misshaped = {k: (tuple(state[k]), tuple(table[k])) for k in sorted(set(state) & set(table))
+               if tuple(state[k]) != tuple(table[k])}
+  if missing or unexpected or misshaped:
+    raise CheckpointMismatchError(source, model, missing, unexpected, misshaped)
+
+
+def openclip_to_params(state_dict: Mapping[str, np.ndarray], config: CLIPConfig,
+                       param_dtype=np.float32, source: str = "checkpoint") -> dict:
+  """An OpenCLIP-keyed state dict (numpy arrays) -> the nested Flax params of `config`."""
+  table = key_table(config)
+  check_keys({k: np.shape(v) for k, v in state_dict.items()},
+             {k: e.torch_shape for k, e in table.items()}, source, config.name)
+  params: dict = {}
+  for key, entry in table.items():
+    value = np.asarray(state_dict[key])
+    if entry.layout.to_flax is not None:
+      value = value.transpose(entry.layout.to_flax)
+    node = params
+    for name in entry.flax_path[:-1]:
+      node = node.setdefault(name, {})
+    node[entry.flax_path[-1]] = np.array(value, dtype=param_dtype, order="C")
+  return params
+
+
+def params_to_openclip(params, config: CLIPConfig, dtype=np.float32) -> dict[str, np.ndarray]:
+  """Flax params of `config` -> an OpenCLIP state dict of contiguous numpy arrays."""
+  table = key_table(config)
+  flat = {openclip_key(tuple(p.key for p in path))[0]: leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  check_keys({k: np.shape(v) for k, v in flat.items()},
+             {k: e.flax_shape for k, e in table.items()}, "params", config.name)
+  out = {}
+  for key, entry in table.items():
+    value = np.asarray(jax.device_get(flat[key]))
+    if entry.layout.to_torch is not None:
+      value = value.transpose(entry.layout.to_torch)
+    out[key] = np.array(value, dtype=dtype, order="C")
+  return out
