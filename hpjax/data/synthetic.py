@@ -1,0 +1,327 @@
+"""A synthetic compositional world: the study's embedded default when no dataset is at hand.
+
+`write_world(out_dir)` renders scenes of two or three coloured shapes and writes
+- `train.jsonl`: training records `{"image", "caption", "hard_negatives", "hard_positives"}`
+  (image paths relative to the JSONL's folder, PNG files);
+- `eval/data/<suite>.json` + `eval/swapped_data/<suite>.json`: the REPLACE (attributes,
+  relations) and SWAP (VG-Attribution) suites in the authors' layout, paired by index, image
+  paths relative to `out_dir`;
+- `scenes.jsonl`: every image's scene, so anyone can re-check any caption with
+  `synthetic_world.holds`;
+- `manifest.json`: the parameters and a digest of every file; a second call with the same
+  parameters reuses the world.
+
+Some (colour, shape) combinations are held out: no training image shows them and no training
+caption, hard negative or hard positive names them; the evaluation scenes draw from all
+combinations. Every caption's label is checked by the scene semantics before it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+from absl import logging
+
+from hpjax.data import synthetic_world as sw
+from hpjax.data.synthetic_render import render
+
+GENERATOR = "hpjax.data.synthetic"
+VERSION = 1
+SUITE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations", "visual_genome_attribution")
+DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond"),
+                   ("yellow", "square"))
+# How often a training caption's phrase names the colour, the size or both.
+_DETAILS, _DETAIL_P = ("colour", "size", "both"), (0.35, 0.15, 0.5)
+_MAX_TRIES = 100
+
+
+class WorldPaths(NamedTuple):
+  train_jsonl: str
+  eval_root: str
+  image_root: str
+
+  @property
+  def scenes_jsonl(self) -> str:
+    return os.path.join(self.image_root, "scenes.jsonl")
+
+  @property
+  def manifest(self) -> str:
+    return os.path.join(self.image_root, "manifest.json")
+
+
+def _pick(rng: np.random.Generator, items: Sequence):
+  return items[rng.integers(len(items))] if items else None
+
+
+def _checked(candidates: Sequence[sw.Caption], scene: sw.Scene, truth: bool,
+             avoid: frozenset = frozenset(), exclude: Sequence[str] = ()) -> list[sw.Caption]:
+  """The candidates whose truth in `scene` is `truth`, naming no `avoid` combo, texts unique.
+
+  Truth is judged on the caption's text parsed back, so what is checked is what gets written.
+  """
+  seen, out = set(exclude), []
+  for caption in candidates:
+    if (caption.text not in seen and sw.holds(caption.text, scene) == truth
+        and not sw.named_combos(caption) & avoid):
+      seen.add(caption.text)
+      out.append(caption)
+  return out
+
+
+def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.Obj, sw.Obj]]:
+  pairs = list(itertools.permutations(scene.objects, 2))
+  return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training records.
+
+def _training_caption(rng: np.random.Generator, scene: sw.Scene) -> sw.Caption:
+  a, b = _ordered_pairs(rng, scene)[0]
+  detail = lambda: _DETAILS[rng.choice(len(_DETAILS), p=_DETAIL_P)]
+  if rng.random() < 0.5:
+    return sw.Caption(sw.describe(rng, a, "the", detail()), sw.AND,
+                      sw.describe(rng, b, "the", detail()))
+  return sw.Caption(sw.describe(rng, a, "a", detail()), sw.relate(rng, a, b),
+                    sw.describe(rng, b, "a", detail()))
+
+
+def training_record(rng: np.random.Generator, scene: sw.Scene, heldout: frozenset,
+                    num_negatives: int, num_positives: int) -> dict:
+  """A caption of the scene with checked hard negatives (one per edit kind first) and positives."""
+  caption = _training_caption(rng, scene)
+  if not sw.holds(caption.text, scene):
+    raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
+  negative_kinds = [sw.attribute_replacements(caption, rng),
+                    sw.relation_replacements(caption, rng), sw.attribute_swaps(caption)]
+  positive_kinds = [sw.synonym_swaps(caption), sw.reorderings(caption, rng)]
+  return {"caption": caption.text,
+          "hard_negatives": _one_per_kind(rng, negative_kinds, scene, False, heldout,
+                                          num_negatives, caption.text),
+          "hard_positives": _one_per_kind(rng, positive_kinds, scene, True, heldout,
+                                          num_positives, caption.text)}
+
+
+def _one_per_kind(rng, kinds, scene, truth, heldout, limit, caption_text) -> list[str]:
+  """Up to `limit` checked edits, drawing round-robin over the edit kinds for variety."""
+  pools = [[c.text for c in _checked(k, scene, truth, heldout, [caption_text])] for k in kinds]
+  pools = [[p[i] for i in rng.permutation(len(p))] for p in pools if p]
+  out = []
+  for round_ in itertools.zip_longest(*[pools[i] for i in rng.permutation(len(pools))]):
+    out += [t for t in round_ if t is not None and t not in out]
+  return out[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation triples (c, c_n, c_p): each builder returns None when the scene cannot host one.
+
+def _attribute_triple(rng, scene):
+  """REPLACE-attributes: one colour or size word replaced (c_n) or traded for a synonym (c_p)."""
+  for a, b in _ordered_pairs(rng, scene):
+    caption = sw.Caption(sw.describe(rng, a, "a", "both"), sw.relate(rng, a, b),
+                         sw.describe(rng, b, "a", "both"))
+    slots = list(itertools.product(sw.SLOTS, ("colour", "size")))
+    for i in rng.permutation(len(slots)):
+      slot, feature = slots[i]
+      c_n = _pick(rng, _checked(sw.attribute_replacements(caption, rng, [feature], [slot]),
+                                scene, False))
+      c_p = _pick(rng, _checked(sw.synonym_swaps(caption, [feature], [slot]), scene, True))
+      if c_n and c_p:
+        return caption, c_n, c_p
+  return None
+
+
+def _relation_triple(rng, scene):
+  """REPLACE-relations: the relation replaced (c_n) or said with its synonym (c_p)."""
+  for a, b in _ordered_pairs(rng, scene):
+    detail = ("colour", "both")[rng.integers(2)]
+    caption = sw.Caption(sw.describe(rng, a, "a", detail), sw.relate(rng, a, b),
+                         sw.describe(rng, b, "a", detail))
+    c_n = _pick(rng, _checked(sw.relation_replacements(caption, rng), scene, False))
+    c_p = _pick(rng, _checked(sw.synonym_swaps(caption, ["relation"]), scene, True))
+    if c_n and c_p:
+      return caption, c_n, c_p
+  return None
+
+
+def _swap_triple(rng, scene):
+  """SWAP: "the A x and the B y"; c_n rebinds the attributes, c_p reorders the conjuncts."""
+  for a, b in _ordered_pairs(rng, scene):
+    features = [f for f in ("colour", "size") if getattr(a, f) != getattr(b, f)]
+    if a.shape == b.shape or not features:
+      continue
+    feature = _pick(rng, features)
+    caption = sw.Caption(sw.describe(rng, a, "the", feature), sw.AND,
+                         sw.describe(rng, b, "the", feature))
+    c_n = _pick(rng, _checked(sw.attribute_swaps(caption), scene, False))
+    c_p = _pick(rng, _checked(sw.reorderings(caption, rng), scene, True))
+    if c_n and c_p:
+      return caption, c_n, c_p
+  return None
+
+
+_TRIPLES: dict[str, Callable] = {
+    "vl_checklist_attributes": _attribute_triple,
+    "vl_checklist_relations": _relation_triple,
+    "visual_genome_attribution": _swap_triple,
+}
+
+
+def _suite_records(name: str, index: int, image_path: str, image_size: int, triple) -> tuple:
+  """The (data/, swapped_data/) records of one triple, in the suite's file format."""
+  c, c_n, c_p = (t.text for t in triple)
+  base = {"image_id": str(index), "image_path": image_path, "false_caption": c_n}
+  if name == "visual_genome_attribution":
+    attributes = [triple[0].first.colour or triple[0].first.size,
+                  triple[0].second.colour or triple[0].second.size]
+    base.update(bbox_x=0, bbox_y=0, bbox_w=image_size, bbox_h=image_size, attributes=attributes)
+  return {**base, "true_caption": c}, {**base, "true_caption": c_p}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the world.
+
+def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  # One stream per image: the eval split does not change when num_train does.
+  return np.random.default_rng([seed, {"train": 0, "eval": 1}[split], index])
+
+
+def _num_objects(rng: np.random.Generator, three_object_frac: float) -> int:
+  return 3 if rng.random() < three_object_frac else 2
+
+
+def _write_train(root, params, heldout) -> None:
+  combos = [c for c in itertools.product(sw.COLOURS, sw.SHAPES) if c not in heldout]
+  with open(os.path.join(root, "train.jsonl"), "w") as train, \
+       open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
+    for i in range(params["num_train"]):
+      rng = _scene_rng(params["seed"], "train", i)
+      scene = sw.sample_scene(rng, combos, _num_objects(rng, params["three_object_frac"]))
+      image = f"images/train/{i:06d}.png"
+      render(scene, params["image_size"]).save(os.path.join(root, image), format="PNG")
+      record = training_record(rng, scene, heldout, params["num_hard_negatives"],
+                               params["num_hard_positives"])
+      train.write(json.dumps({"image": image, **record}) + "\n")
+      scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
+
+
+def _write_eval(root, params) -> None:
+  combos = list(itertools.product(sw.COLOURS, sw.SHAPES))
+  data = {name: [] for name in SUITE_NAMES}
+  swapped = {name: [] for name in SUITE_NAMES}
+  with open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
+    for i in range(params["num_eval"]):
+      rng = _scene_rng(params["seed"], "eval", i)
+      for _ in range(_MAX_TRIES):  # a scene must host a triple of every suite
+        scene = sw.sample_scene(rng, combos, _num_objects(rng, params["three_object_frac"]))
+        triples = {name: build(rng, scene) for name, build in _TRIPLES.items()}
+        if all(triples.values()):
+          break
+      else:
+        raise RuntimeError(f"no eval scene for index {i} hosts every suite in {_MAX_TRIES} tries")
+      image = f"images/eval/{i:06d}.png"
+      render(scene, params["image_size"]).save(os.path.join(root, image), format="PNG")
+      scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
+      for name, triple in triples.items():
+        orig, swap = _suite_records(name, i, image, params["image_size"], triple)
+        data[name].append(orig)
+        swapped[name].append(swap)
+  for folder, suites in (("data", data), ("swapped_data", swapped)):
+    for name, records in suites.items():
+      with open(os.path.join(root, "eval", folder, f"{name}.json"), "w") as f:
+        json.dump(records, f, indent=0)
+
+
+def _digest(root: str) -> str:
+  """sha256 over every file's relative path and bytes, the manifest excepted."""
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for name in sorted(filenames):
+      path = os.path.join(dirpath, name)
+      rel = os.path.relpath(path, root)
+      if rel == "manifest.json":
+        continue
+      h.update(rel.encode() + b"\0")
+      with open(path, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+
+
+def _read_manifest(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+  return manifest if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR else None
+
+
+def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval: int = 500,
+                image_size: int = 64, three_object_frac: float = 0.25,
+                heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
+                num_hard_negatives: int = 3, num_hard_positives: int = 2) -> WorldPaths:
+  """Writes (or reuses, when `out_dir` holds the same world intact) the synthetic world.
+
+  Args:
+    out_dir: the world's folder; a folder of anything else is never overwritten.
+    seed: the world's seed; each image draws from its own stream (seed, split, index).
+    num_train: training images, one record each.
+    num_eval: evaluation images; each yields one record of each of the three suites.
+    image_size: side of the square PNG images.
+    three_object_frac: fraction of scenes with three objects instead of two.
+    heldout: (colour, shape) combinations kept out of the training split.
+    num_hard_negatives, num_hard_positives: most per training record.
+
+  Returns:
+    WorldPaths(train_jsonl, eval_root, image_root); suite `image_path`s are relative to
+    image_root, training `image`s to the JSONL's folder (the same folder).
+  """
+  heldout = frozenset(tuple(c) for c in heldout)
+  for colour, shape in heldout:
+    if colour not in sw.COLOURS or shape not in sw.SHAPES:
+      raise ValueError(f"held-out combination {(colour, shape)!r} is not a (colour, shape) of "
+                       f"{sorted(sw.COLOURS)} x {sw.SHAPES}")
+  if len(heldout) >= len(sw.COLOURS) * len(sw.SHAPES):
+    raise ValueError("every (colour, shape) combination is held out: nothing left to train on")
+  params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_eval": num_eval,
+            "image_size": image_size, "three_object_frac": three_object_frac,
+            "heldout": sorted(list(c) for c in heldout),
+            "num_hard_negatives": num_hard_negatives, "num_hard_positives": num_hard_positives}
+  out_dir = os.path.abspath(out_dir)
+  paths = WorldPaths(os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "eval"), out_dir)
+  manifest = _read_manifest(paths.manifest)
+  if manifest and manifest["params"] == params and manifest["digest"] == _digest(out_dir):
+    logging.info("synthetic world: reusing %s", out_dir)
+    return paths
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and manifest is None:
+    raise FileExistsError(f"{out_dir} is not empty and holds no synthetic-world manifest.json: "
+                          "refusing to overwrite it; pass an empty or new folder")
+  start = time.time()
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".world-", dir=parent)
+  try:
+    for sub in ("images/train", "images/eval", "eval/data", "eval/swapped_data"):
+      os.makedirs(os.path.join(tmp, sub))
+    _write_train(tmp, params, heldout)
+    _write_eval(tmp, params)
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+      json.dump({"generator": GENERATOR, "params": params, "digest": _digest(tmp)}, f, indent=1)
+    if os.path.isdir(out_dir):
+      shutil.rmtree(out_dir)  # an outdated or damaged world of ours (manifest checked above)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("synthetic world: wrote %d training and %d evaluation images to %s in %.1fs",
+               num_train, num_eval, out_dir, time.time() - start)
+  return paths
