@@ -39,7 +39,7 @@ SUITE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations", "visual_geno
 DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond"),
                    ("yellow", "square"))
 # How often a training caption's phrase names the colour, the size or both.
-_DETAILS, _DETAIL_P = ("colour", "size", "both"), (0.35, 0.15, 0.5)
+_DETAILS, _DETAIL_CDF = ("colour", "size", "both"), (0.35, 0.5)
 _MAX_TRIES = 100
 
 
@@ -57,23 +57,28 @@ class WorldPaths(NamedTuple):
     return os.path.join(self.image_root, "manifest.json")
 
 
-def _pick(rng: np.random.Generator, items: Sequence):
-  return items[rng.integers(len(items))] if items else None
-
-
-def _checked(candidates: Sequence[sw.Caption], scene: sw.Scene, truth: bool,
-             avoid: frozenset = frozenset(), exclude: Sequence[str] = ()) -> list[sw.Caption]:
-  """The candidates whose truth in `scene` is `truth`, naming no `avoid` combo, texts unique.
+def _checked(rng: np.random.Generator, candidates: Sequence[sw.Caption], scene: sw.Scene,
+             truth: bool, limit: int = 1, avoid: frozenset = frozenset(),
+             exclude: Sequence[str] = ()) -> list[sw.Caption]:
+  """Up to `limit` random candidates true (or false) of `scene`, naming no `avoid` combo.
 
   Truth is judged on the caption's text parsed back, so what is checked is what gets written.
   """
   seen, out = set(exclude), []
-  for caption in candidates:
+  for i in rng.permutation(len(candidates)):
+    caption = candidates[i]
     if (caption.text not in seen and sw.holds(caption.text, scene) == truth
         and not sw.named_combos(caption) & avoid):
       seen.add(caption.text)
       out.append(caption)
+      if len(out) == limit:
+        break
   return out
+
+
+def _one_checked(rng, candidates, scene, truth) -> sw.Caption | None:
+  found = _checked(rng, candidates, scene, truth)
+  return found[0] if found else None
 
 
 def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.Obj, sw.Obj]]:
@@ -86,12 +91,11 @@ def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.O
 
 def _training_caption(rng: np.random.Generator, scene: sw.Scene) -> sw.Caption:
   a, b = _ordered_pairs(rng, scene)[0]
-  detail = lambda: _DETAILS[rng.choice(len(_DETAILS), p=_DETAIL_P)]
+  d1, d2 = (_DETAILS[i] for i in np.searchsorted(_DETAIL_CDF, rng.random(2), side="right"))
   if rng.random() < 0.5:
-    return sw.Caption(sw.describe(rng, a, "the", detail()), sw.AND,
-                      sw.describe(rng, b, "the", detail()))
-  return sw.Caption(sw.describe(rng, a, "a", detail()), sw.relate(rng, a, b),
-                    sw.describe(rng, b, "a", detail()))
+    return sw.Caption(sw.describe(rng, a, "the", d1), sw.AND, sw.describe(rng, b, "the", d2))
+  return sw.Caption(sw.describe(rng, a, "a", d1), sw.relate(rng, a, b),
+                    sw.describe(rng, b, "a", d2))
 
 
 def training_record(rng: np.random.Generator, scene: sw.Scene, heldout: frozenset,
@@ -112,8 +116,9 @@ def training_record(rng: np.random.Generator, scene: sw.Scene, heldout: frozense
 
 def _one_per_kind(rng, kinds, scene, truth, heldout, limit, caption_text) -> list[str]:
   """Up to `limit` checked edits, drawing round-robin over the edit kinds for variety."""
-  pools = [[c.text for c in _checked(k, scene, truth, heldout, [caption_text])] for k in kinds]
-  pools = [[p[i] for i in rng.permutation(len(p))] for p in pools if p]
+  pools = [[c.text for c in _checked(rng, k, scene, truth, limit, heldout, [caption_text])]
+           for k in kinds]
+  pools = [p for p in pools if p]
   out = []
   for round_ in itertools.zip_longest(*[pools[i] for i in rng.permutation(len(pools))]):
     out += [t for t in round_ if t is not None and t not in out]
@@ -131,9 +136,9 @@ def _attribute_triple(rng, scene):
     slots = list(itertools.product(sw.SLOTS, ("colour", "size")))
     for i in rng.permutation(len(slots)):
       slot, feature = slots[i]
-      c_n = _pick(rng, _checked(sw.attribute_replacements(caption, rng, [feature], [slot]),
-                                scene, False))
-      c_p = _pick(rng, _checked(sw.synonym_swaps(caption, [feature], [slot]), scene, True))
+      c_n = _one_checked(rng, sw.attribute_replacements(caption, rng, [feature], [slot]), scene,
+                         False)
+      c_p = _one_checked(rng, sw.synonym_swaps(caption, [feature], [slot]), scene, True)
       if c_n and c_p:
         return caption, c_n, c_p
   return None
@@ -145,8 +150,8 @@ def _relation_triple(rng, scene):
     detail = ("colour", "both")[rng.integers(2)]
     caption = sw.Caption(sw.describe(rng, a, "a", detail), sw.relate(rng, a, b),
                          sw.describe(rng, b, "a", detail))
-    c_n = _pick(rng, _checked(sw.relation_replacements(caption, rng), scene, False))
-    c_p = _pick(rng, _checked(sw.synonym_swaps(caption, ["relation"]), scene, True))
+    c_n = _one_checked(rng, sw.relation_replacements(caption, rng), scene, False)
+    c_p = _one_checked(rng, sw.synonym_swaps(caption, ["relation"]), scene, True)
     if c_n and c_p:
       return caption, c_n, c_p
   return None
@@ -158,11 +163,11 @@ def _swap_triple(rng, scene):
     features = [f for f in ("colour", "size") if getattr(a, f) != getattr(b, f)]
     if a.shape == b.shape or not features:
       continue
-    feature = _pick(rng, features)
+    feature = features[rng.integers(len(features))]
     caption = sw.Caption(sw.describe(rng, a, "the", feature), sw.AND,
                          sw.describe(rng, b, "the", feature))
-    c_n = _pick(rng, _checked(sw.attribute_swaps(caption), scene, False))
-    c_p = _pick(rng, _checked(sw.reorderings(caption, rng), scene, True))
+    c_n = _one_checked(rng, sw.attribute_swaps(caption), scene, False)
+    c_p = _one_checked(rng, sw.reorderings(caption, rng), scene, True)
     if c_n and c_p:
       return caption, c_n, c_p
   return None
@@ -198,6 +203,10 @@ def _num_objects(rng: np.random.Generator, three_object_frac: float) -> int:
   return 3 if rng.random() < three_object_frac else 2
 
 
+def _save_png(image, path: str) -> None:
+  image.save(path, format="PNG", compress_level=1)  # flat shapes compress well even so
+
+
 def _write_train(root, params, heldout) -> None:
   combos = [c for c in itertools.product(sw.COLOURS, sw.SHAPES) if c not in heldout]
   with open(os.path.join(root, "train.jsonl"), "w") as train, \
@@ -206,7 +215,7 @@ def _write_train(root, params, heldout) -> None:
       rng = _scene_rng(params["seed"], "train", i)
       scene = sw.sample_scene(rng, combos, _num_objects(rng, params["three_object_frac"]))
       image = f"images/train/{i:06d}.png"
-      render(scene, params["image_size"]).save(os.path.join(root, image), format="PNG")
+      _save_png(render(scene, params["image_size"]), os.path.join(root, image))
       record = training_record(rng, scene, heldout, params["num_hard_negatives"],
                                params["num_hard_positives"])
       train.write(json.dumps({"image": image, **record}) + "\n")
@@ -228,7 +237,7 @@ def _write_eval(root, params) -> None:
       else:
         raise RuntimeError(f"no eval scene for index {i} hosts every suite in {_MAX_TRIES} tries")
       image = f"images/eval/{i:06d}.png"
-      render(scene, params["image_size"]).save(os.path.join(root, image), format="PNG")
+      _save_png(render(scene, params["image_size"]), os.path.join(root, image))
       scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
       for name, triple in triples.items():
         orig, swap = _suite_records(name, i, image, params["image_size"], triple)

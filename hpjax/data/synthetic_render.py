@@ -48,4 +48,4 @@ def render(scene: Scene, image_size: int) -> Image.Image:
   for obj in scene.objects:
     kind, points = _outline(obj, side)
     getattr(draw, kind)(points, fill=COLOUR_RGB[obj.colour])
-  return image.resize((image_size, image_size), Image.Resampling.BOX)
+  return image.reduce(SUPERSAMPLE)
