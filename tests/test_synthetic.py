@@ -99,7 +99,8 @@ def test_every_training_label_is_true_or_false_as_claimed(world):
       assert not sw.holds(text, scene), (r["image"], text)
     for text in r["hard_positives"]:
       assert sw.holds(text, scene) and text != r["caption"], (r["image"], text)
-    assert len(set(r["hard_negatives"])) == len(r["hard_negatives"])
+    for edits in (r["hard_negatives"], r["hard_positives"]):
+      assert len(set(edits)) == len(edits), edits
     counts["hn"] += len(r["hard_negatives"])
     counts["hp"] += len(r["hard_positives"])
   assert counts["hn"] > 2 * len(records) and counts["hp"] > 1.5 * len(records), counts
@@ -118,6 +119,8 @@ def _edit_kinds(caption, others):
       kinds.add("reorder")
     elif rel != c_rel:
       kinds.add("relation")
+    elif (first[1:], second[1:]) == (c_second[1:], c_first[1:]):
+      kinds.add("order")
     elif any((first[f], second[f]) == (c_second[f], c_first[f]) != (c_first[f], c_second[f])
              and all(p[:f] + p[f + 1:] == q[:f] + q[f + 1:]
                      for p, q in ((first, c_first), (second, c_second)))
@@ -133,7 +136,7 @@ def test_training_edits_cover_every_kind(world):
   for r in _jsonl(world.train_jsonl):
     negatives |= _edit_kinds(r["caption"], r["hard_negatives"])
     positives |= _edit_kinds(r["caption"], r["hard_positives"])
-  assert negatives == {"attribute", "relation", "swap"}
+  assert negatives == {"attribute", "relation", "swap", "order"}
   assert positives == {"synonym", "reorder"}
 
 

@@ -104,8 +104,8 @@ def training_record(rng: np.random.Generator, scene: sw.Scene, heldout: frozense
   caption = _training_caption(rng, scene)
   if not sw.holds(caption.text, scene):
     raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
-  negative_kinds = [sw.attribute_replacements(caption, rng),
-                    sw.relation_replacements(caption, rng), sw.attribute_swaps(caption)]
+  negative_kinds = [sw.attribute_replacements(caption, rng), sw.relation_replacements(caption, rng),
+                    sw.attribute_swaps(caption), sw.object_swaps(caption)]
   positive_kinds = [sw.synonym_swaps(caption), sw.reorderings(caption, rng)]
   return {"caption": caption.text,
           "hard_negatives": _one_per_kind(rng, negative_kinds, scene, False, heldout,
@@ -121,7 +121,9 @@ def _one_per_kind(rng, kinds, scene, truth, heldout, limit, caption_text) -> lis
   pools = [p for p in pools if p]
   out = []
   for round_ in itertools.zip_longest(*[pools[i] for i in rng.permutation(len(pools))]):
-    out += [t for t in round_ if t is not None and t not in out]
+    for text in round_:
+      if text is not None and text not in out:
+        out.append(text)
   return out[:limit]
 
 

@@ -281,6 +281,19 @@ def attribute_swaps(caption: Caption) -> list[Caption]:
   return out
 
 
+def object_swaps(caption: Caption) -> list[Caption]:
+  """SWAP (NegCLIP-style): the two phrases exchanged around a relation that is kept."""
+  if caption.relation is None:
+    return []  # around "and" the exchange keeps the meaning: see `reorderings`
+  return [_exchange(caption, caption.link)]
+
+
+def _exchange(caption: Caption, link: str) -> Caption:
+  first = dataclasses.replace(caption.second, det=caption.first.det)
+  second = dataclasses.replace(caption.first, det=caption.second.det)
+  return Caption(first, link, second)
+
+
 def synonym_swaps(caption: Caption, features: Iterable[str] = ("colour", "size", "relation"),
                   slots: Iterable[str] = SLOTS) -> list[Caption]:
   """REPLACE-style positives: one word traded for another word of the same concept."""
@@ -303,9 +316,5 @@ def synonym_swaps(caption: Caption, features: Iterable[str] = ("colour", "size",
 def reorderings(caption: Caption, rng: np.random.Generator) -> list[Caption]:
   """SWAP-style positives: "X and Y" -> "Y and X"; "X left of Y" -> "Y right of X"."""
   if caption.relation is None:
-    link = AND
-  else:
-    link = _word(rng, RELATIONS, CONVERSE[caption.relation])
-  first = dataclasses.replace(caption.second, det=caption.first.det)
-  second = dataclasses.replace(caption.first, det=caption.second.det)
-  return [Caption(first, link, second)]
+    return [_exchange(caption, AND)]
+  return [_exchange(caption, _word(rng, RELATIONS, CONVERSE[caption.relation]))]
