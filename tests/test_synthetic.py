@@ -180,6 +180,17 @@ def test_heldout_combinations_never_reach_training(world):
   assert set(eval_objects) & heldout, "the evaluation split should show held-out combinations"
 
 
+@pytest.mark.parametrize("name", synthetic.SUITE_NAMES)
+def test_heldout_suites_hold_exactly_the_records_naming_heldout_combinations(world, name):
+  heldout = set(synthetic.DEFAULT_HELDOUT)
+  expected = [(o, s) for o, s in zip(*_triples(world, name))
+              if any(sw.named_combos(t) & heldout
+                     for t in (o["true_caption"], o["false_caption"], s["true_caption"]))]
+  subset = os.path.join(world.heldout_eval_root, "{}", f"{name}.json")
+  assert expected, "the small world should have held-out records"
+  assert list(zip(_json(subset.format("data")), _json(subset.format("swapped_data")))) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Files: determinism, caching, loaders.
 
@@ -232,6 +243,7 @@ def test_suites_load_with_the_evaluation_loaders(world):
   loaded = {**suites.load_replace(world.eval_root, world.image_root),
             suites.SWAP_NAME: suites.load_swap(world.eval_root, world.image_root)}
   assert sorted(loaded) == sorted(synthetic.SUITE_NAMES)
+  assert len(suites.load_swap(world.heldout_eval_root, world.image_root)) > 0
   for name, suite in loaded.items():
     data, swapped = _triples(world, name)
     assert len(suite) == len(data)

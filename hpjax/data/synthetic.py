@@ -6,6 +6,8 @@
 - `eval/data/<suite>.json` + `eval/swapped_data/<suite>.json`: the REPLACE (attributes,
   relations) and SWAP (VG-Attribution) suites in the authors' layout, paired by index, image
   paths relative to `out_dir`;
+- `eval_heldout/`: the same layout holding only the records whose c, c_n or c_p names a
+  held-out combination (image ids kept), to score compositional generalisation;
 - `scenes.jsonl`: every image's scene, so anyone can re-check any caption with
   `synthetic_world.holds`;
 - `manifest.json`: the parameters and a digest of every file; a second call with the same
@@ -34,7 +36,7 @@ from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import render
 
 GENERATOR = "hpjax.data.synthetic"
-VERSION = 1
+VERSION = 2
 SUITE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations", "visual_genome_attribution")
 DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond"),
                    ("yellow", "square"))
@@ -51,6 +53,11 @@ class WorldPaths(NamedTuple):
   @property
   def scenes_jsonl(self) -> str:
     return os.path.join(self.image_root, "scenes.jsonl")
+
+  @property
+  def heldout_eval_root(self) -> str:
+    """The suites' records whose captions name a held-out combination, in the same layout."""
+    return os.path.join(self.image_root, "eval_heldout")
 
   @property
   def manifest(self) -> str:
@@ -224,10 +231,10 @@ def _write_train(root, params, heldout) -> None:
       scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
 
 
-def _write_eval(root, params) -> None:
+def _write_eval(root, params, heldout) -> None:
   combos = list(itertools.product(sw.COLOURS, sw.SHAPES))
-  data = {name: [] for name in SUITE_NAMES}
-  swapped = {name: [] for name in SUITE_NAMES}
+  everything = {name: ([], []) for name in SUITE_NAMES}  # name -> (data/, swapped_data/)
+  unseen = {name: ([], []) for name in SUITE_NAMES}
   with open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
     for i in range(params["num_eval"]):
       rng = _scene_rng(params["seed"], "eval", i)
@@ -242,13 +249,18 @@ def _write_eval(root, params) -> None:
       _save_png(render(scene, params["image_size"]), os.path.join(root, image))
       scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
       for name, triple in triples.items():
-        orig, swap = _suite_records(name, i, image, params["image_size"], triple)
-        data[name].append(orig)
-        swapped[name].append(swap)
-  for folder, suites in (("data", data), ("swapped_data", swapped)):
-    for name, records in suites.items():
-      with open(os.path.join(root, "eval", folder, f"{name}.json"), "w") as f:
-        json.dump(records, f, indent=0)
+        pair = _suite_records(name, i, image, params["image_size"], triple)
+        targets = [everything]
+        if any(sw.named_combos(t) & heldout for t in triple):
+          targets.append(unseen)
+        for target in targets:
+          for records, record in zip(target[name], pair):
+            records.append(record)
+  for folder, suites in (("eval", everything), ("eval_heldout", unseen)):
+    for name, files in suites.items():
+      for sub, records in zip(("data", "swapped_data"), files):
+        with open(os.path.join(root, folder, sub, f"{name}.json"), "w") as f:
+          json.dump(records, f, indent=0)
 
 
 def _digest(root: str) -> str:
@@ -321,10 +333,11 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".world-", dir=parent)
   try:
-    for sub in ("images/train", "images/eval", "eval/data", "eval/swapped_data"):
+    for sub in ("images/train", "images/eval", "eval/data", "eval/swapped_data",
+                "eval_heldout/data", "eval_heldout/swapped_data"):
       os.makedirs(os.path.join(tmp, sub))
     _write_train(tmp, params, heldout)
-    _write_eval(tmp, params)
+    _write_eval(tmp, params, heldout)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
       json.dump({"generator": GENERATOR, "params": params, "digest": _digest(tmp)}, f, indent=1)
     if os.path.isdir(out_dir):
