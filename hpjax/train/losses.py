@@ -1,0 +1,134 @@
+"""The contrastive loss with hard negatives and hard positives (paper.md, "The loss hpjax uses").
+
+Every example brings an image, its caption, up to K_p hard positives and up to K_n hard negatives
+(with masks). The text columns, gathered from every device, are ordered
+[all captions (B); all hard positives (B*K_p); all hard negatives (B*K_n)], so caption labels stay
+arange(B). The loss is written on global arrays: under jit with batch-sharded inputs the compiler
+inserts the all-gathers, and the value does not depend on the number of devices.
+
+image->text: image i scores every valid column; its positives are column i (its caption) and its
+own valid hard positives; masked columns get -inf. Two ways to treat several positives
+(`positives=`):
+  'multi': one row per image, -log(sum_{p in P_i} e^{l_ip} / sum_j e^{l_ij}) (multi-positive CE);
+  'per_positive': one row per (image, positive), whose denominator is that positive plus every
+    column that is not a positive of the image (the other positives are masked out), so a hard
+    positive is never pushed away from its image by its own sibling caption.
+Both reduce to softplus(lse_neg - s) with lse_neg the log-sum-exp over the image's non-positive
+columns and s the (log-sum-exp of the) positive logit(s).
+text->image: caption rows and valid hard-positive rows against all images (hard negatives have no
+image of their own and are not rows, as in NegCLIP).
+local: optionally, each image against only its own texts ((1+K)-way), same positive rule,
+averaged over the images that carry at least one hard negative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+MAX_LOGIT_SCALE = math.log(100.0)
+POSITIVE_MODES = ("multi", "per_positive")
+
+
+def _masked_logsumexp(logits, mask):
+  """log-sum-exp over the entries where `mask` holds (masked entries count as -inf).
+
+  A row with no entry gives -inf with a zero (not NaN) gradient.
+  """
+  any_valid = jnp.any(mask, axis=-1)
+  safe = jnp.where(mask & any_valid[..., None], logits, -jnp.inf)
+  safe = jnp.where(any_valid[..., None], safe, 0.0)
+  return jnp.where(any_valid, jax.nn.logsumexp(safe, axis=-1), -jnp.inf)
+
+
+def _softplus_rows(lse_neg, positive_logit):
+  """-log(e^s / (e^s + e^{lse_neg})), exact when lse_neg is -inf (no negatives)."""
+  return jax.nn.softplus(lse_neg - positive_logit)
+
+
+def _mean(values, weights):
+  weights = weights.astype(values.dtype)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _positive_terms(positive_logits, positive_mask, lse_neg, positives):
+  """Loss terms and their weights for one row per image (multi) or per positive."""
+  if positives == "multi":
+    lse_pos = _masked_logsumexp(positive_logits, positive_mask)
+    return _softplus_rows(lse_neg, lse_pos), jnp.ones_like(lse_pos)
+  if positives == "per_positive":
+    terms = _softplus_rows(lse_neg[:, None], positive_logits)
+    return terms, positive_mask.astype(terms.dtype)
+  raise ValueError(f"positives={positives!r}; expected one of {POSITIVE_MODES}")
+
+
+def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_negatives,
+                     hard_negative_mask, logit_scale, *, positives: str = "multi",
+                     local_weight: float = 0.0):
+  """The loss of one global batch.
+
+  Args:
+    image: (B, D) L2-normalised image features.
+    caption: (B, D) L2-normalised caption features.
+    hard_positives: (B, K_p, D) features (K_p may be 0); hard_positive_mask: (B, K_p) bool.
+    hard_negatives: (B, K_n, D) features (K_n may be 0); hard_negative_mask: (B, K_n) bool.
+    logit_scale: the log of the temperature's inverse (the model parameter); clamped to ln 100.
+    positives: 'multi' or 'per_positive' (see the module docstring).
+    local_weight: weight of the per-image (1+K)-way term (0 disables it).
+
+  Returns:
+    (loss, metrics dict of scalars).
+  """
+  batch, k_p = hard_positive_mask.shape
+  k_n = hard_negative_mask.shape[1]
+  dim = image.shape[-1]
+  scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+  hp_mask = hard_positive_mask.astype(bool)
+  hn_mask = hard_negative_mask.astype(bool)
+
+  # Positive logits of each image: its caption and its own hard positives, (B, 1 + K_p).
+  own_caption = scale * jnp.sum(image * caption, axis=-1, keepdims=True)
+  own_hp = scale * jnp.einsum("bd,bkd->bk", image, hard_positives)
+  own_hn = scale * jnp.einsum("bd,bkd->bk", image, hard_negatives)
+  positive_logits = jnp.concatenate([own_caption, own_hp], axis=1)
+  positive_mask = jnp.concatenate([jnp.ones((batch, 1), bool), hp_mask], axis=1)
+
+  # image -> text over every gathered column; an image's own positives leave its negative set.
+  texts = jnp.concatenate([caption, hard_positives.reshape(batch * k_p, dim),
+                           hard_negatives.reshape(batch * k_n, dim)], axis=0)
+  logits = scale * image @ texts.T
+  row = jnp.arange(batch)[:, None]
+  cap_col = jnp.arange(batch)[None, :]
+  hp_owner = (jnp.arange(batch * k_p) // max(k_p, 1))[None, :]
+  is_positive = jnp.concatenate([
+      cap_col == row, hp_owner == row, jnp.zeros((batch, batch * k_n), bool)], axis=1)
+  column_valid = jnp.concatenate([jnp.ones((batch,), bool), hp_mask.reshape(-1),
+                                  hn_mask.reshape(-1)])[None, :]
+  lse_neg = _masked_logsumexp(logits, column_valid & ~is_positive)
+  i2t_terms, i2t_weights = _positive_terms(positive_logits, positive_mask, lse_neg, positives)
+  image_to_text = _mean(i2t_terms, i2t_weights)
+
+  # text -> image: caption rows and hard-positive rows, each labelled with its own image.
+  rows = jnp.concatenate([caption, hard_positives.reshape(batch * k_p, dim)], axis=0)
+  row_logits = scale * rows @ image.T
+  row_owner = jnp.concatenate([jnp.arange(batch), jnp.arange(batch * k_p) // max(k_p, 1)])
+  row_valid = jnp.concatenate([jnp.ones((batch,), bool), hp_mask.reshape(-1)])
+  label_logit = jnp.take_along_axis(row_logits, row_owner[:, None], axis=1)[:, 0]
+  t2i_terms = jax.nn.logsumexp(row_logits, axis=-1) - label_logit
+  text_to_image = _mean(t2i_terms, row_valid)
+
+  loss = 0.5 * (image_to_text + text_to_image)
+  metrics = {"loss/image_to_text": image_to_text, "loss/text_to_image": text_to_image,
+             "logit_scale": scale}
+  if local_weight:
+    local_neg = _masked_logsumexp(own_hn, hn_mask)
+    local_terms, local_weights = _positive_terms(positive_logits, positive_mask, local_neg,
+                                                 positives)
+    has_hn = jnp.any(hn_mask, axis=1).astype(local_weights.dtype)
+    local = _mean(local_terms, local_weights * has_hn.reshape((batch,) + (1,) * (local_weights.ndim - 1)))
+    loss = loss + local_weight * local
+    metrics["loss/local"] = local
+  metrics["loss"] = loss
+  return loss, metrics
