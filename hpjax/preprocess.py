@@ -1,0 +1,144 @@
+"""Image preprocessing identical to OpenCLIP's transforms, producing NHWC float32 for Flax.
+
+OpenCLIP's eval transform is torchvision `Resize(size)` (shorter side, bicubic) and
+`CenterCrop(size)` on the PIL image in its own mode, then `convert('RGB')`, `ToTensor` and the
+OpenAI mean/std `Normalize`. The same PIL calls with torchvision's size and offset rounding
+are made here, so the pixels are bit-identical and only the layout differs (HWC, not CHW).
+Resizing before the RGB conversion matters: PIL resizes palette images with NEAREST and RGBA
+ones with premultiplied alpha.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+def load_image(source: str | os.PathLike | bytes,
+               crop_box: Sequence[float] | None = None) -> Image.Image:
+  """Opens an image file (or encoded bytes), optionally crops to (x, y, w, h), returns RGB.
+
+  Raises OSError naming the file when it cannot be read or decoded, and ValueError naming the
+  file and the box when the box is empty or not inside the image.
+  """
+  name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+  try:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+      image.load()
+      return _crop(image, crop_box, name).convert("RGB")
+  except OSError as e:
+    raise type(e)(f"cannot read image {name}: {e}") from e
+
+
+def _crop(image: Image.Image, box: Sequence[float] | None, name: str) -> Image.Image:
+  if box is None:
+    return image
+  x, y, w, h = box
+  if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > image.width or y + h > image.height:
+    raise ValueError(f"{name}: crop box (x, y, w, h) = {tuple(box)} is empty or not inside "
+                     f"the image of size (w, h) = {image.size}")
+  return image.crop((x, y, x + w, y + h))
+
+
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+  """torchvision `Resize(size)` on PIL: shorter side to `size`, longer side truncated."""
+  width, height = image.size
+  short, long = min(width, height), max(width, height)
+  new_short, new_long = size, int(size * long / short)
+  new_size = (new_short, new_long) if width <= height else (new_long, new_short)
+  if new_size == image.size:
+    return image
+  return image.resize(new_size, Image.Resampling.BICUBIC)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+  """torchvision `CenterCrop(size)` for images at least `size` on each side."""
+  width, height = image.size
+  if width < size or height < size:
+    raise ValueError(f"cannot centre-crop {size}x{size} from an image of size {image.size}")
+  top = int(round((height - size) / 2.0))
+  left = int(round((width - size) / 2.0))
+  return image.crop((left, top, left + size, top + size))
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+  return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+  """uint8 RGB (..., 3) -> float32 OpenAI-normalised, in ToTensor + Normalize's float32 order."""
+  return (pixels.astype(np.float32) / np.float32(255) - OPENAI_MEAN) / OPENAI_STD
+
+
+def eval_pixels(image: Image.Image, image_size: int) -> np.ndarray:
+  """uint8 (image_size, image_size, 3): the eval geometry before normalisation."""
+  return rgb_pixels(center_crop(resize_shorter_side(image, image_size), image_size))
+
+
+def eval_transform(image_size: int) -> Callable[[Image.Image], np.ndarray]:
+  """PIL image -> float32 (image_size, image_size, 3), as OpenCLIP's eval transform."""
+  return lambda image: normalize(eval_pixels(image, image_size))
+
+
+def preprocess_batch(images: Sequence[Image.Image], image_size: int) -> np.ndarray:
+  """Eval transform of a batch -> (N, image_size, image_size, 3), normalised in one pass."""
+  if not images:
+    return np.zeros((0, image_size, image_size, 3), np.float32)
+  return normalize(np.stack([eval_pixels(image, image_size) for image in images]))
+
+
+def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
+                            scale: Sequence[float] = (0.9, 1.0),
+                            ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """torchvision `RandomResizedCrop.get_params` drawing from a numpy Generator: (top, left, h, w).
+
+  Up to ten tries for a box of area fraction in `scale` and log-uniform aspect ratio in
+  `ratio` that fits; otherwise the largest centred box with a ratio inside `ratio`.
+  """
+  area = width * height
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_transform(image_size: int, scale: Sequence[float] = (0.9, 1.0),
+                    ratio: Sequence[float] = (3 / 4, 4 / 3),
+                    rng: np.random.Generator | int | None = None
+                    ) -> Callable[..., np.ndarray]:
+  """OpenCLIP's train transform (RandomResizedCrop, bicubic; RGB; normalise) -> HWC float32.
+
+  The returned `transform(image, rng=None)` draws its crop from the Generator passed per call
+  (e.g. grain's per-record rng), else from one made here from `rng` (a seed or Generator), so
+  a data worker given the same seeds produces the same crops.
+  """
+  default_rng = np.random.default_rng(rng)
+
+  def transform(image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+    top, left, h, w = random_resized_crop_box(default_rng if rng is None else rng, *image.size, scale, ratio)
+    crop = image.crop((left, top, left + w, top + h))
+    if crop.size != (image_size, image_size):
+      crop = crop.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return normalize(rgb_pixels(crop))
+
+  return transform

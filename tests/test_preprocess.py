@@ -1,0 +1,131 @@
+"""Preprocessing against OpenCLIP's own transforms (torchvision on PIL) on generated images."""
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import functional as tvf
+
+from hpjax import preprocess
+
+
+def random_rgb(rng, width, height):
+  return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def images_in_every_mode():
+  """Odd sizes (including the .5 centre-crop offsets and upscaling) and the PIL modes."""
+  rng = np.random.default_rng(0)
+  cases = {f"RGB {w}x{h}": random_rgb(rng, w, h)
+           for w, h in [(97, 203), (300, 31), (224, 224), (225, 224), (227, 500), (10, 7)]}
+  base = random_rgb(rng, 101, 150)
+  cases.update({
+      "L": base.convert("L"),
+      "RGBA": Image.fromarray(rng.integers(0, 256, (150, 101, 4), dtype=np.uint8)),
+      "LA": Image.fromarray(rng.integers(0, 256, (150, 101, 4), dtype=np.uint8)).convert("LA"),
+      "P": base.quantize(64),
+      "1": base.convert("1"),
+      "CMYK": base.convert("CMYK"),
+      "I;16": Image.fromarray(rng.integers(0, 65536, (150, 101), dtype=np.uint16)),
+      "F": Image.fromarray(rng.random((150, 101), dtype=np.float32) * 255),
+  })
+  return cases
+
+
+IMAGES = images_in_every_mode()
+
+
+def reference_hwc(transform, image):
+  return transform(image).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("size", [224, 64, 336])
+def test_eval_transform_matches_openclip(size):
+  reference = open_clip.image_transform(size, is_train=False)
+  ours = preprocess.eval_transform(size)
+  for name, image in IMAGES.items():
+    got = ours(image)
+    assert got.shape == (size, size, 3) and got.dtype == np.float32, name
+    np.testing.assert_allclose(got, reference_hwc(reference, image), rtol=0, atol=1e-5,
+                               err_msg=f"{name} at {size}")
+
+
+def test_preprocess_batch_is_the_stacked_eval_transform():
+  images = list(IMAGES.values())
+  batch = preprocess.preprocess_batch(images, 64)
+  assert batch.shape == (len(images), 64, 64, 3) and batch.dtype == np.float32
+  np.testing.assert_array_equal(batch, np.stack([preprocess.eval_transform(64)(i) for i in images]))
+  assert preprocess.preprocess_batch([], 64).shape == (0, 64, 64, 3)
+
+
+def test_train_transform_crop_matches_torchvision_resized_crop():
+  """Given the crop box, the pixels are torchvision's `resized_crop` (bicubic) + ToTensor + Normalize."""
+  normalize = open_clip.image_transform(64, is_train=False).transforms[-1]
+  transform = preprocess.train_transform(64)
+  for name, image in IMAGES.items():
+    box = preprocess.random_resized_crop_box(np.random.default_rng(3), *image.size)
+    expected = tvf.resized_crop(image, *box, [64, 64], InterpolationMode.BICUBIC).convert("RGB")
+    expected = normalize(tvf.to_tensor(expected)).permute(1, 2, 0).numpy()
+    got = transform(image, np.random.default_rng(3))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_train_transform_equals_openclip_when_the_crop_is_forced():
+  """On a 300x31 strip no random box fits scale (0.9, 1): both fall back to the same centre box."""
+  image = IMAGES["RGB 300x31"]
+  reference = open_clip.image_transform(64, is_train=True)
+  assert isinstance(reference.transforms[0], RandomResizedCrop)
+  np.testing.assert_allclose(preprocess.train_transform(64, rng=0)(image),
+                             reference_hwc(reference, image), rtol=0, atol=1e-5)
+  torch_box = RandomResizedCrop.get_params(image, [0.9, 1.0], [3 / 4, 4 / 3])
+  assert preprocess.random_resized_crop_box(np.random.default_rng(0), 300, 31) == torch_box
+
+
+def test_random_crop_boxes_follow_scale_and_ratio():
+  rng = np.random.default_rng(0)
+  width, height = 200, 150
+  boxes = np.array([preprocess.random_resized_crop_box(rng, width, height, (0.3, 0.6))
+                    for _ in range(500)])
+  top, left, h, w = boxes.T
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + h <= height).all() and (left + w <= width).all()
+  area = h * w / (width * height)
+  assert area.min() > 0.28 and area.max() < 0.62 and area.std() > 0.05
+  aspect = w / h
+  assert aspect.min() > 0.72 and aspect.max() < 1.38 and len(set(map(tuple, boxes))) > 400
+
+
+def test_train_transform_is_reproducible_from_seeds():
+  image = IMAGES["RGB 227x500"]
+  first = preprocess.train_transform(64, scale=(0.3, 1.0), rng=7)
+  second = preprocess.train_transform(64, scale=(0.3, 1.0), rng=7)
+  draws = [first(image) for _ in range(3)]
+  for want in draws:
+    np.testing.assert_array_equal(second(image), want)
+  assert not np.array_equal(draws[0], draws[1])
+  per_call = [first(image, np.random.default_rng(11)) for _ in range(2)]
+  np.testing.assert_array_equal(per_call[0], per_call[1])
+
+
+def test_load_image_converts_crops_and_names_the_file(tmp_path):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+  path = tmp_path / "picture.png"
+  Image.fromarray(pixels).save(path)
+  image = preprocess.load_image(path, crop_box=(5, 10, 20, 30))
+  assert image.mode == "RGB" and image.size == (20, 30)
+  np.testing.assert_array_equal(np.asarray(image), pixels[10:40, 5:25, :3])
+  np.testing.assert_array_equal(np.asarray(preprocess.load_image(path.read_bytes())), pixels[..., :3])
+  for box in [(45, 0, 10, 10), (0, 0, 0, 5), (-1, 0, 3, 3), (0, 35, 10, 6)]:
+    with pytest.raises(ValueError, match=rf"picture\.png: crop box .*{box[0]}, {box[1]}"):
+      preprocess.load_image(path, crop_box=box)
+  with pytest.raises(FileNotFoundError, match="missing.png"):
+    preprocess.load_image(tmp_path / "missing.png")
+  (tmp_path / "text.jpg").write_text("not an image")
+  with pytest.raises(OSError, match=r"text\.jpg"):
+    preprocess.load_image(tmp_path / "text.jpg")
+  (tmp_path / "cut.png").write_bytes(path.read_bytes()[:100])
+  with pytest.raises(OSError, match=r"cut\.png"):
+    preprocess.load_image(tmp_path / "cut.png")
