@@ -256,6 +256,13 @@ def test_suites_load_with_the_evaluation_loaders(world):
     assert crop == ((0.0, 0.0, 64.0, 64.0) if name == suites.SWAP_NAME else None)
 
 
+def test_training_records_read_with_the_training_reader(world):
+  training = pytest.importorskip("hpjax.data.training")
+  records = training.read_jsonl(world.train_jsonl)
+  assert [r["caption"] for r in records] == [r["caption"] for r in _jsonl(world.train_jsonl)]
+  assert all(os.path.isfile(r["image"]) for r in records)
+
+
 def test_training_images_resolve_relative_to_the_jsonl(world):
   folder = os.path.dirname(world.train_jsonl)
   for r in _jsonl(world.train_jsonl):
