@@ -1,0 +1,201 @@
+"""Training records and the grain input pipeline.
+
+A training record is one JSON object
+  {"image": path, "caption": str, "hard_negatives": [str, ...], "hard_positives": [str, ...]}
+(`image` relative to the JSONL's folder, or absolute). Records come from a plain JSONL file or
+from array_record files written by `hpjax.data.train_builders` (which embed the encoded image,
+so a multi-host job reads one self-contained dataset from any filesystem).
+
+The pipeline: records -> global shuffle (seed; reshuffled every epoch) -> per-example decode,
+RandomResizedCrop and tokenization, with randomness drawn from the *global* example position ->
+this host's slice -> fixed-shape batches -> worker processes. Because the randomness and the
+order are global, N hosts with B/N examples each see the same global batches as one host with B.
+Whether an example keeps its hard negatives / positives (`hn_frac`, `hp_frac`) is decided once
+per record (seed, record index), so the ablation's 25% means the same 25% of records every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Callable, Sequence
+
+import grain
+import numpy as np
+from absl import logging
+
+from hpjax import preprocess
+
+TEXT_LISTS = ("hard_negatives", "hard_positives")
+
+
+def validate_record(record: Any, where: str) -> dict:
+  """Checks one record against the schema; `where` (file:line) names it in the error."""
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  missing = {"image", "caption"} - set(record)
+  if missing:
+    raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+  unknown = set(record) - {"image", "caption", *TEXT_LISTS}
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected image, caption, "
+                     f"hard_negatives, hard_positives")
+  caption = record["caption"]
+  if not isinstance(caption, str) or not caption.strip():
+    raise ValueError(f"{where}: 'caption' must be a non-empty string, got {caption!r}")
+  out = {"image": record["image"], "caption": caption}
+  for key in TEXT_LISTS:
+    texts = record.get(key, [])
+    if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+      raise ValueError(f"{where}: {key!r} must be a list of non-empty strings, got {texts!r}")
+    out[key] = texts
+  return out
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """All records of a training JSONL, image paths made absolute."""
+  root = os.path.dirname(os.path.abspath(path))
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      try:
+        raw = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from e
+      record = validate_record(raw, where)
+      if not isinstance(record["image"], str) or not record["image"]:
+        raise ValueError(f"{where}: 'image' must be a path string, got {record['image']!r}")
+      record["image"] = os.path.join(root, record["image"])
+      records.append(record)
+  if not records:
+    raise ValueError(f"{path}: no training records")
+  return records
+
+
+def serialize(record: dict, image_bytes: bytes) -> bytes:
+  """array_record payload: 4-byte length, the record's JSON (image name kept), encoded image."""
+  header = json.dumps(record, ensure_ascii=False).encode("utf-8")
+  return struct.pack("<I", len(header)) + header + image_bytes
+
+
+def deserialize(payload: bytes) -> dict:
+  (size,) = struct.unpack_from("<I", payload)
+  record = json.loads(payload[4:4 + size].decode("utf-8"))
+  return {**record, "image_name": record["image"], "image": payload[4 + size:]}
+
+
+class JsonlSource(grain.sources.RandomAccessDataSource):
+  """Random access over the records of a training JSONL (images read from their paths)."""
+
+  def __init__(self, path: str):
+    self._path = path
+    self._records = read_jsonl(path)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict:
+    return {**self._records[index], "image_name": self._records[index]["image"]}
+
+  def __repr__(self) -> str:
+    return f"JsonlSource({self._path!r})"
+
+
+class ArrayRecordSource(grain.sources.RandomAccessDataSource):
+  """Random access over array_record files of `serialize`d records (images embedded)."""
+
+  def __init__(self, paths: Sequence[str]):
+    self._paths = list(paths)
+    self._source = grain.sources.ArrayRecordDataSource(self._paths)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    return deserialize(self._source[index])
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSource({self._paths!r})"
+
+
+def open_source(path: str | Sequence[str]) -> grain.sources.RandomAccessDataSource:
+  """A JSONL file, or one or more array_record files (a comma-separated string works too)."""
+  paths = path.split(",") if isinstance(path, str) else list(path)
+  if len(paths) == 1 and paths[0].endswith(".jsonl"):
+    return JsonlSource(paths[0])
+  if all(".array_record" in p for p in paths):
+    return ArrayRecordSource(paths)
+  raise ValueError(f"training data {path!r}: expected a .jsonl file or .array_record files")
+
+
+def keeps(seed: int, index: int, kind: int, fraction: float) -> bool:
+  """Whether record `index` keeps its hard texts of `kind` (0: negatives, 1: positives)."""
+  if fraction >= 1.0:
+    return True
+  return bool(np.random.default_rng([seed, index, kind]).random() < fraction)
+
+
+class ExampleTransform:
+  """Record -> fixed-shape arrays. Picklable, so it runs in grain's worker processes.
+
+  Texts beyond the first caption are tokenized together; empty slots are filled with the
+  tokenization of "" (valid tokens, length 2) and masked out.
+  """
+
+  def __init__(self, *, tokenizer: Callable, image_size: int, num_hard_negatives: int,
+               num_hard_positives: int, hn_frac: float, hp_frac: float, seed: int,
+               crop_scale: Sequence[float] = (0.9, 1.0), skip_bad_images: bool = False):
+    self.tokenizer = tokenizer
+    self.image_transform = preprocess.train_transform(image_size, tuple(crop_scale))
+    self.num = {"hard_negatives": num_hard_negatives, "hard_positives": num_hard_positives}
+    self.frac = {"hard_negatives": hn_frac, "hard_positives": hp_frac}
+    self.seed = seed
+    self.skip_bad_images = skip_bad_images
+    self.skipped = 0
+
+  def __call__(self, indexed_record, rng: np.random.Generator):
+    index, record = indexed_record
+    try:
+      image = self.image_transform(preprocess.load_image(record["image"]), rng)
+    except (OSError, ValueError) as e:
+      if not self.skip_bad_images:
+        raise ValueError(f"training record {index} ({record['image_name']}): {e}") from e
+      self.skipped += 1
+      logging.warning("skipping training record %d (%s): %s [%d skipped in this worker]", index,
+                      record["image_name"], e, self.skipped)
+      return None
+    texts, example = [record["caption"]], {"image": image}
+    for kind, key in enumerate(TEXT_LISTS):
+      available = record[key] if keeps(self.seed, index, kind, self.frac[key]) else []
+      count = min(self.num[key], len(available))
+      chosen = [available[i] for i in np.sort(rng.choice(len(available), count, replace=False))]
+      texts += chosen + [""] * (self.num[key] - count)
+      example[f"{key[:-1]}_mask"] = np.arange(self.num[key]) < count
+    tokens = self.tokenizer(texts)
+    k_n = self.num["hard_negatives"]
+    example["caption"] = tokens[0]
+    example["hard_negatives"] = tokens[1:1 + k_n]
+    example["hard_positives"] = tokens[1 + k_n:]
+    return example
+
+
+def make_dataset(source, *, global_batch_size: int, seed: int, transform: ExampleTransform,
+                 process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
+                 worker_count: int = 0, worker_buffer_size: int = 2) -> grain.IterDataset:
+  """The training pipeline: global shuffle, per-example transform, this host's share, batches."""
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
+  ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i, r))
+  ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(transform, seed=seed)
+  ds = ds[process_index::process_count].to_iter_dataset()
+  if transform.skip_bad_images:
+    ds = ds.filter(lambda x: x is not None)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  if worker_count:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                     per_worker_buffer_size=worker_buffer_size))
+  return ds

@@ -1,0 +1,1 @@
+"""Finetuning CLIP with hard negatives and hard positives: loss, optimizer, step, checkpoints, loop."""

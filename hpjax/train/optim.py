@@ -1,0 +1,39 @@
+"""AdamW as NegCLIP/OpenCLIP finetune: warm-up + cosine, no decay on gains, biases, logit scale."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+NO_DECAY_NAMES = ("logit_scale", "logit_bias")
+
+
+def decay_mask(params):
+  """True where weight decay applies: matrices and embeddings (ndim >= 2), as OpenCLIP's
+  `exclude = p.ndim < 2 or 'bn'/'ln'/'bias'/'logit_scale' in name`; LayerNorm scales, biases and
+  the class embedding are vectors, so ndim alone catches them."""
+
+  def decays(path, x):
+    names = {getattr(k, "key", str(k)) for k in path}
+    return x.ndim >= 2 and not names & set(NO_DECAY_NAMES)
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr`, then cosine decay to `lr * end_factor` at `total_steps`."""
+  warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=config.lr * config.end_factor)
+
+
+def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                      optax.Schedule]:
+  """config: lr, warmup_steps, end_factor, b1, b2, eps, weight_decay, grad_clip_norm."""
+  schedule = learning_rate_schedule(config, total_steps)
+  adamw = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                      weight_decay=config.weight_decay, mask=decay_mask)
+  if config.grad_clip_norm:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw), schedule
+  return adamw, schedule

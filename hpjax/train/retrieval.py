@@ -1,0 +1,70 @@
+"""Image-text retrieval recall@K on held-out training records (NegCLIP picks its epoch by it).
+
+Every image is scored against every held-out caption; image->text counts a hit when the image's
+own caption is among its top K, text->image when the caption's image is among the caption's top K.
+Features are encoded in fixed-shape, padded batches sharded over the mesh (one compile).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from hpjax import preprocess, sharding
+from hpjax import tokenizer as tokenizer_lib
+
+
+def recall_at_k(similarity: np.ndarray, ks=(1, 5)) -> dict[str, float]:
+  """similarity: (N images, N captions), caption i belongs to image i."""
+  n = similarity.shape[0]
+  own = similarity[np.arange(n), np.arange(n)]
+  # Rank = how many others score strictly higher (ties resolved in the model's favour).
+  i2t_rank = np.sum(similarity > own[:, None], axis=1)
+  t2i_rank = np.sum(similarity > own[None, :], axis=0)
+  out = {}
+  for k in ks:
+    out[f"retrieval/image_to_text_recall@{k}"] = float(np.mean(i2t_rank < k) * 100)
+    out[f"retrieval/text_to_image_recall@{k}"] = float(np.mean(t2i_rank < k) * 100)
+    out[f"retrieval/mean_recall@{k}"] = (out[f"retrieval/image_to_text_recall@{k}"]
+                                         + out[f"retrieval/text_to_image_recall@{k}"]) / 2
+  return out
+
+
+class RetrievalEvaluator:
+  """recall@1/5 over `records` (dicts with an image path or bytes and a caption)."""
+
+  def __init__(self, model, records, mesh, *, batch_size: int = 128,
+               buckets=(16, 32, 77)):
+    self.model = model
+    self.records = list(records)
+    self.mesh = mesh
+    n = mesh.devices.size
+    self.batch_size = -(-batch_size // n) * n
+    self.buckets = buckets
+    self.transform = preprocess.eval_transform(model.config.vision.image_size)
+    tokens = tokenizer_lib.get_tokenizer(model.config)([r["caption"] for r in self.records])
+    self.tokens = tokens[:, :tokenizer_lib.bucket_length(
+        int(tokenizer_lib.token_lengths(tokens).max()), buckets)]
+    replicated = sharding.replicated(mesh)
+    encode = lambda method: jax.jit(
+        lambda p, x: model.apply({"params": p}, x, normalize=True, method=method),
+        out_shardings=replicated)
+    self._encode_image, self._encode_text = encode("encode_image"), encode("encode_text")
+
+  def _batched(self, encode, params, rows_of):
+    feats = []
+    local = sharding.local_batch_size(self.batch_size)
+    start = jax.process_index() * local
+    for begin in range(0, len(self.records), self.batch_size):
+      ids = list(range(begin, min(begin + self.batch_size, len(self.records))))
+      ids += [ids[-1]] * (self.batch_size - len(ids))  # pad with a repeat, dropped below
+      rows = rows_of(ids[start:start + local])
+      out = np.asarray(encode(params, sharding.put_batch(rows, self.mesh)))
+      feats.append(out[:min(self.batch_size, len(self.records) - begin)])
+    return np.concatenate(feats)
+
+  def run(self, params) -> dict[str, float]:
+    images = self._batched(self._encode_image, params, lambda ids: np.stack(
+        [self.transform(preprocess.load_image(self.records[i]["image"])) for i in ids]))
+    texts = self._batched(self._encode_text, params, lambda ids: self.tokens[ids])
+    return recall_at_k(images @ texts.T)

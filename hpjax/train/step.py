@@ -1,0 +1,81 @@
+"""The train state and the jitted train step.
+
+A batch is a dict of global arrays sharded on the batch axis:
+  image (B, H, W, 3) float, caption (B, L) int32, hard_positives (B, K_p, L) int32 +
+  hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask.
+L is the batch's bucket length (16/32/77); the step is compiled once per bucket.
+All texts of an example are encoded in one call on rows laid out example by example, so the
+reshape keeps each device's rows local; masked slots are encoded too (fixed shapes) and then
+ignored by the loss.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from hpjax.train import losses
+
+TEXT_KEYS = ("caption", "hard_positives", "hard_negatives")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def init_state(params, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def encode_batch(model, params, batch):
+  """Normalised features: image (B, D), caption (B, D), hard positives (B, K_p, D), negatives."""
+  image = model.apply({"params": params}, batch["image"], normalize=True, method="encode_image")
+  k_p = batch["hard_positives"].shape[1]
+  tokens = jnp.concatenate([batch["caption"][:, None], batch["hard_positives"],
+                            batch["hard_negatives"]], axis=1)
+  b, k, length = tokens.shape
+  texts = model.apply({"params": params}, tokens.reshape(b * k, length), normalize=True,
+                      method="encode_text").reshape(b, k, -1)
+  return image, texts[:, 0], texts[:, 1:1 + k_p], texts[:, 1 + k_p:]
+
+
+def loss_fn(params, model, batch, positives: str, local_weight: float):
+  image, caption, hard_positives, hard_negatives = encode_batch(model, params, batch)
+  return losses.contrastive_loss(
+      image, caption, hard_positives, batch["hard_positive_mask"], hard_negatives,
+      batch["hard_negative_mask"], params["logit_scale"], positives=positives,
+      local_weight=local_weight)
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
+               local_weight: float):
+  """One AdamW step. A non-finite loss or gradient leaves the state unchanged (the trainer then
+  stops), so a poisoned update can never reach a checkpoint."""
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, model, batch, positives, local_weight)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # OpenCLIP clamps the stored temperature after each step; the loss clamps it as well.
+  params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, losses.MAX_LOGIT_SCALE)}
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+  new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+  metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+             "finite": finite}
+  return new, metrics
+
+
+def jit_train_step(model, tx, schedule, state_shardings, metrics_sharding, *,
+                   positives: str = "multi", local_weight: float = 0.0):
+  """The step jitted with the state kept in `state_shardings` (and donated)."""
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                           positives=positives, local_weight=local_weight)
+  return jax.jit(step, out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))

@@ -1,0 +1,205 @@
+"""The training program: `run(config, workdir)`, read top to bottom in big_vision's sections.
+
+mesh -> input -> model + optimizer -> sharding -> checkpoint (resume) -> evaluators -> loop ->
+final evaluation, reports and export. See configs/common.py for every field.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from hpjax import sharding
+from hpjax import tokenizer as tokenizer_lib
+from hpjax.data import training as data_lib
+from hpjax.train import checkpointing, optim, retrieval
+from hpjax.train import step as step_lib
+from hpjax.train.metrics_log import MetricsLog
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm became NaN/inf; the state of that step was not kept."""
+
+
+def _training_data(config, workdir: str):
+  """(train source, held-out records, REPLACE/SWAP root or '', image root or '')."""
+  data = config.data
+  eval_root, image_root = config.eval.replace_swap_root, config.eval.image_root
+  source_path = data.source
+  if data.source == "synthetic":
+    from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
+    world = synthetic.write_world(os.path.join(workdir, "world"), **data.synthetic)
+    source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
+  source = data_lib.open_source(source_path)
+  if data.val_source:
+    held_out = data_lib.open_source(data.val_source)
+    val = [held_out[i] for i in range(len(held_out))]
+  else:
+    if len(source) <= data.val_size:
+      raise ValueError(f"{source_path}: {len(source)} records cannot spare val_size="
+                       f"{data.val_size} for the held-out retrieval split")
+    val = [source[i] for i in range(len(source) - data.val_size, len(source))]
+    source = grain.MapDataset.source(source)[:len(source) - data.val_size]
+  return source, val, eval_root, image_root
+
+
+def _bucketed(batch: dict, buckets) -> dict:
+  """Cuts every token array to the shortest bucket holding all of the batch's texts (the same on
+  every host); exact because the text tower is causal and pools at EOT."""
+  longest = max(int(tokenizer_lib.token_lengths(batch[k]).max()) for k in step_lib.TEXT_KEYS
+                if batch[k].size)
+  length = tokenizer_lib.bucket_length(sharding.host_max(longest), buckets)
+  return {k: v[..., :length] if k in step_lib.TEXT_KEYS else v for k, v in batch.items()}
+
+
+def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
+  if not config.eval.hard_positive:
+    return None
+  if not eval_root:
+    raise ValueError("eval.hard_positive needs eval.replace_swap_root (the suites' folder with "
+                     "data/ and swapped_data/) unless data.source is 'synthetic'")
+  from hpjax.evaluate import hard_positive  # pylint: disable=g-import-not-at-top (optional)
+  return hard_positive.HardPositiveEvaluator(
+      model, eval_root, image_root=image_root or None, batch_size=config.eval.batch_size)
+
+
+class _Preemption:
+  """Remembers a SIGTERM so the loop can save and stop at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and stopping at the next step")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(config, workdir: str) -> dict:
+  """Trains as `config` says; returns the final evaluation metrics."""
+  # -- mesh --------------------------------------------------------------------------------------
+  dist = config.distributed
+  sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
+                                  dist.process_id if dist.coordinator_address else None)
+  mesh = sharding.make_mesh(config.mesh.model_parallel)
+  os.makedirs(workdir, exist_ok=True)
+
+  # -- input -------------------------------------------------------------------------------------
+  source, val_records, eval_root, image_root = _training_data(config, workdir)
+  from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
+  model, params = factory.create_model(
+      config.model.name, pretrained=config.model.pretrained or None,
+      dtype=DTYPES[config.model.dtype], remat=config.model.remat,
+      rng=jax.random.key(config.seed))
+  transform = data_lib.ExampleTransform(
+      tokenizer=tokenizer_lib.get_tokenizer(model.config),
+      image_size=model.config.vision.image_size,
+      num_hard_negatives=config.data.num_hard_negatives,
+      num_hard_positives=config.data.num_hard_positives, hn_frac=config.data.hn_frac,
+      hp_frac=config.data.hp_frac, seed=config.seed, crop_scale=config.data.crop_scale,
+      skip_bad_images=config.data.skip_bad_images)
+  dataset = data_lib.make_dataset(
+      source, global_batch_size=config.batch_size, seed=config.seed, transform=transform,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      worker_count=config.data.worker_count)
+  iterator = iter(dataset)
+
+  # -- model + optimizer, sharded ----------------------------------------------------------------
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  state_shapes = jax.eval_shape(lambda p: step_lib.init_state(p, tx), params)
+  state_shardings = sharding.param_sharding(mesh, state_shapes)
+  state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_shardings)(params)
+  del params
+  train_step = step_lib.jit_train_step(
+      model, tx, schedule, state_shardings, sharding.replicated(mesh),
+      positives=config.loss.positives, local_weight=config.loss.local_weight)
+
+  # -- checkpoint: resume where the workdir left off ---------------------------------------------
+  ckpt = checkpointing.Checkpointer(
+      workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+      async_save=config.checkpoint.async_save, best_metric=config.checkpoint.best_metric or None,
+      best_mode=config.checkpoint.best_mode)
+  state, iterator = ckpt.restore(state, iterator)
+  first_step = int(state.step)
+
+  # -- evaluators --------------------------------------------------------------------------------
+  evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh,
+                                             batch_size=config.eval.batch_size,
+                                             buckets=config.text_buckets)]
+  hard_positive = _hard_positive_evaluator(config, model, eval_root, image_root)
+  if hard_positive is not None:
+    evaluators.append(hard_positive)
+
+  def evaluate(step: int) -> dict:
+    metrics = {}
+    for evaluator in evaluators:
+      metrics.update(evaluator.run(state.params))
+    log.write(step, metrics)
+    logging.info("step %d evaluation: %s", step,
+                 ", ".join(f"{k} {v:.2f}" for k, v in sorted(metrics.items())))
+    return metrics
+
+  # -- loop --------------------------------------------------------------------------------------
+  log = MetricsLog(workdir, config.total_steps)
+  preemption = _Preemption()
+  pending = None  # the previous step's metrics, checked one step late to keep the device busy
+
+  def check(step_metrics, step):
+    if not bool(step_metrics["finite"]):
+      raise NonFiniteLossError(
+          f"step {step}: loss {float(step_metrics['loss'])}, grad norm "
+          f"{float(step_metrics['grad_norm'])} is not finite; stopped without saving (the last "
+          f"checkpoint in {workdir}/checkpoints is from before this step)")
+
+  eval_metrics = {}
+  try:
+    if first_step == 0 and config.eval.every_steps:
+      evaluate(0)
+    for step in range(first_step + 1, config.total_steps + 1):
+      batch = _bucketed(next(iterator), config.text_buckets)
+      state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+      if pending is not None:
+        check(*pending)
+      pending = (metrics, step)
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        values = jax.device_get(metrics)
+        check(values, step)
+        speed = log.progress(step, float(values["loss"]), config.batch_size)
+        log.write(step, {**{k: v for k, v in values.items() if k != "finite"}, **speed})
+      final = step == config.total_steps or preemption.requested
+      if final or step % config.checkpoint.every_steps == 0:
+        check(metrics, step)
+        ckpt.maybe_save(step, state, iterator, force=final)
+      if config.eval.every_steps and (step % config.eval.every_steps == 0 or final):
+        eval_metrics = evaluate(step)
+        if config.checkpoint.best_metric:
+          ckpt.save_best(step, state, iterator, eval_metrics)
+      if preemption.requested:
+        logging.warning("stopped at step %d for preemption; rerun to resume", step)
+        return eval_metrics
+  finally:
+    preemption.restore()
+    ckpt.close()
+    log.close()
+
+  # -- the end: reports and export ---------------------------------------------------------------
+  if config.export_openclip and jax.process_index() == 0:
+    factory.export_openclip(jax.device_get(state.params), config.model.name,
+                            config.export_openclip)
+    logging.info("exported OpenCLIP weights to %s", config.export_openclip)
+  if hard_positive is not None and config.eval.reports and jax.process_index() == 0:
+    hard_positive.write_reports(os.path.join(workdir, "reports"))
+  return eval_metrics
+
