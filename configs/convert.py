@@ -1,0 +1,29 @@
+"""Checkpoint conversion between OpenCLIP/OpenAI/HF files and hpjax orbax param directories.
+
+  python -m hpjax.main --workdir=/tmp/convert \
+    --config=configs/convert.py:src=PATH,model=ViT-B-32-quickgelu,direction=to_hpjax
+  python -m hpjax.main --workdir=/tmp/convert \
+    --config=configs/convert.py:src=/tmp/convert/params,model=ViT-B-32-quickgelu,direction=to_openclip,dst=out.safetensors
+
+`dst` defaults to WORKDIR/params (to_hpjax) or WORKDIR/open_clip_model.safetensors (to_openclip);
+a `.bin` dst writes a torch state dict instead.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.program = "convert"
+  config.src = ""
+  config.dst = ""
+  config.model = "ViT-B-32"
+  config.direction = "to_hpjax"
+  for item in (arg or "").split(","):
+    if item:
+      key, _, value = item.partition("=")
+      if key not in config:
+        raise ValueError(f"configs/convert.py: unknown argument {key!r}; known: "
+                         f"{sorted(k for k in config if k != 'program')}")
+      config[key] = value
+  return config

@@ -1,0 +1,79 @@
+"""The `convert` program: OpenCLIP/OpenAI/HF files <-> hpjax orbax param directories.
+
+  python -m hpjax.main --workdir=/tmp/conv \
+    --config=configs/convert.py:src=ViT-B-32.safetensors,model=ViT-B-32,direction=to_hpjax
+
+Directions:
+  to_hpjax:    src is an OpenCLIP (.safetensors/.bin/.pt), OpenAI TorchScript or HF CLIPModel
+               file; dst (default WORKDIR/params) becomes an orbax params directory.
+  to_openclip: src is an orbax params directory or any file to_hpjax reads; dst (default
+               WORKDIR/open_clip_model.safetensors) is an OpenCLIP state dict that
+               `open_clip.create_model(model, pretrained=dst)` loads strictly.
+A summary (tensor count, parameter count, bytes, seconds) is logged and written to
+WORKDIR/convert_summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+from absl import logging
+import numpy as np
+
+from hpjax.checkpoints import loading, orbax_params
+from hpjax.models.clip import num_params
+from hpjax.models.config import get_model_config
+
+DIRECTIONS = ("to_hpjax", "to_openclip")
+_DEFAULT_DST = {"to_hpjax": "params", "to_openclip": "open_clip_model.safetensors"}
+
+
+def run(config, workdir) -> dict:
+  """Converts config.src to config.dst for architecture config.model; returns the summary."""
+  if config.direction not in DIRECTIONS:
+    raise ValueError(f"config.direction is {config.direction!r}; expected one of {DIRECTIONS}")
+  if not config.src:
+    raise ValueError("config.src is empty: pass src=PATH (a checkpoint file or orbax directory)")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  src = pathlib.Path(config.src)
+  dst = pathlib.Path(config.dst or workdir / _DEFAULT_DST[config.direction])
+  if dst.exists():
+    raise FileExistsError(f"{dst} exists; remove it or choose another dst")
+  model_config = get_model_config(config.model)
+  start = time.time()
+
+  _progress(1, f"reading {src} as {model_config.name}")
+  params = loading.load_params(src, model_config, np.float32)
+  _progress(2, f"writing {config.direction.removeprefix('to_')} checkpoint {dst}")
+  if config.direction == "to_hpjax":
+    orbax_params.save_params(dst, params)
+  else:
+    loading.export_openclip(params, model_config, dst)
+
+  summary = {
+      "direction": config.direction, "model": model_config.name, "src": str(src), "dst": str(dst),
+      "tensors": len(_leaves(params)), "parameters": num_params(params),
+      "bytes_written": _size(dst), "seconds": round(time.time() - start, 2),
+  }
+  (workdir / "convert_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  _progress(3, "done: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+  return summary
+
+
+def _progress(step: int, message: str) -> None:
+  logging.info("[convert %d/3] %s", step, message)
+
+
+def _leaves(tree) -> list:
+  return [leaf for value in tree.values()
+          for leaf in (_leaves(value) if isinstance(value, dict) else [value])]
+
+
+def _size(path: pathlib.Path) -> int:
+  if path.is_file():
+    return path.stat().st_size
+  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

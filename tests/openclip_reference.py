@@ -1,0 +1,54 @@
+"""Reference OpenCLIP models with random weights and matching inputs, for the port's tests.
+
+The 1-D tensors (biases, LayerNorm scales, logit scale) are perturbed after OpenCLIP's init,
+which sets them to constants: zero biases and unit scales could hide a mis-mapped key. The
+matrices are random already.
+"""
+
+import functools
+import pathlib
+
+import numpy as np
+import open_clip
+import torch
+
+TINY_JSON = pathlib.Path(__file__).parents[1] / "hpjax" / "models" / "configs" / "hpjax-tiny.json"
+SOT, EOT = 49406, 49407
+
+
+@functools.cache
+def _register_tiny():
+  open_clip.add_model_config(str(TINY_JSON))
+
+
+def openclip_model(name: str, seed: int = 0) -> torch.nn.Module:
+  """open_clip.create_model(name) with random weights, 1-D tensors perturbed, in eval mode."""
+  _register_tiny()
+  torch.manual_seed(seed)
+  model = open_clip.create_model(name).eval()
+  with torch.no_grad():
+    for param in model.parameters():
+      if param.ndim <= 1:
+        param.add_(0.02 * torch.randn_like(param))
+  return model
+
+
+def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def random_images(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
+  """Normalised-looking float images, NCHW (OpenCLIP's layout)."""
+  return rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def random_tokens(rng: np.random.Generator, batch: int, eot_positions=(5, 76, 12, 40),
+                  length: int = 77) -> np.ndarray:
+  """Token ids as the tokenizer lays them out: SOT, random BPE ids, EOT, zero padding."""
+  tokens = np.zeros((batch, length), np.int32)
+  for row in range(batch):
+    eot = min(eot_positions[row % len(eot_positions)], length - 1)
+    tokens[row, 0] = SOT
+    tokens[row, 1:eot] = rng.integers(1, SOT, eot - 1)
+    tokens[row, eot] = EOT
+  return tokens

@@ -1,0 +1,98 @@
+"""Flax CLIP vs. open_clip with the same random weights: features, logits, text lengths, bf16, remat."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from hpjax.checkpoints import openclip_to_params
+from hpjax.models import CLIP, get_model_config
+from openclip_reference import openclip_model, random_images, random_tokens, state_dict_numpy
+
+BATCH = 2
+
+
+@pytest.fixture(scope="module", params=["hpjax-tiny", "ViT-B-32-quickgelu", "ViT-B-16"])
+def reference(request):
+  """(torch model, Flax model, params converted from the torch model), built once per module."""
+  torch_model = openclip_model(request.param)
+  config = get_model_config(request.param)
+  return torch_model, CLIP(config), openclip_to_params(state_dict_numpy(torch_model), config)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  torch_model = openclip_model("hpjax-tiny", seed=1)
+  config = get_model_config("hpjax-tiny")
+  return config, openclip_to_params(state_dict_numpy(torch_model), config)
+
+
+def test_features_and_logits_match_open_clip(reference):
+  torch_model, model, params = reference
+  rng = np.random.default_rng(0)
+  images = random_images(rng, BATCH, model.config.vision.image_size)
+  tokens = random_tokens(rng, BATCH)
+  with torch.no_grad():
+    want_image, want_text, want_scale = torch_model(torch.from_numpy(images),
+                                                    torch.from_numpy(tokens).long())
+    want_logits = torch_model.get_logits(torch.from_numpy(images), torch.from_numpy(tokens).long())[0]
+  with jax.default_matmul_precision("highest"):
+    image, text, scale = jax.jit(model.apply)({"params": params}, images.transpose(0, 2, 3, 1),
+                                              tokens)
+  logits = scale * image @ text.T
+  np.testing.assert_allclose(image, want_image.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(text, want_text.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(logits, want_logits.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(scale, want_scale.item(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("length", [16, 32])
+def test_short_text_length_equals_full_length(tiny, length):
+  config, params = tiny
+  model = CLIP(config)
+  tokens = random_tokens(np.random.default_rng(1), 4, eot_positions=(3, length - 1, 9, 1))
+  encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
+  with jax.default_matmul_precision("highest"):
+    full, short = encode(params, tokens), encode(params, tokens[:, :length])
+  np.testing.assert_allclose(short, full, rtol=0, atol=1e-5)
+
+
+def test_text_longer_than_context_is_an_error(tiny):
+  config, params = tiny
+  tokens = np.zeros((1, config.text.context_length + 1), np.int32)
+  with pytest.raises(ValueError, match="exceeds context_length 77"):
+    CLIP(config).apply({"params": params}, tokens, method="encode_text")
+
+
+def test_bf16_compute_stays_close_to_fp32(tiny):
+  config, params = tiny
+  rng = np.random.default_rng(2)
+  images = random_images(rng, BATCH, config.vision.image_size).transpose(0, 2, 3, 1)
+  tokens = random_tokens(rng, BATCH)
+  with jax.default_matmul_precision("highest"):
+    want = jax.jit(CLIP(config).apply)({"params": params}, images, tokens)
+  got = jax.jit(CLIP(config, dtype=jnp.bfloat16).apply)({"params": params}, images, tokens)
+  for g, w in zip(got[:2], want[:2]):
+    assert g.dtype == jnp.float32
+    np.testing.assert_array_less(np.abs(g - w).max(), 0.05)
+    np.testing.assert_array_less(0.995, np.sum(g * w, axis=-1))  # cosine of unit vectors
+
+
+def test_remat_gives_same_outputs_and_gradients(tiny):
+  # Remat wraps every residual block of both towers the same way; the image tower shows it.
+  config, params = tiny
+  images = random_images(np.random.default_rng(3), BATCH, config.vision.image_size)
+  images = images.transpose(0, 2, 3, 1)
+
+  def loss_and_grads(remat):
+    def loss(p):
+      features = CLIP(config, remat=remat).apply({"params": p}, images, method="encode_image")
+      return jnp.sum(features ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  with jax.default_matmul_precision("highest"):
+    (plain_loss, plain_grads), (remat_loss, remat_grads) = loss_and_grads(False), loss_and_grads(True)
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               remat_grads["visual"], plain_grads["visual"])
