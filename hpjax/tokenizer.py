@@ -17,6 +17,7 @@ import functools
 import gzip
 import html
 import itertools
+import json
 import pathlib
 from collections.abc import Sequence
 
@@ -164,6 +165,18 @@ def _tokenizer(context_length: int) -> Tokenizer:
   return Tokenizer(context_length)
 
 
+def _require_default_tokenizer(name_or_path: str) -> None:
+  """OpenCLIP configs may ask for another tokenizer (HF, other cleaning): refuse, not ignore."""
+  path = pathlib.Path(name_or_path)
+  if not (path.suffix == ".json" and path.is_file()):
+    path = config_lib.CONFIG_DIR / f"{name_or_path}.json"
+  text_cfg = json.loads(path.read_text()).get("text_cfg", {})
+  asked = {k: text_cfg[k] for k in ("hf_tokenizer_name", "tokenizer_kwargs") if text_cfg.get(k)}
+  if asked:
+    raise ValueError(f"{path}: text_cfg asks for {asked}; hpjax provides only OpenCLIP's "
+                     "default CLIP tokenizer")
+
+
 def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
                   context_length: int | None = None) -> Tokenizer:
   """The tokenizer for a model name, JSON config path or config (context length from its text_cfg).
@@ -171,7 +184,9 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
   Only OpenCLIP's default CLIP tokenizer is provided; the shipped configs all use it.
   """
   if isinstance(name_or_config, str):
-    name_or_config = config_lib.get_model_config(name_or_config)
+    config = config_lib.get_model_config(name_or_config)
+    _require_default_tokenizer(name_or_config)
+    name_or_config = config
   if context_length is None:
     context_length = (DEFAULT_CONTEXT_LENGTH if name_or_config is None
                       else name_or_config.text.context_length)

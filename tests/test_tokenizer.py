@@ -3,6 +3,7 @@
 import ast
 import csv
 import functools
+import json
 import os
 import string
 
@@ -117,6 +118,18 @@ def test_token_lengths_and_buckets():
     tokenizer_lib.bucket_length(78)
   with pytest.raises(ValueError, match=r"rows \[1\] have no EOT"):
     tokenizer_lib.token_lengths(np.array([tokens[0], np.zeros(77, np.int32)]))
+
+
+def test_config_asking_for_another_tokenizer_is_refused(tmp_path):
+  config = json.loads((config_lib.CONFIG_DIR / "ViT-B-32.json").read_text())
+  config["text_cfg"]["context_length"] = 32
+  path = tmp_path / "mine.json"
+  path.write_text(json.dumps(config))
+  assert tokenizer_lib.get_tokenizer(str(path)).context_length == 32
+  config["text_cfg"]["hf_tokenizer_name"] = "some/hf-tokenizer"
+  path.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="mine.json: text_cfg asks for .*hf_tokenizer_name"):
+    tokenizer_lib.get_tokenizer(str(path))
 
 
 def test_encode_unique_and_config_lookup():
