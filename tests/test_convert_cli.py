@@ -1,0 +1,64 @@
+"""The convert program, both directions, in-process and once through `python -m hpjax.main`."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hpjax import checkpoints
+from hpjax.checkpoints import convert
+from openclip_reference import TINY_JSON, openclip_model, state_dict_numpy
+
+REPO = pathlib.Path(__file__).parents[1]
+sys.path.insert(0, str(REPO))
+from configs import convert as convert_config  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  state_dict = state_dict_numpy(openclip_model("hpjax-tiny"))
+  path = tmp_path_factory.mktemp("source") / "tiny.safetensors"
+  return state_dict, checkpoints.write_state_dict(state_dict, path)
+
+
+def test_both_directions_round_trip_bit_identical(source, tmp_path):
+  state_dict, path = source
+  to_hpjax = convert.run(convert_config.get_config(f"src={path},model=hpjax-tiny"), tmp_path)
+  assert to_hpjax["dst"] == str(tmp_path / "params") and to_hpjax["tensors"] == len(state_dict)
+  assert to_hpjax["parameters"] == sum(v.size for v in state_dict.values())
+  back = convert.run(convert_config.get_config(
+      f"src={tmp_path / 'params'},model=hpjax-tiny,direction=to_openclip"), tmp_path)
+  exported = checkpoints.read_state_dict(back["dst"])
+  assert sorted(exported) == sorted(state_dict)
+  for key, value in state_dict.items():
+    np.testing.assert_array_equal(exported[key], value, err_msg=key)
+  assert json.loads((tmp_path / "convert_summary.json").read_text()) == back
+
+
+def test_refuses_to_overwrite_and_unknown_arguments(source, tmp_path):
+  _, path = source
+  with pytest.raises(FileExistsError, match="tiny.safetensors exists"):
+    convert.run(convert_config.get_config(f"src={path},dst={path},direction=to_openclip,"
+                                          "model=hpjax-tiny"), tmp_path)
+  with pytest.raises(ValueError, match="direction is 'sideways'"):
+    convert.run(convert_config.get_config(f"src={path},direction=sideways"), tmp_path)
+  with pytest.raises(ValueError, match="unknown argument 'source'"):
+    convert_config.get_config("source=x")
+
+
+def test_command_line_prints_progress_and_summary(source, tmp_path):
+  _, path = source
+  dst = tmp_path / "out.bin"
+  result = subprocess.run(
+      [sys.executable, "-m", "hpjax.main", f"--workdir={tmp_path}",
+       f"--config={REPO / 'configs' / 'convert.py'}:src={path},model={TINY_JSON},"
+       f"direction=to_openclip,dst={dst}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert "[convert 1/3] reading" in result.stderr and "[convert 3/3] done:" in result.stderr
+  assert f"dst={dst}" in result.stderr
+  exported = checkpoints.read_state_dict(dst)
+  np.testing.assert_array_equal(exported["visual.proj"], source[0]["visual.proj"])

@@ -1,0 +1,73 @@
+"""HF transformers CLIPModel (random init, saved as safetensors) imported into the Flax CLIP."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import transformers
+
+import hpjax
+from openclip_reference import random_images, random_tokens
+
+
+def _hf_model(hidden_act: str, eos_token_id: int) -> transformers.CLIPModel:
+  """A random CLIPModel with hpjax-tiny's dimensions; 1-D tensors perturbed off their constants."""
+  towers = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                hidden_act=hidden_act)
+  config = transformers.CLIPConfig(
+      text_config=dict(towers, eos_token_id=eos_token_id),
+      vision_config=dict(towers, image_size=64, patch_size=16), projection_dim=64)
+  torch.manual_seed(0)
+  model = transformers.CLIPModel(config).eval()
+  with torch.no_grad():
+    for param in model.parameters():
+      if param.ndim <= 1:
+        param.add_(0.02 * torch.randn_like(param))
+  return model
+
+
+@pytest.fixture(params=[("quick_gelu", 49407), ("gelu", 49407), ("quick_gelu", 2)],
+                ids=["quick_gelu", "exact_gelu", "legacy_argmax_pooling"])
+def hf_checkpoint(request, tmp_path):
+  """(HF model, its safetensors file, the matching hpjax config file)."""
+  hidden_act, eos_token_id = request.param
+  model = _hf_model(hidden_act, eos_token_id)
+  path = tmp_path / "model.safetensors"
+  safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+  config = hpjax.get_model_config("hpjax-tiny").to_dict()
+  config["quick_gelu"] = hidden_act == "quick_gelu"
+  config_path = tmp_path / "tiny-from-hf.json"
+  config_path.write_text(json.dumps(config))
+  return model, path, config_path
+
+
+def test_hf_import_matches_transformers(hf_checkpoint):
+  hf_model, path, config_path = hf_checkpoint
+  model, params = hpjax.create_model(str(config_path), pretrained=path)
+  rng = np.random.default_rng(0)
+  images = random_images(rng, 2, 64)
+  tokens = random_tokens(rng, 2)
+  with torch.no_grad():
+    out = hf_model(input_ids=torch.from_numpy(tokens).long(), pixel_values=torch.from_numpy(images))
+  with jax.default_matmul_precision("highest"):
+    image, text, scale = jax.jit(model.apply)({"params": params}, images.transpose(0, 2, 3, 1),
+                                              tokens)
+  np.testing.assert_allclose(image, out.image_embeds.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(text, out.text_embeds.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(scale * image @ text.T, out.logits_per_image.numpy(), rtol=0,
+                             atol=1e-4)
+
+
+def test_hf_checkpoint_with_wrong_dimensions_lists_the_problem(tmp_path):
+  model = _hf_model("quick_gelu", 49407)
+  state = {k: v.contiguous() for k, v in model.state_dict().items()
+           if not k.startswith("vision_model.post_layernorm")}
+  path = tmp_path / "model.safetensors"
+  safetensors.torch.save_file(state, path)
+  with pytest.raises(ValueError, match=r"HF checkpoint .*\n(.|\n)*missing: visual.ln_post.bias"):
+    hpjax.create_model("hpjax-tiny", pretrained=path)
+  with pytest.raises(ValueError, match="mis-shaped: visual.proj: checkpoint .64, 64. vs model .768, 512."):
+    hpjax.create_model("ViT-B-32", pretrained=path)
