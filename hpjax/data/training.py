@@ -28,6 +28,7 @@ from absl import logging
 from hpjax import preprocess
 
 TEXT_LISTS = ("hard_negatives", "hard_positives")
+SKIPPED = "skipped_record"
 
 
 def validate_record(record: Any, where: str) -> dict:
@@ -155,7 +156,6 @@ class ExampleTransform:
     self.frac = {"hard_negatives": hn_frac, "hard_positives": hp_frac}
     self.seed = seed
     self.skip_bad_images = skip_bad_images
-    self.skipped = 0
 
   def __call__(self, indexed_record, rng: np.random.Generator):
     index, record = indexed_record
@@ -164,10 +164,8 @@ class ExampleTransform:
     except (OSError, ValueError) as e:
       if not self.skip_bad_images:
         raise ValueError(f"training record {index} ({record['image_name']}): {e}") from e
-      self.skipped += 1
-      logging.warning("skipping training record %d (%s): %s [%d skipped in this worker]", index,
-                      record["image_name"], e, self.skipped)
-      return None
+      logging.warning("skipping training record %d (%s): %s", index, record["image_name"], e)
+      return {SKIPPED: index}  # (not None: grain would drop it before it can be counted)
     texts, example = [record["caption"]], {"image": image}
     for kind, key in enumerate(TEXT_LISTS):
       available = record[key] if keeps(self.seed, index, kind, self.frac[key]) else []
@@ -183,19 +181,44 @@ class ExampleTransform:
     return example
 
 
+class _CountSkips:
+  """Drops the examples whose image could not be decoded, counting them (main process)."""
+
+  def __init__(self):
+    self.skipped = 0
+
+  def __call__(self, example) -> bool:
+    if SKIPPED in example:
+      self.skipped += 1
+      logging.warning("%d training example(s) skipped so far for undecodable images",
+                      self.skipped)
+    return SKIPPED not in example
+
+
 def make_dataset(source, *, global_batch_size: int, seed: int, transform: ExampleTransform,
                  process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
-                 worker_count: int = 0, worker_buffer_size: int = 2) -> grain.IterDataset:
-  """The training pipeline: global shuffle, per-example transform, this host's share, batches."""
+                 worker_count: int = 0, read_threads: int = 4) -> grain.IterDataset:
+  """The training pipeline: global shuffle, per-example transform, this host's share, batches.
+
+  Workers decode single examples and hand them back in order, and batches are formed here, so
+  the batches do not depend on the number of workers (or hosts). With skip_bad_images, the
+  skips are counted in `dataset.skips.skipped` as they are consumed.
+  """
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
-  ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i, r))
+  num_records = len(source)
+  # The record's own index (grain passes epoch * num_records + i through repeat).
+  ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i % num_records, r))
   ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(transform, seed=seed)
-  ds = ds[process_index::process_count].to_iter_dataset()
-  if transform.skip_bad_images:
-    ds = ds.filter(lambda x: x is not None)
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  local_batch = global_batch_size // process_count
+  ds = ds[process_index::process_count].to_iter_dataset(grain.ReadOptions(
+      num_threads=read_threads, prefetch_buffer_size=2 * local_batch))
   if worker_count:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=worker_buffer_size))
+                                                     per_worker_buffer_size=local_batch))
+  skips = _CountSkips()
+  if transform.skip_bad_images:
+    ds = ds.filter(skips)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds.skips = skips
   return ds
