@@ -145,8 +145,7 @@ class Tokenizer:
     self.context_length = context_length
 
   def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
-    if isinstance(texts, str):
-      texts = [texts]
+    texts = [texts] if isinstance(texts, str) else list(texts)
     for i, t in enumerate(texts):
       if not isinstance(t, str):
         raise TypeError(f"text {i} is a {type(t).__name__}, expected str: {t!r}")

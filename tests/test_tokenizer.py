@@ -141,6 +141,7 @@ def test_encode_unique_and_config_lookup():
   assert tokenizer_lib.get_tokenizer("ViT-B-32", context_length=16)(["x"]).shape == (1, 16)
   assert tokenizer_lib.get_tokenizer(config_lib.get_model_config("hpjax-tiny")).context_length == 77
   assert tok(["x"]).shape == (1, 77) and tok([]).shape == (0, 77)
+  np.testing.assert_array_equal(tok(t for t in texts), tok(texts))
   with pytest.raises(ValueError, match="known models"):
     tokenizer_lib.get_tokenizer("no-such-model")
   with pytest.raises(TypeError, match="text 1 is a int"):
