@@ -19,7 +19,7 @@ import html
 import itertools
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import ftfy
 import numpy as np
@@ -144,7 +144,7 @@ class Tokenizer:
   def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH):
     self.context_length = context_length
 
-  def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+  def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> np.ndarray:
     texts = [texts] if isinstance(texts, str) else list(texts)
     for i, t in enumerate(texts):
       if not isinstance(t, str):
