@@ -1,9 +1,12 @@
 """Flax CLIP vs. open_clip with the same random weights: features, logits, text lengths, bf16, remat."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import open_clip
 import torch
 
 from hpjax.checkpoints import openclip_to_params
@@ -45,6 +48,37 @@ def test_features_and_logits_match_open_clip(reference):
   np.testing.assert_allclose(text, want_text.numpy(), rtol=0, atol=1e-4)
   np.testing.assert_allclose(logits, want_logits.numpy(), rtol=0, atol=1e-4)
   np.testing.assert_allclose(scale, want_scale.item(), rtol=1e-6)
+
+
+# Every optional branch of the towers at once: LayerScale, average pooling, LN after pooling,
+# no ln_pre, a biased text projection, a non-default MLP ratio and context length, logit_bias.
+VARIANT = {
+    "embed_dim": 32, "init_logit_bias": -10.0,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16, "patch_size": 8,
+                   "ls_init_value": 0.1, "pool_type": "avg", "final_ln_after_pool": True,
+                   "no_ln_pre": True, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2,
+                 "ls_init_value": 0.1, "proj_bias": True, "mlp_ratio": 3.0},
+}
+
+
+def test_optional_branches_match_open_clip(tmp_path):
+  path = tmp_path / "hpjax-variant.json"
+  path.write_text(json.dumps(VARIANT))
+  open_clip.add_model_config(str(path))
+  torch_model = openclip_model("hpjax-variant")
+  config = get_model_config(str(path))
+  params = openclip_to_params(state_dict_numpy(torch_model), config)
+  rng = np.random.default_rng(4)
+  images = random_images(rng, BATCH, 32)
+  tokens = random_tokens(rng, BATCH, eot_positions=(4, 19), length=20)
+  with torch.no_grad():
+    want = torch_model(torch.from_numpy(images), torch.from_numpy(tokens).long())
+  with jax.default_matmul_precision("highest"):
+    got = CLIP(config).apply({"params": params}, images.transpose(0, 2, 3, 1), tokens)
+  np.testing.assert_allclose(got[0], want[0].numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(got[1], want[1].numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(params["logit_bias"], want[3].item(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("length", [16, 32])
