@@ -83,9 +83,21 @@ def eval_pixels(image: Image.Image, image_size: int) -> np.ndarray:
   return rgb_pixels(center_crop(resize_shorter_side(image, image_size), image_size))
 
 
-def eval_transform(image_size: int) -> Callable[[Image.Image], np.ndarray]:
-  """PIL image -> float32 (image_size, image_size, 3), as OpenCLIP's eval transform."""
-  return lambda image: normalize(eval_pixels(image, image_size))
+class EvalTransform:
+  """PIL image -> float32 (image_size, image_size, 3), as OpenCLIP's eval transform.
+
+  A class rather than a closure so that it pickles into data-loader worker processes.
+  """
+
+  def __init__(self, image_size: int):
+    self.image_size = image_size
+
+  def __call__(self, image: Image.Image) -> np.ndarray:
+    return normalize(eval_pixels(image, self.image_size))
+
+
+def eval_transform(image_size: int) -> EvalTransform:
+  return EvalTransform(image_size)
 
 
 def preprocess_batch(images: Sequence[Image.Image], image_size: int) -> np.ndarray:
@@ -122,23 +134,31 @@ def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_transform(image_size: int, scale: Sequence[float] = (0.9, 1.0),
-                    ratio: Sequence[float] = (3 / 4, 4 / 3),
-                    rng: np.random.Generator | int | None = None
-                    ) -> Callable[..., np.ndarray]:
+class TrainTransform:
   """OpenCLIP's train transform (RandomResizedCrop, bicubic; RGB; normalise) -> HWC float32.
 
-  The returned `transform(image, rng=None)` draws its crop from the Generator passed per call
-  (e.g. grain's per-record rng), else from one made here from `rng` (a seed or Generator), so
-  a data worker given the same seeds produces the same crops.
+  `transform(image, rng=None)` draws its crop from the Generator passed per call (e.g.
+  grain's per-record rng), else from its own Generator made from `rng` (a seed or
+  Generator), so a data worker given the same seeds produces the same crops. Picklable.
   """
-  default_rng = np.random.default_rng(rng)
 
-  def transform(image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
-    top, left, h, w = random_resized_crop_box(default_rng if rng is None else rng, *image.size, scale, ratio)
+  def __init__(self, image_size: int, scale: Sequence[float] = (0.9, 1.0),
+               ratio: Sequence[float] = (3 / 4, 4 / 3),
+               rng: np.random.Generator | int | None = None):
+    self.image_size, self.scale, self.ratio = image_size, tuple(scale), tuple(ratio)
+    self.rng = np.random.default_rng(rng)
+
+  def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+    top, left, h, w = random_resized_crop_box(self.rng if rng is None else rng, *image.size,
+                                              self.scale, self.ratio)
     crop = image.crop((left, top, left + w, top + h))
-    if crop.size != (image_size, image_size):
-      crop = crop.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    size = (self.image_size, self.image_size)
+    if crop.size != size:
+      crop = crop.resize(size, Image.Resampling.BICUBIC)
     return normalize(rgb_pixels(crop))
 
-  return transform
+
+def train_transform(image_size: int, scale: Sequence[float] = (0.9, 1.0),
+                    ratio: Sequence[float] = (3 / 4, 4 / 3),
+                    rng: np.random.Generator | int | None = None) -> TrainTransform:
+  return TrainTransform(image_size, scale, ratio, rng)

@@ -1,5 +1,7 @@
 """Preprocessing against OpenCLIP's own transforms (torchvision on PIL) on generated images."""
 
+import pickle
+
 import numpy as np
 import open_clip
 import pytest
@@ -107,6 +109,15 @@ def test_train_transform_is_reproducible_from_seeds():
   assert not np.array_equal(draws[0], draws[1])
   per_call = [first(image, np.random.default_rng(11)) for _ in range(2)]
   np.testing.assert_array_equal(per_call[0], per_call[1])
+
+
+def test_transforms_pickle_for_worker_processes():
+  image = IMAGES["RGB 97x203"]
+  train = preprocess.train_transform(32, rng=5)
+  copy = pickle.loads(pickle.dumps(train))
+  np.testing.assert_array_equal(copy(image), train(image))
+  evaluate = pickle.loads(pickle.dumps(preprocess.eval_transform(32)))
+  np.testing.assert_array_equal(evaluate(image), preprocess.eval_transform(32)(image))
 
 
 def test_load_image_converts_crops_and_names_the_file(tmp_path):
