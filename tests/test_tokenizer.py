@@ -5,6 +5,7 @@ import csv
 import functools
 import json
 import os
+import pickle
 import string
 
 import numpy as np
@@ -143,6 +144,7 @@ def test_encode_unique_and_config_lookup():
   assert tokenizer_lib.get_tokenizer(config_lib.get_model_config("hpjax-tiny")).context_length == 77
   assert tok(["x"]).shape == (1, 77) and tok([]).shape == (0, 77)
   np.testing.assert_array_equal(tok(t for t in texts), tok(texts))
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(tok))(texts), tok(texts))
   with pytest.raises(ValueError, match="known models"):
     tokenizer_lib.get_tokenizer("no-such-model")
   with pytest.raises(TypeError, match="text 1 is a int"):
