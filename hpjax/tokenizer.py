@@ -7,8 +7,7 @@ the words are split here with the very same pattern and flags, and only the byte
 encoding of each *distinct* word of a batch runs in the Rust `tokenizers` library; the words'
 ids are then gathered into the (N, context_length) array with numpy. Speed comes from three
 places: ftfy (the bulk of OpenCLIP's time) is skipped for plain printable ASCII, where it and
-html unescaping provably change nothing; BPE runs once per distinct word in Rust; packing is
-vectorised.
+html unescaping change nothing; BPE runs once per distinct word in Rust; packing is vectorised.
 """
 
 from __future__ import annotations
@@ -41,9 +40,10 @@ _SPECIAL_IDS = {SOT_TOKEN: SOT_ID, EOT_TOKEN: EOT_ID}
 _WORD_RE = regex.compile(
     rf"{SOT_TOKEN}|{EOT_TOKEN}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
     regex.IGNORECASE)
-# Tab, newline and printable ASCII except `&` (may start an html entity) and `<` (may start a
-# special token): ftfy and html.unescape leave such strings unchanged.
-_PLAIN_ASCII_RE = regex.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d-\x7e]*")
+# Tab, newline and printable ASCII except `&` (which may start an html entity): ftfy's fixes
+# act only on non-ASCII text, control characters, CR line breaks and entities, and
+# html.unescape only on `&`, so such strings come through both unchanged.
+_PLAIN_ASCII_RE = regex.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
 
 
 def _bytes_to_unicode() -> list[str]:

@@ -73,7 +73,7 @@ def test_truncation_keeps_eot_last_at_any_context_length():
 
 
 def test_random_ascii_strings_match_openclip():
-  """Covers the ASCII shortcut (no ftfy) and its boundary characters `&` and `<`."""
+  """Covers the ASCII shortcut (no ftfy) and its boundary: `&`, CR and control characters."""
   rng = np.random.default_rng(0)
   alphabet = list(string.printable) + ["&amp;", "<start_of_text>", "'s", "'LL"]
   texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(500)]
