@@ -40,10 +40,6 @@ _SPECIAL_IDS = {SOT_TOKEN: SOT_ID, EOT_TOKEN: EOT_ID}
 _WORD_RE = regex.compile(
     rf"{SOT_TOKEN}|{EOT_TOKEN}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
     regex.IGNORECASE)
-# Tab, newline and printable ASCII except `&` (which may start an html entity): ftfy's fixes
-# act only on non-ASCII text, control characters, CR line breaks and entities, and
-# html.unescape only on `&`, so such strings come through both unchanged.
-_PLAIN_ASCII_RE = regex.compile(r"[\t\n\x20-\x25\x27-\x7e]*")
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -83,8 +79,10 @@ def _bpe_backend() -> tokenizers.Tokenizer:
 
 def clean_text(text: str) -> str:
   """OpenCLIP's 'lower' cleaning: ftfy, html unescape (twice), whitespace, lower case."""
-  if _PLAIN_ASCII_RE.fullmatch(text):
-    return text.lower()  # Whitespace runs need no collapsing: no word contains whitespace.
+  # ftfy's fixes act only on non-ASCII text, control characters, line breaks and entities, and
+  # html.unescape only on `&`: printable ASCII without `&` comes through both unchanged.
+  if text.isascii() and text.isprintable() and "&" not in text:
+    return text.lower()  # Runs of spaces need no collapsing: no word contains a space.
   text = html.unescape(html.unescape(ftfy.fix_text(text)))
   return " ".join(text.split()).lower()
 
