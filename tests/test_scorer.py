@@ -10,53 +10,24 @@ import torch
 from PIL import Image
 
 from hpjax import checkpoints
-
-
-def _install_preprocess_stub():  # TEMPORARY: until hpjax/preprocess.py lands
-  import sys, types, open_clip.transform as oct
-  mod = types.ModuleType("hpjax.preprocess")
-  def load_image(path, crop_box=None):
-    image = Image.open(path).convert("RGB")
-    if crop_box is not None:
-      x, y, w, h = crop_box
-      if x + w > image.width or y + h > image.height:
-        raise ValueError(f"{path}: crop box {crop_box} outside the image {image.size}")
-      image = image.crop((x, y, x + w, y + h))
-    return image
-  def eval_transform(size):
-    t = oct.image_transform(size, is_train=False)
-    return lambda im: t(im).permute(1, 2, 0).numpy()
-  mod.load_image, mod.eval_transform = load_image, eval_transform
-  sys.modules["hpjax.preprocess"] = mod
-  import hpjax
-  hpjax.preprocess = mod
-
-
-try:
-  from hpjax import preprocess  # noqa
-except ImportError:
-  _install_preprocess_stub()
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites
 from hpjax.evaluate import metrics
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.evaluate import stand_in_images
 from hpjax.models import CLIP, get_model_config
-from hpjax.models.config import CONFIG_DIR
+from openclip_reference import openclip_model, state_dict_numpy
 
 REAL_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hard_positives")
 
 
 def paired_models(name, seed=0):
-  """The same random weights in OpenCLIP (PyTorch) and in the Flax CLIP."""
-  path = CONFIG_DIR / f"{name}.json"
-  open_clip.add_model_config(str(path))
-  torch.manual_seed(seed)
-  torch_model, _, torch_preprocess = open_clip.create_model_and_transforms(name)
-  torch_model.eval()
+  """The same random weights in OpenCLIP (PyTorch) and in the Flax CLIP, and OpenCLIP's
+  eval transform."""
+  torch_model = openclip_model(name, seed)
   config = get_model_config(name)
-  state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-  params = checkpoints.openclip_to_params(state, config)
+  params = checkpoints.openclip_to_params(state_dict_numpy(torch_model), config)
+  torch_preprocess = open_clip.image_transform(config.vision.image_size, is_train=False)
   return CLIP(config), params, torch_model, torch_preprocess
 
 

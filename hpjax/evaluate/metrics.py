@@ -52,6 +52,8 @@ ARO_SYMMETRIC_RELATIONS = frozenset((
     "by", "of", "near", "next to", "with", "beside", "on the side of", "around"))
 # The official VG-Attribution macro accuracy skips attribute pairs with fewer records.
 ARO_MIN_ATTRIBUTE_COUNT = 25
+# Figures that add up (rather than average) when files are combined.
+_SUMMED = ("n", "skipped_records")
 
 
 def _pct(mask: np.ndarray) -> float:
@@ -88,9 +90,9 @@ def hard_positive_metrics(s_c, s_n, s_p) -> dict[str, float]:
 
 
 def mean_of(per_file: Sequence[dict[str, float]]) -> dict[str, float]:
-  """REPLACE's headline: the unweighted mean of each file's figures; counts (and n) are summed."""
+  """REPLACE's headline: the unweighted mean of each file's figures; counts and N are summed."""
   keys = per_file[0].keys()
-  return {k: float(sum(m[k] for m in per_file)) if k == "n" or k.startswith("count/")
+  return {k: float(sum(m[k] for m in per_file)) if k in _SUMMED or k.startswith("count/")
           else float(np.mean([m[k] for m in per_file])) for k in keys}
 
 

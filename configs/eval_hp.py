@@ -1,0 +1,51 @@
+"""Hard-positive evaluation (REPLACE, SWAP and optional other benchmarks) of one or more models.
+
+  python -m hpjax.main --workdir=/tmp/eval --config=configs/eval_hp.py:\
+suite_root=../shared/data/hard_positives,image_root=/data/vg,model=ViT-B-32-quickgelu,\
+checkpoints=openai.pt+negclip.pt+/ckpts/hnhp/params,suites=replace+swap
+
+Arguments are comma-separated `key=value`; lists inside a value use '+'. `checkpoints` entries
+are OpenCLIP/OpenAI/HF files, hpjax param directories or `random` (a random-init model).
+Dotted keys reach the `extra.*` benchmarks, e.g. `extra.sugarcrepe_root=/data/sugar_crepe`.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.program = "evaluate"
+  c.model = "ViT-B-32-quickgelu"
+  c.checkpoints = "random"  # '+'-separated paths; 'random' = a random-init model.
+  c.seed = 0  # random init only.
+  c.dtype = "float32"  # compute dtype; scores are fp32 either way.
+  c.suite_root = ""  # authors' layout: data/<name>.json + swapped_data/<name>.json.
+  c.suites = "replace+swap"  # 'replace', 'replace_attributes', 'replace_relations', 'swap'.
+  c.image_root = ""  # record image paths are relative to it.
+  c.swap_image_dir = ""  # SWAP (ARO) image paths relative to this, if not under image_root.
+  c.batch_size = 128  # images per device step (global).
+  c.text_batch_size = 512
+  c.num_workers = 8  # image decoding threads.
+  c.skip_missing_images = False  # True: score without them and count the skipped records.
+  c.gallery_size = 12  # worst examples per model and suite in gallery.html.
+
+  c.extra = ml_collections.ConfigDict()
+  c.extra.sugarcrepe_root = ""  # the 7 SugarCrepe JSON files.
+  c.extra.sugarcrepe_pp_root = ""  # the 5 SugarCrepe++ JSON files.
+  c.extra.coco_image_dir = ""  # COCO val2017 images for both.
+  c.extra.aro_files = ""  # '+'-separated visual_genome_relation.json / _attribution.json.
+  c.extra.aro_image_dir = ""
+  c.extra.vl_checklist_files = ""  # '+'-separated VL-CheckList JSON files.
+  c.extra.vl_checklist_image_dir = ""
+
+  for key, value in common.parse_arg(arg).items():
+    node, *path = [c] + key.split(".")
+    for name in path[:-1]:
+      node = node[name]
+    if path[-1] not in node:
+      raise KeyError(f"configs/eval_hp.py: no field {key!r}; known: {sorted(c.keys())}")
+    # A path such as 123 parses as a number: string fields keep strings.
+    node[path[-1]] = str(value) if isinstance(node[path[-1]], str) else value
+  return c

@@ -1,0 +1,222 @@
+"""Report files of an evaluation across models: the figures, a table, per-record scores, a plot
+of the ordering categories and an HTML gallery of the worst examples.
+
+`write_reports(directory, results, image_root)` writes:
+  results.json       every figure, N, model, checkpoint digest, timings, per model
+  results.md         a table like the paper's Table 1 (REPLACE / SWAP), plus every suite's figures
+  scores/<model>/<suite>.jsonl   per record: captions, roles, scores (and the ordering category)
+  ordering.png       the five ordering categories (%) per hard-positive suite and model
+  gallery.html       per model and suite, the records where c_n beats a true caption by most
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import time
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after the backend)
+import numpy as np
+
+from hpjax import preprocess
+from hpjax.data import suites as suites_lib
+from hpjax.evaluate import metrics as metrics_lib
+
+# The paper's Table 1 columns: (metric prefix, figure, header).
+TABLE1_COLUMNS = (
+    ("replace", "original", "REPLACE orig"), ("replace", "augmented", "REPLACE aug"),
+    ("replace", "brittleness", "REPLACE brittle"), ("swap", "original", "SWAP orig"),
+    ("swap", "augmented", "SWAP aug"), ("swap", "brittleness", "SWAP brittle"),
+)
+_CATEGORY_COLORS = ("#2a9d8f", "#e76f51", "#f4a261", "#6c757d", "#b8b8b8")
+
+
+@dataclasses.dataclass
+class ModelResult:
+  """One evaluated model: its figures and the per-record scores behind them.
+
+  `suite_scores` maps suite name -> an object with `suite`, `scores` (records x captions) and
+  `valid` (see hard_positive.SuiteScores).
+  """
+  label: str
+  model: str
+  checkpoint: str | None
+  checkpoint_digest: str
+  metrics: dict[str, float]
+  stats: dict[str, float]
+  suite_scores: dict
+
+
+def checkpoint_digest(path: str | None) -> str:
+  """sha256 of a checkpoint file, or of a directory's files (names and bytes, sorted)."""
+  if not path:
+    return "random-init"
+  digest = hashlib.sha256()
+  files = [path] if os.path.isfile(path) else sorted(
+      os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+  if not files:
+    raise FileNotFoundError(f"checkpoint not found (or an empty directory): {path}")
+  for name in files:
+    digest.update(os.path.relpath(name, path).encode())
+    with open(name, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return "sha256:" + digest.hexdigest()
+
+
+def slug(label: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
+
+
+def _fmt(value) -> str:
+  return "-" if value is None or not np.isfinite(value) else f"{value:.1f}"
+
+
+def markdown_table(results: Sequence[ModelResult]) -> str:
+  """Table 1 (REPLACE as the mean of its files) and then every suite's figures with N."""
+  lines = ["| model | " + " | ".join(h for *_, h in TABLE1_COLUMNS) + " |",
+           "| --- |" + " --- |" * len(TABLE1_COLUMNS)]
+  for r in results:
+    cells = [_fmt(r.metrics.get(f"{p}/{f}")) for p, f, _ in TABLE1_COLUMNS]
+    lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+  lines += ["", "| model | suite | N | figures |", "| --- | --- | --- | --- |"]
+  for r in results:
+    suites = sorted({k.split("/")[0] for k in r.metrics if not k.startswith("eval/")})
+    for suite in suites:
+      figures = {k[len(suite) + 1:]: v for k, v in r.metrics.items()
+                 if k.startswith(suite + "/") and "/" not in k[len(suite) + 1:]}
+      n = figures.pop("n", float("nan"))
+      text = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
+      lines.append(f"| {r.label} | {suite} | {int(n) if np.isfinite(n) else '-'} | {text} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_results_json(path: str, results: Sequence[ModelResult]) -> None:
+  payload = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": [
+      {"label": r.label, "model": r.model, "checkpoint": r.checkpoint,
+       "checkpoint_digest": r.checkpoint_digest, "metrics": r.metrics, "timings": r.stats}
+      for r in results]}
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1, allow_nan=True)
+
+
+def _category(record, row) -> str | None:
+  if record.roles[:3] != (suites_lib.C, suites_lib.C_N, suites_lib.C_P):
+    return None
+  masks = metrics_lib.order_masks(row[0:1], row[1:2], row[2:3])
+  return next(name for name, mask in masks.items() if mask[0])
+
+
+def write_per_example(path: str, suite_scores) -> None:
+  """One JSON line per record: where it came from, its captions, roles and fp32 scores."""
+  with open(path, "w") as f:
+    for record, row, valid in zip(suite_scores.suite.records, suite_scores.scores,
+                                  suite_scores.valid):
+      n = len(record.captions)
+      line = {"source": record.source, "index": record.index, "image": record.image,
+              "crop": record.crop, "valid": bool(valid), "roles": record.roles,
+              "captions": record.captions,
+              "scores": [float(s) if valid else None for s in row[:n]]}
+      if valid and suite_scores.suite.kind == suites_lib.HARD_POSITIVE:
+        line["category"] = _category(record, row)
+      f.write(json.dumps(line) + "\n")
+
+
+def plot_ordering(path: str, results: Sequence[ModelResult]) -> bool:
+  """Stacked bars of the ordering categories per hard-positive suite and model."""
+  suites = sorted({k.split("/")[0] for r in results for k in r.metrics if k.endswith("/pct/ties")})
+  if not suites:
+    return False
+  fig, axes = plt.subplots(len(suites), 1, figsize=(8, 0.6 + 0.45 * len(results) * len(suites)
+                                                     + 0.6 * len(suites)), squeeze=False)
+  for ax, suite in zip(axes[:, 0], suites):
+    left = np.zeros(len(results))
+    for category, color in zip(metrics_lib.ORDER_CATEGORIES, _CATEGORY_COLORS):
+      values = np.array([r.metrics.get(f"{suite}/pct/{category}", np.nan) for r in results])
+      ax.barh([r.label for r in results], values, left=left, color=color, label=category)
+      left += np.nan_to_num(values)
+    ax.set_title(suite)
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+  axes[-1, 0].set_xlabel("% of triples")
+  axes[0, 0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.15), ncol=3, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def worst_rows(suite_scores, count: int) -> np.ndarray:
+  """Valid records where the best c_n beats the weakest true caption (c or c_p) by most."""
+  margins = np.full(len(suite_scores.suite.records), -np.inf)
+  for i, (record, row) in enumerate(zip(suite_scores.suite.records, suite_scores.scores)):
+    if not suite_scores.valid[i]:
+      continue
+    roles = np.array(record.roles)
+    row = row[:len(roles)]
+    margins[i] = row[roles == suites_lib.C_N].max() - row[roles != suites_lib.C_N].min()
+  order = np.argsort(-margins, kind="stable")
+  return order[np.isfinite(margins[order])][:count]
+
+
+def _thumbnail(path: str, crop) -> str:
+  image = preprocess.load_image(path, crop_box=crop)
+  image.thumbnail((160, 160))
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", quality=85)
+  return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_gallery(path: str, results: Sequence[ModelResult], image_root: str | None,
+                  count: int = 12) -> None:
+  """A self-contained HTML page: thumbnails inline, the captions and their scores."""
+  parts = ["<!doctype html><meta charset='utf-8'><title>hpjax: worst examples</title>",
+           "<style>body{font-family:sans-serif}td{padding:4px 8px;vertical-align:top}"
+           ".c_n{color:#b00}.c,.c_p{color:#070}</style>",
+           "<h1>Worst examples: c<sub>n</sub> beats a true caption by the largest margin</h1>"]
+  for r in results:
+    for name, scores in r.suite_scores.items():
+      parts.append(f"<h2>{html.escape(r.label)}: {html.escape(name)}</h2><table>")
+      for i in worst_rows(scores, count):
+        record = scores.suite.records[i]
+        full = os.path.join(image_root, record.image) if image_root else record.image
+        rows = "".join(
+            f"<div class='{role}'>{role}: {s:.4f} &nbsp;{html.escape(text)!s}</div>"
+            for role, text, s in zip(record.roles, record.captions, scores.scores[i]))
+        parts.append(f"<tr><td><img src='{_thumbnail(full, record.crop)}'></td><td>"
+                     f"{html.escape(record.where)}<br>{rows}</td></tr>")
+      parts.append("</table>")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(parts))
+
+
+def write_reports(directory: str, results: Sequence[ModelResult], image_root: str | None,
+                  gallery_size: int = 12) -> dict[str, str]:
+  """Every report file (see the module docstring); returns name -> path of what was written."""
+  os.makedirs(directory, exist_ok=True)
+  written = {"results.json": os.path.join(directory, "results.json"),
+             "results.md": os.path.join(directory, "results.md"),
+             "gallery.html": os.path.join(directory, "gallery.html")}
+  write_results_json(written["results.json"], results)
+  with open(written["results.md"], "w") as f:
+    f.write(markdown_table(results))
+  for r in results:
+    for name, scores in r.suite_scores.items():
+      path = os.path.join(directory, "scores", slug(r.label), f"{slug(name)}.jsonl")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      write_per_example(path, scores)
+      written[f"scores/{slug(r.label)}/{slug(name)}"] = path
+  if plot_ordering(os.path.join(directory, "ordering.png"), results):
+    written["ordering.png"] = os.path.join(directory, "ordering.png")
+  write_gallery(written["gallery.html"], results, image_root, gallery_size)
+  return written

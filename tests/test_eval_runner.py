@@ -1,0 +1,147 @@
+"""The evaluator and the eval runner end to end on a tiny fixture: suites, images, two models."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from configs import eval_hp
+from hpjax import checkpoints
+from hpjax.data import suites
+from hpjax.evaluate import hard_positive
+from hpjax.evaluate import metrics
+from hpjax.evaluate import runner
+from hpjax.evaluate import stand_in_images
+from hpjax.models import CLIP, get_model_config
+from openclip_reference import openclip_model, state_dict_numpy
+
+COLORS = ["white", "black", "red", "green", "blue", "brown"]
+SYNONYMS = {"white": "ivory", "black": "ebony", "red": "crimson", "green": "emerald",
+            "blue": "azure", "brown": "chestnut"}
+OBJECTS = ["dog", "cat", "car", "tree", "ball"]
+
+
+def _write(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f)
+
+
+def write_fixture_suites(root, num=10):
+  """REPLACE (both files) and SWAP in the authors' layout; images shared across records."""
+  for name in suites.REPLACE_NAMES:
+    data, swapped = [], []
+    for i in range(num):
+      color, other, obj = COLORS[i % 6], COLORS[(i + 1) % 6], OBJECTS[i % 5]
+      base = {"image_id": str(i % 4), "image_path": f"data/VG_100K/{i % 4}.jpg",
+              "false_caption": f"{other} {obj}"}
+      data.append(dict(base, true_caption=f"{color} {obj}"))
+      swapped.append(dict(base, true_caption=f"{SYNONYMS[color]} {obj}"))
+    _write(os.path.join(root, "data", f"{name}.json"), data)
+    _write(os.path.join(root, "swapped_data", f"{name}.json"), swapped)
+  data, swapped = [], []
+  for i in range(num):
+    a, b, x, y = COLORS[i % 6], COLORS[(i + 2) % 6], OBJECTS[i % 5], OBJECTS[(i + 1) % 5]
+    base = {"image_path": f"aro/{i % 3}.jpg", "bbox_x": i % 5, "bbox_y": 2, "bbox_w": 40,
+            "bbox_h": 30 + i, "false_caption": f"the {b} {x} and the {a} {y}",
+            "attributes": [a, b]}
+    data.append(dict(base, true_caption=f"the {a} {x} and the {b} {y}"))
+    swapped.append(dict(base, true_caption=f"the {b} {y} and the {a} {x}"))
+  _write(os.path.join(root, "data", "visual_genome_attribution.json"), data)
+  _write(os.path.join(root, "swapped_data", "visual_genome_attribution.json"), swapped)
+  loaded = hard_positive.load_suites(root)
+  stand_in_images.write_stand_in_images(
+      [r for s in loaded.values() for r in s.records], os.path.join(root, "images"))
+  return loaded
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("suites"))
+  write_fixture_suites(root)
+  return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+  """Two random tiny models saved as OpenCLIP state dicts (PyTorch init is quick on CPU)."""
+  folder = tmp_path_factory.mktemp("ckpts")
+  paths = []
+  for seed in (0, 1):
+    paths.append(str(folder / f"tiny_seed{seed}.pt"))
+    torch.save(openclip_model("hpjax-tiny", seed).state_dict(), paths[-1])
+  return paths
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = get_model_config("hpjax-tiny")
+  return CLIP(config), checkpoints.openclip_to_params(
+      state_dict_numpy(openclip_model("hpjax-tiny", 0)), config)
+
+
+def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny):
+  model, params = tiny
+  evaluator = hard_positive.HardPositiveEvaluator(
+      model, fixture_root, image_root=os.path.join(fixture_root, "images"), batch_size=8)
+  figures = evaluator.run(params)
+  assert set(evaluator.suites) == {"replace_attributes", "replace_relations", "swap"}
+  for name in ("replace_attributes", "replace_relations", "swap"):
+    scores = evaluator.last_scores[name]
+    s_c, s_n, s_p = scores.scores.T
+    assert figures[f"{name}/augmented"] == metrics.hard_positive_metrics(s_c, s_n, s_p)[
+        "augmented"]
+    assert figures[f"{name}/n"] == 10 and figures[f"{name}/skipped_records"] == 0
+  assert figures["replace/original"] == pytest.approx(
+      (figures["replace_attributes/original"] + figures["replace_relations/original"]) / 2)
+  assert figures["replace/n"] == 20 and np.isfinite(figures["eval/images_per_s"])
+
+
+def test_evaluator_counts_skipped_records(fixture_root, tiny, tmp_path):
+  images = os.path.join(tmp_path, "images")
+  loaded = hard_positive.load_suites(fixture_root)
+  stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
+  os.remove(os.path.join(images, "aro/0.jpg"))  # 4 of the 10 SWAP records
+  model, params = tiny
+  evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8,
+                                                  skip_missing_images=True)
+  figures = evaluator.run(params)
+  assert figures["swap/skipped_records"] == 4 and figures["swap/n"] == 6
+  assert figures["replace/skipped_records"] == 0
+
+
+def test_runner_writes_every_report_for_two_checkpoints(fixture_root, tiny_checkpoints, tmp_path):
+  labels = [os.path.basename(p) for p in tiny_checkpoints]
+  config = eval_hp.get_config(
+      f"model=hpjax-tiny,suite_root={fixture_root},image_root={fixture_root}/images,"
+      f"checkpoints={'+'.join(tiny_checkpoints)},batch_size=8,gallery_size=3")
+  workdir = str(tmp_path / "work")
+  out = runner.run(config, workdir)
+  assert list(out) == labels
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)["models"]
+  digests = [m["checkpoint_digest"] for m in results]
+  assert all(d.startswith("sha256:") for d in digests) and digests[0] != digests[1]
+  for m in results:
+    assert all(np.isfinite(m["metrics"][f"{s}/{k}"]) for s in ("replace", "swap")
+               for k in ("original", "augmented", "brittleness", "hard_positive"))
+    assert m["timings"]["distinct_images"] == 4 + 10  # every SWAP record has its own box
+  # Different weights, different scores: each checkpoint was really loaded.
+  assert out[labels[0]] != out[labels[1]]
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert all(f"| {label} |" in table for label in labels)
+  for label in labels:
+    for suite in ("replace_attributes", "replace_relations", "swap"):
+      with open(os.path.join(workdir, "scores", label, f"{suite}.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+      assert len(lines) == 10 and all(len(x["scores"]) == 3 for x in lines)
+      counts = {c: sum(x["category"] == c for x in lines) for c in metrics.ORDER_CATEGORIES}
+      assert [counts[c] for c in metrics.ORDER_CATEGORIES] == [
+          out[label][f"{suite}/count/{c}"] for c in metrics.ORDER_CATEGORIES]
+  with Image.open(os.path.join(workdir, "ordering.png")) as png:
+    assert png.size[0] > 100
+  gallery = open(os.path.join(workdir, "gallery.html")).read()
+  assert gallery.count("<img src='data:image/jpeg;base64,") == 2 * 3 * 3
