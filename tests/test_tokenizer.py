@@ -73,10 +73,13 @@ def test_truncation_keeps_eot_last_at_any_context_length():
 
 
 def test_random_ascii_strings_match_openclip():
-  """Covers the ASCII shortcut (no ftfy) and its boundary: `&`, CR and control characters."""
+  """Covers the printable-ASCII short cut and its boundary: `&`, tabs, CR and other controls."""
   rng = np.random.default_rng(0)
-  alphabet = list(string.printable) + ["&amp;", "<start_of_text>", "'s", "'LL"]
-  texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(500)]
+  specials = ["&amp;", "<start_of_text>", "<END_OF_TEXT>", "'s", "'LL"]
+  printable = list(string.printable[:-5]) + specials  # Without \t \n \r \x0b \x0c.
+  controls = list(string.printable) + [chr(c) for c in range(32)] + ["\x7f"] + specials
+  texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 40)))
+           for alphabet in (printable, controls) for _ in range(1000)]
   assert_same_ids(texts)
 
 
