@@ -290,3 +290,43 @@ def test_written_images_show_their_scenes(world):
     for obj in scene.objects:
       centre = pixels[int(obj.y * 64), int(obj.x * 64)]
       assert tuple(centre) == COLOUR_RGB[obj.colour], (image, obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/run_variants.py: the comparison of finished runs.
+
+def _run_variants_tool():
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "tools", "run_variants.py")
+  spec = importlib.util.spec_from_file_location("run_variants", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_variant_comparison_reads_results_and_aggregates_over_seeds(tmp_path):
+  tool = _run_variants_tool()
+  runs = {}
+  for variant, values in {"hn": (60.0, 70.0), "hnhp": (50.0, 50.0)}.items():
+    runs[variant] = []
+    for seed, value in enumerate(values):
+      path = tmp_path / f"{variant}{seed}.json"
+      path.write_text(json.dumps({"models": [{"metrics": {
+          "swap/original": value, "swap/augmented": value / 2, "swap/brittleness": 1.0,
+          "swap/n": 40.0, "replace/count/ties": 3.0}}]}))
+      runs[variant].append(tool.suite_metrics(str(path)))
+  table = tool.aggregate(runs)
+  assert table["hn"][("swap", "original")] == (65.0, 5.0, 2)
+  assert table["hnhp"][("swap", "augmented")] == (25.0, 0.0, 2)
+  assert set(table["hn"]) == {("swap", m) for m in tool.METRICS}
+  text = tool.markdown(table, ["swap"])
+  assert "| swap | hn | 65.0 +- 5.0 | 32.5 +- 2.5 | 1.0 +- 0.0 |" in text
+  tool.plot(table, ["swap"], str(tmp_path / "comparison.png"))
+  assert Image.open(tmp_path / "comparison.png").size[0] > 0
+
+
+def test_variant_comparison_names_a_results_file_without_figures(tmp_path):
+  path = tmp_path / "results.json"
+  path.write_text(json.dumps({"models": [{"metrics": {"retrieval/mean_recall@1": 3.0}}]}))
+  with pytest.raises(ValueError, match="results.json"):
+    _run_variants_tool().suite_metrics(str(path))
