@@ -245,6 +245,11 @@ def _write_eval(root, params, heldout) -> None:
           break
       else:
         raise RuntimeError(f"no eval scene for index {i} hosts every suite in {_MAX_TRIES} tries")
+      for name, (c, c_n, c_p) in triples.items():  # the written texts, judged once more
+        if not (sw.holds(c.text, scene) and sw.holds(c_p.text, scene)
+                and not sw.holds(c_n.text, scene)):
+          raise AssertionError(f"{name} triple {(c.text, c_n.text, c_p.text)} mislabelled for "
+                               f"{scene}")
       image = f"images/eval/{i:06d}.png"
       _save_png(render(scene, params["image_size"]), os.path.join(root, image))
       scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
