@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from hpjax import checkpoints
-from hpjax.models.clip import CLIP, init_params
+from hpjax.models.clip import CLIP, init_params, param_shapes
 from hpjax.models.config import get_model_config
 
 
@@ -27,8 +27,10 @@ def create_model(name: str, pretrained=None, dtype=jnp.float32, param_dtype=jnp.
   model = CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
   if pretrained is None:
     return model, init_params(model, jax.random.key(0) if rng is None else rng)
-  params = checkpoints.load_params(pretrained, config, param_dtype)
-  return model, jax.tree.map(jnp.asarray, params)
+  params = checkpoints.load_params(pretrained, config)
+  # Cast like init does: param_dtype, except what the model keeps in fp32 (logit scale, bias).
+  return model, jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), params,
+                             param_shapes(model))
 
 
 def create_model_and_transforms(name: str, pretrained=None, **kwargs):
