@@ -119,6 +119,7 @@ def encode(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   pieces, piece_lengths = _flatten(
       [[_SPECIAL_IDS[w]] if w in _SPECIAL_IDS else e.ids for w, e in zip(word_index, encoded)],
       np.int32)
+  # Output id k of word j is pieces[start of word j's ids + (k - first output id of word j)].
   ids_per_word = piece_lengths[word_ids]
   gather = (np.repeat(_starts(piece_lengths)[word_ids] - _starts(ids_per_word), ids_per_word)
             + np.arange(ids_per_word.sum()))

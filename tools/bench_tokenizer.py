@@ -4,9 +4,10 @@
       [--batch_sizes 0,256]
 
 Both tokenize the same list in one process, alternating, in calls of each batch size (0: the
-whole list in one call, as an evaluator does; 256: as a training step does), from a warm start (vocabularies
-loaded; open_clip's per-word BPE cache and hpjax's Rust BPE cache warmed by one untimed pass,
-as in a long evaluation). Reports medians and checks the ids are identical.
+whole list in one call, as the evaluator does; 256: as a training step does), warm: the
+vocabularies are loaded and one untimed pass (the check that the ids are identical) fills
+open_clip's per-word BPE cache and the Rust one, as in a long run. Reports medians of wall
+and CPU time.
 """
 
 import argparse
