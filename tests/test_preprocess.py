@@ -2,6 +2,8 @@
 
 import pickle
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import open_clip
 import pytest
@@ -60,6 +62,12 @@ def test_preprocess_batch_is_the_stacked_eval_transform():
   assert batch.shape == (len(images), 64, 64, 3) and batch.dtype == np.float32
   np.testing.assert_array_equal(batch, np.stack([preprocess.eval_transform(64)(i) for i in images]))
   assert preprocess.preprocess_batch([], 64).shape == (0, 64, 64, 3)
+
+
+def test_normalize_on_device_matches_host():
+  pixels = np.stack([preprocess.eval_pixels(image, 32) for image in IMAGES.values()])
+  on_device = jax.jit(preprocess.normalize)(jnp.asarray(pixels))
+  np.testing.assert_allclose(np.asarray(on_device), preprocess.normalize(pixels), rtol=0, atol=1e-6)
 
 
 def test_train_transform_crop_matches_torchvision_resized_crop():
