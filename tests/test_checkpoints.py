@@ -5,6 +5,8 @@ import pickle
 import jax
 import numpy as np
 import open_clip
+import optax
+import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 import torch
@@ -13,6 +15,7 @@ import hpjax
 from hpjax import checkpoints
 from hpjax.checkpoints import CheckpointMismatchError
 from hpjax.models import get_model_config
+from hpjax.train.step import init_state
 from openclip_reference import openclip_model, state_dict_numpy
 
 NAME = "hpjax-tiny"
@@ -186,3 +189,18 @@ def test_pickle_module_is_never_used_for_safetensors(reference, tmp_path, monkey
   monkeypatch.setattr(pickle, "load", None)
   monkeypatch.setattr(torch, "load", None)
   _assert_same_params(checkpoints.load_params(path, get_model_config(NAME)), state_dict)
+
+
+def test_trainer_checkpoints_restore_their_params(reference, tmp_path):
+  """A trainer's CheckpointManager folder (latest step) and a step folder both give the params."""
+  _, state_dict = reference
+  params = checkpoints.openclip_to_params(state_dict, get_model_config(NAME))
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints", item_names=("state",))
+  for step in (1, 2):
+    state = init_state(jax.tree.map(lambda x, s=step: x * s, params), optax.adamw(1e-3))
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  manager.wait_until_finished()
+  _assert_same_params(hpjax.create_model(NAME, pretrained=tmp_path / "checkpoints" / "1")[1],
+                      state_dict)
+  latest = hpjax.create_model(NAME, pretrained=tmp_path / "checkpoints")[1]
+  np.testing.assert_array_equal(latest["visual"]["proj"], 2 * params["visual"]["proj"])

@@ -1,19 +1,25 @@
-"""hpjax parameter checkpoints: one orbax (StandardCheckpointer) directory holding the params tree.
+"""hpjax parameter checkpoints in orbax directories.
 
-Restoring checks the stored tree against the architecture first, so a checkpoint of another
-model fails with the same missing/unexpected/mis-shaped listing as an OpenCLIP file.
+`save_params` writes one StandardCheckpointer directory holding the params tree. `restore_params`
+reads that, and also the trainer's checkpoints: a step directory (`<step>/state` holding a
+TrainState, of which only `params` is read) or the CheckpointManager folder above it (its
+latest step). The stored tree is checked against the architecture first, so a checkpoint of
+another model fails with the same missing/unexpected/mis-shaped listing as an OpenCLIP file.
 """
 
 from __future__ import annotations
 
 import pathlib
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
 from hpjax.checkpoints.mapping import check_keys
 from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import CLIPConfig
+
+_METADATA = "_METADATA"  # Written by orbax into every item directory.
 
 
 def save_params(directory, params) -> pathlib.Path:
@@ -26,7 +32,7 @@ def save_params(directory, params) -> pathlib.Path:
 
 
 def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=None) -> dict:
-  """Restores params of `config` from an orbax directory written by `save_params`.
+  """Restores params of `config` from a params, trainer step or trainer checkpoints directory.
 
   Args:
     directory: the checkpoint directory.
@@ -34,16 +40,39 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
     param_dtype: cast to this dtype while restoring (default: the stored dtype).
     sharding: a jax Sharding for every leaf (default: the first local device).
   """
-  path = pathlib.Path(directory).absolute()
-  checkpointer = ocp.StandardCheckpointer()
-  stored = checkpointer.metadata(path).item_metadata.tree
-  expected = param_shapes(CLIP(config))
-  check_keys(_flat_shapes(stored), _flat_shapes(expected), f"orbax checkpoint {path}",
-             config.name)
+  item, subtree = _resolve(pathlib.Path(directory).absolute())
+  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+  if subtree:
+    if subtree not in stored:
+      raise ValueError(f"orbax checkpoint {item} has no {subtree!r} entry: {sorted(stored)}")
+    stored = stored[subtree]
+  check_keys(_flat_shapes(stored), _flat_shapes(param_shapes(CLIP(config))),
+             f"orbax checkpoint {item}", config.name)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, param_dtype or m.dtype, sharding=sharding), stored)
-  return checkpointer.restore(path, target)
+  if subtree:
+    target = {subtree: target}
+  restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype),
+                              target)
+  restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True))
+  return restored[subtree] if subtree else restored
+
+
+def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, str | None]:
+  """(orbax item directory, key of the params inside it or None)."""
+  if not path.is_dir():
+    raise FileNotFoundError(f"orbax checkpoint directory {path} does not exist")
+  if (path / "state" / _METADATA).exists():  # A trainer step: its TrainState item.
+    return path / "state", "params"
+  if (path / _METADATA).exists():
+    return path, None
+  steps = sorted((int(p.name), p) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+  if not steps:
+    raise ValueError(f"{path} is not an hpjax checkpoint: no orbax metadata and no step folders")
+  logging.info("using the latest step %d of %s", steps[-1][0], path)
+  return _resolve(steps[-1][1])
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
