@@ -311,10 +311,11 @@ def test_variant_comparison_reads_results_and_aggregates_over_seeds(tmp_path):
     runs[variant] = []
     for seed, value in enumerate(values):
       path = tmp_path / f"{variant}{seed}.json"
-      path.write_text(json.dumps({"models": [{"metrics": {
+      path.write_text(json.dumps({"models": [{"label": "model", "metrics": {
           "swap/original": value, "swap/augmented": value / 2, "swap/brittleness": 1.0,
           "swap/n": 40.0, "replace/count/ties": 3.0}}]}))
-      runs[variant].append(tool.suite_metrics(str(path)))
+      [(label, metrics)] = tool.read_models(str(path))
+      runs[variant].append(tool.suite_metrics(metrics, str(path)))
   table = tool.aggregate(runs)
   assert table["hn"][("swap", "original")] == (65.0, 5.0, 2)
   assert table["hnhp"][("swap", "augmented")] == (25.0, 0.0, 2)
@@ -326,7 +327,11 @@ def test_variant_comparison_reads_results_and_aggregates_over_seeds(tmp_path):
 
 
 def test_variant_comparison_names_a_results_file_without_figures(tmp_path):
+  tool = _run_variants_tool()
   path = tmp_path / "results.json"
   path.write_text(json.dumps({"models": [{"metrics": {"retrieval/mean_recall@1": 3.0}}]}))
   with pytest.raises(ValueError, match="results.json"):
-    _run_variants_tool().suite_metrics(str(path))
+    tool.suite_metrics(tool.read_models(str(path))[0][1], str(path))
+  path.write_text(json.dumps({"models": []}))
+  with pytest.raises(ValueError, match="results.json"):
+    tool.read_models(str(path))
