@@ -5,6 +5,8 @@ workdir and hands both to that program's `run(config, workdir)`. Programs know n
 """
 
 import importlib
+import logging as std_logging
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,6 +20,18 @@ PROGRAMS = {
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: the config's).")
+_LIBRARY_INFO = flags.DEFINE_bool(
+    "library_info_logs", False, "Also show the INFO lines of libraries (orbax, grain, jax).")
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class _OwnInfoOnly(std_logging.Filter):
+  """Lets through hpjax's own INFO lines and every library's warnings and errors: orbax alone
+  writes a dozen INFO lines per checkpoint, which would bury the progress line."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
 def main(argv):
@@ -31,6 +45,8 @@ def main(argv):
   workdir = _WORKDIR.value or config.get("workdir")
   if not workdir:
     raise app.UsageError("no workdir: pass --workdir or set config.workdir")
+  if not _LIBRARY_INFO.value:
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
   logging.info("running %s in %s", program, workdir)
   importlib.import_module(PROGRAMS[program]).run(config, workdir)
 
