@@ -233,9 +233,15 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
   assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-def test_rejects_unknown_heldout_combination(tmp_path):
-  with pytest.raises(ValueError, match="held-out"):
-    synthetic.write_world(str(tmp_path / "w"), heldout=[("pink", "circle")])
+@pytest.mark.parametrize("bad, message", [
+    (dict(heldout=[("pink", "circle")]), "held-out"),
+    (dict(three_object_frac=1.5), "three_object_frac"),
+    (dict(num_eval=0), "num_eval"),
+])
+def test_rejects_bad_parameters_by_name(tmp_path, bad, message):
+  with pytest.raises(ValueError, match=message):
+    synthetic.write_world(str(tmp_path / "w"), **bad)
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_suites_load_with_the_evaluation_loaders(world):

@@ -318,6 +318,11 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
     if colour not in sw.COLOURS or shape not in sw.SHAPES:
       raise ValueError(f"held-out combination {(colour, shape)!r} is not a (colour, shape) of "
                        f"{sorted(sw.COLOURS)} x {sw.SHAPES}")
+  if not 0.0 <= three_object_frac <= 1.0:
+    raise ValueError(f"three_object_frac={three_object_frac} is not a fraction in [0, 1]")
+  if min(num_train, num_eval) < 1 or image_size < 8:
+    raise ValueError(f"num_train={num_train}, num_eval={num_eval} must be >= 1 and "
+                     f"image_size={image_size} >= 8")
   if len(heldout) >= len(sw.COLOURS) * len(sw.SHAPES):
     raise ValueError("every (colour, shape) combination is held out: nothing left to train on")
   params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_eval": num_eval,

@@ -202,6 +202,8 @@ def named_combos(caption: Caption | str) -> set[tuple[str, str]]:
 def sample_scene(rng: np.random.Generator, combos: Sequence[tuple[str, str]],
                  num_objects: int) -> Scene:
   """`num_objects` (2 to 4) shapes of the allowed (colour, shape) combos in distinct grid cells."""
+  if not 2 <= num_objects <= 4:
+    raise ValueError(f"num_objects={num_objects}: a scene holds 2 to 4 objects (a 2x2 grid)")
   cells = rng.permutation(4)[:num_objects]
   objects = []
   for cell in cells:
