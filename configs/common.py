@@ -55,6 +55,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.total_steps = 300
   c.log_every_steps = 20
   c.text_buckets = (16, 32, 77)
+  c.compilation_cache_dir = ""  # jax's persistent compilation cache (reused by restarts).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "hpjax-tiny"

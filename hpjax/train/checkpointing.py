@@ -16,6 +16,15 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+def _plain_array_saves_on_cpu() -> None:
+  """On CPU, save each array from one replica. orbax's replica-parallel writes slice every
+  replicated array per device, and each distinct slice is a fresh XLA compile (17 of 24 s of
+  three saves of the tiny model on 8 simulated devices); the devices share one disk anyway."""
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def _manager(directory: str, *, max_to_keep: int, async_save: bool, best_metric: str | None = None,
              best_mode: str = "max") -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
@@ -34,6 +43,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int = 3, async_save: bool = True,
                best_metric: str | None = None, best_mode: str = "max"):
+    _plain_array_saves_on_cpu()
     self.every_steps = every_steps
     self.best_metric = best_metric
     self.last = _manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep,

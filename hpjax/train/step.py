@@ -56,16 +56,16 @@ def loss_fn(params, model, batch, positives: str, local_weight: float):
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
                local_weight: float):
-  """One AdamW step. A non-finite loss or gradient leaves the state unchanged (the trainer then
-  stops), so a poisoned update can never reach a checkpoint."""
+  """One AdamW step. A non-finite loss, gradient or update leaves the state unchanged (the
+  trainer then stops), so a poisoned update can never reach a checkpoint."""
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, model, batch, positives, local_weight)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # OpenCLIP clamps the stored temperature after each step; the loss clamps it as well.
   params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, losses.MAX_LOGIT_SCALE)}
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
   new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
   new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
   metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),

@@ -90,6 +90,8 @@ class _Preemption:
 def run(config, workdir: str) -> dict:
   """Trains as `config` says; returns the final evaluation metrics."""
   # -- mesh --------------------------------------------------------------------------------------
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)

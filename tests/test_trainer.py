@@ -1,0 +1,178 @@
+"""The training program on a small fixture: loss goes down, logs, checkpoints, NaN stop, configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from configs import coco_control, hn, hnhp, hp
+from hpjax import factory
+from hpjax.tokenizer import get_tokenizer
+from hpjax.train import optim, trainer
+from hpjax.train import step as step_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
+           "yellow": (230, 220, 20)}
+
+
+def write_fixture(folder, num=40, seed=0) -> str:
+  """A tiny learnable world: one coloured block on the left or right of a grey image."""
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  names = list(COLOURS)
+  lines = []
+  for i in range(num):
+    colour, other = rng.choice(names, 2, replace=False)
+    side = ["left", "right"][i % 2]
+    pixels = np.full((64, 64, 3), 128, np.uint8)
+    pixels[16:48, (4 if side == "left" else 36):(28 if side == "left" else 60)] = COLOURS[colour]
+    Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
+    other_side = "right" if side == "left" else "left"
+    lines.append(json.dumps({
+        "image": f"{i}.png", "caption": f"a {colour} block on the {side}",
+        "hard_negatives": [f"a {other} block on the {side}", f"a {colour} block on the {other_side}"],
+        "hard_positives": [f"on the {side} there is a {colour} block"]}))
+  path = os.path.join(folder, "train.jsonl")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "hpjax_test_compilation_cache")
+
+
+def fixture_args(source, **overrides) -> str:
+  """The config argument of a small, fast run on `source` (compiled programs cached on disk,
+  so the runs after the first one skip most of the CPU's compile time)."""
+  args = {"source": source, "compilation_cache_dir": CACHE, "model": "hpjax-tiny", "model.dtype": "float32", "batch_size": 8,
+          "lr": 1e-3, "optim.warmup_steps": 2, "total_steps": 6, "log_every_steps": 1,
+          "data.val_size": 8, "eval.every_steps": 0, "eval.hard_positive": False,
+          "checkpoint.every_steps": 2, "checkpoint.best_metric": "",
+          "checkpoint.async_save": False, **overrides}
+  return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in args.items())
+
+
+def final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+  step = manager.latest_step()
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, state.state["params"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  return write_fixture(str(tmp_path_factory.mktemp("fixture")))
+
+
+@pytest.fixture(scope="module")
+def trained(source, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = hnhp.get_config(fixture_args(source, **{
+      "total_steps": 30, "log_every_steps": 5, "checkpoint.every_steps": 10,
+      "eval.every_steps": 30}))
+  metrics = trainer.run(config, workdir)
+  return workdir, metrics
+
+
+def test_loss_goes_down_and_everything_is_logged(trained):
+  workdir, metrics = trained
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  losses = [l["loss"] for l in lines if "loss" in l]
+  assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses
+  assert {"examples_per_second", "learning_rate", "grad_norm", "loss/image_to_text",
+          "loss/text_to_image"} <= set(lines[-2])
+  assert "retrieval/mean_recall@1" in metrics and metrics == {
+      k: v for k, v in lines[-1].items() if k != "step"}
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+
+
+def test_a_finished_run_resumes_as_finished(trained):
+  workdir, _ = trained
+  step, params = final_params(workdir)
+  assert step == 30 and np.all(np.isfinite(params["logit_scale"]))
+
+
+def test_non_finite_update_stops_without_a_poisoned_checkpoint(source, tmp_path):
+  workdir = str(tmp_path)
+  trainer.run(hnhp.get_config(fixture_args(source, total_steps=4)), workdir)
+  poisoned = hnhp.get_config(fixture_args(source, total_steps=8))
+  poisoned.optim.lr = float("inf")
+  with pytest.raises(trainer.NonFiniteLossError, match="step 5: .*not finite"):
+    trainer.run(poisoned, workdir)
+  step, params = final_params(workdir)
+  assert step == 4
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_bucketed_text_gives_the_same_loss_as_77_tokens():
+  model, params = factory.create_model("hpjax-tiny")
+  rng = np.random.default_rng(0)
+  tok = get_tokenizer()
+  batch = {"image": rng.normal(size=(4, 64, 64, 3)).astype(np.float32),
+           "caption": tok([f"a red block {i}" for i in range(4)]),
+           "hard_positives": tok([f"a crimson block {i}" for i in range(4)])[:, None],
+           "hard_positive_mask": np.array([[True], [False], [True], [True]]),
+           "hard_negatives": tok([f"a blue block {i}" for i in range(8)]).reshape(4, 2, 77),
+           "hard_negative_mask": np.ones((4, 2), bool)}
+  cut = trainer._bucketed(batch, (16, 32, 77))
+  assert cut["caption"].shape == (4, 16) and cut["hard_negatives"].shape == (4, 2, 16)
+  with jax.default_matmul_precision("highest"):
+    full = step_lib.loss_fn(params, model, batch, "multi", 0.0)[0]
+    short = step_lib.loss_fn(params, model, cut, "multi", 0.0)[0]
+  np.testing.assert_allclose(short, full, rtol=1e-5)
+
+
+def test_weight_decay_mask_follows_openclip():
+  _, params = factory.create_model("hpjax-tiny")
+  mask = optim.decay_mask(params)
+  assert mask["visual"]["transformer"]["resblocks_0"]["attn"]["in_proj"]["kernel"]
+  assert mask["token_embedding"]["embedding"] and mask["text_projection"]
+  assert not mask["logit_scale"] and not mask["ln_final"]["scale"]
+  assert not mask["visual"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["bias"]
+  assert not mask["visual"]["class_embedding"]
+
+
+def test_schedule_warms_up_then_decays():
+  config = hnhp.get_config("lr=0.1").optim
+  schedule = optim.learning_rate_schedule(config, total_steps=100)
+  values = [float(schedule(s)) for s in (0, 15, 30, 65, 100)]
+  assert values[0] == 0 and values[1] == pytest.approx(0.05) and values[2] == pytest.approx(0.1)
+  assert values[2] > values[3] > values[4] and values[4] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_recipe_configs():
+  assert (hnhp.get_config().data.hn_frac, hnhp.get_config().data.hp_frac) == (1.0, 1.0)
+  assert hn.get_config().data.num_hard_positives == 0
+  assert hp.get_config().data.num_hard_negatives == 0
+  control = coco_control.get_config()
+  assert control.data.num_hard_negatives == control.data.num_hard_positives == 0
+  assert hnhp.get_config("hn_frac=0.25").data.hn_frac == 0.25
+  assert hnhp.get_config().data.source == "synthetic"
+  assert hnhp.get_config().model.name == "hpjax-tiny"
+  paper = hnhp.get_config("source=/data/coco.array_record,lr=2e-6")
+  assert paper.model.name == "ViT-B-32-quickgelu" and paper.batch_size == 256
+  assert paper.optim.lr == 2e-6 and paper.optim.warmup_steps == 50
+  with pytest.raises(KeyError, match="no field 'nope'"):
+    hnhp.get_config("nope=1")
+
+
+def test_main_runs_a_config_file(source, tmp_path):
+  """The documented command line, with a --config.x=y override."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  result = subprocess.run(
+      [sys.executable, "-m", "hpjax.main",
+       f"--config=configs/hn.py:{fixture_args(source, total_steps=2)}",
+       "--config.log_every_steps=1", f"--workdir={tmp_path}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 2/2" in result.stderr
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
