@@ -145,3 +145,40 @@ def test_runner_writes_every_report_for_two_checkpoints(fixture_root, tiny_check
     assert png.size[0] > 100
   gallery = open(os.path.join(workdir, "gallery.html")).read()
   assert gallery.count("<img src='data:image/jpeg;base64,") == 2 * 3 * 3
+
+
+def test_evaluator_on_other_benchmarks(tmp_path, tiny):
+  """SugarCrepe files and their mean, SugarCrepe++ ITT/TOT from text cosines, ARO macro."""
+  for name in ("add_att", "swap_obj"):
+    _write(os.path.join(tmp_path, "sc", f"{name}.json"), {
+        str(k): {"filename": f"{k % 3}.jpg", "caption": f"a {COLORS[k % 6]} {OBJECTS[k % 5]}",
+                 "negative_caption": f"a {COLORS[(k + 1) % 6]} {OBJECTS[k % 5]}"}
+        for k in (0, 2, 5, 9)})
+  _write(os.path.join(tmp_path, "pp", "swap_att.json"), [
+      {"filename": f"{k % 3}.jpg", "caption": f"a {COLORS[k]} dog", "caption2": f"a dog that is "
+       f"{COLORS[k]}", "negative_caption": f"a {COLORS[k + 1]} cat"} for k in range(4)])
+  _write(os.path.join(tmp_path, "vgr.json"), [
+      {"image_path": f"{k % 3}.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 32, "bbox_h": 32,
+       "relation_name": ("on", "under")[k % 2], "true_caption": f"the {OBJECTS[k % 5]} is on "
+       "the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
+  loaded = suites.load_sugarcrepe(os.path.join(tmp_path, "sc"), files=("add_att", "swap_obj"))
+  loaded.update(suites.load_sugarcrepe_pp(os.path.join(tmp_path, "pp"), files=("swap_att",)))
+  aro = suites.load_aro(os.path.join(tmp_path, "vgr.json"))
+  loaded[aro.name] = aro
+  images = os.path.join(tmp_path, "images")
+  stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
+  model, params = tiny
+  evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8)
+  figures = evaluator.run(params)
+  assert figures["sugarcrepe/accuracy"] == pytest.approx(
+      (figures["sugarcrepe.add_att/accuracy"] + figures["sugarcrepe.swap_obj/accuracy"]) / 2)
+  assert figures["sugarcrepe.add_att/n"] == 4 and figures["aro.vg_relation/groups"] == 2
+  assert np.isfinite(figures["aro.vg_relation/macro_accuracy"])
+  # TOT from the scorer's caption cosines equals TOT from features encoded here directly.
+  pp = evaluator.last_scores["sugarcrepe_pp.swap_att"]
+  texts = [t for r in pp.suite.records for t in r.captions]
+  feats = evaluator.scorer.encode_tokens(params, evaluator.scorer.tokenizer(texts))
+  feats = feats.reshape(len(pp.suite.records), 3, -1)
+  np.testing.assert_allclose(pp.text_sims, np.einsum("rkd,rld->rkl", feats, feats), atol=1e-6)
+  assert figures["sugarcrepe_pp.swap_att/tot"] == metrics.suite_metrics(
+      pp.suite, pp.scores, np.einsum("rkd,rld->rkl", feats, feats))["tot"]

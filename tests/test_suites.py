@@ -109,8 +109,8 @@ def test_sugarcrepe_keeps_non_contiguous_keys(tmp_path):
         "7": {"filename": "000000000139.jpg", "caption": "a man", "negative_caption": "a woman"},
     })
   loaded = suites.load_sugarcrepe(str(tmp_path), image_dir="val2017")
-  assert sorted(loaded) == sorted(f"sugarcrepe/{n}" for n in suites.SUGARCREPE_FILES)
-  recs = loaded["sugarcrepe/swap_att"].records
+  assert sorted(loaded) == sorted(f"sugarcrepe.{n}" for n in suites.SUGARCREPE_FILES)
+  recs = loaded["sugarcrepe.swap_att"].records
   assert [r.index for r in recs] == [0, 7]
   assert recs[1].image == "val2017/000000000139.jpg" and recs[1].roles == ("c", "c_n")
   _write(os.path.join(tmp_path, "add_att.json"), {"3": {"filename": "x.jpg", "caption": "a"}})
@@ -124,7 +124,7 @@ def test_sugarcrepe_pp_roles(tmp_path):
     _write(os.path.join(tmp_path, f"{name}.json"), [
         {"filename": "1.jpg", "caption": "a cat on a mat", "caption2": "on a mat sits a cat",
          "negative_caption": "a mat on a cat"}])
-  rec = suites.load_sugarcrepe_pp(str(tmp_path))["sugarcrepe_pp/swap_obj"].records[0]
+  rec = suites.load_sugarcrepe_pp(str(tmp_path))["sugarcrepe_pp.swap_obj"].records[0]
   assert rec.roles == ("c", "c_p", "c_n") and rec.caption("c_p") == "on a mat sits a cat"
 
 

@@ -5,6 +5,9 @@ Every benchmark the evaluator knows is read into `EvalRecord`s whose captions ca
 suite depend only on those roles and the suite's `kind`, so a loader knows nothing of models and
 a scorer knows nothing of file formats.
 
+Suite names use a dot for a file within a benchmark (`sugarcrepe.add_att`, `aro.vg_relation`)
+because figures are named `<suite>/<figure>`.
+
 Bad input fails loudly: a missing field, a mismatched data/ and swapped_data/ pair or a bad crop
 box raises `SuiteFormatError` naming the file and the record's index.
 """
@@ -213,7 +216,7 @@ def _load_keyed_files(root: str, files: Sequence[str], prefix: str, kind: str,
                    captions=tuple(_get(rec, k, path, index) for k in fields), roles=roles,
                    source=os.path.basename(path), index=index)
         for index, rec in _indexed_items(path))
-    suites[f"{prefix}/{name}"] = Suite(f"{prefix}/{name}", kind, records)
+    suites[f"{prefix}.{name}"] = Suite(f"{prefix}.{name}", kind, records)
   return suites
 
 
@@ -256,7 +259,7 @@ def load_aro(path: str, image_dir: str | None = None) -> Suite:
         captions=(_get(rec, "true_caption", path, index), _get(rec, "false_caption", path, index)),
         roles=(C, C_N), source=os.path.basename(path), index=index,
         crop=_crop_box(rec, path, index), group=group))
-  name = "aro/vg_relation" if is_relation else "aro/vg_attribution"
+  name = "aro.vg_relation" if is_relation else "aro.vg_attribution"
   return Suite(name, ARO_RELATION if is_relation else ARO_ATTRIBUTION, tuple(records))
 
 
@@ -275,7 +278,7 @@ def load_vl_checklist(path: str, image_dir: str | None = None, name: str | None 
     records.append(EvalRecord(
         image=_image_path(image_dir, item[0]), captions=tuple(pos + neg),
         roles=(C,) * len(pos) + (C_N,) * len(neg), source=os.path.basename(path), index=index))
-  name = name or "vl_checklist/" + os.path.splitext(os.path.basename(path))[0]
+  name = name or "vl_checklist." + os.path.splitext(os.path.basename(path))[0]
   return Suite(name, PAIR, tuple(records))
 
 

@@ -28,6 +28,8 @@ SUITE_ALIASES = {
 }
 # Suites reported as the unweighted mean of their members, when all members are evaluated.
 SUITE_MEANS = {"replace": ("replace_attributes", "replace_relations")}
+# Benchmarks whose files (`<family>.<file>`) are also reported as their unweighted mean.
+FAMILY_MEANS = ("sugarcrepe", "sugarcrepe_pp")
 
 
 @dataclasses.dataclass
@@ -122,8 +124,11 @@ class HardPositiveEvaluator:
       self.last_scores[name] = scores
       per_suite[name] = _valid_metrics(scores)
       per_suite[name]["skipped_records"] = float((~scores.valid).sum())
-    for mean_name, members in SUITE_MEANS.items():
-      if all(m in per_suite for m in members):
+    means = dict(SUITE_MEANS)
+    means.update({family: [n for n in per_suite if n.startswith(family + ".")]
+                  for family in FAMILY_MEANS})
+    for mean_name, members in means.items():
+      if members and all(m in per_suite for m in members):
         per_suite[mean_name] = metrics_lib.mean_of([per_suite[m] for m in members])
     for name, figures in per_suite.items():
       out.update({f"{name}/{key}": value for key, value in figures.items()})

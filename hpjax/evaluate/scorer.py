@@ -28,7 +28,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import PIL
 
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
@@ -162,7 +161,7 @@ class Scorer:
   def _load(self, path: str, crop, where: str) -> np.ndarray:
     try:
       image = preprocess.load_image(path, crop_box=crop)
-    except (OSError, PIL.UnidentifiedImageError) as e:
+    except OSError as e:  # missing, truncated or not an image (PIL's errors are OSErrors)
       raise ImageError("unreadable", [path], [str(e)]) from e
     except ValueError as e:  # a crop box outside the image
       raise ValueError(f"{where}: {e}") from e

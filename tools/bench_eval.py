@@ -1,0 +1,128 @@
+"""The hpjax scorer against the authors' evaluation loop on the first N records of each REPLACE file.
+
+  .venv/bin/python tools/bench_eval.py [--root ../shared/data/hard_positives] [--num_records 2000]
+      [--model ViT-B-32-quickgelu] [--image_root /tmp/hp_stand_in] [--repeats 1]
+
+Same machine, same random weights (an OpenCLIP model mapped into Flax), same stand-in images
+(one generated PNG per image, hpjax.evaluate.stand_in_images). The reference is the loop of the
+authors' run_eval.py: PyTorch OpenCLIP, batches of 16 records, every record's image and both of
+its captions encoded, the data/ pass and the swapped_data/ pass run separately. hpjax scores all
+records of both files in one Scorer call (dedup, length buckets, jitted sharded batches), timed
+cold (compiles included) and warm. Prints wall and CPU seconds (CPU is the steadier figure on a
+shared machine), images/s, captions/s, the max |score difference| and whether the metrics agree.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from hpjax import checkpoints
+from hpjax import tokenizer as tokenizer_lib
+from hpjax.data import suites
+from hpjax.evaluate import metrics
+from hpjax.evaluate import scorer as scorer_lib
+from hpjax.evaluate import stand_in_images
+from hpjax.models import CLIP, get_model_config
+
+DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                            "hard_positives")
+
+
+def timed(fn):
+  wall, cpu = time.perf_counter(), time.process_time()
+  out = fn()
+  return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def reference_pass(model, preprocess, tokenizer, records, image_root, true_role):
+  """One of run_eval.py's passes: per batch of 16 records, scores of [c_n, true caption]."""
+  out = np.zeros((len(records), 2), np.float32)
+  with torch.no_grad():
+    for start in range(0, len(records), 16):
+      batch = records[start:start + 16]
+      images = torch.stack([preprocess(Image.open(os.path.join(image_root, r.image))
+                                       .convert("RGB")) for r in batch])
+      texts = tokenizer([t for r in batch for t in (r.caption("c_n"), r.caption(true_role))])
+      image_feats = model.encode_image(images, normalize=True)
+      text_feats = model.encode_text(texts, normalize=True).reshape(len(batch), 2, -1)
+      out[start:start + len(batch)] = torch.einsum("bd,bkd->bk", image_feats, text_feats).numpy()
+  return out
+
+
+def reference_scores(model, preprocess, records, image_root):
+  """(N, 3) scores in (c, c_n, c_p) order from the two separate passes."""
+  tokenizer = open_clip.get_tokenizer("ViT-B-32")
+  orig = reference_pass(model, preprocess, tokenizer, records, image_root, "c")
+  swapped = reference_pass(model, preprocess, tokenizer, records, image_root, "c_p")
+  return np.stack([orig[:, 1], orig[:, 0], swapped[:, 1]], axis=1)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", default=DEFAULT_ROOT)
+  parser.add_argument("--num_records", type=int, default=2000, help="first N of each file")
+  parser.add_argument("--model", default="ViT-B-32-quickgelu")
+  parser.add_argument("--image_root", default="/tmp/hp_stand_in_images")
+  parser.add_argument("--image_batch_size", type=int, default=64)
+  parser.add_argument("--text_batch_size", type=int, default=256)
+  parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side (median)")
+  args = parser.parse_args()
+
+  loaded = suites.load_replace(args.root)
+  per_file = {name: list(loaded[name].records[:args.num_records]) for name in suites.REPLACE_NAMES}
+  records = [r for name in suites.REPLACE_NAMES for r in per_file[name]]
+  num_images = stand_in_images.write_stand_in_images(records, args.image_root)
+  config = get_model_config(args.model)
+  torch.manual_seed(0)
+  torch_model = open_clip.create_model(args.model).eval()
+  preprocess = open_clip.image_transform(config.vision.image_size, is_train=False)
+  params = checkpoints.openclip_to_params(
+      {k: v.numpy() for k, v in torch_model.state_dict().items()}, config)
+  print(f"{args.model}, {len(records)} records ({args.num_records} per file), {num_images} "
+        f"distinct images, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"torch threads {torch.get_num_threads()}")
+
+  ref_runs = [timed(lambda: reference_scores(torch_model, preprocess, records, args.image_root))
+              for _ in range(args.repeats)]
+  expected = ref_runs[0][0]
+  scorer = scorer_lib.Scorer(CLIP(config), tokenizer_lib.get_tokenizer(args.model),
+                             image_root=args.image_root, image_batch_size=args.image_batch_size,
+                             text_batch_size=args.text_batch_size)
+  cold = timed(lambda: scorer.score(params, records))
+  warm_runs = [timed(lambda: scorer.score(params, records)) for _ in range(args.repeats)]
+  result = cold[0]
+  diff = float(np.nanmax(np.abs(result.scores - expected)))
+  agree = all(
+      metrics.hard_positive_metrics(*result.scores[lo:lo + n].T)
+      == metrics.hard_positive_metrics(*expected[lo:lo + n].T)
+      for lo, n in ((0, len(per_file[suites.REPLACE_NAMES[0]])),
+                    (len(per_file[suites.REPLACE_NAMES[0]]),
+                     len(per_file[suites.REPLACE_NAMES[1]]))))
+
+  def med(runs, i):
+    return statistics.median(run[i] for run in runs)
+
+  ref_wall, ref_cpu = med(ref_runs, 1), med(ref_runs, 2)
+  ref_images, ref_captions = 2 * len(records), 4 * len(records)
+  stats = result.stats
+  print(f"reference (PyTorch loop): wall {ref_wall:.1f} s, CPU {ref_cpu:.1f} s; "
+        f"{len(records) / ref_wall:.2f} records/s, {ref_images / ref_wall:.1f} images/s, {ref_captions / ref_wall:.1f} captions/s "
+        f"({ref_images} images, {ref_captions} captions encoded)")
+  for name, runs in (("hpjax cold", [cold]), ("hpjax warm", warm_runs)):
+    wall, cpu = med(runs, 1), med(runs, 2)
+    print(f"{name}: wall {wall:.1f} s, CPU {cpu:.1f} s; {len(records) / wall:.2f} records/s, "
+          f"{stats['distinct_images'] / wall:.1f} images/s, {stats['distinct_captions'] / wall:.1f} captions/s "
+          f"({stats['distinct_images']:.0f} images, {stats['distinct_token_rows']:.0f} token rows "
+          f"encoded); speed-up wall {ref_wall / wall:.2f}x, CPU {ref_cpu / cpu:.2f}x")
+  print(f"max |score difference| {diff:.2e}; metrics per file identical: {agree}")
+
+
+if __name__ == "__main__":
+  main()
