@@ -14,7 +14,8 @@ import torch
 import hpjax
 from hpjax import checkpoints
 from hpjax.checkpoints import CheckpointMismatchError
-from hpjax.models import get_model_config
+from hpjax.checkpoints.mapping import key_table
+from hpjax.models import get_model_config, list_models
 from hpjax.train.step import init_state
 from openclip_reference import openclip_model, state_dict_numpy
 
@@ -59,6 +60,17 @@ def test_round_trip_vit_b_32_every_key(vit_b_32_state_dict):
   assert sorted(back) == sorted(state_dict)
   for key, value in state_dict.items():
     np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_shipped_config_has_open_clips_keys_and_shapes(name, reference):
+  del reference  # Registers hpjax-tiny with open_clip.
+  with torch.device("meta"):  # Shapes only: no memory, no init.
+    torch_model = open_clip.model.CLIP(**open_clip.get_model_config(name))
+  want = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}
+  config = get_model_config(name)
+  assert {k: e.torch_shape for k, e in key_table(config).items()} == want
+  assert config.quick_gelu == open_clip.get_model_config(name).get("quick_gelu", False)
 
 
 def test_torch_file_nested_state_dict_with_module_prefix(reference, tmp_path):
