@@ -149,8 +149,9 @@ def plot_ordering(path: str, results: Sequence[ModelResult]) -> bool:
     ax.set_xlim(0, 100)
     ax.invert_yaxis()
   axes[-1, 0].set_xlabel("% of triples")
-  axes[0, 0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.15), ncol=3, fontsize=8)
-  fig.tight_layout()
+  handles, names = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, names, loc="upper center", ncol=3, fontsize=8)
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
