@@ -16,11 +16,11 @@ WORKDIR/convert_summary.json.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 
 from absl import logging
+import jax
 import numpy as np
 
 from hpjax.checkpoints import loading, orbax_params
@@ -56,7 +56,7 @@ def run(config, workdir) -> dict:
 
   summary = {
       "direction": config.direction, "model": model_config.name, "src": str(src), "dst": str(dst),
-      "tensors": len(_leaves(params)), "parameters": num_params(params),
+      "tensors": len(jax.tree.leaves(params)), "parameters": num_params(params),
       "bytes_written": _size(dst), "seconds": round(time.time() - start, 2),
   }
   (workdir / "convert_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -66,11 +66,6 @@ def run(config, workdir) -> dict:
 
 def _progress(step: int, message: str) -> None:
   logging.info("[convert %d/3] %s", step, message)
-
-
-def _leaves(tree) -> list:
-  return [leaf for value in tree.values()
-          for leaf in (_leaves(value) if isinstance(value, dict) else [value])]
 
 
 def _size(path: pathlib.Path) -> int:

@@ -6,7 +6,7 @@ checkpoint converter is a table. Attention keeps OpenCLIP's fused q/k/v projecti
 
 Text of any length L <= context_length is accepted: under the causal mask the pooled (EOT) output
 depends only on the tokens before it, so encoding at a shorter length with the first L positional
-embeddings gives the same features as padding to 77 (see `tokenizer.trim_to_buckets`).
+embeddings gives the same features as padding to 77 (see `tokenizer.bucket_length`).
 """
 
 from __future__ import annotations
