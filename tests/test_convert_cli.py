@@ -10,6 +10,7 @@ import pytest
 
 from hpjax import checkpoints
 from hpjax.checkpoints import convert
+from hpjax.models import get_model_config
 from openclip_reference import TINY_JSON, openclip_model, state_dict_numpy
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -62,3 +63,17 @@ def test_command_line_prints_progress_and_summary(source, tmp_path):
   assert f"dst={dst}" in result.stderr
   exported = checkpoints.read_state_dict(dst)
   np.testing.assert_array_equal(exported["visual.proj"], source[0]["visual.proj"])
+
+
+def test_tools_script_converts_to_hpjax(source, tmp_path):
+  state_dict, path = source
+  dst = tmp_path / "params"
+  result = subprocess.run(
+      [sys.executable, str(REPO / "tools" / "convert.py"), f"--src={path}", "--model=hpjax-tiny",
+       f"--dst={dst}"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  summary = json.loads(result.stdout)
+  assert summary["dst"] == str(dst) and summary["tensors"] == len(state_dict)
+  assert (tmp_path / "convert_summary.json").exists()
+  restored = checkpoints.load_params(dst, get_model_config("hpjax-tiny"))
+  np.testing.assert_array_equal(restored["visual"]["proj"], state_dict["visual.proj"])

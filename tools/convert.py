@@ -1,0 +1,37 @@
+"""Checkpoint conversion from the shell, without the config syntax of `python -m hpjax.main`.
+
+  .venv/bin/python tools/convert.py --src ViT-B-32.safetensors --model ViT-B-32 --dst /tmp/params
+  .venv/bin/python tools/convert.py --src /tmp/run/checkpoints --model ViT-B-32 \
+      --direction to_openclip --dst /tmp/finetuned.safetensors
+
+Same program as configs/convert.py (hpjax.checkpoints.convert.run); the summary is printed and
+written to WORKDIR/convert_summary.json (WORKDIR defaults to the dst's folder).
+"""
+
+import argparse
+import json
+import os
+
+from absl import logging
+import ml_collections
+
+from hpjax.checkpoints import convert
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--src", required=True, help="checkpoint file or orbax directory")
+  parser.add_argument("--model", required=True, help="shipped model name or JSON config path")
+  parser.add_argument("--dst", required=True, help="output directory (to_hpjax) or file")
+  parser.add_argument("--direction", choices=convert.DIRECTIONS, default="to_hpjax")
+  parser.add_argument("--workdir", help="where the summary goes (default: the dst's folder)")
+  args = parser.parse_args()
+  logging.set_verbosity(logging.INFO)
+  config = ml_collections.ConfigDict(
+      {"src": args.src, "dst": args.dst, "model": args.model, "direction": args.direction})
+  workdir = args.workdir or os.path.dirname(os.path.abspath(args.dst))
+  print(json.dumps(convert.run(config, workdir), indent=2))
+
+
+if __name__ == "__main__":
+  main()
