@@ -12,7 +12,8 @@ features in fp32 on the host.
   so this is exact, and each bucket compiles once.
 * Devices: batches are sharded over a 1-D `data` mesh of all devices (every host feeds its slice
   via `jax.make_array_from_process_local_data`); params are replicated; outputs come back
-  replicated, so every host gets every score.
+  replicated, so every host gets every score. Hosts OR their unreadable-image masks after each
+  batch (a tiny all-gather), so they all stop, or all skip the same records.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable, Sequence
 
 from absl import logging
 import jax
-import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from hpjax import preprocess
@@ -90,6 +91,13 @@ class _Progress:
   @property
   def seconds(self) -> float:
     return time.perf_counter() - self.start
+
+
+def _union_over_hosts(mask: np.ndarray) -> np.ndarray:
+  """Elementwise OR of a boolean array over all processes."""
+  if jax.process_count() == 1:
+    return mask
+  return np.asarray(multihost_utils.process_allgather(mask)).any(axis=0)
 
 
 def _gathered_dots(a, a_idx, b, b_idx, chunk: int = 4096) -> np.ndarray:
@@ -170,12 +178,13 @@ class Scorer:
   # -- encoders -------------------------------------------------------------------------------
 
   def _encode_all_images(self, params, keys, wheres, skip: set[int]) -> tuple[np.ndarray, list]:
-    """Features of every key not in `skip`; unreadable ones join `failed` (path, reason)."""
+    """Features of every key not in `skip`, and the keys whose image could not be read."""
     todo = [i for i in range(len(keys)) if i not in skip]
     batch = self.image_batch_size
     local = self._local_slice(batch)
     feats = np.zeros((len(keys), self.model.config.embed_dim), np.float32)
-    failed: list[tuple[int, str]] = []
+    failed = np.zeros(len(keys), bool)
+    reasons: dict[int, str] = {}
     progress = _Progress("images", len(todo))
     batches = [todo[s:s + batch] for s in range(0, len(todo), batch)]
 
@@ -198,18 +207,21 @@ class Scorer:
           try:
             pixels[row] = future.result()
           except ImageError as e:
-            failed.append((ids[row + local.start], str(e.__cause__)))
-        if failed and not self.skip_missing_images:
+            failed[ids[row + local.start]] = True
+            reasons[ids[row + local.start]] = str(e.__cause__)
+        failed = _union_over_hosts(failed)  # every host must stop (or skip) alike
+        if failed.any() and not self.skip_missing_images:
           for remaining in pending:  # stop early; do not wait for the prefetched batches
             for f in remaining:
               if f is not None:
                 f.cancel()
-          raise ImageError("unreadable", [self._path(keys[i][0]) for i, _ in failed],
-                           [r for _, r in failed])
+          bad = np.flatnonzero(failed)
+          raise ImageError("unreadable", [self._path(keys[i][0]) for i in bad],
+                           [reasons.get(i, "read by another host") for i in bad])
         out = np.asarray(self.encode_images(params, self._global_batch(pixels)))
         feats[ids] = out[:len(ids)]
         progress.update(min((b + 1) * batch, len(todo)))
-    return feats, failed
+    return feats, np.flatnonzero(failed).tolist()
 
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
     """Normalised features of (N, 77) token rows, encoded by length bucket."""
@@ -249,7 +261,7 @@ class Scorer:
       raise ImageError("missing", [self._path(keys[i][0]) for i in missing])
     image_feats, failed = self._encode_all_images(params, keys, wheres, set(missing))
     image_seconds = time.perf_counter() - start
-    skipped = sorted(set(missing) | {i for i, _ in failed})
+    skipped = sorted(set(missing) | set(failed))
 
     texts = list(dict.fromkeys(c for r in records for c in r.captions))
     tokens = np.asarray(self.tokenizer(texts), np.int32)
