@@ -1,5 +1,6 @@
 """Checkpoint files: OpenCLIP round trips, the file formats and key variants, orbax dirs, bad input."""
 
+import copy
 import pickle
 
 import jax
@@ -93,8 +94,14 @@ def test_custom_text_clip_keys_and_attn_mask_buffers(reference, tmp_path):
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.*deprecated")
 def test_torchscript_archive(reference, tmp_path):
   torch_model, state_dict = reference
+  torch_model = copy.deepcopy(torch_model)
+  for name, value in (("input_resolution", 64), ("context_length", 77), ("vocab_size", 49408)):
+    if hasattr(torch_model, name):  # A plain int attribute in open_clip, a tensor in OpenAI's.
+      delattr(torch_model, name)
+    torch_model.register_buffer(name, torch.tensor(value))
   images, tokens = torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)
   traced = torch.jit.trace(torch_model, (images, tokens), check_trace=False)
+  assert "input_resolution" in traced.state_dict()
   path = tmp_path / "openai.pt"
   traced.save(str(path))
   _assert_same_params(hpjax.create_model(NAME, pretrained=path)[1], state_dict)
