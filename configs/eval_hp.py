@@ -31,6 +31,10 @@ def get_config(arg=None):
   c.skip_missing_images = False  # True: score without them and count the skipped records.
   c.gallery_size = 12  # worst examples per model and suite in gallery.html.
 
+  # Multi-host: set on every process (or let jax.distributed auto-detect, see hpjax.sharding).
+  c.distributed = ml_collections.ConfigDict(
+      {"coordinator_address": "", "num_processes": 0, "process_id": 0})
+
   c.extra = ml_collections.ConfigDict()
   c.extra.sugarcrepe_root = ""  # the 7 SugarCrepe JSON files.
   c.extra.sugarcrepe_pp_root = ""  # the 5 SugarCrepe++ JSON files.

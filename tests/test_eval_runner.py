@@ -2,6 +2,9 @@
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -182,3 +185,44 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
   np.testing.assert_allclose(pp.text_sims, np.einsum("rkd,rld->rkl", feats, feats), atol=1e-6)
   assert figures["sugarcrepe_pp.swap_att/tot"] == metrics.suite_metrics(
       pp.suite, pp.scores, np.einsum("rkd,rld->rkl", feats, feats))["tot"]
+
+
+def _main_on_two_processes(config_arg: str, workdir: str) -> list[str]:
+  """`python -m hpjax.main` as 2 processes x 2 CPU devices (gloo, loopback); their stderr."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  command = [sys.executable, "-m", "hpjax.main", f"--config={config_arg}", f"--workdir={workdir}",
+             f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+             "--config.distributed.num_processes=2"]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = [subprocess.Popen(command + [f"--config.distributed.process_id={i}"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  logs = [p.communicate(timeout=600)[1] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  return logs
+
+
+@pytest.mark.slow
+def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoints, tmp_path):
+  """2 processes x 2 devices vs 1 process x 8 devices: each host decodes its slice of every
+  global batch; process 0 writes the reports."""
+  args = (f"model=hpjax-tiny,suite_root={fixture_root},image_root={fixture_root}/images,"
+          f"checkpoints={tiny_checkpoints[0]},batch_size=8")
+  label = os.path.basename(tiny_checkpoints[0])
+  one = runner.run(eval_hp.get_config(args), str(tmp_path / "one"))[label]
+  logs = _main_on_two_processes(f"configs/eval_hp.py:{args}", str(tmp_path / "two"))
+  assert "process 0 of 2; 2 local of 4 devices" in logs[0]
+  with open(tmp_path / "two" / "results.json") as f:
+    two = json.load(f)["models"][0]["metrics"]
+  figures = [k for k in one if not k.startswith("eval/")]
+  assert {k: two[k] for k in figures} == {k: one[k] for k in figures}
+  for suite in ("replace_attributes", "replace_relations", "swap"):
+    rows = [[json.loads(line)["scores"] for line in open(tmp_path / run / "scores" / label /
+                                                         f"{suite}.jsonl")]
+            for run in ("one", "two")]
+    np.testing.assert_allclose(rows[1], rows[0], atol=1e-5)

@@ -1,9 +1,6 @@
 """The deduplicating, bucketed, sharded scorer against a plain per-record OpenCLIP loop."""
 
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -171,42 +168,3 @@ def test_real_replace_subset_vit_b32_matches_openclip(tmp_path):
                  for s in (result.scores, expected))
     assert ours == ref
 
-
-_WORKER = """
-import sys
-import numpy as np
-sys.path.insert(0, 'tests')
-from hpjax import factory, sharding
-from test_scorer import fixture_records, make_scorer
-addr, pid, ckpt, image_root, out = sys.argv[1:]
-sharding.initialize_distributed(addr, 2, int(pid))
-import jax
-assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.devices())
-model, params = factory.create_model('hpjax-tiny', pretrained=ckpt)
-result = make_scorer(model, image_root).score(params, fixture_records())
-np.save(out, result.scores)
-"""
-
-
-@pytest.mark.slow
-def test_two_processes_give_the_same_scores(tiny, image_root, tmp_path):
-  """2 processes x 2 CPU devices (gloo): each host decodes its slice of every global batch."""
-  model, params, torch_model, _ = tiny
-  ckpt = str(tmp_path / "tiny.pt")
-  torch.save(torch_model.state_dict(), ckpt)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  outs = [str(tmp_path / f"scores{i}.npy") for i in range(2)]
-  procs = [subprocess.Popen([sys.executable, "-c", _WORKER, f"127.0.0.1:{port}", str(i), ckpt,
-                             image_root, outs[i]], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  logs = [p.communicate(timeout=600)[1] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  single = make_scorer(model, image_root).score(params, fixture_records()).scores
-  for out in outs:
-    np.testing.assert_allclose(np.load(out), single, atol=1e-5)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from hpjax import factory
+from hpjax import sharding
 from hpjax.data import suites as suites_lib
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import reports
@@ -67,6 +68,9 @@ def _labels(checkpoints: list[str]) -> list[str]:
 def run(config, workdir: str) -> dict[str, dict[str, float]]:
   """Evaluates every checkpoint of `config.checkpoints` ('random' = random init); returns
   label -> figures and writes the reports into `workdir`."""
+  dist = config.distributed
+  sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
+                                  dist.process_id if dist.coordinator_address else None)
   suites = load_config_suites(config)
   logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
   checkpoints = split_list(config.checkpoints)
