@@ -94,3 +94,11 @@ def test_row_count_mismatch_is_an_error():
   recs = (_record(("c", "c_n", "c_p")),)
   with pytest.raises(ValueError, match="2 score rows for 1 records"):
     metrics.suite_metrics(suites.Suite("r", suites.HARD_POSITIVE, recs), np.zeros((2, 3)))
+
+
+def test_a_suite_with_every_record_skipped_gives_nan_figures_not_an_error():
+  empty = suites.Suite("r", suites.HARD_POSITIVE, ())
+  m = metrics.suite_metrics(empty, np.zeros((0, 3), np.float32))
+  assert m["n"] == 0 and np.isnan(m["augmented"]) and m["count/ties"] == 0
+  full = metrics.hard_positive_metrics([0.9], [0.1], [0.8])
+  assert metrics.mean_of([full, m])["n"] == 1

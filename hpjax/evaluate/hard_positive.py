@@ -149,7 +149,8 @@ class HardPositiveEvaluator:
   def write_reports(self, directory: str, label: str = "model", model_name: str = "",
                     checkpoint: str | None = None, gallery_size: int = 12) -> dict[str, str]:
     """Every report file of the last `run` (see hpjax.evaluate.reports) into `directory`."""
-    result = self.last_result(label, model_name or label, checkpoint,
+    model_name = model_name or self.scorer.model.config.name
+    result = self.last_result(label, model_name, checkpoint,
                               None if checkpoint else "in-memory params")
     return reports.write_reports(directory, [result], self.image_root, gallery_size)
 

@@ -98,7 +98,7 @@ def mean_of(per_file: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def _role_columns(records: Sequence[suites_lib.EvalRecord], role: str) -> np.ndarray:
   """Per record, the column of the first caption with `role`."""
-  return np.array([r.roles.index(role) for r in records])
+  return np.array([r.roles.index(role) for r in records], np.int64)
 
 
 def _column(scores: np.ndarray, records, role: str) -> np.ndarray:
@@ -136,8 +136,6 @@ def suite_metrics(suite: suites_lib.Suite, scores: np.ndarray,
   records, scores = suite.records, np.asarray(scores, np.float32)
   if scores.shape[0] != len(records):
     raise ValueError(f"suite {suite.name}: {scores.shape[0]} score rows for {len(records)} records")
-  if not records:
-    return {"n": 0.0}
   kind = suite.kind
   if kind == suites_lib.HARD_POSITIVE:
     return hard_positive_metrics(*(_column(scores, records, role)
