@@ -87,7 +87,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict({"positives": "multi", "local_weight": 0.0})
 
-  c.mesh = ml_collections.ConfigDict({"model_parallel": 1})
+  c.mesh = ml_collections.ConfigDict({"model_parallel": 1, "num_devices": 0})  # 0: all devices
   c.distributed = ml_collections.ConfigDict(
       {"coordinator_address": "", "num_processes": 0, "process_id": 0})
 

@@ -16,7 +16,7 @@ import pytest
 
 from configs import hnhp
 from hpjax.train import trainer
-from test_trainer import REPO, final_params, fixture_args, write_fixture
+from test_trainer import REPO, final_params, fixture_args, source  # pylint: disable=unused-import
 
 STEPS = 8
 
@@ -55,11 +55,6 @@ def _finish(source, workdir):
        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-  return write_fixture(str(tmp_path_factory.mktemp("fixture")))
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,8 @@ def run(config, workdir: str) -> dict:
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
-  mesh = sharding.make_mesh(config.mesh.model_parallel)
+  mesh = sharding.make_mesh(config.mesh.model_parallel,
+                            jax.devices()[:config.mesh.num_devices or None])
   os.makedirs(workdir, exist_ok=True)
 
   # -- input -------------------------------------------------------------------------------------
@@ -180,7 +181,9 @@ def run(config, workdir: str) -> dict:
         check(values, step)
         speed = log.progress(step, float(values["loss"]), config.batch_size)
         log.write(step, {**{k: v for k, v in values.items() if k != "finite"}, **speed})
-      final = step == config.total_steps or preemption.requested
+      # Every host must take the same branch (a save is collective), so hosts agree on SIGTERM.
+      stop = sharding.host_max(int(preemption.requested)) > 0
+      final = step == config.total_steps or stop
       if final or step % config.checkpoint.every_steps == 0:
         check(metrics, step)
         ckpt.maybe_save(step, state, iterator, force=final)
@@ -188,20 +191,26 @@ def run(config, workdir: str) -> dict:
         eval_metrics = evaluate(step)
         if config.checkpoint.best_metric:
           ckpt.save_best(step, state, iterator, eval_metrics)
-      if preemption.requested:
+      if stop:
         logging.warning("stopped at step %d for preemption; rerun to resume", step)
         return eval_metrics
+    # -- the end: reports and export -------------------------------------------------------------
+    if hard_positive is not None and config.eval.reports:
+      if not hard_positive.last_metrics:  # (every host evaluates: the scorer is collective)
+        eval_metrics = evaluate(config.total_steps)
+      if jax.process_index() == 0:
+        files = hard_positive.write_reports(
+            os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
+            checkpoint=os.path.join(workdir, "checkpoints", str(config.total_steps)))
+        logging.info("reports: %s", ", ".join(sorted(files.values())))
+    if config.export_openclip and jax.process_index() == 0:
+      factory.export_openclip(jax.device_get(state.params), config.model.name,
+                              config.export_openclip)
+      logging.info("exported OpenCLIP weights to %s", config.export_openclip)
   finally:
     preemption.restore()
     ckpt.close()
     log.close()
 
-  # -- the end: reports and export ---------------------------------------------------------------
-  if config.export_openclip and jax.process_index() == 0:
-    factory.export_openclip(jax.device_get(state.params), config.model.name,
-                            config.export_openclip)
-    logging.info("exported OpenCLIP weights to %s", config.export_openclip)
-  if hard_positive is not None and config.eval.reports and jax.process_index() == 0:
-    hard_positive.write_reports(os.path.join(workdir, "reports"))
   return eval_metrics
 
