@@ -6,7 +6,8 @@ each distinct token sequence once, then forms the scores as dot products of the 
 features in fp32 on the host.
 
 * Images: decoded and preprocessed by a thread pool a few batches ahead of the device, encoded in
-  fixed-shape batches (the last one padded and its rows dropped), so the encoder compiles once.
+  fixed-shape batches (the last one padded and its rows dropped), so the encoder compiles once;
+  results are fetched one batch late, so the device is busy while the host assembles the next.
 * Text: captions are sorted into length buckets (16/32/77 tokens) and each bucket is encoded at
   its own length. Under the causal mask the pooled EOT feature only sees the tokens before it,
   so this is exact, and each bucket compiles once.
@@ -91,6 +92,24 @@ class _Progress:
   @property
   def seconds(self) -> float:
     return time.perf_counter() - self.start
+
+
+class _OneStepLate:
+  """Copies device results into a host array one batch late: the device computes batch b while
+  the host assembles batch b + 1 (jit dispatch is asynchronous; np.asarray waits)."""
+
+  def __init__(self, out: np.ndarray):
+    self.out, self._pending = out, None
+
+  def add(self, rows, device_array):
+    self.flush()
+    self._pending = (rows, device_array)
+
+  def flush(self):
+    if self._pending is not None:
+      rows, device_array = self._pending
+      self.out[rows] = np.asarray(device_array)[:len(rows)]
+      self._pending = None
 
 
 def _union_over_hosts(mask: np.ndarray) -> np.ndarray:
@@ -182,7 +201,7 @@ class Scorer:
     todo = [i for i in range(len(keys)) if i not in skip]
     batch = self.image_batch_size
     local = self._local_slice(batch)
-    feats = np.zeros((len(keys), self.model.config.embed_dim), np.float32)
+    feats = _OneStepLate(np.zeros((len(keys), self.model.config.embed_dim), np.float32))
     failed = np.zeros(len(keys), bool)
     reasons: dict[int, str] = {}
     progress = _Progress("images", len(todo))
@@ -218,16 +237,16 @@ class Scorer:
           bad = np.flatnonzero(failed)
           raise ImageError("unreadable", [self._path(keys[i][0]) for i in bad],
                            [reasons.get(i, "read by another host") for i in bad])
-        out = np.asarray(self.encode_images(params, self._global_batch(pixels)))
-        feats[ids] = out[:len(ids)]
+        feats.add(ids, self.encode_images(params, self._global_batch(pixels)))
         progress.update(min((b + 1) * batch, len(todo)))
-    return feats, np.flatnonzero(failed).tolist()
+    feats.flush()
+    return feats.out, np.flatnonzero(failed).tolist()
 
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
     """Normalised features of (N, 77) token rows, encoded by length bucket."""
     lengths = tokenizer_lib.token_lengths(tokens)
     bucket_of = np.array([tokenizer_lib.bucket_length(int(n), self.buckets) for n in lengths])
-    feats = np.zeros((len(tokens), self.model.config.embed_dim), np.float32)
+    feats = _OneStepLate(np.zeros((len(tokens), self.model.config.embed_dim), np.float32))
     batch, local = self.text_batch_size, self._local_slice(self.text_batch_size)
     progress, done = _Progress("captions", len(tokens)), 0
     for length in self.buckets:
@@ -236,11 +255,11 @@ class Scorer:
         chunk = ids[start:start + batch]
         rows = np.zeros((batch, length), np.int32)
         rows[:len(chunk)] = tokens[chunk, :length]
-        out = np.asarray(self.encode_texts(params, self._global_batch(rows[local])))
-        feats[chunk] = out[:len(chunk)]
+        feats.add(chunk, self.encode_texts(params, self._global_batch(rows[local])))
         done += len(chunk)
         progress.update(done)
-    return feats
+    feats.flush()
+    return feats.out
 
   # -- the public entry point -----------------------------------------------------------------
 
