@@ -176,7 +176,7 @@ def plot(table: dict, suites: list[str], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   variants = list(table)
-  fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), sharey=False)
+  fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(6, 1.3 * len(suites)), 9))
   width = 0.8 / len(variants)
   x = np.arange(len(suites))
   for ax, metric in zip(axes, METRICS):
@@ -184,7 +184,7 @@ def plot(table: dict, suites: list[str], path: str) -> None:
       stats = [table[variant].get((s, metric), (np.nan, np.nan, 0)) for s in suites]
       ax.bar(x + (i - (len(variants) - 1) / 2) * width, [m for m, _, _ in stats], width,
              yerr=[s for _, s, _ in stats], capsize=3, label=variant)
-    ax.set_xticks(x, [s.replace("/", "\n") for s in suites], fontsize=7)
+    ax.set_xticks(x, [s.replace(":", ":\n").replace("_", "\n", 1) for s in suites], fontsize=7)
     ax.set_title(metric)
     ax.set_ylabel("%")
   axes[0].legend(fontsize=8)
