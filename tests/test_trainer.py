@@ -181,3 +181,27 @@ def test_main_runs_a_config_file(source, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "step 2/2" in result.stderr
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+@pytest.mark.slow
+def test_synthetic_world_run_moves_replace_swap_metrics_and_keeps_the_best(tmp_path):
+  """The default data path end to end on a small world: REPLACE/SWAP evaluation, keep-best,
+  reports and the OpenCLIP export; hard positives + negatives raise augmented accuracy."""
+  config = hnhp.get_config(
+      "total_steps=60,batch_size=32,log_every_steps=20,eval.every_steps=30,"
+      "checkpoint.every_steps=30,checkpoint.best_metric='replace/augmented',"
+      "data.val_size=32,data.synthetic.num_train=400,data.synthetic.num_eval=40,"
+      f"compilation_cache_dir={CACHE!r},export_openclip={str(tmp_path / 'openclip.pt')!r}")
+  metrics = trainer.run(config, str(tmp_path))
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  evals = {l["step"]: l for l in lines if "replace/augmented" in l}
+  assert sorted(evals) == [0, 30, 60]
+  assert evals[60]["replace/augmented"] > evals[0]["replace/augmented"]
+  assert metrics["replace/augmented"] == evals[60]["replace/augmented"]
+  best = max((30, 60), key=lambda s: evals[s]["replace/augmented"])
+  assert os.listdir(tmp_path / "best") == [str(best)]
+  assert os.path.exists(tmp_path / "reports" / "results.json")
+  import torch  # pylint: disable=g-import-not-at-top (test-only dependency)
+  exported = torch.load(tmp_path / "openclip.pt", weights_only=True)
+  np.testing.assert_allclose(exported["logit_scale"].numpy(),
+                             final_params(str(tmp_path))[1]["logit_scale"], rtol=1e-6)

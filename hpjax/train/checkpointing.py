@@ -89,9 +89,14 @@ class Checkpointer:
                      f"metrics {sorted(metrics)}")
     self.best.save(step, args=self._args(state, iterator), metrics=dict(metrics), force=True)
 
-  def close(self) -> None:
-    """Waits for pending async saves to finish."""
+  def wait(self) -> None:
+    """Blocks until pending async saves are committed."""
     for manager in (self.last, self.best):
       if manager is not None:
         manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    for manager in (self.last, self.best):
+      if manager is not None:
         manager.close()

@@ -198,6 +198,7 @@ def run(config, workdir: str) -> dict:
     if hard_positive is not None and config.eval.reports:
       if not hard_positive.last_metrics:  # (every host evaluates: the scorer is collective)
         eval_metrics = evaluate(config.total_steps)
+      ckpt.wait()  # the reports name (and hash) the final checkpoint
       if jax.process_index() == 0:
         files = hard_positive.write_reports(
             os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
