@@ -3,13 +3,16 @@
 import json
 
 import jax
+import ml_collections
 import numpy as np
+import open_clip
 import pytest
 import safetensors.torch
 import torch
 import transformers
 
 import hpjax
+from hpjax.checkpoints import convert
 from openclip_reference import random_images, random_tokens
 
 
@@ -39,7 +42,7 @@ def hf_checkpoint(request, tmp_path):
   safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
   config = hpjax.get_model_config("hpjax-tiny").to_dict()
   config["quick_gelu"] = hidden_act == "quick_gelu"
-  config_path = tmp_path / "tiny-from-hf.json"
+  config_path = tmp_path / f"tiny-from-hf-{hidden_act}-{eos_token_id}.json"  # Unique in open_clip.
   config_path.write_text(json.dumps(config))
   return model, path, config_path
 
@@ -59,6 +62,24 @@ def test_hf_import_matches_transformers(hf_checkpoint):
   np.testing.assert_allclose(text, out.text_embeds.numpy(), rtol=0, atol=1e-4)
   np.testing.assert_allclose(scale * image @ text.T, out.logits_per_image.numpy(), rtol=0,
                              atol=1e-4)
+
+
+def test_hf_to_open_clip_file_gives_open_clip_the_hf_model(hf_checkpoint, tmp_path):
+  """HF -> OpenCLIP in one conversion: open_clip then computes what transformers computes."""
+  hf_model, path, config_path = hf_checkpoint
+  config = ml_collections.ConfigDict({"src": str(path), "dst": "", "model": str(config_path),
+                                      "direction": "to_openclip"})
+  summary = convert.run(config, tmp_path / "convert")
+  open_clip.add_model_config(str(config_path))
+  torch_model = open_clip.create_model(config_path.stem, pretrained=summary["dst"]).eval()
+  rng = np.random.default_rng(1)
+  images = torch.from_numpy(random_images(rng, 2, 64))
+  tokens = torch.from_numpy(random_tokens(rng, 2)).long()
+  with torch.no_grad():
+    want = hf_model(input_ids=tokens, pixel_values=images)
+    image, text, _ = torch_model(images, tokens)
+  np.testing.assert_allclose(image.numpy(), want.image_embeds.numpy(), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(text.numpy(), want.text_embeds.numpy(), rtol=0, atol=1e-5)
 
 
 def test_hf_checkpoint_with_wrong_dimensions_lists_the_problem(tmp_path):
