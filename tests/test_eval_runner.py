@@ -226,3 +226,22 @@ def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoi
                                                          f"{suite}.jsonl")]
             for run in ("one", "two")]
     np.testing.assert_allclose(rows[1], rows[0], atol=1e-5)
+
+
+def test_config_picks_suites_and_extra_benchmarks(fixture_root, tmp_path):
+  vga = os.path.join(tmp_path, "vga.json")
+  _write(vga, [{"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4,
+                "true_caption": "a", "false_caption": "b", "attributes": ["x", "y"]}])
+  vlc = os.path.join(tmp_path, "color.json")
+  _write(vlc, [["1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball"]}]])
+  config = eval_hp.get_config(f"suite_root={fixture_root},suites=replace_relations+swap,"
+                              f"extra.aro_files={vga},extra.vl_checklist_files={vlc},"
+                              "extra.aro_image_dir=/aro")
+  loaded = runner.load_config_suites(config)
+  assert sorted(loaded) == ["aro.vg_attribution", "replace_relations", "swap",
+                            "vl_checklist.color"]
+  assert loaded["aro.vg_attribution"].records[0].image == "/aro/1.jpg"
+  with pytest.raises(ValueError, match="unknown suite 'replace_all'"):
+    runner.load_config_suites(eval_hp.get_config(f"suite_root={fixture_root},suites=replace_all"))
+  with pytest.raises(KeyError, match="no field 'suite_dir'"):
+    eval_hp.get_config("suite_dir=/x")
