@@ -168,3 +168,13 @@ def test_real_replace_subset_vit_b32_matches_openclip(tmp_path):
                  for s in (result.scores, expected))
     assert ours == ref
 
+
+
+def test_encoders_ask_for_full_fp32_matmuls_unless_told_otherwise(tiny):
+  """GPUs (TF32) and TPUs (one-pass bf16) would otherwise round fp32 matmuls by default."""
+  model, params, *_ = tiny
+  tokens = np.zeros((8, 16), np.int32)
+  for precision, expected in (("highest", True), ("default", False)):
+    scorer = make_scorer(model, None, matmul_precision=precision)
+    hlo = scorer.encode_texts.lower(params, tokens).as_text()
+    assert ("HIGHEST" in hlo) == expected, precision
