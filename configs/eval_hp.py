@@ -21,6 +21,7 @@ def get_config(arg=None):
   c.checkpoints = "random"  # '+'-separated paths; 'random' = a random-init model.
   c.seed = 0  # random init only.
   c.dtype = "float32"  # compute dtype; scores are fp32 either way.
+  c.matmul_precision = "highest"  # fp32 matmuls in true fp32 on GPU/TPU; "default" is faster.
   c.suite_root = ""  # authors' layout: data/<name>.json + swapped_data/<name>.json.
   c.suites = "replace+swap"  # 'replace', 'replace_attributes', 'replace_relations', 'swap'.
   c.image_root = ""  # record image paths are relative to it.

@@ -86,7 +86,8 @@ def run(config, workdir: str) -> dict[str, dict[str, float]]:
       evaluator = hard_positive.HardPositiveEvaluator(
           model, suites, config.image_root or None, batch_size=config.batch_size,
           text_batch_size=config.text_batch_size, num_workers=config.num_workers,
-          skip_missing_images=config.skip_missing_images)
+          skip_missing_images=config.skip_missing_images,
+          matmul_precision=config.matmul_precision)
     figures = evaluator.run(params)
     logging.info("%s: %s", label, {k: round(v, 2) for k, v in figures.items()
                                    if k.split("/")[-1] in ("original", "augmented",
