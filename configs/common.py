@@ -92,6 +92,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
       {"coordinator_address": "", "num_processes": 0, "process_id": 0})
 
   c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.directory = ""  # "" = the workdir; may be gs://bucket/run (orbax, etils.epath).
   c.checkpoint.every_steps = 100
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
-from hpjax import factory
+from hpjax import factory, sharding
 from hpjax.tokenizer import get_tokenizer
 from hpjax.train import optim, trainer
 from hpjax.train import step as step_lib
@@ -205,3 +205,26 @@ def test_synthetic_world_run_moves_replace_swap_metrics_and_keeps_the_best(tmp_p
   exported = torch.load(tmp_path / "openclip.pt", weights_only=True)
   np.testing.assert_allclose(exported["logit_scale"].numpy(),
                              final_params(str(tmp_path))[1]["logit_scale"], rtol=1e-6)
+
+
+def test_param_sharding_splits_large_matrices_over_the_model_axis():
+  mesh = sharding.make_mesh(model_parallel=2)
+  assert dict(mesh.shape) == {"data": 4, "model": 2}
+  shapes = {"big": jax.ShapeDtypeStruct((49408, 64), jnp.float32),
+            "odd": jax.ShapeDtypeStruct((4097, 129), jnp.float32),
+            "small": jax.ShapeDtypeStruct((64, 64), jnp.float32),
+            "vector": jax.ShapeDtypeStruct((1 << 20,), jnp.float32)}
+  specs = {k: tuple(v.spec) for k, v in sharding.param_sharding(mesh, shapes).items()}
+  assert specs == {"big": ("model", None), "odd": (), "small": (), "vector": ()}
+
+
+@pytest.mark.slow
+def test_model_parallel_and_remat_train_like_data_parallel(source, tmp_path):
+  def losses(extra):
+    workdir = tmp_path / extra.replace("=", "_")
+    trainer.run(hnhp.get_config(fixture_args(source, total_steps=3) + "," + extra), str(workdir))
+    return [json.loads(l)["loss"] for l in open(workdir / "metrics.jsonl") if "loss" in l]
+
+  baseline = losses("mesh.model_parallel=1")
+  np.testing.assert_allclose(losses("mesh.model_parallel=2"), baseline, rtol=1e-5)
+  np.testing.assert_allclose(losses("model.remat=True"), baseline, rtol=1e-5)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
@@ -36,7 +37,11 @@ def _training_data(config, workdir: str):
   source_path = data.source
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
-    world = synthetic.write_world(os.path.join(workdir, "world"), **data.synthetic)
+    world_dir = os.path.join(workdir, "world")
+    if jax.process_index() == 0:  # one writer; the other hosts then find it cached
+      synthetic.write_world(world_dir, **data.synthetic)
+    multihost_utils.sync_global_devices("synthetic world written")
+    world = synthetic.write_world(world_dir, **data.synthetic)
     source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
   source = data_lib.open_source(source_path)
   if data.val_source:
@@ -130,8 +135,9 @@ def run(config, workdir: str) -> dict:
       positives=config.loss.positives, local_weight=config.loss.local_weight)
 
   # -- checkpoint: resume where the workdir left off ---------------------------------------------
+  checkpoint_dir = config.checkpoint.directory or workdir
   ckpt = checkpointing.Checkpointer(
-      workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+      checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
       async_save=config.checkpoint.async_save, best_metric=config.checkpoint.best_metric or None,
       best_mode=config.checkpoint.best_mode)
   state, iterator = ckpt.restore(state, iterator)
@@ -164,7 +170,7 @@ def run(config, workdir: str) -> dict:
       raise NonFiniteLossError(
           f"step {step}: loss {float(step_metrics['loss'])}, grad norm "
           f"{float(step_metrics['grad_norm'])} is not finite; stopped without saving (the last "
-          f"checkpoint in {workdir}/checkpoints is from before this step)")
+          f"checkpoint in {ckpt.last.directory} is from before this step)")
 
   eval_metrics = {}
   try:
@@ -202,7 +208,7 @@ def run(config, workdir: str) -> dict:
       if jax.process_index() == 0:
         files = hard_positive.write_reports(
             os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
-            checkpoint=os.path.join(workdir, "checkpoints", str(config.total_steps)))
+            checkpoint=os.path.join(checkpoint_dir, "checkpoints", str(config.total_steps)))
         logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
       factory.export_openclip(jax.device_get(state.params), config.model.name,
