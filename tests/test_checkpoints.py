@@ -107,6 +107,20 @@ def test_torchscript_archive(reference, tmp_path):
   _assert_same_params(hpjax.create_model(NAME, pretrained=path)[1], state_dict)
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_remote_files_are_read_from_memory(reference, tmp_path, monkeypatch, suffix):
+  """The gs:// branch (bytes read through etils.epath), exercised on a local file."""
+  _, state_dict = reference
+  path = checkpoints.write_state_dict(state_dict, tmp_path / f"remote{suffix}")
+  monkeypatch.setattr(checkpoints.files, "is_local", lambda path: False)
+  _assert_same_params(checkpoints.load_params(path, get_model_config(NAME)), state_dict)
+  evil = tmp_path / "evil.pt"
+  torch.save({"state_dict": _Payload(str(tmp_path / "unpickled.txt"))}, evil)
+  with pytest.raises(ValueError, match="is refused"):
+    checkpoints.read_state_dict(evil)
+  assert not (tmp_path / "unpickled.txt").exists()
+
+
 def test_bf16_safetensors_is_read_and_cast_to_param_dtype(reference, tmp_path):
   _, state_dict = reference
   path = tmp_path / "bf16.safetensors"

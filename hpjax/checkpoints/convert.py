@@ -16,10 +16,10 @@ WORKDIR/convert_summary.json.
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -37,10 +37,10 @@ def run(config, workdir) -> dict:
     raise ValueError(f"config.direction is {config.direction!r}; expected one of {DIRECTIONS}")
   if not config.src:
     raise ValueError("config.src is empty: pass src=PATH (a checkpoint file or orbax directory)")
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  src = pathlib.Path(config.src)
-  dst = pathlib.Path(config.dst or workdir / _DEFAULT_DST[config.direction])
+  src = epath.Path(config.src)
+  dst = epath.Path(config.dst or workdir / _DEFAULT_DST[config.direction])
   if dst.exists():
     raise FileExistsError(f"{dst} exists; remove it or choose another dst")
   model_config = get_model_config(config.model)
@@ -68,7 +68,8 @@ def _progress(step: int, message: str) -> None:
   logging.info("[convert %d/3] %s", step, message)
 
 
-def _size(path: pathlib.Path) -> int:
-  if path.is_file():
-    return path.stat().st_size
-  return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _size(path: epath.Path) -> int:
+  """Bytes in a file or a directory tree (epath has no recursive glob for gs://)."""
+  if not path.is_dir():
+    return path.stat().length
+  return sum(_size(child) for child in path.iterdir())

@@ -7,6 +7,9 @@
   `torch.jit.load(map_location='cpu').state_dict()`, which runs TorchScript's own loader rather
   than Python's unpickler; still, load such archives only from sources you trust.
 
+Paths may be local or remote (`gs://...`, through etils.epath): remote files are read into memory
+first, local ones are read in place.
+
 Keys are normalised to OpenCLIP's plain `CLIP` layout: a dict nested under `state_dict` is
 unwrapped, a `module.` prefix (DDP) and a `text.` prefix (CustomTextCLIP) are stripped, and
 buffers that are not weights (`attn_mask`, OpenAI's `input_resolution`, `context_length`,
@@ -15,11 +18,12 @@ buffers that are not weights (`attn_mask`, OpenAI's `input_resolution`, `context
 
 from __future__ import annotations
 
-import pathlib
+import io
 import pickle
 import zipfile
 from typing import Any, Mapping
 
+from etils import epath
 import numpy as np
 import safetensors.numpy
 
@@ -28,16 +32,21 @@ _NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
   """Reads a checkpoint file into {key: numpy array} with normalised OpenCLIP keys."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"checkpoint file {path} does not exist")
   if path.suffix == ".safetensors":
-    raw = safetensors.numpy.load_file(str(path))
-  elif _is_torchscript(path):
-    raw = _read_torchscript(path)
+    raw = (safetensors.numpy.load_file(str(path)) if is_local(path)
+           else safetensors.numpy.load(path.read_bytes()))
   else:
-    raw = _read_torch_state_dict(path)
+    source = str(path) if is_local(path) else io.BytesIO(path.read_bytes())
+    raw = (_read_torchscript(path, source) if _is_torchscript(source)
+           else _read_torch_state_dict(path, source))
   return normalize_keys(raw)
+
+
+def is_local(path: epath.Path) -> bool:
+  return "://" not in str(path)
 
 
 def normalize_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,23 +71,29 @@ def _torch(path):
   return torch
 
 
-def _is_torchscript(path: pathlib.Path) -> bool:
-  if not zipfile.is_zipfile(path):
-    return False
-  with zipfile.ZipFile(path) as archive:
-    return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+def _is_torchscript(source) -> bool:
+  """Whether `source` (a file name or a BytesIO) is a TorchScript zip archive."""
+  try:
+    if not zipfile.is_zipfile(source):
+      return False
+    with zipfile.ZipFile(source) as archive:
+      return any(name.endswith("/constants.pkl") or "/code/" in name
+                 for name in archive.namelist())
+  finally:
+    if isinstance(source, io.BytesIO):
+      source.seek(0)
 
 
-def _read_torchscript(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_torchscript(path: epath.Path, source) -> dict[str, np.ndarray]:
   torch = _torch(path)
-  module = torch.jit.load(str(path), map_location="cpu")
+  module = torch.jit.load(source, map_location="cpu")
   return {k: _to_numpy(v) for k, v in module.state_dict().items()}
 
 
-def _read_torch_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_torch_state_dict(path: epath.Path, source) -> dict[str, np.ndarray]:
   torch = _torch(path)
   try:
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = torch.load(source, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ValueError(f"{path} is refused: it is not a plain state dict, and hpjax never "
@@ -102,16 +117,18 @@ def _to_numpy(tensor) -> np.ndarray:
   return tensor.numpy()
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> pathlib.Path:
+def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> epath.Path:
   """Writes `.safetensors` (no torch needed) or `.bin`/`.pt` (a plain torch state dict)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = epath.Path(path)
   if path.suffix == ".safetensors":
-    safetensors.numpy.save_file({k: np.array(v, order="C") for k, v in state_dict.items()},
-                                str(path))
+    data = safetensors.numpy.save({k: np.array(v, order="C") for k, v in state_dict.items()})
   elif path.suffix in (".bin", ".pt", ".pth"):
     torch = _torch(path)
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, str(path))
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, buffer)
+    data = buffer.getvalue()
   else:
     raise ValueError(f"cannot write {path}: use a .safetensors, .bin, .pt or .pth file name")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
   return path

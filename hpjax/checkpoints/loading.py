@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
-
+from etils import epath
 import numpy as np
 
 from hpjax.checkpoints import files, hf, mapping, orbax_params
@@ -17,7 +16,7 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32) -> dict:
   .bin/.pt, OpenAI TorchScript) or an HF transformers CLIPModel state dict (detected by its
   `text_model.`/`vision_model.` keys).
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if path.is_dir():
     return orbax_params.restore_params(path, config, param_dtype)
   state_dict = files.read_state_dict(path)
@@ -27,6 +26,6 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32) -> dict:
   return mapping.openclip_to_params(state_dict, config, param_dtype, source)
 
 
-def export_openclip(params, config: CLIPConfig, path) -> pathlib.Path:
+def export_openclip(params, config: CLIPConfig, path) -> epath.Path:
   """Writes `params` as an OpenCLIP state dict (.safetensors, or .bin/.pt with torch), fp32."""
   return files.write_state_dict(mapping.params_to_openclip(params, config), path)

@@ -9,9 +9,8 @@ another model fails with the same missing/unexpected/mis-shaped listing as an Op
 
 from __future__ import annotations
 
-import pathlib
-
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -22,9 +21,9 @@ from hpjax.models.config import CLIPConfig
 _METADATA = "_METADATA"  # Written by orbax into every item directory.
 
 
-def save_params(directory, params) -> pathlib.Path:
-  """Writes `params` to a new orbax directory (which must not exist yet)."""
-  path = pathlib.Path(directory).absolute()
+def save_params(directory, params) -> epath.Path:
+  """Writes `params` to a new orbax directory (which must not exist yet; gs:// works)."""
+  path = _absolute(directory)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, params)
   checkpointer.wait_until_finished()
@@ -40,7 +39,7 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
     param_dtype: cast to this dtype while restoring (default: the stored dtype).
     sharding: a jax Sharding for every leaf (default: the first local device).
   """
-  item, subtree = _resolve(pathlib.Path(directory).absolute())
+  item, subtree = _resolve(_absolute(directory))
   stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
   if subtree:
     if subtree not in stored:
@@ -60,7 +59,12 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
   return restored[subtree] if subtree else restored
 
 
-def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, str | None]:
+def _absolute(directory) -> epath.Path:
+  path = epath.Path(directory)
+  return path if "://" in str(path) else path.absolute()
+
+
+def _resolve(path: epath.Path) -> tuple[epath.Path, str | None]:
   """(orbax item directory, key of the params inside it or None)."""
   if not path.is_dir():
     raise FileNotFoundError(f"orbax checkpoint directory {path} does not exist")
