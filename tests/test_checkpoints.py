@@ -211,6 +211,14 @@ def test_state_dict_with_non_tensor_entries_is_refused(tmp_path):
     checkpoints.read_state_dict(path)
 
 
+def test_key_twice_after_prefix_stripping_is_an_error(tmp_path):
+  path = checkpoints.write_state_dict({"visual.proj": np.zeros(2, np.float32),
+                                       "module.visual.proj": np.ones(2, np.float32)},
+                                      tmp_path / "twice.safetensors")
+  with pytest.raises(ValueError, match="twice.safetensors: key 'visual.proj' appears twice"):
+    checkpoints.read_state_dict(path)
+
+
 def test_missing_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nothing.safetensors does not exist"):
     hpjax.create_model(NAME, pretrained=tmp_path / "nothing.safetensors")

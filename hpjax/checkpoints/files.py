@@ -42,14 +42,14 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     source = str(path) if is_local(path) else io.BytesIO(path.read_bytes())
     raw = (_read_torchscript(path, source) if _is_torchscript(source)
            else _read_torch_state_dict(path, source))
-  return normalize_keys(raw)
+  return normalize_keys(raw, str(path))
 
 
 def is_local(path: epath.Path) -> bool:
   return "://" not in str(path)
 
 
-def normalize_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+def normalize_keys(state_dict: Mapping[str, Any], source: str = "state dict") -> dict[str, Any]:
   """Strips `module.` and `text.` prefixes and drops non-weight buffers."""
   out = {}
   for key, value in state_dict.items():
@@ -57,7 +57,8 @@ def normalize_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     if key.endswith("attn_mask") or key in _NOT_WEIGHTS:
       continue
     if key in out:
-      raise ValueError(f"key {key!r} appears twice after stripping module./text. prefixes")
+      raise ValueError(f"{source}: key {key!r} appears twice after stripping module./text. "
+                       "prefixes")
     out[key] = value
   return out
 
