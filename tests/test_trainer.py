@@ -106,6 +106,7 @@ def test_a_finished_run_resumes_as_finished(trained):
   assert step == 30 and np.all(np.isfinite(params["logit_scale"]))
 
 
+@pytest.mark.slow
 def test_non_finite_update_stops_without_a_poisoned_checkpoint(source, tmp_path):
   workdir = str(tmp_path)
   trainer.run(hnhp.get_config(fixture_args(source, total_steps=4)), workdir)
@@ -130,9 +131,9 @@ def test_bucketed_text_gives_the_same_loss_as_77_tokens():
            "hard_negative_mask": np.ones((4, 2), bool)}
   cut = trainer._bucketed(batch, (16, 32, 77))
   assert cut["caption"].shape == (4, 16) and cut["hard_negatives"].shape == (4, 2, 16)
+  loss = jax.jit(lambda p, b: step_lib.loss_fn(p, model, b, "multi", 0.0)[0])
   with jax.default_matmul_precision("highest"):
-    full = step_lib.loss_fn(params, model, batch, "multi", 0.0)[0]
-    short = step_lib.loss_fn(params, model, cut, "multi", 0.0)[0]
+    full, short = loss(params, batch), loss(params, cut)
   np.testing.assert_allclose(short, full, rtol=1e-5)
 
 
@@ -170,6 +171,7 @@ def test_recipe_configs():
     hnhp.get_config("nope=1")
 
 
+@pytest.mark.slow
 def test_main_runs_a_config_file(source, tmp_path):
   """The documented command line, with a --config.x=y override."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

@@ -157,22 +157,27 @@ def main(argv):
     return
   texts = 1 + _NEG.value + _POS.value
   print(f"model {_MODEL.value}, batch {_BATCH.value}, {texts} texts per example, "
-        f"{os.cpu_count()} CPUs")
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
   if not _DEVICES_ONLY.value:
-    torch_result = _run_side("torch")
-    rows = [("OpenCLIP (PyTorch)", torch_result)]
-    for length in (77, 16):
-      rows.append((f"hpjax (text at {length})", _run_side("hpjax", text_len=length)))
-    print("| implementation | median step (s) | examples/s | ratio vs OpenCLIP | peak RSS (MB) |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, r in rows:
+    print("| implementation | median step (s) | examples/s | speed vs OpenCLIP | peak RSS (MB) |"
+          " first step (s) |")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    torch_result = None
+    for name, side, length in (("OpenCLIP (PyTorch)", "torch", 77),
+                               ("hpjax (text at 77)", "hpjax", 77),
+                               ("hpjax (text at 16)", "hpjax", 16)):
+      r = _run_side(side, text_len=length)
+      torch_result = torch_result or r
       print(f"| {name} | {r['step_s']:.3f} | {_BATCH.value / r['step_s']:.1f} | "
-            f"{torch_result['step_s'] / r['step_s']:.2f}x | {r['peak_rss_mb']:.0f} |")
-  print("| simulated devices | median step (s) | examples/s |")
-  print("| --- | --- | --- |")
-  for n in (int(d) for d in _DEVICES.value.split(",")):
+            f"{torch_result['step_s'] / r['step_s']:.2f}x | {r['peak_rss_mb']:.0f} | "
+            f"{r.get('first_step_s', float('nan')):.1f} |", flush=True)
+  counts = [int(d) for d in _DEVICES.value.split(",") if d]
+  if counts:
+    print("| simulated devices | median step (s) | examples/s |")
+    print("| --- | --- | --- |", flush=True)
+  for n in counts:
     r = _run_side("hpjax", devices=n)
-    print(f"| {n} | {r['step_s']:.3f} | {_BATCH.value / r['step_s']:.1f} |")
+    print(f"| {n} | {r['step_s']:.3f} | {_BATCH.value / r['step_s']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
