@@ -109,3 +109,20 @@ def test_kill_during_a_save_restarts_from_the_previous_checkpoint(source, uninte
   step, params = final_params(tmp_path)
   assert step == STEPS
   _assert_same_params(params, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_stops_then_the_restart_matches(source, uninterrupted, tmp_path):
+  checkpoints = tmp_path / "checkpoints"
+  process = _start(source, tmp_path)
+  _wait_for(process, lambda: _committed(checkpoints, 2), "the step-2 checkpoint")
+  assert process.poll() is None, "the run had already finished: nothing was interrupted"
+  process.send_signal(signal.SIGTERM)
+  log = process.communicate(timeout=300)[1]
+  assert process.returncode == 0, log[-3000:]
+  stopped = int(log.split("stopped at step ")[1].split()[0])
+  assert stopped < STEPS and _committed(checkpoints, stopped)
+  _finish(source, tmp_path)
+  step, params = final_params(tmp_path)
+  assert step == STEPS
+  _assert_same_params(params, uninterrupted)
