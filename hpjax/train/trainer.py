@@ -27,7 +27,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss or gradient norm became NaN/inf; the state of that step was not kept."""
+  """The loss, gradient or update became NaN/inf; nothing from that step on is saved."""
 
 
 def _training_data(config, workdir: str):
@@ -190,10 +190,13 @@ def run(config, workdir: str) -> dict:
       # Every host must take the same branch (a save is collective), so hosts agree on SIGTERM.
       stop = sharding.host_max(int(preemption.requested)) > 0
       final = step == config.total_steps or stop
-      if final or step % config.checkpoint.every_steps == 0:
-        check(metrics, step)
+      evaluating = config.eval.every_steps and (step % config.eval.every_steps == 0 or final)
+      saving = final or step % config.checkpoint.every_steps == 0
+      if saving or evaluating:
+        check(metrics, step)  # nothing non-finite is evaluated, kept as best or saved
+      if saving:
         ckpt.maybe_save(step, state, iterator, force=final)
-      if config.eval.every_steps and (step % config.eval.every_steps == 0 or final):
+      if evaluating:
         eval_metrics = evaluate(step)
         if config.checkpoint.best_metric:
           ckpt.save_best(step, state, iterator, eval_metrics)
