@@ -22,13 +22,14 @@ def test_default_command_writes_reports_with_finite_metrics_for_every_suite(tmp_
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   result = subprocess.run(
       [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{small}",
-       f"--workdir={workdir}"],
+       # Relative, as in the README (orbax itself accepts only absolute paths).
+      f"--workdir={os.path.relpath(workdir, REPO)}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-4000:]
 
   results_file = workdir / "reports" / "results.json"
-  assert str(results_file) in output, "the closing summary must say where the reports are"
+  assert os.path.relpath(results_file, REPO) in output, "the closing summary must say where the reports are"
   assert "step 6/6" in output
   for name in ("results.md", "ordering.png", "gallery.html"):
     assert (workdir / "reports" / name).stat().st_size > 0, name

@@ -23,7 +23,7 @@ _METADATA = "_METADATA"  # Written by orbax into every item directory.
 
 def save_params(directory, params) -> epath.Path:
   """Writes `params` to a new orbax directory (which must not exist yet; gs:// works)."""
-  path = _absolute(directory)
+  path = absolute_path(directory)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, params)
   checkpointer.wait_until_finished()
@@ -39,7 +39,7 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
     param_dtype: cast to this dtype while restoring (default: the stored dtype).
     sharding: a jax Sharding for every leaf (default: the first local device).
   """
-  item, subtree = _resolve(_absolute(directory))
+  item, subtree = _resolve(absolute_path(directory))
   stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
   if subtree:
     if subtree not in stored:
@@ -59,7 +59,8 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
   return restored[subtree] if subtree else restored
 
 
-def _absolute(directory) -> epath.Path:
+def absolute_path(directory) -> epath.Path:
+  """Orbax refuses relative checkpoint paths; URLs such as gs://... stay as they are."""
   path = epath.Path(directory)
   return path if "://" in str(path) else path.absolute()
 

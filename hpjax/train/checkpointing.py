@@ -15,6 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from hpjax.checkpoints.orbax_params import absolute_path
+
 
 def _plain_array_saves_on_cpu() -> None:
   """On CPU, save each array from one replica. orbax's replica-parallel writes slice every
@@ -30,7 +32,8 @@ def _manager(directory: str, *, max_to_keep: int, async_save: bool, best_metric:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
       best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode=best_mode)
-  return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+  return ocp.CheckpointManager(absolute_path(directory), options=options,
+                              item_names=("state", "data"))
 
 
 def abstract_like(tree):
