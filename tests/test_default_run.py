@@ -41,6 +41,10 @@ def test_default_command_writes_reports_with_finite_metrics_for_every_suite(tmp_
       value = metrics[f"{suite}/{figure}"]
       assert math.isfinite(value) and 0.0 <= value <= 100.0, (suite, figure, value)
     assert metrics[f"{suite}/n"] > 0, suite
+  # The closing lines repeat the headline figures of the reports.
+  assert (f"REPLACE original {metrics['replace/original']:.1f}, "
+          f"augmented {metrics['replace/augmented']:.1f}") in output
+  assert f"SWAP original {metrics['swap/original']:.1f}" in output
   # The synthetic world writes one record per eval image and suite.
   assert metrics["replace_attributes/n"] == metrics["swap/n"] == 24
   # Library INFO lines (orbax writes a dozen per checkpoint) are kept off the terminal.

@@ -76,6 +76,17 @@ def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
       model, eval_root, image_root=image_root or None, batch_size=config.eval.batch_size)
 
 
+def _headline(metrics: dict) -> str:
+  """The paper's Table 1 figures of the final evaluation, for the closing lines of a run."""
+  parts = []
+  for suite in ("replace", "swap"):
+    figures = [f"{name} {metrics[f'{suite}/{name}']:.1f}"
+               for name in ("original", "augmented", "brittleness") if f"{suite}/{name}" in metrics]
+    if figures:
+      parts.append(f"{suite.upper()} " + ", ".join(figures))
+  return "final: " + " | ".join(parts)
+
+
 class _Preemption:
   """Remembers a SIGTERM so the loop can save and stop at the next step boundary."""
 
@@ -212,6 +223,7 @@ def run(config, workdir: str) -> dict:
         files = hard_positive.write_reports(
             os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
             checkpoint=os.path.join(checkpoint_dir, "checkpoints", str(config.total_steps)))
+        logging.info("%s", _headline(hard_positive.last_metrics))
         logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
       factory.export_openclip(jax.device_get(state.params), config.model.name,
