@@ -167,8 +167,10 @@ def run(config, workdir: str) -> dict:
     for evaluator in evaluators:
       metrics.update(evaluator.run(state.params))
     log.write(step, metrics)
+    # The category counts and percentages go to metrics.jsonl and the reports only.
+    shown = {k: v for k, v in metrics.items() if "/count/" not in k and "/pct/" not in k}
     logging.info("step %d evaluation: %s", step,
-                 ", ".join(f"{k} {v:.2f}" for k, v in sorted(metrics.items())))
+                 ", ".join(f"{k} {v:.2f}" for k, v in sorted(shown.items())))
     return metrics
 
   # -- loop --------------------------------------------------------------------------------------
