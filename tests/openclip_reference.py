@@ -25,7 +25,12 @@ def openclip_model(name: str, seed: int = 0) -> torch.nn.Module:
   """open_clip.create_model(name) with random weights, 1-D tensors perturbed, in eval mode."""
   _register_tiny()
   torch.manual_seed(seed)
-  model = open_clip.create_model(name).eval()
+  return perturb_vectors(open_clip.create_model(name).eval())
+
+
+def perturb_vectors(model: torch.nn.Module) -> torch.nn.Module:
+  """Moves biases and LayerNorm gains off their constant inits (zeros, ones), so a parity test
+  fails when a converter drops or swaps one of them."""
   with torch.no_grad():
     for param in model.parameters():
       if param.ndim <= 1:

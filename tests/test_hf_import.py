@@ -13,7 +13,7 @@ import transformers
 
 import hpjax
 from hpjax.checkpoints import convert
-from openclip_reference import random_images, random_tokens
+from openclip_reference import perturb_vectors, random_images, random_tokens
 
 
 def _hf_model(hidden_act: str, eos_token_id: int) -> transformers.CLIPModel:
@@ -24,12 +24,7 @@ def _hf_model(hidden_act: str, eos_token_id: int) -> transformers.CLIPModel:
       text_config=dict(towers, eos_token_id=eos_token_id),
       vision_config=dict(towers, image_size=64, patch_size=16), projection_dim=64)
   torch.manual_seed(0)
-  model = transformers.CLIPModel(config).eval()
-  with torch.no_grad():
-    for param in model.parameters():
-      if param.ndim <= 1:
-        param.add_(0.02 * torch.randn_like(param))
-  return model
+  return perturb_vectors(transformers.CLIPModel(config).eval())
 
 
 @pytest.fixture(params=[("quick_gelu", 49407), ("gelu", 49407), ("quick_gelu", 2)],
