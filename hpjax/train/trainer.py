@@ -38,10 +38,11 @@ def _training_data(config, workdir: str):
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
     world_dir = os.path.join(workdir, "world")
-    if jax.process_index() == 0:  # one writer; the other hosts then find it cached
-      synthetic.write_world(world_dir, **data.synthetic)
+    # One writer; the other hosts then find it cached (a second call re-hashes every file).
+    world = synthetic.write_world(world_dir, **data.synthetic) if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices("synthetic world written")
-    world = synthetic.write_world(world_dir, **data.synthetic)
+    if world is None:
+      world = synthetic.write_world(world_dir, **data.synthetic)
     source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
   source = data_lib.open_source(source_path)
   if data.val_source:
