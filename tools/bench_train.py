@@ -2,8 +2,10 @@
 
 Both sides: the same architecture (random init), batch, text columns per example (caption,
 hard negatives, hard positives), the same contrastive loss and AdamW (0.9, 0.98, 1e-6, wd 0.2).
-Each measurement runs in its own subprocess, so peak RSS is that side's alone. Median step time
-over `--steps` after `--warmup` steps (compilation excluded for hpjax).
+Each side runs in its own resident worker process (so peak RSS is that side's alone); after
+setup and `--warmup` untimed steps, the workers take turns, one step each per round, for
+`--steps` rounds. Interleaving makes the machine's noise (this VM's neighbours, turbo) fall on
+every side alike, so the per-round ratios are paired; medians are quoted.
 
   .venv/bin/python tools/bench_train.py --model=ViT-B-32-quickgelu --batch=8
   .venv/bin/python tools/bench_train.py --devices_only --model=hpjax-tiny --batch=64
@@ -24,7 +26,7 @@ _MODEL = flags.DEFINE_string("model", "ViT-B-32-quickgelu", "model config name")
 _BATCH = flags.DEFINE_integer("batch", 8, "global batch (examples)")
 _NEG = flags.DEFINE_integer("hard_negatives", 1, "hard negatives per example")
 _POS = flags.DEFINE_integer("hard_positives", 1, "hard positives per example")
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed rounds (one step of every side per round)")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps first")
 _SIDE = flags.DEFINE_enum("side", "", ["", "hpjax", "torch"], "internal: run one side")
 _TEXT_LEN = flags.DEFINE_integer("text_len", 77, "internal: hpjax text length")
@@ -41,7 +43,7 @@ def _median(times):
   return times[len(times) // 2]
 
 
-def _hpjax_side() -> dict:
+def _hpjax_side():
   import jax  # pylint: disable=g-import-not-at-top (after XLA_FLAGS are set)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
@@ -68,22 +70,16 @@ def _hpjax_side() -> dict:
   del params
   train_step = step_lib.jit_train_step(model, tx, schedule, shardings, sharding.replicated(mesh))
   on_mesh = sharding.put_batch(batch, mesh)
-  start = time.perf_counter()
-  state, metrics = train_step(state, on_mesh)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  times = []
-  for i in range(_WARMUP.value + _STEPS.value):
-    start = time.perf_counter()
-    state, metrics = train_step(state, on_mesh)
-    jax.block_until_ready(metrics)
-    if i >= _WARMUP.value:
-      times.append(time.perf_counter() - start)
-  return {"side": "hpjax", "devices": jax.device_count(), "text_len": length,
-          "step_s": _median(times), "first_step_s": compile_s, "loss": float(metrics["loss"])}
+  holder = {"state": state}
+
+  def step():
+    holder["state"], metrics = train_step(holder["state"], on_mesh)
+    return float(metrics["loss"])  # waits for the step
+
+  return step, {"side": "hpjax", "devices": jax.device_count(), "text_len": length}
 
 
-def _torch_side() -> dict:
+def _torch_side():
   import open_clip  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -122,62 +118,105 @@ def _torch_side() -> dict:
     opt.step()
     with torch.no_grad():
       model.logit_scale.clamp_(0, 4.6052)
-    return float(loss)
+    return float(loss.detach())
 
-  times = []
-  for i in range(_WARMUP.value + _STEPS.value):
+  return step, {"side": "torch", "threads": torch.get_num_threads()}
+
+
+def _serve(side: str):
+  """Worker: set up, warm up, then time one step per 'step' line on stdin until 'quit'."""
+  start = time.perf_counter()
+  step, info = _hpjax_side() if side == "hpjax" else _torch_side()
+  step()  # hpjax compiles here
+  info["first_step_s"] = time.perf_counter() - start
+  for _ in range(_WARMUP.value):
+    step()
+  print(json.dumps(info), flush=True)
+  for line in sys.stdin:
+    if line.strip() != "step":
+      break
     start = time.perf_counter()
     loss = step()
-    if i >= _WARMUP.value:
-      times.append(time.perf_counter() - start)
-  return {"side": "torch", "threads": torch.get_num_threads(), "step_s": _median(times),
-          "loss": loss}
+    print(json.dumps({"step_s": time.perf_counter() - start, "loss": loss}), flush=True)
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps({"peak_rss_mb": rss}), flush=True)
 
 
-def _run_side(side: str, devices: int = 1, text_len: int = 77) -> dict:
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  args = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--model={_MODEL.value}",
-          f"--batch={_BATCH.value}", f"--hard_negatives={_NEG.value}",
-          f"--hard_positives={_POS.value}", f"--steps={_STEPS.value}",
-          f"--warmup={_WARMUP.value}", f"--text_len={text_len}"]
-  out = subprocess.run(args, env=env, cwd=repo, capture_output=True, text=True, check=False)
-  if out.returncode:
-    raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
+class _Worker:
+  """One side in its own process, started and warmed up before any timing begins."""
+
+  def __init__(self, name: str, side: str, devices: int = 1, text_len: int = 77):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo,
+           "XLA_FLAGS": (f"{os.environ.get('XLA_FLAGS', '')} "
+                         f"--xla_force_host_platform_device_count={devices}")}
+    args = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--model={_MODEL.value}",
+            f"--batch={_BATCH.value}", f"--hard_negatives={_NEG.value}",
+            f"--hard_positives={_POS.value}", f"--warmup={_WARMUP.value}",
+            f"--text_len={text_len}"]
+    self.name, self.times = name, []
+    self._proc = subprocess.Popen(args, env=env, cwd=repo, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    line = self._proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.name} worker exited with {self._proc.wait()} (its stderr is above)")
+    return json.loads(line)
+
+  def step(self):
+    self._proc.stdin.write("step\n")
+    self._proc.stdin.flush()
+    self.times.append(self._read()["step_s"])
+
+  def close(self):
+    self._proc.stdin.write("quit\n")
+    self._proc.stdin.flush()
+    self.info.update(self._read())
+    self._proc.wait()
+
+
+def _interleave(workers, rounds: int):
+  for _ in range(rounds):
+    for worker in workers:
+      worker.step()
+  for worker in workers:
+    worker.close()
 
 
 def main(argv):
   del argv
   if _SIDE.value:
-    result = _hpjax_side() if _SIDE.value == "hpjax" else _torch_side()
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+    _serve(_SIDE.value)
     return
   texts = 1 + _NEG.value + _POS.value
   print(f"model {_MODEL.value}, batch {_BATCH.value}, {texts} texts per example, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"{_STEPS.value} interleaved rounds", flush=True)
   if not _DEVICES_ONLY.value:
-    print("| implementation | median step (s) | examples/s | speed vs OpenCLIP | peak RSS (MB) |"
-          " first step (s) |")
-    print("| --- | --- | --- | --- | --- | --- |", flush=True)
-    torch_result = None
-    for name, side, length in (("OpenCLIP (PyTorch)", "torch", 77),
-                               ("hpjax (text at 77)", "hpjax", 77),
-                               ("hpjax (text at 16)", "hpjax", 16)):
-      r = _run_side(side, text_len=length)
-      torch_result = torch_result or r
-      print(f"| {name} | {r['step_s']:.3f} | {_BATCH.value / r['step_s']:.1f} | "
-            f"{torch_result['step_s'] / r['step_s']:.2f}x | {r['peak_rss_mb']:.0f} | "
-            f"{r.get('first_step_s', float('nan')):.1f} |", flush=True)
+    workers = [_Worker("OpenCLIP (PyTorch)", "torch"),
+               _Worker("hpjax (text at 77)", "hpjax", text_len=77),
+               _Worker("hpjax (text at 16)", "hpjax", text_len=16)]
+    _interleave(workers, _STEPS.value)
+    reference = workers[0].times
+    print("| implementation | median step (s) | examples/s | speed vs OpenCLIP (median of "
+          "per-round ratios) | peak RSS (MB) | setup + first step (s) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for w in workers:
+      ratio = _median([r / t for r, t in zip(reference, w.times)])
+      print(f"| {w.name} | {_median(w.times):.3f} | {_BATCH.value / _median(w.times):.1f} | "
+            f"{ratio:.2f}x | {w.info['peak_rss_mb']:.0f} | {w.info['first_step_s']:.1f} |",
+            flush=True)
   counts = [int(d) for d in _DEVICES.value.split(",") if d]
   if counts:
+    workers = [_Worker(f"{n}", "hpjax", devices=n) for n in counts]
+    _interleave(workers, _STEPS.value)
     print("| simulated devices | median step (s) | examples/s |")
-    print("| --- | --- | --- |", flush=True)
-  for n in counts:
-    r = _run_side("hpjax", devices=n)
-    print(f"| {n} | {r['step_s']:.3f} | {_BATCH.value / r['step_s']:.1f} |", flush=True)
+    print("| --- | --- | --- |")
+    for w in workers:
+      print(f"| {w.name} | {_median(w.times):.3f} | {_BATCH.value / _median(w.times):.1f} |",
+            flush=True)
 
 
 if __name__ == "__main__":

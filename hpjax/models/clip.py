@@ -4,6 +4,11 @@
 `params['visual']['transformer']['resblocks_3']['attn']['in_proj']['kernel']` (transposed), so the
 checkpoint converter is a table. Attention keeps OpenCLIP's fused q/k/v projection: one matmul.
 
+Every projection inside a block runs on the tokens flattened to (N * L, D): the same numbers as
+on (N, L, D), but autodiff then emits plain 2-D dots. From the 3-D form, XLA:CPU contracted two
+axes in each weight gradient and fused (recomputing) the residual stream's whole gradient chain
+into the transposed copies that needed; a ViT-B-32 train step ran ~1.5x slower (BENCHMARKS.md).
+
 Text of any length L <= context_length is accepted: under the causal mask the pooled (EOT) output
 depends only on the tokens before it, so encoding at a shorter length with the first L positional
 embeddings gives the same features as padding to 77 (see `tokenizer.bucket_length`).
@@ -51,12 +56,12 @@ class MultiheadAttention(nn.Module):
     head_dim = self.width // self.heads
     init = nn.initializers.normal(self.width ** -0.5)
     qkv = nn.Dense(3 * self.width, kernel_init=init, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="in_proj")(x)
+                   param_dtype=self.param_dtype, name="in_proj")(x.reshape(-1, self.width))
     q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.heads, head_dim), 3, axis=2)
     out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=self.causal)
-    out = out.reshape(batch, length, self.width)
-    return nn.Dense(self.width, kernel_init=init, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="out_proj")(out)
+    out = nn.Dense(self.width, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="out_proj")(out.reshape(-1, self.width))
+    return out.reshape(batch, length, self.width)
 
 
 class MLP(nn.Module):
@@ -68,11 +73,14 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    shape = x.shape
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.initializers.normal((2 * self.width) ** -0.5), name="c_fc")(x)
+                 kernel_init=nn.initializers.normal((2 * self.width) ** -0.5),
+                 name="c_fc")(x.reshape(-1, shape[-1]))
     x = self.activation(x)
     return nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.initializers.normal(self.hidden ** -0.5), name="c_proj")(x)
+                    kernel_init=nn.initializers.normal(self.hidden ** -0.5),
+                    name="c_proj")(x).reshape(shape)
 
 
 class LayerScale(nn.Module):
