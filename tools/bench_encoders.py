@@ -1,13 +1,14 @@
 """The Flax encoders against open_clip's on the same CPU: images/s and captions/s, side by side.
 
   .venv/bin/python tools/bench_encoders.py [--model ViT-B-32-quickgelu] [--image_batch 8]
-      [--text_batch 32] [--repeats 3]
+      [--text_batch 32] [--repeats 7]
 
 Same random weights in both (the open_clip model mapped into Flax), fp32, default matmul
 precision on both sides. Text is timed at the full 77 tokens and, for hpjax, also at a 16-token
 bucket (captions of the hard-positive suites are short; pooling at EOT under the causal mask
-makes the shorter encoding exact). Reports medians of wall and CPU seconds per batch after one
-warm-up (compilation) call; CPU seconds are the steadier figure on a shared machine.
+makes the shorter encoding exact). After one warm-up (compilation) call of every case, the cases
+take turns, one call each per round; medians of wall and CPU seconds per batch, and speed ratios
+as the median of per-round ratios (paired, so the machine's drift cancels).
 """
 
 import argparse
@@ -23,15 +24,25 @@ from hpjax.checkpoints import openclip_to_params
 from hpjax.models import CLIP, get_model_config
 
 
-def median_times(fn, repeats):
-  fn()  # Warm-up: compilation for jax, allocator warm-up for torch.
-  walls, cpus = [], []
-  for _ in range(repeats):
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
-  return statistics.median(walls), statistics.median(cpus)
+def interleaved_times(cases, rounds):
+  """Warms every case up, then times one call of each per round, so the machine's drift falls on
+  every case alike. Returns per-case lists of wall and CPU seconds."""
+  for fn, _ in cases.values():
+    fn()  # Warm-up: compilation for jax, allocator warm-up for torch.
+  walls = {name: [] for name in cases}
+  cpus = {name: [] for name in cases}
+  for _ in range(rounds):
+    for name, (fn, _) in cases.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      fn()
+      walls[name].append(time.perf_counter() - wall)
+      cpus[name].append(time.process_time() - cpu)
+  return walls, cpus
+
+
+def paired_ratio(reference, other):
+  """Median over rounds of reference / other time: how many times faster `other` ran."""
+  return statistics.median(r / o for r, o in zip(reference, other))
 
 
 def main():
@@ -39,7 +50,7 @@ def main():
   parser.add_argument("--model", default="ViT-B-32-quickgelu")
   parser.add_argument("--image_batch", type=int, default=8)
   parser.add_argument("--text_batch", type=int, default=32)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
   args = parser.parse_args()
 
   torch_model = open_clip.create_model(args.model).eval()
@@ -68,18 +79,18 @@ def main():
                         args.text_batch),
   }
   print(f"{args.model}, fp32, {jax.device_count()} jax device(s), torch threads "
-        f"{torch.get_num_threads()}, medians of {args.repeats}", flush=True)
-  results = {}
+        f"{torch.get_num_threads()}, medians of {args.repeats} interleaved rounds", flush=True)
   with torch.no_grad():
-    for name, (fn, count) in cases.items():
-      wall, cpu = median_times(fn, args.repeats)
-      results[name] = wall
-      print(f"{name:18s} {count / wall:9.1f} items/s wall   {count / cpu:9.1f} items/s CPU   "
-            f"({wall:.3f} s wall, {cpu:.3f} s CPU per batch)", flush=True)
-  print(f"hpjax/open_clip speed ratio (wall): image "
-        f"{results['image open_clip'] / results['image hpjax']:.2f}x, text@77 "
-        f"{results['text@77 open_clip'] / results['text@77 hpjax']:.2f}x, text@16 vs open_clip@77 "
-        f"{results['text@77 open_clip'] / results['text@16 hpjax']:.2f}x")
+    walls, cpus = interleaved_times(cases, args.repeats)
+  for name, (_, count) in cases.items():
+    wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+    print(f"{name:18s} {count / wall:9.1f} items/s wall   {count / cpu:9.1f} items/s CPU   "
+          f"({wall:.3f} s wall, {cpu:.3f} s CPU per batch)", flush=True)
+  print(f"hpjax/open_clip speed (median of per-round ratios, wall): image "
+        f"{paired_ratio(walls['image open_clip'], walls['image hpjax']):.2f}x, text@77 "
+        f"{paired_ratio(walls['text@77 open_clip'], walls['text@77 hpjax']):.2f}x, "
+        f"text@16 vs open_clip@77 "
+        f"{paired_ratio(walls['text@77 open_clip'], walls['text@16 hpjax']):.2f}x")
 
 
 if __name__ == "__main__":
