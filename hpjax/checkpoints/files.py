@@ -46,6 +46,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
 
 
 def is_local(path: epath.Path) -> bool:
+  """False for URLs such as gs://bucket/x, which epath reads remotely."""
   return "://" not in str(path)
 
 

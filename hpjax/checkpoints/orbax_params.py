@@ -14,6 +14,7 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from hpjax.checkpoints import files
 from hpjax.checkpoints.mapping import check_keys
 from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import CLIPConfig
@@ -62,7 +63,7 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
 def absolute_path(directory) -> epath.Path:
   """Orbax refuses relative checkpoint paths; URLs such as gs://... stay as they are."""
   path = epath.Path(directory)
-  return path if "://" in str(path) else path.absolute()
+  return path.absolute() if files.is_local(path) else path
 
 
 def _resolve(path: epath.Path) -> tuple[epath.Path, str | None]:
