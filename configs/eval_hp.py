@@ -30,19 +30,27 @@ def get_config(arg=None):
   c.text_batch_size = 512
   c.num_workers = 8  # image decoding threads.
   c.skip_missing_images = False  # True: score without them and count the skipped records.
+  c.allow_empty_suites = False  # True: a suite with no scored record is reported (N = 0).
   c.gallery_size = 12  # worst examples per model and suite in gallery.html.
 
   # Multi-host: set on every process (or let jax.distributed auto-detect, see hpjax.sharding).
   c.distributed = ml_collections.ConfigDict(
       {"coordinator_address": "", "num_processes": 0, "process_id": 0})
 
+  # The other benchmarks (hpjax/evaluate/benchmarks.py): a folder (walked, or its known files)
+  # or '+'-separated files; suites are named by their path below the folder (or below the
+  # files' common folder), e.g. vl_checklist.Attribute.vaw.action.
   c.extra = ml_collections.ConfigDict()
   c.extra.sugarcrepe_root = ""  # the 7 SugarCrepe JSON files.
+  c.extra.sugarcrepe_files = ""
   c.extra.sugarcrepe_pp_root = ""  # the 5 SugarCrepe++ JSON files.
+  c.extra.sugarcrepe_pp_files = ""
   c.extra.coco_image_dir = ""  # COCO val2017 images for both.
-  c.extra.aro_files = ""  # '+'-separated visual_genome_relation.json / _attribution.json.
+  c.extra.aro_root = ""  # visual_genome_relation.json and visual_genome_attribution.json.
+  c.extra.aro_files = ""
   c.extra.aro_image_dir = ""
-  c.extra.vl_checklist_files = ""  # '+'-separated VL-CheckList JSON files.
+  c.extra.vl_checklist_root = ""  # the official data/ tree: every *.json below it.
+  c.extra.vl_checklist_files = ""
   c.extra.vl_checklist_image_dir = ""
 
   for key, value in common.parse_arg(arg).items():

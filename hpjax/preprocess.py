@@ -24,28 +24,48 @@ OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 def load_image(source: str | os.PathLike | bytes,
                crop_box: Sequence[float] | None = None) -> Image.Image:
-  """Opens an image file (or encoded bytes), optionally crops to (x, y, w, h), returns RGB.
+  """Opens an image file (or encoded bytes), returns it in RGB, cropped to (x, y, w, h) if given.
 
-  Raises OSError naming the file when it cannot be read or decoded, and ValueError naming the
-  file and the box when the box is empty or not inside the image.
+  A box that runs past the image is padded with black, as the authors' and ARO's code crop
+  (PIL `Image.crop` after `convert('RGB')`). Raises OSError naming the file when it cannot be
+  read or decoded, and ValueError naming the file and the box when the box is empty.
   """
+  return load_cropped(source, crop_box)[0]
+
+
+def load_cropped(source: str | os.PathLike | bytes,
+                 crop_box: Sequence[float] | None = None) -> tuple[Image.Image, bool]:
+  """`load_image`, and whether the crop box was padded (it runs past the image)."""
   name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
   try:
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
       image.load()
-      return _crop(image, crop_box, name).convert("RGB")
+      rgb = image.convert("RGB")
   except OSError as e:
     raise type(e)(f"cannot read image {name}: {e}") from e
+  if crop_box is None:
+    return rgb, False
+  return _crop(rgb, crop_box, name), box_overruns(crop_box, rgb.size)
 
 
-def _crop(image: Image.Image, box: Sequence[float] | None, name: str) -> Image.Image:
-  if box is None:
-    return image
+def pil_box(box: Sequence[float]) -> tuple[int, int, int, int]:
+  """(x, y, w, h) -> the integer (left, upper, right, lower) that PIL's `crop` rounds it to."""
   x, y, w, h = box
-  if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > image.width or y + h > image.height:
-    raise ValueError(f"{name}: crop box (x, y, w, h) = {tuple(box)} is empty or not inside "
-                     f"the image of size (w, h) = {image.size}")
-  return image.crop((x, y, x + w, y + h))
+  return tuple(int(round(v)) for v in (x, y, x + w, y + h))
+
+
+def box_overruns(box: Sequence[float], size: tuple[int, int]) -> bool:
+  """Whether PIL's crop of `box` (x, y, w, h) reaches past an image of `size` (w, h)."""
+  left, upper, right, lower = pil_box(box)
+  return left < 0 or upper < 0 or right > size[0] or lower > size[1]
+
+
+def _crop(image: Image.Image, box: Sequence[float], name: str) -> Image.Image:
+  left, upper, right, lower = pil_box(box)
+  if right <= left or lower <= upper:
+    raise ValueError(f"{name}: crop box (x, y, w, h) = {tuple(box)} is empty (w and h must "
+                     "round to at least one pixel)")
+  return image.crop((left, upper, right, lower))
 
 
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:

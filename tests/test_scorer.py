@@ -137,11 +137,11 @@ def test_missing_and_unreadable_images_stop_unless_skipped(tiny, tmp_path):
   assert sorted(os.path.basename(p) for p in result.skipped_images) == ["0.jpg", "1.jpg"]
 
 
-def test_crop_outside_the_image_names_the_record(tiny, image_root):
+def test_empty_crop_names_the_record(tiny, image_root):
   model, params, *_ = tiny
   record = suites.EvalRecord(image="a/1.jpg", captions=("a", "b", "c"), roles=("c", "c_n", "c_p"),
                              source="visual_genome_attribution.json", index=7,
-                             crop=(0, 0, 5000, 10))
+                             crop=(0, 0, 0.2, 10))
   with pytest.raises(ValueError, match=r"visual_genome_attribution.json \[index 7\]"):
     make_scorer(model, image_root).score(params, [record])
 

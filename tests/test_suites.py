@@ -7,6 +7,7 @@ import os
 import pytest
 
 from hpjax.data import suites
+from hpjax.evaluate import benchmarks
 
 REAL_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hard_positives")
 
@@ -94,7 +95,7 @@ def test_swap_crops_and_checks_box_pairing(tmp_path):
     suites.load_swap(str(tmp_path))
 
 
-def test_bad_crop_box_is_an_error(tmp_path):
+def test_empty_crop_box_is_an_error(tmp_path):
   data = _aro_attribution_records()
   data[1]["bbox_h"] = 0
   _write(os.path.join(tmp_path, "vga.json"), data)
@@ -108,7 +109,7 @@ def test_sugarcrepe_keeps_non_contiguous_keys(tmp_path):
         "0": {"filename": "000000085329.jpg", "caption": "a cat", "negative_caption": "a dog"},
         "7": {"filename": "000000000139.jpg", "caption": "a man", "negative_caption": "a woman"},
     })
-  loaded = suites.load_sugarcrepe(str(tmp_path), image_dir="val2017")
+  loaded = benchmarks.load("sugarcrepe", str(tmp_path), image_dir="val2017")
   assert sorted(loaded) == sorted(f"sugarcrepe.{n}" for n in suites.SUGARCREPE_FILES)
   recs = loaded["sugarcrepe.swap_att"].records
   assert [r.index for r in recs] == [0, 7]
@@ -116,7 +117,7 @@ def test_sugarcrepe_keeps_non_contiguous_keys(tmp_path):
   _write(os.path.join(tmp_path, "add_att.json"), {"3": {"filename": "x.jpg", "caption": "a"}})
   with pytest.raises(suites.SuiteFormatError,
                      match=r"add_att.json \[index 3\]: missing field 'negative_caption'"):
-    suites.load_sugarcrepe(str(tmp_path))
+    benchmarks.load("sugarcrepe", str(tmp_path))
 
 
 def test_sugarcrepe_pp_roles(tmp_path):
@@ -124,7 +125,7 @@ def test_sugarcrepe_pp_roles(tmp_path):
     _write(os.path.join(tmp_path, f"{name}.json"), [
         {"filename": "1.jpg", "caption": "a cat on a mat", "caption2": "on a mat sits a cat",
          "negative_caption": "a mat on a cat"}])
-  rec = suites.load_sugarcrepe_pp(str(tmp_path))["sugarcrepe_pp.swap_obj"].records[0]
+  rec = benchmarks.load("sugarcrepe_pp", str(tmp_path))["sugarcrepe_pp.swap_obj"].records[0]
   assert rec.roles == ("c", "c_p", "c_n") and rec.caption("c_p") == "on a mat sits a cat"
 
 

@@ -5,8 +5,10 @@ Every benchmark the evaluator knows is read into `EvalRecord`s whose captions ca
 suite depend only on those roles and the suite's `kind`, so a loader knows nothing of models and
 a scorer knows nothing of file formats.
 
-Suite names use a dot for a file within a benchmark (`sugarcrepe.add_att`, `aro.vg_relation`)
-because figures are named `<suite>/<figure>`.
+The readers here read one file each; `hpjax.evaluate.benchmarks` (the catalog) finds a
+benchmark's files and names its suites by their path below the benchmark root, with a dot for a
+folder or a file (`sugarcrepe.add_att`, `vl_checklist.Attribute.vaw.action`), because figures
+are named `<suite>/<figure>`.
 
 Bad input fails loudly: a missing field, a mismatched data/ and swapped_data/ pair or a bad crop
 box raises `SuiteFormatError` naming the file and the record's index.
@@ -24,17 +26,19 @@ C, C_N, C_P = "c", "c_n", "c_p"
 
 # Suite kinds: each one has its own metrics (see hpjax.evaluate.metrics).
 HARD_POSITIVE = "hard_positive"  # (c, c_n, c_p): REPLACE and SWAP.
-PAIR = "pair"  # c options vs c_n options: SugarCrepe, VL-CheckList.
+PAIR = "pair"  # c options vs c_n options, every c above every c_n: SugarCrepe.
+VL_CHECKLIST = "vl_checklist"  # POS (c) and NEG (c_n) lists: the first POS above the first NEG.
 ARO_RELATION = "aro_relation"  # (c, c_n), macro accuracy over relations.
 ARO_ATTRIBUTION = "aro_attribution"  # (c, c_n), macro accuracy over attribute pairs.
 SUGARCREPE_PP = "sugarcrepe_pp"  # (c, c_p, c_n): ITT and TOT accuracies.
-KINDS = (HARD_POSITIVE, PAIR, ARO_RELATION, ARO_ATTRIBUTION, SUGARCREPE_PP)
+KINDS = (HARD_POSITIVE, PAIR, VL_CHECKLIST, ARO_RELATION, ARO_ATTRIBUTION, SUGARCREPE_PP)
 
 REPLACE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations")
 SWAP_NAME = "visual_genome_attribution"
 SUGARCREPE_FILES = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel",
                     "swap_att", "swap_obj")
 SUGARCREPE_PP_FILES = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+ARO_FILES = ("visual_genome_relation", "visual_genome_attribution")
 
 
 class SuiteFormatError(ValueError):
@@ -73,9 +77,11 @@ class EvalRecord:
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
+  """Records of one kind; `path` is the file they were read from (for errors and reports)."""
   name: str
   kind: str
   records: tuple[EvalRecord, ...]
+  path: str | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -138,9 +144,9 @@ def _get(record: Any, key: str, path: str, index: int, kind: type | tuple = str)
 def _crop_box(record: dict, path: str, index: int) -> tuple[float, float, float, float]:
   box = tuple(float(_get(record, k, path, index, (int, float)))
               for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
-  if box[2] <= 0 or box[3] <= 0 or box[0] < 0 or box[1] < 0:
+  if box[2] <= 0 or box[3] <= 0:
     raise SuiteFormatError(f"{path} [index {index}]: crop box (x, y, w, h) = {box} must have "
-                           "x, y >= 0 and w, h > 0")
+                           "w, h > 0 (a box past the image is padded black, as PIL crops)")
   return box
 
 
@@ -188,7 +194,7 @@ def load_hard_positive_suite(root: str, name: str, image_dir: str | None = None,
         image=_image_path(image_dir, _get(orig, "image_path", data_path, index)),
         captions=(c, c_n, c_p), roles=(C, C_N, C_P), source=f"{name}.json", index=index,
         crop=_crop_box(orig, data_path, index) if crop else None))
-  return Suite(name, HARD_POSITIVE, tuple(records))
+  return Suite(name, HARD_POSITIVE, tuple(records), data_path)
 
 
 def load_replace(root: str, image_dir: str | None = None) -> dict[str, Suite]:
@@ -204,37 +210,33 @@ def load_swap(root: str, image_dir: str | None = None) -> Suite:
 # ---------------------------------------------------------------------------------------------
 # Other compositionality benchmarks.
 
-def _load_keyed_files(root: str, files: Sequence[str], prefix: str, kind: str,
-                      fields: Sequence[str], roles: tuple[str, ...],
-                      image_dir: str | None) -> dict[str, Suite]:
-  """One suite per `root/<file>.json`: COCO `filename` plus the caption `fields` in `roles`."""
-  suites = {}
-  for name in files:
-    path = os.path.join(root, f"{name}.json")
-    records = tuple(
-        EvalRecord(image=_image_path(image_dir, _get(rec, "filename", path, index)),
-                   captions=tuple(_get(rec, k, path, index) for k in fields), roles=roles,
-                   source=os.path.basename(path), index=index)
-        for index, rec in _indexed_items(path))
-    suites[f"{prefix}.{name}"] = Suite(f"{prefix}.{name}", kind, records)
-  return suites
+def _load_keyed_file(path: str, kind: str, fields: Sequence[str], roles: tuple[str, ...],
+                     image_dir: str | None = None, source: str | None = None) -> Suite:
+  """A SugarCrepe-style file: records (a list, or an object keyed by indices) with a COCO
+  `filename` and the caption `fields` in `roles`."""
+  source = source or os.path.basename(path)
+  records = tuple(
+      EvalRecord(image=_image_path(image_dir, _get(rec, "filename", path, index)),
+                 captions=tuple(_get(rec, k, path, index) for k in fields), roles=roles,
+                 source=source, index=index)
+      for index, rec in _indexed_items(path))
+  return Suite(source, kind, records, path)
 
 
-def load_sugarcrepe(root: str, image_dir: str | None = None,
-                    files: Sequence[str] = SUGARCREPE_FILES) -> dict[str, Suite]:
-  """SugarCrepe: `root/<file>.json`, objects keyed by (not always contiguous) string indices."""
-  return _load_keyed_files(root, files, "sugarcrepe", PAIR, ("caption", "negative_caption"),
-                           (C, C_N), image_dir)
+def load_sugarcrepe_file(path: str, image_dir: str | None = None,
+                         source: str | None = None) -> Suite:
+  """SugarCrepe: objects keyed by (not always contiguous) string indices."""
+  return _load_keyed_file(path, PAIR, ("caption", "negative_caption"), (C, C_N), image_dir, source)
 
 
-def load_sugarcrepe_pp(root: str, image_dir: str | None = None,
-                       files: Sequence[str] = SUGARCREPE_PP_FILES) -> dict[str, Suite]:
+def load_sugarcrepe_pp_file(path: str, image_dir: str | None = None,
+                            source: str | None = None) -> Suite:
   """SugarCrepe++: two true captions (`caption`, `caption2`) and a `negative_caption`."""
-  return _load_keyed_files(root, files, "sugarcrepe_pp", SUGARCREPE_PP,
-                           ("caption", "caption2", "negative_caption"), (C, C_P, C_N), image_dir)
+  return _load_keyed_file(path, SUGARCREPE_PP, ("caption", "caption2", "negative_caption"),
+                          (C, C_P, C_N), image_dir, source)
 
 
-def load_aro(path: str, image_dir: str | None = None) -> Suite:
+def load_aro(path: str, image_dir: str | None = None, source: str | None = None) -> Suite:
   """ARO VG-Relation (`relation_name`) or VG-Attribution (`attributes`), cropped to the box.
 
   The kind follows the file: records with `relation_name` are grouped by relation, records with
@@ -243,6 +245,7 @@ def load_aro(path: str, image_dir: str | None = None) -> Suite:
   items = list(enumerate(_read_list(path)))
   if not items:
     raise SuiteFormatError(f"{path}: no records")
+  source = source or os.path.basename(path)
   is_relation = isinstance(items[0][1], dict) and "relation_name" in items[0][1]
   records = []
   for index, rec in items:
@@ -257,14 +260,16 @@ def load_aro(path: str, image_dir: str | None = None) -> Suite:
     records.append(EvalRecord(
         image=_image_path(image_dir, _get(rec, "image_path", path, index)),
         captions=(_get(rec, "true_caption", path, index), _get(rec, "false_caption", path, index)),
-        roles=(C, C_N), source=os.path.basename(path), index=index,
-        crop=_crop_box(rec, path, index), group=group))
-  name = "aro.vg_relation" if is_relation else "aro.vg_attribution"
-  return Suite(name, ARO_RELATION if is_relation else ARO_ATTRIBUTION, tuple(records))
+        roles=(C, C_N), source=source, index=index, crop=_crop_box(rec, path, index),
+        group=group))
+  return Suite(source, ARO_RELATION if is_relation else ARO_ATTRIBUTION, tuple(records), path)
 
 
-def load_vl_checklist(path: str, image_dir: str | None = None, name: str | None = None) -> Suite:
-  """VL-CheckList: a JSON list of `[image_path, {"POS": [...], "NEG": [...]}]`."""
+def load_vl_checklist(path: str, image_dir: str | None = None,
+                      source: str | None = None) -> Suite:
+  """VL-CheckList: a JSON list of `[image_path, {"POS": [...], "NEG": [...]}]`; the captions are
+  the POS list (role c) then the NEG list (c_n), in file order."""
+  source = source or os.path.basename(path)
   records = []
   for index, item in enumerate(_read_list(path)):
     if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
@@ -277,9 +282,8 @@ def load_vl_checklist(path: str, image_dir: str | None = None, name: str | None 
                              "strings")
     records.append(EvalRecord(
         image=_image_path(image_dir, item[0]), captions=tuple(pos + neg),
-        roles=(C,) * len(pos) + (C_N,) * len(neg), source=os.path.basename(path), index=index))
-  name = name or "vl_checklist." + os.path.splitext(os.path.basename(path))[0]
-  return Suite(name, PAIR, tuple(records))
+        roles=(C,) * len(pos) + (C_N,) * len(neg), source=source, index=index))
+  return Suite(source, VL_CHECKLIST, tuple(records), path)
 
 
 def unique_images(records: Iterable[EvalRecord]) -> list[tuple[str, Any]]:

@@ -3,7 +3,11 @@
 All suites are scored in one pass of the scorer, so an image or caption shared between suites
 (REPLACE's two files share Visual Genome images; c_n sits in both data/ and swapped_data/) is
 encoded once. Names follow the paper: `replace_attributes/augmented`, `replace/brittleness`
-(the unweighted mean of the two REPLACE files), `swap/original`, ...
+(the unweighted mean of the two REPLACE files), `swap/original`, ...; the benchmark catalog
+(hpjax.evaluate.benchmarks) loads the suites and combines files as each official report does.
+
+A suite with no scored record (an empty file, or every image missing under a wrong image root
+with skip_missing_images) is an error naming it, unless `allow_empty_suites=True`.
 """
 
 from __future__ import annotations
@@ -16,20 +20,21 @@ import numpy as np
 
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites as suites_lib
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import metrics as metrics_lib
 from hpjax.evaluate import reports
 from hpjax.evaluate import scorer as scorer_lib
 
-# The paper's names for the authors' files.
+# The paper's names for the authors' files (suites passed keyed by their loader names).
 SUITE_ALIASES = {
     "vl_checklist_attributes": "replace_attributes",
     "vl_checklist_relations": "replace_relations",
     "visual_genome_attribution": "swap",
 }
-# Suites reported as the unweighted mean of their members, when all members are evaluated.
-SUITE_MEANS = {"replace": ("replace_attributes", "replace_relations")}
-# Benchmarks whose files (`<family>.<file>`) are also reported as their unweighted mean.
-FAMILY_MEANS = ("sugarcrepe", "sugarcrepe_pp")
+
+
+class EmptySuiteError(ValueError):
+  """A suite would be reported with no scored record."""
 
 
 @dataclasses.dataclass
@@ -53,26 +58,7 @@ def load_suites(root: str, names: Sequence[str] | None = ("replace", "swap"),
 
   `names=None` loads whichever of the three suites `root/data/` holds (at least one).
   """
-  by_name = {"replace_attributes": ("vl_checklist_attributes", image_dir),
-             "replace_relations": ("vl_checklist_relations", image_dir),
-             "swap": (suites_lib.SWAP_NAME, swap_image_dir or image_dir)}
-  if names is None:
-    names = [n for n, (file, _) in by_name.items()
-             if os.path.isfile(os.path.join(root, "data", f"{file}.json"))]
-    if not names:
-      raise FileNotFoundError(f"no REPLACE/SWAP suite files under {root}/data/ (expected "
-                              f"{[f + '.json' for f, _ in by_name.values()]})")
-  wanted = []
-  for name in names:
-    if name == "replace":
-      wanted += list(SUITE_MEANS["replace"])
-    elif name in by_name:
-      wanted.append(name)
-    else:
-      raise ValueError(f"unknown suite {name!r}; expected 'replace', 'swap' or one of "
-                       f"{sorted(by_name)}")
-  return {name: suites_lib.load_hard_positive_suite(root, *by_name[name])
-          for name in dict.fromkeys(wanted)}
+  return benchmarks.load_hard_positive(root, names, image_dir, swap_image_dir)
 
 
 class HardPositiveEvaluator:
@@ -86,17 +72,25 @@ class HardPositiveEvaluator:
     image_root: relative record image paths are resolved against it.
     tokenizer: default `hpjax.tokenizer.get_tokenizer(model.config)`.
     batch_size: global image batch; `text_batch_size` defaults to 4x it.
+    allow_empty_suites: report a suite with no scored record (NaN figures, N = 0) instead of
+      stopping with an error naming it.
     **scorer_kwargs: buckets, num_workers, prefetch, skip_missing_images, devices, transform.
   """
 
   def __init__(self, model, suites: Mapping[str, suites_lib.Suite | Sequence] | str,
                image_root: str | None = None, *, tokenizer=None, batch_size: int = 128,
-               text_batch_size: int | None = None, **scorer_kwargs):
+               text_batch_size: int | None = None, allow_empty_suites: bool = False,
+               **scorer_kwargs):
     if isinstance(suites, str):
       suites = load_suites(suites, names=None)
-    self.suites = {metric_name(name): _as_suite(name, s) for name, s in suites.items()}
+    self.suites: dict[str, suites_lib.Suite] = {}
+    for name, suite in suites.items():
+      benchmarks.add_suites(self.suites, {metric_name(name): _as_suite(name, suite)})
     if not self.suites:
       raise ValueError("HardPositiveEvaluator needs at least one suite")
+    self.allow_empty_suites = allow_empty_suites
+    self._check_not_empty({n: f"{s.path or 'its file'} has no records"
+                           for n, s in self.suites.items() if not s.records})
     self.image_root = image_root
     tokenizer = tokenizer or tokenizer_lib.get_tokenizer(model.config)
     self.scorer = scorer_lib.Scorer(model, tokenizer, image_root=image_root,
@@ -110,6 +104,9 @@ class HardPositiveEvaluator:
   def run(self, params) -> dict[str, float]:
     """Flat figures for `params`; per-record scores stay in `self.last_scores`."""
     records = [r for s in self.suites.values() for r in s.records]
+    if not records:  # every suite empty, and allowed: nothing to score
+      raise EmptySuiteError(f"no records in any suite ({sorted(self.suites)}): nothing to "
+                            "evaluate")
     want_sims = any(s.kind == suites_lib.SUGARCREPE_PP for s in self.suites.values())
     result = self.scorer.score(params, records, text_sims=want_sims)
     self.last_stats = dict(result.stats)
@@ -124,18 +121,29 @@ class HardPositiveEvaluator:
       self.last_scores[name] = scores
       per_suite[name] = _valid_metrics(scores)
       per_suite[name]["skipped_records"] = float((~scores.valid).sum())
-    means = dict(SUITE_MEANS)
-    means.update({family: [n for n in per_suite if n.startswith(family + ".")]
-                  for family in FAMILY_MEANS})
-    for mean_name, members in means.items():
-      if members and all(m in per_suite for m in members):
-        per_suite[mean_name] = metrics_lib.mean_of([per_suite[m] for m in members])
+      if any(r.crop is not None for r in suite.records):
+        per_suite[name]["padded_boxes"] = float(result.padded[rows].sum())
+    self._check_not_empty({
+        n: f"all {len(s.suite)} records were skipped: their images are missing or unreadable "
+           f"(image root {self.image_root!r}; first {s.suite.records[0].image!r})"
+        for n, s in self.last_scores.items() if len(s.suite) and not s.valid.any()})
+    combined = benchmarks.combined_figures(per_suite, self.suites)
+    if set(combined) & set(per_suite):
+      raise benchmarks.DuplicateSuiteError(
+          f"suites named like combined figures: {sorted(set(combined) & set(per_suite))}")
+    per_suite.update(combined)
     for name, figures in per_suite.items():
       out.update({f"{name}/{key}": value for key, value in figures.items()})
     for key in ("seconds", "images_per_s", "captions_per_s"):
       out[f"eval/{key}"] = float(result.stats[key])
     self.last_metrics = out
     return out
+
+  def _check_not_empty(self, why: Mapping[str, str]) -> None:
+    if why and not self.allow_empty_suites:
+      raise EmptySuiteError(
+          "no scored record in " + "; ".join(f"suite {n}: {w}" for n, w in why.items())
+          + ". Fix the path, or pass allow_empty_suites=True to report empty suites (N = 0).")
 
   def last_result(self, label: str, model_name: str, checkpoint: str | None = None,
                   checkpoint_digest: str | None = None) -> reports.ModelResult:

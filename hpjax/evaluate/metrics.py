@@ -53,7 +53,7 @@ ARO_SYMMETRIC_RELATIONS = frozenset((
 # The official VG-Attribution macro accuracy skips attribute pairs with fewer records.
 ARO_MIN_ATTRIBUTE_COUNT = 25
 # Figures that add up (rather than average) when files are combined.
-_SUMMED = ("n", "skipped_records")
+_SUMMED = ("n", "skipped_records", "padded_boxes")
 
 
 def _pct(mask: np.ndarray) -> float:
@@ -142,6 +142,12 @@ def suite_metrics(suite: suites_lib.Suite, scores: np.ndarray,
                                    for role in (suites_lib.C, suites_lib.C_N, suites_lib.C_P)))
   if kind == suites_lib.PAIR:
     return {"accuracy": _pct(pair_correct(scores, records)), "n": float(len(records))}
+  if kind == suites_lib.VL_CHECKLIST:
+    # The official ITC evaluator (vl_checklist/evaluate.py) scores texts_pos[0] against
+    # texts_neg[0] only; requiring every POS above every NEG is a stricter figure of our own.
+    first = _column(scores, records, suites_lib.C) > _column(scores, records, suites_lib.C_N)
+    return {"accuracy": _pct(first), "all_pairs_accuracy": _pct(pair_correct(scores, records)),
+            "n": float(len(records))}
   if kind in (suites_lib.ARO_RELATION, suites_lib.ARO_ATTRIBUTION):
     correct = pair_correct(scores, records)
     if kind == suites_lib.ARO_RELATION:

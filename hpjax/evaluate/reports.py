@@ -101,13 +101,19 @@ def markdown_table(results: Sequence[ModelResult]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _finite_or_none(figures: dict) -> dict:
+  """NaN / infinite figures (e.g. an accuracy over no record) as None: strict JSON `null`."""
+  return {k: float(v) if np.isfinite(v) else None for k, v in figures.items()}
+
+
 def write_results_json(path: str, results: Sequence[ModelResult]) -> None:
   payload = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": [
       {"label": r.label, "model": r.model, "checkpoint": r.checkpoint,
-       "checkpoint_digest": r.checkpoint_digest, "metrics": r.metrics, "timings": r.stats}
+       "checkpoint_digest": r.checkpoint_digest, "metrics": _finite_or_none(r.metrics),
+       "timings": _finite_or_none(r.stats)}
       for r in results]}
   with open(path, "w") as f:
-    json.dump(payload, f, indent=1, allow_nan=True)
+    json.dump(payload, f, indent=1, allow_nan=False)
 
 
 def _category(record, row) -> str | None:
@@ -126,10 +132,10 @@ def write_per_example(path: str, suite_scores) -> None:
       line = {"source": record.source, "index": record.index, "image": record.image,
               "crop": record.crop, "valid": bool(valid), "roles": record.roles,
               "captions": record.captions,
-              "scores": [float(s) if valid else None for s in row[:n]]}
+              "scores": [float(s) if valid and np.isfinite(s) else None for s in row[:n]]}
       if valid and suite_scores.suite.kind == suites_lib.HARD_POSITIVE:
         line["category"] = _category(record, row)
-      f.write(json.dumps(line) + "\n")
+      f.write(json.dumps(line, allow_nan=False) + "\n")
 
 
 def plot_ordering(path: str, results: Sequence[ModelResult]) -> bool:

@@ -16,38 +16,17 @@ import jax.numpy as jnp
 from hpjax import factory
 from hpjax import sharding
 from hpjax.data import suites as suites_lib
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import reports
 
 
-def split_list(value) -> list[str]:
-  """'a+b' or ('a', 'b') -> ['a', 'b'] (config arguments are comma-separated, lists use '+')."""
-  if isinstance(value, str):
-    return [v for v in value.split("+") if v]
-  return [v for v in value if v]
+split_list = benchmarks.split_list
 
 
 def load_config_suites(config) -> dict[str, suites_lib.Suite]:
-  """REPLACE/SWAP from `suite_root`, plus any other benchmark whose path the config names."""
-  suites = {}
-  if config.suite_root:
-    suites.update(hard_positive.load_suites(config.suite_root, split_list(config.suites),
-                                            swap_image_dir=config.swap_image_dir or None))
-  extra = config.extra
-  if extra.sugarcrepe_root:
-    suites.update(suites_lib.load_sugarcrepe(extra.sugarcrepe_root, extra.coco_image_dir or None))
-  if extra.sugarcrepe_pp_root:
-    suites.update(suites_lib.load_sugarcrepe_pp(extra.sugarcrepe_pp_root,
-                                                extra.coco_image_dir or None))
-  for path in split_list(extra.aro_files):
-    suite = suites_lib.load_aro(path, extra.aro_image_dir or None)
-    suites[suite.name] = suite
-  for path in split_list(extra.vl_checklist_files):
-    suite = suites_lib.load_vl_checklist(path, extra.vl_checklist_image_dir or None)
-    suites[suite.name] = suite
-  if not suites:
-    raise ValueError("no suites to evaluate: set suite_root (REPLACE/SWAP) or an extra.* path")
-  return suites
+  """Every suite the config names, by the benchmark catalog (hpjax.evaluate.benchmarks)."""
+  return benchmarks.load_config(config)
 
 
 RANDOM_INIT = "random"
@@ -87,11 +66,10 @@ def run(config, workdir: str) -> dict[str, dict[str, float]]:
           model, suites, config.image_root or None, batch_size=config.batch_size,
           text_batch_size=config.text_batch_size, num_workers=config.num_workers,
           skip_missing_images=config.skip_missing_images,
-          matmul_precision=config.matmul_precision)
+          allow_empty_suites=config.allow_empty_suites, matmul_precision=config.matmul_precision)
     figures = evaluator.run(params)
     logging.info("%s: %s", label, {k: round(v, 2) for k, v in figures.items()
-                                   if k.split("/")[-1] in ("original", "augmented",
-                                                           "brittleness", "accuracy")})
+                                   if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})
     results.append(evaluator.last_result(label, config.model, ckpt))
   if jax.process_index() == 0:
     written = reports.write_reports(workdir, results, config.image_root or None,

@@ -60,12 +60,15 @@ class ScoreResult:
     valid: (num_records,) False where the record's image was missing/unreadable and skipped.
     text_sims: (num_records, max_captions, max_captions) caption-caption cosines, if asked for.
     skipped_images: paths of the skipped images.
+    padded: (num_records,) True where the record's crop box ran past its image and was padded
+      black (as PIL's crop does).
     stats: counts and timings (distinct images/texts, seconds, images/s, captions/s).
   """
   scores: np.ndarray
   valid: np.ndarray
   text_sims: np.ndarray | None
   skipped_images: list[str]
+  padded: np.ndarray
   stats: dict[str, float]
 
 
@@ -195,24 +198,27 @@ class Scorer:
     per_host = batch_size // jax.process_count()
     return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
-  def _load(self, path: str, crop, where: str) -> np.ndarray:
+  def _load(self, path: str, crop, where: str) -> tuple[np.ndarray, bool]:
     try:
-      image = preprocess.load_image(path, crop_box=crop)
+      image, padded = preprocess.load_cropped(path, crop_box=crop)
     except OSError as e:  # missing, truncated or not an image (PIL's errors are OSErrors)
       raise ImageError("unreadable", [path], [str(e)]) from e
-    except ValueError as e:  # a crop box outside the image
+    except ValueError as e:  # an empty crop box
       raise ValueError(f"{where}: {e}") from e
-    return np.asarray(self.transform(image), np.float32)
+    return np.asarray(self.transform(image), np.float32), padded
 
   # -- encoders -------------------------------------------------------------------------------
 
-  def _encode_all_images(self, params, keys, wheres, skip: set[int]) -> tuple[np.ndarray, list]:
-    """Features of every key not in `skip`, and the keys whose image could not be read."""
+  def _encode_all_images(self, params, keys, wheres,
+                         skip: set[int]) -> tuple[np.ndarray, list, np.ndarray]:
+    """Features of every key not in `skip`, the keys whose image could not be read, and which
+    keys' crop boxes were padded."""
     todo = [i for i in range(len(keys)) if i not in skip]
     batch = self.image_batch_size
     local = self._local_slice(batch)
     feats = _OneStepLate(np.zeros((len(keys), self.model.config.embed_dim), np.float32))
     failed = np.zeros(len(keys), bool)
+    padded = np.zeros(len(keys), bool)
     reasons: dict[int, str] = {}
     progress = _Progress("images", len(todo))
     batches = [todo[s:s + batch] for s in range(0, len(todo), batch)]
@@ -234,7 +240,7 @@ class Scorer:
           if future is None:
             continue
           try:
-            pixels[row] = future.result()
+            pixels[row], padded[ids[row + local.start]] = future.result()
           except ImageError as e:
             failed[ids[row + local.start]] = True
             reasons[ids[row + local.start]] = str(e.__cause__)
@@ -250,7 +256,7 @@ class Scorer:
         feats.add(ids, self.encode_images(params, self._global_batch(pixels)))
         progress.update(min((b + 1) * batch, len(todo)))
     feats.flush()
-    return feats.out, np.flatnonzero(failed).tolist()
+    return feats.out, np.flatnonzero(failed).tolist(), _union_over_hosts(padded)
 
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
     """Normalised features of (N, 77) token rows, encoded by length bucket."""
@@ -288,7 +294,7 @@ class Scorer:
     missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(self._path(image))]
     if missing and not self.skip_missing_images:
       raise ImageError("missing", [self._path(keys[i][0]) for i in missing])
-    image_feats, failed = self._encode_all_images(params, keys, wheres, set(missing))
+    image_feats, failed, padded = self._encode_all_images(params, keys, wheres, set(missing))
     image_seconds = time.perf_counter() - start
     skipped = sorted(set(missing) | set(failed))
 
@@ -317,8 +323,9 @@ class Scorer:
         records=float(len(records)), distinct_images=float(len(keys)),
         distinct_captions=float(len(texts)), distinct_token_rows=float(len(distinct)),
         skipped_images=float(len(skipped)), skipped_records=float((~valid).sum()),
+        padded_boxes=float(padded.sum()),
         seconds=seconds, image_seconds=image_seconds, text_seconds=text_seconds,
         images_per_s=(len(keys) - len(skipped)) / seconds,
         captions_per_s=len(texts) / seconds)
     return ScoreResult(scores, valid, sims, [self._path(keys[i][0]) for i in skipped],
-                       stats)
+                       padded[image_of], stats)

@@ -1,0 +1,346 @@
+"""The benchmark catalog: per benchmark, how its files are found and read, its official figure
+and how its official report combines files.
+
+Both places that load suites (the eval config via `load_config`, the evaluator and trainer via
+`hard_positive.load_suites`) and the evaluator's combined figures read this one table, as the
+conversion reads the rule table: a new benchmark is one `Benchmark` entry.
+
+Suites are named by their file's path relative to the benchmark root, a dot for each `/`
+(`vl_checklist.Attribute.vaw.action`), so files with the same base name in different folders
+(VL-CheckList's `Attribute/vaw/action.json`, `Attribute/vg/action.json`,
+`Relation/vg/action.json`) stay apart. An explicit file list is named relative to the files'
+common folder. Two files that would give one name are an error naming both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Mapping, Sequence
+
+from absl import logging
+
+from hpjax.data import suites as suites_lib
+from hpjax.evaluate import metrics as metrics_lib
+
+Figures = dict[str, float]
+
+
+class DuplicateSuiteError(ValueError):
+  """Two files give the same suite name (one would silently replace the other)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  """One benchmark.
+
+  Attributes:
+    name: the prefix of its suite names (`<name>.<path>`) and its key in `BENCHMARKS`.
+    read: (path, image_dir, source) -> Suite: one file's records; `source` is the file's path
+      relative to the root, shown in record locations.
+    headline: the official figure of each of its suites (`<suite>/<headline>`).
+    files: its files relative to a root (all required); None: every `*.json` below the root.
+    aliases: relative path -> suite name, for the paper's names of the authors' files.
+    combine: (figures of its suites, its suites) -> more named figure sets, as the
+      benchmark's official report combines files; None: none.
+    root_field, files_field, image_field: its eval-config fields ('' where it has none).
+  """
+  name: str
+  read: Callable[[str, str | None, str], suites_lib.Suite]
+  headline: str
+  files: tuple[str, ...] | None = None
+  aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  combine: Callable[[Mapping[str, Figures], Mapping[str, suites_lib.Suite]],
+                    dict[str, Figures]] | None = None
+  root_field: str = ""
+  files_field: str = ""
+  image_field: str = ""
+
+  def owns(self, suite_name: str) -> bool:
+    """Whether a suite (or combined figure set) name is this benchmark's."""
+    return (suite_name == self.name or suite_name.startswith(self.name + ".")
+            or suite_name in self.aliases.values())
+
+  def suite_name(self, relative_path: str) -> str:
+    if relative_path in self.aliases:
+      return self.aliases[relative_path]
+    stem = os.path.splitext(os.path.normpath(relative_path))[0]
+    return f"{self.name}." + stem.replace(os.sep, ".")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers and combined figures of the benchmarks.
+
+def _read_hard_positive(path: str, image_dir: str | None, source: str) -> suites_lib.Suite:
+  """`<root>/data/<name>.json` with its `<root>/swapped_data/<name>.json` partner."""
+  del source  # the file's own name is the record source, as in the authors' layout
+  root = os.path.dirname(os.path.dirname(path))
+  return suites_lib.load_hard_positive_suite(root, os.path.splitext(os.path.basename(path))[0],
+                                             image_dir)
+
+
+def _mean_of_members(name: str, members: Sequence[str] | None = None):
+  """Combines the listed suites (all present), or every suite of the benchmark, into `name`:
+  the unweighted mean of each figure, counts summed (REPLACE's and SugarCrepe's headline)."""
+  def combine(figures: Mapping[str, Figures], suites) -> dict[str, Figures]:
+    del suites
+    chosen = list(figures) if members is None else list(members)
+    if not chosen or not all(m in figures for m in chosen):
+      return {}
+    return {name: metrics_lib.mean_of([figures[m] for m in chosen])}
+  return combine
+
+
+VL_CHECKLIST_TOPS = ("Attribute", "Object", "Relation")
+
+
+def vl_checklist_type(path: str) -> tuple[str, str] | None:
+  """(type, corpus) of a file of the official VL-CheckList tree, as its `corpus/v1/<type>/
+  <corpus>*.yaml` configs file it: `Attribute/vaw/action.json` -> ('Attribute/action', 'vaw'),
+  `Object/Size/swig_size/swig_tool/swig_tool_large.json` -> ('Object/Size/large', 'swig'),
+  `Relation/hake_action.json` -> ('Relation/action', 'hake'). None outside that layout."""
+  parts = os.path.normpath(path).split(os.sep)
+  tops = [i for i, p in enumerate(parts) if p in VL_CHECKLIST_TOPS]
+  if not tops:
+    return None
+  top, rest = parts[tops[-1]], parts[tops[-1] + 1:]
+  if not rest:
+    return None
+  stem = os.path.splitext(rest[-1])[0]
+  if top in ("Attribute", "Relation") and len(rest) == 2:
+    return f"{top}/{stem}", rest[0]
+  if top == "Relation" and len(rest) == 1 and "_" in stem:
+    corpus, relation = stem.split("_", 1)
+    return f"Relation/{relation}", corpus
+  if top == "Object" and len(rest) >= 2 and rest[0] in ("Location", "Size") and "_" in stem:
+    tokens = stem.split("_")
+    return f"Object/{rest[0]}/{tokens[-1]}", tokens[0]
+  return None
+
+
+def _dotted(path: str) -> str:
+  return path.replace("/", ".")
+
+
+def _vl_checklist_report(figures: Mapping[str, Figures],
+                         suites: Mapping[str, suites_lib.Suite]) -> dict[str, Figures]:
+  """The official report's figures (its `corpus.json` + `radar.py`): per type and corpus the
+  mean over that corpus's files, per type the mean over its corpora; and, ours, per top
+  category (Attribute, Object, Relation) the mean over its types.
+
+  Named `vl_checklist.corpus.<type>.<corpus>` and `vl_checklist.type.<type>` (dots for `/`).
+  Files outside the official tree are reported per file only (logged).
+  """
+  by_type: dict[str, dict[str, list[str]]] = {}
+  for name in figures:
+    found = vl_checklist_type(suites[name].path or name)
+    if found is None:
+      logging.info("vl_checklist: %s is not in the official tree; reported per file only",
+                   suites[name].path)
+      continue
+    by_type.setdefault(found[0], {}).setdefault(found[1], []).append(name)
+  out: dict[str, Figures] = {}
+  type_figures: dict[str, Figures] = {}
+  for type_name, corpora in sorted(by_type.items()):
+    per_corpus = []
+    for corpus, members in sorted(corpora.items()):
+      per_corpus.append(metrics_lib.mean_of([figures[m] for m in members]))
+      out[f"vl_checklist.corpus.{_dotted(type_name)}.{corpus}"] = per_corpus[-1]
+    type_figures[type_name] = metrics_lib.mean_of(per_corpus)
+    out[f"vl_checklist.type.{_dotted(type_name)}"] = type_figures[type_name]
+  for top in VL_CHECKLIST_TOPS:
+    members = [f for t, f in type_figures.items() if t.split("/")[0] == top]
+    if members:
+      out[f"vl_checklist.type.{top}"] = metrics_lib.mean_of(members)
+  return out
+
+
+_REPLACE_FILES = {"data/vl_checklist_attributes.json": "replace_attributes",
+                  "data/vl_checklist_relations.json": "replace_relations"}
+_SWAP_FILES = {f"data/{suites_lib.SWAP_NAME}.json": "swap"}
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("replace", _read_hard_positive, "augmented", tuple(_REPLACE_FILES), _REPLACE_FILES,
+              _mean_of_members("replace", tuple(_REPLACE_FILES.values())),
+              root_field="suite_root"),
+    Benchmark("swap", _read_hard_positive, "augmented", tuple(_SWAP_FILES), _SWAP_FILES,
+              root_field="suite_root", image_field="swap_image_dir"),
+    Benchmark("sugarcrepe", suites_lib.load_sugarcrepe_file, "accuracy",
+              tuple(f"{f}.json" for f in suites_lib.SUGARCREPE_FILES),
+              combine=_mean_of_members("sugarcrepe"), root_field="extra.sugarcrepe_root",
+              files_field="extra.sugarcrepe_files", image_field="extra.coco_image_dir"),
+    Benchmark("sugarcrepe_pp", suites_lib.load_sugarcrepe_pp_file, "itt",
+              tuple(f"{f}.json" for f in suites_lib.SUGARCREPE_PP_FILES),
+              combine=_mean_of_members("sugarcrepe_pp"), root_field="extra.sugarcrepe_pp_root",
+              files_field="extra.sugarcrepe_pp_files", image_field="extra.coco_image_dir"),
+    Benchmark("aro", suites_lib.load_aro, "macro_accuracy",
+              tuple(f"{f}.json" for f in suites_lib.ARO_FILES),
+              {"visual_genome_relation.json": "aro.vg_relation",
+               "visual_genome_attribution.json": "aro.vg_attribution"},
+              root_field="extra.aro_root", files_field="extra.aro_files",
+              image_field="extra.aro_image_dir"),
+    Benchmark("vl_checklist", suites_lib.load_vl_checklist, "accuracy", None,
+              combine=_vl_checklist_report, root_field="extra.vl_checklist_root",
+              files_field="extra.vl_checklist_files", image_field="extra.vl_checklist_image_dir"),
+)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, reading and naming files.
+
+def _walk_json(root: str) -> list[str]:
+  """Every `*.json` below `root`, relative to it, sorted."""
+  found = sorted(os.path.relpath(os.path.join(d, f), root)
+                 for d, _, files in os.walk(root) for f in files if f.endswith(".json"))
+  if not found:
+    raise FileNotFoundError(f"no .json suite files below {root}")
+  return found
+
+
+def _files_and_root(benchmark: Benchmark, root: str | None,
+                    files: Sequence[str]) -> tuple[str, list[str]]:
+  """(root, paths relative to it) of the files to read."""
+  if root:
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"{benchmark.name}: benchmark folder not found: {root}")
+    if files:
+      return root, [os.path.relpath(f, root) if os.path.isabs(f) else f for f in files]
+    return root, list(benchmark.files) if benchmark.files is not None else _walk_json(root)
+  for f in files:
+    if not os.path.isfile(f):
+      raise FileNotFoundError(f"{benchmark.name}: suite file not found: {f}")
+  common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+  return common, [os.path.relpath(os.path.abspath(f), common) for f in files]
+
+
+def add_suites(into: dict[str, suites_lib.Suite], new: Mapping[str, suites_lib.Suite]) -> None:
+  """`into.update(new)`, but a name given twice is an error naming both files."""
+  for name, suite in new.items():
+    if name in into:
+      raise DuplicateSuiteError(
+          f"two suites named {name!r}: {into[name].path or '<in memory>'} and "
+          f"{suite.path or '<in memory>'}; suites are named by their path below the benchmark "
+          "folder, so pass the folder itself (or files that differ below their common folder)")
+    into[name] = suite
+
+
+def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[str] = (),
+         image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+  """A benchmark's suites, named by path: `files` below `root` (default: its known files, or
+  every `*.json` below it), or `files` alone (named below their common folder).
+
+  A file with no records in a walked folder (VL-CheckList ships three empty `swig_place`
+  files, which its official configs do not list) is left out with a log line; a named one is
+  kept, so that the evaluator's empty-suite check reports it.
+  """
+  benchmark = BENCHMARKS[benchmark] if isinstance(benchmark, str) else benchmark
+  if not root and not files:
+    raise ValueError(f"{benchmark.name}: give a benchmark folder or a list of files")
+  root, relative = _files_and_root(benchmark, root, files)
+  walked = not files and benchmark.files is None
+  suites: dict[str, suites_lib.Suite] = {}
+  for rel in relative:
+    path = os.path.join(root, rel)
+    suite = benchmark.read(path, image_dir, rel)
+    if walked and not suite.records:
+      logging.warning("%s: %s has no records; left out", benchmark.name, path)
+      continue
+    add_suites(suites, {benchmark.suite_name(rel): dataclasses.replace(
+        suite, name=benchmark.suite_name(rel), path=path)})
+  return suites
+
+
+# ---------------------------------------------------------------------------------------------
+# REPLACE / SWAP selection and the eval config.
+
+# The hard-positive suites a config's `suites` list may name, and the files each one is.
+HARD_POSITIVE_SELECTION = {
+    "replace": ("replace", tuple(_REPLACE_FILES)),
+    "replace_attributes": ("replace", ("data/vl_checklist_attributes.json",)),
+    "replace_relations": ("replace", ("data/vl_checklist_relations.json",)),
+    "swap": ("swap", tuple(_SWAP_FILES)),
+}
+
+
+def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swap"),
+                       image_dir: str | None = None,
+                       swap_image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+  """REPLACE and SWAP from the authors' layout under `root`, by the paper's names; `names`
+  picks from `HARD_POSITIVE_SELECTION`, None: whichever of the files `root/data/` holds."""
+  if names is None:
+    names = [n for n in ("replace_attributes", "replace_relations", "swap")
+             if os.path.isfile(os.path.join(root, HARD_POSITIVE_SELECTION[n][1][0]))]
+    if not names:
+      raise FileNotFoundError(
+          f"no REPLACE/SWAP suite files under {root}/data/ (expected "
+          f"{[os.path.basename(f) for f in (*_REPLACE_FILES, *_SWAP_FILES)]})")
+  wanted: dict[str, list[str]] = {}
+  for name in names:
+    if name not in HARD_POSITIVE_SELECTION:
+      raise ValueError(f"unknown suite {name!r}; expected one of "
+                       f"{sorted(HARD_POSITIVE_SELECTION)}")
+    benchmark, files = HARD_POSITIVE_SELECTION[name]
+    wanted.setdefault(benchmark, [])
+    wanted[benchmark] += [f for f in files if f not in wanted[benchmark]]
+  suites: dict[str, suites_lib.Suite] = {}
+  for benchmark, files in wanted.items():
+    images = (swap_image_dir or image_dir) if benchmark == "swap" else image_dir
+    add_suites(suites, load(benchmark, root, files, images))
+  return suites
+
+
+def split_list(value) -> list[str]:
+  """'a+b' or ('a', 'b') -> ['a', 'b'] (config arguments are comma-separated, lists use '+')."""
+  if isinstance(value, str):
+    return [v for v in value.split("+") if v]
+  return [v for v in value if v]
+
+
+def _field(config, dotted: str):
+  node = config
+  for key in dotted.split("."):
+    node = node[key]
+  return node
+
+
+def load_config(config) -> dict[str, suites_lib.Suite]:
+  """Every suite an eval config (configs/eval_hp.py) names: REPLACE/SWAP from `suite_root` and
+  `suites`, and each other benchmark whose folder (`extra.<name>_root`) or file list
+  (`extra.<name>_files`) is set."""
+  suites: dict[str, suites_lib.Suite] = {}
+  if config.suite_root:
+    add_suites(suites, load_hard_positive(config.suite_root, split_list(config.suites),
+                                          swap_image_dir=config.swap_image_dir or None))
+  for benchmark in BENCHMARKS.values():
+    if benchmark.root_field == "suite_root":
+      continue
+    root = _field(config, benchmark.root_field) or None
+    files = split_list(_field(config, benchmark.files_field)) if benchmark.files_field else []
+    if root or files:
+      add_suites(suites, load(benchmark, root, files,
+                              _field(config, benchmark.image_field) or None))
+  if not suites:
+    raise ValueError("no suites to evaluate: set suite_root (REPLACE/SWAP) or an extra.* folder "
+                     "or file list")
+  return suites
+
+
+def combined_figures(figures: Mapping[str, Figures],
+                     suites: Mapping[str, suites_lib.Suite]) -> dict[str, Figures]:
+  """Every benchmark's combined figure sets over the suites it owns."""
+  out: dict[str, Figures] = {}
+  for benchmark in BENCHMARKS.values():
+    if benchmark.combine is None:
+      continue
+    mine = {n: f for n, f in figures.items() if benchmark.owns(n)}
+    if mine:
+      out.update(benchmark.combine(mine, {n: suites[n] for n in mine}))
+  return out
+
+
+def headline(suite_name: str) -> str | None:
+  """The official figure of a suite (by the benchmark owning its name), or None."""
+  for benchmark in BENCHMARKS.values():
+    if benchmark.owns(suite_name):
+      return benchmark.headline
+  return None
