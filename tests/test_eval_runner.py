@@ -14,6 +14,7 @@ from PIL import Image
 from configs import eval_hp
 from hpjax import checkpoints
 from hpjax.data import suites
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import metrics
 from hpjax.evaluate import runner
@@ -164,10 +165,11 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
       {"image_path": f"{k % 3}.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 32, "bbox_h": 32,
        "relation_name": ("on", "under")[k % 2], "true_caption": f"the {OBJECTS[k % 5]} is on "
        "the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
-  loaded = suites.load_sugarcrepe(os.path.join(tmp_path, "sc"), files=("add_att", "swap_obj"))
-  loaded.update(suites.load_sugarcrepe_pp(os.path.join(tmp_path, "pp"), files=("swap_att",)))
-  aro = suites.load_aro(os.path.join(tmp_path, "vgr.json"))
-  loaded[aro.name] = aro
+  loaded = benchmarks.load("sugarcrepe", os.path.join(tmp_path, "sc"),
+                           ("add_att.json", "swap_obj.json"))
+  loaded.update(benchmarks.load("sugarcrepe_pp", files=[os.path.join(tmp_path, "pp",
+                                                                     "swap_att.json")]))
+  loaded.update(benchmarks.load("aro", files=[os.path.join(tmp_path, "vgr.json")]))
   images = os.path.join(tmp_path, "images")
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
   model, params = tiny
@@ -175,8 +177,8 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
   figures = evaluator.run(params)
   assert figures["sugarcrepe/accuracy"] == pytest.approx(
       (figures["sugarcrepe.add_att/accuracy"] + figures["sugarcrepe.swap_obj/accuracy"]) / 2)
-  assert figures["sugarcrepe.add_att/n"] == 4 and figures["aro.vg_relation/groups"] == 2
-  assert np.isfinite(figures["aro.vg_relation/macro_accuracy"])
+  assert figures["sugarcrepe.add_att/n"] == 4 and figures["aro.vgr/groups"] == 2
+  assert np.isfinite(figures["aro.vgr/macro_accuracy"])
   # TOT from the scorer's caption cosines equals TOT from features encoded here directly.
   pp = evaluator.last_scores["sugarcrepe_pp.swap_att"]
   texts = [t for r in pp.suite.records for t in r.captions]
@@ -238,10 +240,71 @@ def test_config_picks_suites_and_extra_benchmarks(fixture_root, tmp_path):
                               f"extra.aro_files={vga},extra.vl_checklist_files={vlc},"
                               "extra.aro_image_dir=/aro")
   loaded = runner.load_config_suites(config)
-  assert sorted(loaded) == ["aro.vg_attribution", "replace_relations", "swap",
-                            "vl_checklist.color"]
-  assert loaded["aro.vg_attribution"].records[0].image == "/aro/1.jpg"
+  assert sorted(loaded) == ["aro.vga", "replace_relations", "swap", "vl_checklist.color"]
+  assert loaded["aro.vga"].records[0].image == "/aro/1.jpg"
   with pytest.raises(ValueError, match="unknown suite 'replace_all'"):
     runner.load_config_suites(eval_hp.get_config(f"suite_root={fixture_root},suites=replace_all"))
   with pytest.raises(KeyError, match="no field 'suite_dir'"):
     eval_hp.get_config("suite_dir=/x")
+
+
+def _strict_json(path):
+  def refuse(constant):
+    raise ValueError(f"{path}: bare {constant} is not JSON")
+  with open(path) as f:
+    return json.loads(f.read(), parse_constant=refuse)
+
+
+def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, tiny, tmp_path):
+  """A wrong image root with skip_missing_images: every record skipped. An error naming the
+  suite and why; with allow_empty_suites the figures are null in strict JSON, not NaN."""
+  model, params = tiny
+  loaded = hard_positive.load_suites(fixture_root, ["swap"])
+  wrong = str(tmp_path / "no_images_here")
+  evaluator = hard_positive.HardPositiveEvaluator(model, loaded, wrong, batch_size=8,
+                                                  skip_missing_images=True)
+  with pytest.raises(hard_positive.EmptySuiteError,
+                     match=r"suite swap: all 10 records were skipped.*no_images_here"):
+    evaluator.run(params)
+  empty = suites.Suite("vl_checklist.x", suites.VL_CHECKLIST, (), "/data/x.json")
+  with pytest.raises(hard_positive.EmptySuiteError, match=r"vl_checklist.x: /data/x.json has no"):
+    hard_positive.HardPositiveEvaluator(model, {**loaded, empty.name: empty}, wrong)
+  evaluator = hard_positive.HardPositiveEvaluator(model, loaded, wrong, batch_size=8,
+                                                  skip_missing_images=True,
+                                                  allow_empty_suites=True)
+  figures = evaluator.run(params)
+  assert figures["swap/n"] == 0 and figures["swap/skipped_records"] == 10
+  evaluator.write_reports(str(tmp_path / "reports"))
+  metrics_json = _strict_json(tmp_path / "reports" / "results.json")["models"][0]["metrics"]
+  assert metrics_json["swap/augmented"] is None and metrics_json["swap/n"] == 0
+  for line in open(tmp_path / "reports" / "scores" / "model" / "swap.jsonl"):
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c))["scores"] == [None] * 3
+
+
+def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny, tmp_path):
+  """SWAP boxes that overrun the image are scored on PIL's black-padded crop, as the authors'
+  code does, and counted in the figures and in results.json."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  model, params = tiny
+  swap = hard_positive.load_suites(fixture_root, ["swap"])["swap"]
+  records = list(swap.records)
+  for i in (1, 2, 4):  # stand-in images are at most 112 px a side; 1 and 4 share an image
+    records[i] = dataclasses.replace(records[i], crop=(50.0, 60.0, 100.0, 90.0))
+  loaded = {"swap": dataclasses.replace(swap, records=tuple(records))}
+  evaluator = hard_positive.HardPositiveEvaluator(
+      model, loaded, os.path.join(fixture_root, "images"), batch_size=8)
+  figures = evaluator.run(params)
+  assert figures["swap/padded_boxes"] == 3 and figures["swap/n"] == 10
+  assert evaluator.last_stats["padded_boxes"] == 2  # distinct (image, box) pairs
+  # Each padded record scores its padded crop: one record alone, encoded directly.
+  image = evaluator.scorer.transform(
+      Image.open(os.path.join(fixture_root, "images", records[4].image)).convert("RGB").crop(
+          (50, 60, 150, 150)))
+  feature = evaluator.scorer.encode_images(params, image[None])[0]
+  text = evaluator.scorer.encode_tokens(params, evaluator.scorer.tokenizer(
+      list(records[4].captions)))
+  np.testing.assert_allclose(evaluator.last_scores["swap"].scores[4], text @ np.asarray(feature),
+                             atol=1e-5)
+  evaluator.write_reports(str(tmp_path / "reports"))
+  assert _strict_json(tmp_path / "reports" / "results.json")["models"][0]["metrics"][
+      "swap/padded_boxes"] == 3

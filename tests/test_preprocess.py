@@ -148,3 +148,27 @@ def test_load_image_converts_crops_and_names_the_file(tmp_path):
   (tmp_path / "cut.png").write_bytes(path.read_bytes()[:100])
   with pytest.raises(OSError, match=r"cut\.png"):
     preprocess.load_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("name", ["RGB 97x203", "P", "RGBA", "L"])
+def test_crop_past_the_image_pads_black_as_pil_crop(tmp_path, name):
+  """The authors (and ARO) crop with PIL after convert('RGB'): a box past the image is padded
+  black. Fractional boxes round as PIL rounds them; a box inside is not counted as padded."""
+  path = tmp_path / "image.png"
+  IMAGES[name].save(path)
+  reference = open_clip.image_transform(64, is_train=False)
+  with Image.open(path) as image:
+    rgb, (width, height) = image.convert("RGB"), image.size
+  for box in [(width - 20, height - 30, 50, 60), (-10.4, -5.6, 40.6, 30.2),
+              (0, 0, width + 0.6, height)]:
+    x, y, w, h = box
+    expected = rgb.crop((x, y, x + w, y + h))
+    got, padded = preprocess.load_cropped(path, crop_box=box)
+    assert padded and got.mode == "RGB", box
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), err_msg=str(box))
+    np.testing.assert_allclose(preprocess.eval_transform(64)(got),
+                               reference_hwc(reference, expected), rtol=0, atol=1e-5)
+  corner = np.asarray(preprocess.load_image(path, crop_box=(width - 20, height - 30, 50, 60)))
+  assert (corner[30:] == 0).all() and (corner[:, 20:] == 0).all()
+  assert (corner[:30, :20] == np.asarray(rgb)[height - 30:, width - 20:]).all()
+  assert not preprocess.load_cropped(path, crop_box=(1.4, 0, width - 1.8, height))[1]

@@ -73,3 +73,17 @@ def test_per_example_lines_and_ordering_plot(tmp_path):
   assert reports.plot_ordering(os.path.join(tmp_path, "ordering.png"), two)
   with Image.open(os.path.join(tmp_path, "ordering.png")) as image:
     assert image.format == "PNG"
+
+
+def test_results_json_is_strict_json_with_null_for_missing_figures(tmp_path):
+  result = reports.ModelResult("m", "x", None, "d", {"swap/augmented": float("nan"),
+                                                     "swap/n": 0.0, "eval/images_per_s":
+                                                     float("inf")}, {"seconds": 1.5}, {})
+  path = os.path.join(tmp_path, "results.json")
+  reports.write_results_json(path, [result])
+
+  def refuse(constant):
+    raise ValueError(f"bare {constant} in {path}")
+  model = json.loads(open(path).read(), parse_constant=refuse)["models"][0]
+  assert model["metrics"] == {"swap/augmented": None, "swap/n": 0.0, "eval/images_per_s": None}
+  assert model["timings"] == {"seconds": 1.5}
