@@ -1,5 +1,6 @@
 """The evaluator and the eval runner end to end on a tiny fixture: suites, images, two models."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -256,22 +257,30 @@ def _strict_json(path):
 
 
 def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, tiny, tmp_path):
-  """A wrong image root with skip_missing_images: every record skipped. An error naming the
-  suite and why; with allow_empty_suites the figures are null in strict JSON, not NaN."""
+  """With skip_missing_images, a wrong image root (found before scoring) or unreadable images
+  skip every record: an error naming the suite and why; with allow_empty_suites the figures
+  are null in strict JSON, not NaN."""
   model, params = tiny
   loaded = hard_positive.load_suites(fixture_root, ["swap"])
   wrong = str(tmp_path / "no_images_here")
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, wrong, batch_size=8,
                                                   skip_missing_images=True)
   with pytest.raises(hard_positive.EmptySuiteError,
-                     match=r"suite swap: all 10 records were skipped.*no_images_here"):
+                     match=r"suite swap: none of its 10 images is under image root .*no_images"):
+    evaluator.run(params)
+  unreadable = tmp_path / "unreadable"
+  for record in loaded["swap"].records:
+    (unreadable / record.image).parent.mkdir(parents=True, exist_ok=True)
+    (unreadable / record.image).write_text("not an image")
+  evaluator = hard_positive.HardPositiveEvaluator(model, loaded, str(unreadable), batch_size=8,
+                                                  skip_missing_images=True)
+  with pytest.raises(hard_positive.EmptySuiteError,
+                     match=r"suite swap: all 10 records were skipped.*unreadable"):
     evaluator.run(params)
   empty = suites.Suite("vl_checklist.x", suites.VL_CHECKLIST, (), "/data/x.json")
   with pytest.raises(hard_positive.EmptySuiteError, match=r"vl_checklist.x: /data/x.json has no"):
     hard_positive.HardPositiveEvaluator(model, {**loaded, empty.name: empty}, wrong)
-  evaluator = hard_positive.HardPositiveEvaluator(model, loaded, wrong, batch_size=8,
-                                                  skip_missing_images=True,
-                                                  allow_empty_suites=True)
+  evaluator.allow_empty_suites = True  # as if constructed with it (keeps the compiled encoders)
   figures = evaluator.run(params)
   assert figures["swap/n"] == 0 and figures["swap/skipped_records"] == 10
   evaluator.write_reports(str(tmp_path / "reports"))
@@ -284,7 +293,6 @@ def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, ti
 def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny, tmp_path):
   """SWAP boxes that overrun the image are scored on PIL's black-padded crop, as the authors'
   code does, and counted in the figures and in results.json."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   model, params = tiny
   swap = hard_positive.load_suites(fixture_root, ["swap"])["swap"]
   records = list(swap.records)

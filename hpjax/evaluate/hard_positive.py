@@ -107,6 +107,13 @@ class HardPositiveEvaluator:
     if not records:  # every suite empty, and allowed: nothing to score
       raise EmptySuiteError(f"no records in any suite ({sorted(self.suites)}): nothing to "
                             "evaluate")
+    if self.scorer.skip_missing_images:  # a wrong image root, found before any work
+      self._check_not_empty({
+          n: f"none of its {len(s)} images is under image root {self.image_root!r} (first: "
+             f"{s.records[0].image!r})"
+          for n, s in self.suites.items()
+          if s.records and not any(os.path.isfile(self.scorer.image_path(r.image))
+                                   for r in s.records)})
     want_sims = any(s.kind == suites_lib.SUGARCREPE_PP for s in self.suites.values())
     result = self.scorer.score(params, records, text_sims=want_sims)
     self.last_stats = dict(result.stats)
@@ -143,7 +150,7 @@ class HardPositiveEvaluator:
     if why and not self.allow_empty_suites:
       raise EmptySuiteError(
           "no scored record in " + "; ".join(f"suite {n}: {w}" for n, w in why.items())
-          + ". Fix the path, or pass allow_empty_suites=True to report empty suites (N = 0).")
+          + ". Fix the paths, or pass allow_empty_suites=True to report such suites (N = 0).")
 
   def last_result(self, label: str, model_name: str, checkpoint: str | None = None,
                   checkpoint_digest: str | None = None) -> reports.ModelResult:

@@ -186,7 +186,8 @@ class Scorer:
 
   # -- helpers --------------------------------------------------------------------------------
 
-  def _path(self, image: str) -> str:
+  def image_path(self, image: str) -> str:
+    """A record image path resolved against the image root."""
     return os.path.join(self.image_root, image) if self.image_root else image
 
   def _global_batch(self, local_rows: np.ndarray) -> jax.Array:
@@ -226,7 +227,7 @@ class Scorer:
     def submit(pool, ids):
       rows = (ids + [None] * batch)[:batch][local]
       return [None if i is None else
-              pool.submit(self._load, self._path(keys[i][0]), keys[i][1], wheres[i])
+              pool.submit(self._load, self.image_path(keys[i][0]), keys[i][1], wheres[i])
               for i in rows]
 
     with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
@@ -251,7 +252,7 @@ class Scorer:
               if f is not None:
                 f.cancel()
           bad = np.flatnonzero(failed)
-          raise ImageError("unreadable", [self._path(keys[i][0]) for i in bad],
+          raise ImageError("unreadable", [self.image_path(keys[i][0]) for i in bad],
                            [reasons.get(i, "read by another host") for i in bad])
         feats.add(ids, self.encode_images(params, self._global_batch(pixels)))
         progress.update(min((b + 1) * batch, len(todo)))
@@ -291,9 +292,9 @@ class Scorer:
     for r, i in zip(records, image_of):
       wheres[i] = wheres[i] or r.where
 
-    missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(self._path(image))]
+    missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(self.image_path(image))]
     if missing and not self.skip_missing_images:
-      raise ImageError("missing", [self._path(keys[i][0]) for i in missing])
+      raise ImageError("missing", [self.image_path(keys[i][0]) for i in missing])
     image_feats, failed, padded = self._encode_all_images(params, keys, wheres, set(missing))
     image_seconds = time.perf_counter() - start
     skipped = sorted(set(missing) | set(failed))
@@ -327,5 +328,5 @@ class Scorer:
         seconds=seconds, image_seconds=image_seconds, text_seconds=text_seconds,
         images_per_s=(len(keys) - len(skipped)) / seconds,
         captions_per_s=len(texts) / seconds)
-    return ScoreResult(scores, valid, sims, [self._path(keys[i][0]) for i in skipped],
+    return ScoreResult(scores, valid, sims, [self.image_path(keys[i][0]) for i in skipped],
                        padded[image_of], stats)
