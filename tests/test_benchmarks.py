@@ -13,6 +13,7 @@ from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import metrics
 from hpjax.evaluate import runner
+from hpjax.models import CLIP, get_model_config
 
 # A slice of the official VL-CheckList data/ tree: three files named action.json, SWiG files
 # with 3 POS + 3 NEG, and an empty swig_place file as the real tree ships.
@@ -75,6 +76,13 @@ def test_two_files_with_one_name_are_an_error_naming_both(tmp_path):
   assert a in str(error.value) and b in str(error.value)
   with pytest.raises(benchmarks.DuplicateSuiteError, match="a/b.json and .*a/b.json"):
     benchmarks.load("vl_checklist", files=[a, a])
+  with pytest.raises(ValueError, match=r"not below the benchmark folder .*/a$"):
+    benchmarks.load("vl_checklist", str(tmp_path / "a"), [b])
+  # The evaluator's paper names must not merge a loader-named suite into another either.
+  suite = benchmarks.load("vl_checklist", files=[a])["vl_checklist.b"]
+  with pytest.raises(benchmarks.DuplicateSuiteError, match="'replace_attributes'"):
+    hard_positive.HardPositiveEvaluator(CLIP(get_model_config("hpjax-tiny")), {
+        "vl_checklist_attributes": suite, "replace_attributes": suite})
 
 
 def test_config_walks_roots_and_both_entry_points_share_the_catalog(tmp_path):

@@ -71,7 +71,7 @@ def test_suite_metrics_reads_columns_by_role():
 def test_pair_with_several_negatives_needs_every_one_beaten():
   recs = (_record(("c", "c_n", "c_n")), _record(("c", "c_n", "c_n")), _record(("c", "c_n")))
   scores = np.array([[0.5, 0.4, 0.5], [0.5, 0.4, 0.1], [0.2, 0.1, np.nan]], np.float32)
-  m = metrics.suite_metrics(suites.Suite("vlc", suites.PAIR, recs), scores)
+  m = metrics.suite_metrics(suites.Suite("pairs", suites.PAIR, recs), scores)
   assert m["accuracy"] == pytest.approx(200 / 3)
 
 

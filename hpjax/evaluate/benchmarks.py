@@ -204,7 +204,12 @@ def _files_and_root(benchmark: Benchmark, root: str | None,
     if not os.path.isdir(root):
       raise FileNotFoundError(f"{benchmark.name}: benchmark folder not found: {root}")
     if files:
-      return root, [os.path.relpath(f, root) if os.path.isabs(f) else f for f in files]
+      relative = [os.path.relpath(f, root) if os.path.isabs(f) else f for f in files]
+      outside = [f for f, rel in zip(files, relative) if rel.startswith(os.pardir)]
+      if outside:
+        raise ValueError(f"{benchmark.name}: files {outside} are not below the benchmark folder "
+                         f"{root}")
+      return root, relative
     return root, list(benchmark.files) if benchmark.files is not None else _walk_json(root)
   for f in files:
     if not os.path.isfile(f):
