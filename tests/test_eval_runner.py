@@ -171,6 +171,12 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
   loaded.update(benchmarks.load("sugarcrepe_pp", files=[os.path.join(tmp_path, "pp",
                                                                      "swap_att.json")]))
   loaded.update(benchmarks.load("aro", files=[os.path.join(tmp_path, "vgr.json")]))
+  for corpus in ("vaw", "vg"):  # two action.json files, SWiG-like 3 POS + 3 NEG records
+    _write(os.path.join(tmp_path, "vlc", "Attribute", corpus, "action.json"), [
+        [f"{k % 3}.jpg", {"POS": [f"a {COLORS[(k + j) % 6]} {OBJECTS[j]}" for j in range(3)],
+                          "NEG": [f"a {COLORS[(k + j) % 6]} {OBJECTS[j + 1]}" for j in range(3)]}]
+        for k in range(4 if corpus == "vg" else 3)])
+  loaded.update(benchmarks.load("vl_checklist", os.path.join(tmp_path, "vlc")))
   images = os.path.join(tmp_path, "images")
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
   model, params = tiny
@@ -180,12 +186,24 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
       (figures["sugarcrepe.add_att/accuracy"] + figures["sugarcrepe.swap_obj/accuracy"]) / 2)
   assert figures["sugarcrepe.add_att/n"] == 4 and figures["aro.vgr/groups"] == 2
   assert np.isfinite(figures["aro.vgr/macro_accuracy"])
+  official = {}
+  for corpus in ("vaw", "vg"):
+    scores = evaluator.last_scores[f"vl_checklist.Attribute.{corpus}.action"].scores
+    official[corpus] = 100 * np.mean(scores[:, 0] > scores[:, 3])  # texts_pos[0] vs texts_neg[0]
+    assert figures[f"vl_checklist.Attribute.{corpus}.action/accuracy"] == pytest.approx(
+        official[corpus])
+    assert figures[f"vl_checklist.Attribute.{corpus}.action/all_pairs_accuracy"] == pytest.approx(
+        100 * np.mean(scores[:, :3].min(1) > scores[:, 3:].max(1)))
+  assert figures["vl_checklist.type.Attribute.action/accuracy"] == pytest.approx(
+      (official["vaw"] + official["vg"]) / 2)
+  assert figures["vl_checklist.type.Attribute.action/n"] == 7
   # TOT from the scorer's caption cosines equals TOT from features encoded here directly.
   pp = evaluator.last_scores["sugarcrepe_pp.swap_att"]
   texts = [t for r in pp.suite.records for t in r.captions]
   feats = evaluator.scorer.encode_tokens(params, evaluator.scorer.tokenizer(texts))
   feats = feats.reshape(len(pp.suite.records), 3, -1)
-  np.testing.assert_allclose(pp.text_sims, np.einsum("rkd,rld->rkl", feats, feats), atol=1e-6)
+  np.testing.assert_allclose(pp.text_sims[:, :3, :3], np.einsum("rkd,rld->rkl", feats, feats),
+                             atol=1e-6)  # the VL-CheckList records make the arrays 6 wide
   assert figures["sugarcrepe_pp.swap_att/tot"] == metrics.suite_metrics(
       pp.suite, pp.scores, np.einsum("rkd,rld->rkl", feats, feats))["tot"]
 
