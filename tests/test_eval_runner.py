@@ -316,21 +316,21 @@ def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny, tm
   records = list(swap.records)
   for i in (1, 2, 4):  # stand-in images are at most 112 px a side; 1 and 4 share an image
     records[i] = dataclasses.replace(records[i], crop=(50.0, 60.0, 100.0, 90.0))
-  loaded = {"swap": dataclasses.replace(swap, records=tuple(records))}
+  # The same record on PIL's padded crop saved as an image of its own, scored uncropped.
+  precropped = str(tmp_path / "precropped.png")
+  with Image.open(os.path.join(fixture_root, "images", records[4].image)) as image:
+    image.convert("RGB").crop((50, 60, 150, 150)).save(precropped)
+  loaded = {"swap": dataclasses.replace(swap, records=tuple(records)),
+            "precropped": suites.Suite("precropped", suites.HARD_POSITIVE, (
+                dataclasses.replace(records[4], image=precropped, crop=None),))}
   evaluator = hard_positive.HardPositiveEvaluator(
       model, loaded, os.path.join(fixture_root, "images"), batch_size=8)
   figures = evaluator.run(params)
   assert figures["swap/padded_boxes"] == 3 and figures["swap/n"] == 10
+  assert "precropped/padded_boxes" not in figures  # a suite without crops has no such figure
   assert evaluator.last_stats["padded_boxes"] == 2  # distinct (image, box) pairs
-  # Each padded record scores its padded crop: one record alone, encoded directly.
-  image = evaluator.scorer.transform(
-      Image.open(os.path.join(fixture_root, "images", records[4].image)).convert("RGB").crop(
-          (50, 60, 150, 150)))
-  feature = evaluator.scorer.encode_images(params, image[None])[0]
-  text = evaluator.scorer.encode_tokens(params, evaluator.scorer.tokenizer(
-      list(records[4].captions)))
-  np.testing.assert_allclose(evaluator.last_scores["swap"].scores[4], text @ np.asarray(feature),
-                             atol=1e-5)
+  np.testing.assert_array_equal(evaluator.last_scores["swap"].scores[4],
+                                evaluator.last_scores["precropped"].scores[0])
   evaluator.write_reports(str(tmp_path / "reports"))
   assert _strict_json(tmp_path / "reports" / "results.json")["models"][0]["metrics"][
       "swap/padded_boxes"] == 3
