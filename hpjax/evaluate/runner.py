@@ -21,7 +21,7 @@ from hpjax.evaluate import hard_positive
 from hpjax.evaluate import reports
 
 
-split_list = benchmarks.split_list
+split_list = benchmarks.split_list  # the config list syntax, for `run` and existing callers
 
 
 def load_config_suites(config) -> dict[str, suites_lib.Suite]:
