@@ -219,13 +219,14 @@ def _require_default_tokenizer(name_or_path: str) -> None:
     path = config_lib.CONFIG_DIR / f"{name_or_path}.json"
   text_cfg = json.loads(path.read_text()).get("text_cfg", {})
   if text_cfg.get("tokenizer_kwargs"):
-    raise ValueError(f"{path}: text_cfg asks for tokenizer_kwargs {text_cfg['tokenizer_kwargs']}; "
-                     "hpjax provides OpenCLIP's default CLIP tokenizer and HF tokenizers as they are")
+    raise ValueError(f"{path}: text_cfg asks for tokenizer_kwargs {text_cfg['tokenizer_kwargs']};"
+                     " hpjax provides the CLIP tokenizer and HF tokenizers without arguments")
 
 
 def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
                   context_length: int | None = None, tokenizer_dir=None) -> Tokenizer:
-  """The tokenizer for a model name, JSON config path or config (context length from its text_cfg).
+  """The tokenizer for a model name, JSON config path or config (context length from its text_cfg:
+  `config.text.input_length`, 77 for CoCa with coca_legacy).
 
   A config whose text_cfg names an HF tokenizer (`hf_tokenizer_name`, e.g. roberta-ViT-B-32)
   gets an `HFTokenizer` read from `tokenizer_dir`, a local folder holding that tokenizer (e.g.
@@ -238,7 +239,7 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
     name_or_config = config
   if context_length is None:
     context_length = (DEFAULT_CONTEXT_LENGTH if name_or_config is None
-                      else name_or_config.text.context_length)
+                      else name_or_config.text.input_length)
   hf_name = None if name_or_config is None else name_or_config.text.hf_tokenizer_name
   if hf_name is not None:
     if tokenizer_dir is None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import hpjax
 from hpjax import checkpoints
+from hpjax import tokenizer as tokenizer_lib
 from hpjax.checkpoints import mapping
 from hpjax.models import CLIP, get_model_config
 from openclip_reference import perturb_all, random_images, random_tokens, state_dict_numpy
@@ -109,6 +110,9 @@ def test_legacy_mode_matches_open_clip_2_20_text_encoding(tiny):
   # 3; row 1 fills the context, and 2.20 dropped its EOT); a pad inside the text (row 2) does not.
   np.testing.assert_allclose(got[[0, 1, 3]], current[[0, 1, 3]], atol=1e-4, rtol=0)
   assert np.abs(got[2] - current[2]).max() > 1e-3
+  # The tokenizer follows: 16 ids in legacy mode (the study's 77), 15 otherwise (open_clip's 76).
+  assert tokenizer_lib.get_tokenizer(legacy).context_length == CONTEXT + 1
+  assert tokenizer_lib.get_tokenizer(config).context_length == CONTEXT
   with pytest.raises(ValueError, match="token length 17 exceeds 16"):
     _encode(legacy, params, np.zeros((1, CONTEXT + 2), np.int32))
 

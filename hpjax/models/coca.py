@@ -11,7 +11,8 @@ Where OpenCLIP versions differ (both read from their sources; `coca_legacy` pick
   class token's query row carries the pad mask.
 * >= 2.24 (3.3 installed here): no id is dropped (its tokenizer gives context_length = 76 ids),
   and every query row carries the pad mask.
-With pads only after the text (as tokenizers lay them out) the two masks give the same class
+The vision path (attentional pooler over all tokens, ln_post, query 0, proj) is the same in
+both. With pads only after the text (as tokenizers lay them out) the two masks give the same class
 feature: a query at a text position never reaches a pad key under the causal mask. They differ
 on ids with padding inside the text, and on texts of 76 or more tokens, whose EOT id is the one
 2.19-2.22 dropped.
@@ -23,15 +24,10 @@ many trailing pads the caller sent.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hpjax.models.clip import Transformer, _layer_norm
-from hpjax.models.config import TextConfig
-
-Dtype = Any
+from hpjax.models.clip import TextTransformer, Transformer, _layer_norm
 
 
 def cls_attention_mask(ids, pad_id: int, legacy: bool):
@@ -48,19 +44,14 @@ def cls_attention_mask(ids, pad_id: int, legacy: bool):
   return mask[:, None]
 
 
-class CoCaTextTransformer(nn.Module):
-  cfg: TextConfig
-  output_dim: int
-  activation: Callable
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+class CoCaTextTransformer(TextTransformer):
+  """TextTransformer's fields and parameters, plus `cls_emb`; a class-token forward pass."""
 
   @nn.compact
   def __call__(self, tokens):
     """tokens: (N, L) int32, L <= context_length (+ 1 in legacy mode) -> (N, output_dim)."""
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    accepted = cfg.context_length + int(cfg.coca_legacy)
+    accepted = cfg.input_length
     if tokens.shape[1] > accepted:
       raise ValueError(f"token length {tokens.shape[1]} exceeds {accepted} (CoCa, context_length "
                        f"{cfg.context_length}, coca_legacy={cfg.coca_legacy})")

@@ -79,6 +79,12 @@ class TextConfig:
   hf_proj_type: str = "mlp"
 
   @property
+  def input_length(self) -> int:
+    """Ids per text the tower takes, the tokenizer's context length (CoCa in legacy mode is
+    given 77 ids for its 76 token positions and drops the last)."""
+    return self.context_length + int(self.coca_legacy)
+
+  @property
   def hf(self) -> "HFTextConfig | None":
     """The HF encoder's architecture, derived from hf_model_name (None for other towers)."""
     return None if self.hf_model_name is None else hf_text_config(self.hf_model_name)

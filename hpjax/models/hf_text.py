@@ -35,27 +35,31 @@ def _layer_norm(cfg: HFTextConfig, dtype: Dtype, param_dtype: Dtype) -> nn.Layer
                       param_dtype=param_dtype, name="LayerNorm")
 
 
-class _DenseLayerNorm(nn.Module):
-  """`dense` then LayerNorm of (that + residual): the output half of a post-LN sublayer."""
+class _Part(nn.Module):
+  """A piece of the encoder: the HF config and the dtypes."""
   cfg: HFTextConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def kw(self) -> dict:
+    return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+class _DenseLayerNorm(_Part):
+  """`dense` then LayerNorm of (that + residual): the output half of a post-LN sublayer."""
+
   @nn.compact
   def __call__(self, x, residual):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = self.kw
     y = _dense(self.cfg.hidden_size, "dense", **kw)(x)
     return _layer_norm(self.cfg, **kw)(y + residual)
 
 
-class _SelfAttention(nn.Module):
-  cfg: HFTextConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
+class _SelfAttention(_Part):
   @nn.compact
   def __call__(self, x, mask):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = self.kw
     batch, length, width = x.shape
     heads = self.cfg.num_attention_heads
     flat = x.reshape(-1, width)
@@ -64,36 +68,24 @@ class _SelfAttention(nn.Module):
     return jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(batch, length, width)
 
 
-class _Attention(nn.Module):
-  cfg: HFTextConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
+class _Attention(_Part):
   @nn.compact
   def __call__(self, x, mask):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = self.kw
     y = _SelfAttention(self.cfg, name="self", **kw)(x, mask)
     return _DenseLayerNorm(self.cfg, name="output", **kw)(y, x)
 
 
-class _Layer(nn.Module):
-  cfg: HFTextConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
+class _Layer(_Part):
   @nn.compact
   def __call__(self, x, mask):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = self.kw
     x = _Attention(self.cfg, name="attention", **kw)(x, mask)
     hidden = _Intermediate(self.cfg, name="intermediate", **kw)(x)
     return _DenseLayerNorm(self.cfg, name="output", **kw)(hidden, x)
 
 
-class _Intermediate(nn.Module):
-  cfg: HFTextConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
+class _Intermediate(_Part):
   @nn.compact
   def __call__(self, x):
     shape = x.shape
@@ -102,14 +94,10 @@ class _Intermediate(nn.Module):
     return exact_gelu(y).reshape(*shape[:-1], -1)
 
 
-class _Embeddings(nn.Module):
-  cfg: HFTextConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
+class _Embeddings(_Part):
   @nn.compact
   def __call__(self, ids):
-    cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    cfg, kw = self.cfg, self.kw
     not_pad = (ids != cfg.pad_token_id).astype(jnp.int32)
     positions = jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
     embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=_INIT, name=n, **kw)
@@ -119,11 +107,8 @@ class _Embeddings(nn.Module):
     return _layer_norm(cfg, **kw)(x)
 
 
-class _Encoder(nn.Module):
-  cfg: HFTextConfig
+class _Encoder(_Part):
   remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask):
@@ -133,18 +118,15 @@ class _Encoder(nn.Module):
     return x
 
 
-class RobertaModel(nn.Module):
+class RobertaModel(_Part):
   """transformers' RobertaModel without its pooler: ids -> last hidden states."""
-  cfg: HFTextConfig
   remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, ids, mask):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = self.kw
     x = _Embeddings(self.cfg, name="embeddings", **kw)(ids)
-    return _Encoder(self.cfg, self.remat, name="encoder", **kw)(x, mask[:, None, None, :])
+    return _Encoder(self.cfg, remat=self.remat, name="encoder", **kw)(x, mask[:, None, None, :])
 
 
 class HFTextEncoder(nn.Module):
@@ -164,7 +146,7 @@ class HFTextEncoder(nn.Module):
       raise ValueError(f"token length {tokens.shape[1]} exceeds the HF text model's "
                        f"{hf.max_position_embeddings - hf.pad_token_id - 1} positions")
     keep = tokens != hf.pad_token_id
-    x = RobertaModel(hf, self.remat, name="transformer", **kw)(tokens, keep)
+    x = RobertaModel(hf, remat=self.remat, name="transformer", **kw)(tokens, keep)
     weights = keep.astype(x.dtype)[..., None]
     pooled = (x * weights).sum(axis=1) / weights.sum(axis=1)
     if self.cfg.hf_proj_type == "linear":
