@@ -6,6 +6,7 @@ import functools
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import open_clip
 import pytest
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 import hpjax
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.checkpoints import mapping
+from hpjax.checkpoints import convert, mapping
 from hpjax.models import CLIP, get_model_config
 from openclip_reference import perturb_all, random_images, random_tokens, state_dict_numpy
 
@@ -130,6 +131,11 @@ def test_decoder_keys_are_ignored_listed_and_carried_through_export(tiny, tmp_pa
     assert np.array_equal(written[key], value), key
   assert sorted(back) == sorted(checkpoints.read_state_dict(source))
   open_clip.create_model("coca-tiny", pretrained=str(exported))  # strict key matching
+  # The convert program does the same and lists the ignored keys in its summary.
+  summary = convert.run(ml_collections.ConfigDict(dict(
+      src=str(source), model=str(path), direction="to_openclip", dst="")), tmp_path / "convert")
+  assert summary["ignored_keys"] == decoder
+  assert sorted(safetensors.numpy.load_file(summary["dst"])) == sorted(state_dict)
   # Without the decoder the file is incomplete for OpenCLIP's strict loading.
   partial = hpjax.export_openclip(params, str(path), tmp_path / "partial.safetensors")
   with pytest.raises(RuntimeError, match="text_decoder"):
