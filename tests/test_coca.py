@@ -18,7 +18,7 @@ import hpjax
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.checkpoints import convert, mapping
-from hpjax.models import CLIP, get_model_config
+from hpjax.models import CLIP, CLIPConfig, get_model_config
 from openclip_reference import perturb_all, random_images, random_tokens, state_dict_numpy
 
 CONTEXT = 15  # text_cfg.context_length: CoCa has CONTEXT + 1 positions (its class token).
@@ -161,3 +161,8 @@ def test_shipped_coca_config_has_open_clips_keys_and_shapes():
          for k, e in mapping.key_table(config).items()}
   assert got == want
   assert config.ignored_key_prefixes == ("text_decoder.",)
+  # Newer OpenCLIP's unfinished pooler variants are refused, not read as the original one.
+  variant = json.loads(json.dumps(TINY))
+  variant["vision_cfg"]["attentional_pool"] = "parallel"
+  with pytest.raises(ValueError, match="v: vision_cfg: attentional_pool 'parallel' is not"):
+    CLIPConfig.from_dict(variant, "v")

@@ -149,7 +149,8 @@ class CLIPConfig:
   @property
   def text_key_prefix(self) -> str:
     """Prefix of the text tower's keys in OpenCLIP files of this architecture."""
-    nested = self.custom_text or self.multimodal_cfg is not None or self.text.hf_model_name
+    nested = (self.custom_text or self.multimodal_cfg is not None
+              or self.text.hf_model_name is not None)
     return "text." if nested else ""
 
   @property
@@ -165,6 +166,9 @@ class CLIPConfig:
     text = _build(TextConfig, d.pop("text_cfg", {}), f"{name}: text_cfg", _IGNORED_TEXT_FIELDS)
     if text.hf_model_name is not None:
       _check_hf_text(text, f"{name}: text_cfg")
+    if not isinstance(vision.attentional_pool, bool):  # OpenCLIP's WIP 'parallel' / 'cascade'
+      raise ValueError(f"{name}: vision_cfg: attentional_pool {vision.attentional_pool!r} is not "
+                       "supported (true or false: CoCa's original pooler)")
     if isinstance(d.get("multimodal_cfg"), dict):
       d["multimodal_cfg"] = tuple(sorted(d["multimodal_cfg"].items()))
     top = {f.name for f in dataclasses.fields(cls)} - {"vision", "text", "name"}
