@@ -200,13 +200,10 @@ class AttentionalPooler(nn.Module):
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    batch, length, context = x.shape
     query = self.param("query", nn.initializers.normal(1.0), (self.queries, self.width),
                        self.param_dtype)
-    k_in = _layer_norm("ln_k", **kw)(x).reshape(-1, context)
-    q_in = _layer_norm("ln_q", **kw)(query)
     attn = _SeparateProjectionAttention(self.width, self.heads, name="attn", **kw)
-    return attn(q_in, k_in.reshape(batch, length, context))
+    return attn(_layer_norm("ln_q", **kw)(query), _layer_norm("ln_k", **kw)(x))
 
 
 class _SeparateProjectionAttention(nn.Module):
