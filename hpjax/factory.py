@@ -40,7 +40,8 @@ def create_model_and_transforms(name: str, pretrained=None, **kwargs):
   return model, params, preprocess.eval_transform(model.config.vision.image_size)
 
 
-def export_openclip(params, name: str, path):
+def export_openclip(params, name: str, path, extra=None):
   """Writes `params` of model `name` as an OpenCLIP state dict that
-  `open_clip.create_model(name, pretrained=path)` loads strictly."""
-  return checkpoints.export_openclip(params, get_model_config(name), path)
+  `open_clip.create_model(name, pretrained=path)` loads strictly (for CoCa, pass the decoder
+  tensors `load_params(..., return_ignored=True)` returned as `extra`)."""
+  return checkpoints.export_openclip(params, get_model_config(name), path, extra)

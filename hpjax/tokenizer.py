@@ -9,6 +9,9 @@ the words' ids are then gathered into the (N, context_length) array with numpy. 
 ASCII without `&` (nearly every caption) takes a short cut: ftfy and html unescaping, the
 bulk of OpenCLIP's time, change nothing there, and the pattern reduces to an ASCII one that
 the standard `re` module runs faster.
+
+Configs with an HF text tower name an HF tokenizer instead (`hf_tokenizer_name`): `HFTokenizer`
+reads it from a local folder through `transformers`, with open_clip's HFTokenizer's ids.
 """
 
 from __future__ import annotations
@@ -82,10 +85,15 @@ def _bpe_backend() -> tokenizers.Tokenizer:
   return tok
 
 
+def clean_whitespace(text: str) -> str:
+  """OpenCLIP's 'whitespace' cleaning (its HFTokenizer's): ftfy, html unescape (twice),
+  whitespace runs collapsed."""
+  return " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).split())
+
+
 def clean_text(text: str) -> str:
-  """OpenCLIP's 'lower' cleaning: ftfy, html unescape (twice), whitespace, lower case."""
-  text = html.unescape(html.unescape(ftfy.fix_text(text)))
-  return " ".join(text.split()).lower()
+  """OpenCLIP's 'lower' cleaning: 'whitespace' cleaning, then lower case."""
+  return clean_whitespace(text).lower()
 
 
 def split_words(text: str) -> list[str]:
@@ -155,17 +163,47 @@ class Tokenizer:
     self.context_length = context_length
 
   def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> np.ndarray:
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    for i, t in enumerate(texts):
-      if not isinstance(t, str):
-        raise TypeError(f"text {i} is a {type(t).__name__}, expected str: {t!r}")
-    return pack(*encode(texts), context_length or self.context_length)
+    return pack(*encode(_text_list(texts)), context_length or self.context_length)
 
   def encode_unique(self, texts: Sequence[str],
                     context_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(tokens of the distinct strings, index per input) so each string is tokenized once."""
     distinct, inverse = np.unique(np.asarray(list(texts), dtype=object), return_inverse=True)
     return self(list(distinct), context_length), inverse.reshape(-1)
+
+
+class HFTokenizer(Tokenizer):
+  """open_clip's HFTokenizer ids from a local transformers tokenizer folder (no downloads).
+
+  As open_clip: 'whitespace' cleaning, then the transformers tokenizer with its special tokens,
+  truncated and padded (with its pad id: 1 for RoBERTa) to context_length.
+  """
+
+  def __init__(self, folder, context_length: int = DEFAULT_CONTEXT_LENGTH):
+    super().__init__(context_length)
+    import transformers  # pylint: disable=g-import-not-at-top  (only HF-text models need it)
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+      raise FileNotFoundError(f"HF tokenizer folder {folder} does not exist")
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    self.sot_token_id = self.tokenizer.bos_token_id
+    self.eot_token_id = self.tokenizer.eos_token_id
+    self.pad_token_id = self.tokenizer.pad_token_id
+    self.vocab_size = len(self.tokenizer)
+
+  def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> np.ndarray:
+    texts = [clean_whitespace(t) for t in _text_list(texts)]
+    return self.tokenizer(texts, max_length=context_length or self.context_length,
+                          padding="max_length", truncation=True,
+                          return_tensors="np").input_ids.astype(np.int32)
+
+
+def _text_list(texts: str | Iterable[str]) -> list[str]:
+  texts = [texts] if isinstance(texts, str) else list(texts)
+  for i, t in enumerate(texts):
+    if not isinstance(t, str):
+      raise TypeError(f"text {i} is a {type(t).__name__}, expected str: {t!r}")
+  return texts
 
 
 @functools.cache
@@ -175,22 +213,25 @@ def _tokenizer(context_length: int) -> Tokenizer:
 
 
 def _require_default_tokenizer(name_or_path: str) -> None:
-  """OpenCLIP configs may ask for another tokenizer (HF, other cleaning): refuse, not ignore."""
+  """OpenCLIP configs may pass tokenizer arguments (other cleaning): refuse, not ignore."""
   path = pathlib.Path(name_or_path)
   if not (path.suffix == ".json" and path.is_file()):
     path = config_lib.CONFIG_DIR / f"{name_or_path}.json"
   text_cfg = json.loads(path.read_text()).get("text_cfg", {})
-  asked = {k: text_cfg[k] for k in ("hf_tokenizer_name", "tokenizer_kwargs") if text_cfg.get(k)}
-  if asked:
-    raise ValueError(f"{path}: text_cfg asks for {asked}; hpjax provides only OpenCLIP's "
-                     "default CLIP tokenizer")
+  if text_cfg.get("tokenizer_kwargs"):
+    raise ValueError(f"{path}: text_cfg asks for tokenizer_kwargs {text_cfg['tokenizer_kwargs']};"
+                     " hpjax provides the CLIP tokenizer and HF tokenizers without arguments")
 
 
 def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
-                  context_length: int | None = None) -> Tokenizer:
-  """The tokenizer for a model name, JSON config path or config (context length from its text_cfg).
+                  context_length: int | None = None, tokenizer_dir=None) -> Tokenizer:
+  """The tokenizer for a model name, JSON config path or config (context length from its text_cfg:
+  `config.text.input_length`, 77 for CoCa with coca_legacy).
 
-  Only OpenCLIP's default CLIP tokenizer is provided; the shipped configs all use it.
+  A config whose text_cfg names an HF tokenizer (`hf_tokenizer_name`, e.g. roberta-ViT-B-32)
+  gets an `HFTokenizer` read from `tokenizer_dir`, a local folder holding that tokenizer (e.g.
+  written by `save_pretrained`); hpjax downloads nothing. Every other config gets the CLIP BPE
+  tokenizer.
   """
   if isinstance(name_or_config, str):
     config = config_lib.get_model_config(name_or_config)
@@ -198,7 +239,16 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
     name_or_config = config
   if context_length is None:
     context_length = (DEFAULT_CONTEXT_LENGTH if name_or_config is None
-                      else name_or_config.text.context_length)
+                      else name_or_config.text.input_length)
+  hf_name = None if name_or_config is None else name_or_config.text.hf_tokenizer_name
+  if hf_name is not None:
+    if tokenizer_dir is None:
+      raise ValueError(f"{name_or_config.name}: text_cfg names the HF tokenizer {hf_name!r}; pass "
+                       "tokenizer_dir=, a local folder holding it (hpjax downloads nothing)")
+    return HFTokenizer(tokenizer_dir, context_length)
+  if tokenizer_dir is not None:
+    raise ValueError(f"tokenizer_dir={tokenizer_dir} is given, but the config names no HF "
+                     "tokenizer (hf_tokenizer_name): it uses the CLIP BPE tokenizer")
   return _tokenizer(context_length)
 
 

@@ -57,3 +57,13 @@ def random_tokens(rng: np.random.Generator, batch: int, eot_positions=(5, 76, 12
     tokens[row, 1:eot] = rng.integers(1, SOT, eot - 1)
     tokens[row, eot] = EOT
   return tokens
+
+
+def perturb_all(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+  """Adds noise to every tensor, matrices included: towers whose init leaves whole rows or
+  matrices at zero (HF padding embeddings, fused biases) must still show a mis-mapped key."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(0.02 * torch.randn(param.shape, generator=generator))
+  return model.eval()

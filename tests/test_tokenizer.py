@@ -131,9 +131,15 @@ def test_config_asking_for_another_tokenizer_is_refused(tmp_path):
   path = tmp_path / "mine.json"
   path.write_text(json.dumps(config))
   assert tokenizer_lib.get_tokenizer(str(path)).context_length == 32
+  config["text_cfg"]["tokenizer_kwargs"] = {"clean": "canonicalize"}
+  path.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="mine.json: text_cfg asks for tokenizer_kwargs"):
+    tokenizer_lib.get_tokenizer(str(path))
+  del config["text_cfg"]["tokenizer_kwargs"]
   config["text_cfg"]["hf_tokenizer_name"] = "some/hf-tokenizer"
   path.write_text(json.dumps(config))
-  with pytest.raises(ValueError, match="mine.json: text_cfg asks for .*hf_tokenizer_name"):
+  with pytest.raises(ValueError, match="mine: text_cfg names the HF tokenizer 'some/hf-tokenizer'"
+                                       "; pass tokenizer_dir="):
     tokenizer_lib.get_tokenizer(str(path))
 
 

@@ -9,8 +9,9 @@ Directions:
   to_openclip: src is an orbax params directory or any file to_hpjax reads; dst (default
                WORKDIR/open_clip_model.safetensors) is an OpenCLIP state dict that
                `open_clip.create_model(model, pretrained=dst)` loads strictly.
-A summary (tensor count, parameter count, bytes, seconds) is logged and written to
-WORKDIR/convert_summary.json.
+A summary (tensor count, parameter count, bytes, seconds, the keys of parts hpjax does not
+build, e.g. CoCa's decoder) is logged and written to WORKDIR/convert_summary.json. to_openclip
+from a file carries those parts through; to_hpjax leaves them out of the orbax directory.
 """
 
 from __future__ import annotations
@@ -47,17 +48,18 @@ def run(config, workdir) -> dict:
   start = time.time()
 
   _progress(1, f"reading {src} as {model_config.name}")
-  params = loading.load_params(src, model_config, np.float32)
+  params, ignored = loading.load_params(src, model_config, np.float32, return_ignored=True)
   _progress(2, f"writing {config.direction.removeprefix('to_')} checkpoint {dst}")
   if config.direction == "to_hpjax":
-    orbax_params.save_params(dst, params)
+    orbax_params.save_params(dst, params)  # Ignored parts (CoCa's decoder) are not kept.
   else:
-    loading.export_openclip(params, model_config, dst)
+    loading.export_openclip(params, model_config, dst, extra=ignored)
 
   summary = {
       "direction": config.direction, "model": model_config.name, "src": str(src), "dst": str(dst),
       "tensors": len(jax.tree.leaves(params)), "parameters": num_params(params),
       "bytes_written": _size(dst), "seconds": round(time.time() - start, 2),
+      "ignored_keys": sorted(ignored),
   }
   (workdir / "convert_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   _progress(3, "done: " + ", ".join(f"{k}={v}" for k, v in summary.items()))

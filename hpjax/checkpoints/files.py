@@ -12,8 +12,9 @@ first, local ones are read in place.
 
 Keys are normalised to OpenCLIP's plain `CLIP` layout: a dict nested under `state_dict` is
 unwrapped, a `module.` prefix (DDP) and a `text.` prefix (CustomTextCLIP) are stripped, and
-buffers that are not weights (`attn_mask`, OpenAI's `input_resolution`, `context_length`,
-`vocab_size`) are dropped.
+buffers that are not weights (`attn_mask`, HF's `position_ids`, OpenAI's `input_resolution`,
+`context_length`, `vocab_size`) are dropped. Export puts the `text.` prefix back where the
+architecture has it (mapping.with_text_prefix).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import numpy as np
 import safetensors.numpy
 
 _NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
+# Buffers, not weights: attention masks, and the index buffers older transformers versions
+# saved in HF text towers (`text.transformer.embeddings.position_ids`).
+_BUFFER_SUFFIXES = ("attn_mask", "embeddings.position_ids", "embeddings.token_type_ids")
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
@@ -55,7 +59,7 @@ def normalize_keys(state_dict: Mapping[str, Any], source: str = "state dict") ->
   out = {}
   for key, value in state_dict.items():
     key = key.removeprefix("module.").removeprefix("text.")
-    if key.endswith("attn_mask") or key in _NOT_WEIGHTS:
+    if key.endswith(_BUFFER_SUFFIXES) or key in _NOT_WEIGHTS:
       continue
     if key in out:
       raise ValueError(f"{source}: key {key!r} appears twice after stripping module./text. "

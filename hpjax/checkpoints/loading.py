@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from absl import logging
 from etils import epath
 import numpy as np
 
@@ -9,23 +10,35 @@ from hpjax.checkpoints import files, hf, mapping, orbax_params
 from hpjax.models.config import CLIPConfig
 
 
-def load_params(path, config: CLIPConfig, param_dtype=np.float32) -> dict:
-  """Params of `config` from `path`.
+def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored: bool = False):
+  """Params of `config` from `path`; with return_ignored, (params, ignored tensors).
 
   A directory is an hpjax orbax checkpoint; a file is an OpenCLIP state dict (.safetensors,
   .bin/.pt, OpenAI TorchScript) or an HF transformers CLIPModel state dict (detected by its
-  `text_model.`/`vision_model.` keys).
+  `text_model.`/`vision_model.` keys). Keys of parts hpjax does not build (CoCa's
+  `text_decoder.*`) are not loaded: they are logged and, with return_ignored, returned as
+  {key: array} (sorted key names for results.json; pass the dict to `export_openclip(...,
+  extra=...)` to write a file OpenCLIP loads strictly).
   """
   path = epath.Path(path)
   if path.is_dir():
-    return orbax_params.restore_params(path, config, param_dtype)
-  state_dict = files.read_state_dict(path)
-  source = f"checkpoint {path}"
-  if hf.is_hf_state_dict(state_dict):
-    state_dict, source = hf.hf_to_openclip(state_dict), f"HF checkpoint {path}"
-  return mapping.openclip_to_params(state_dict, config, param_dtype, source)
+    params, ignored = orbax_params.restore_params(path, config, param_dtype), {}
+  else:
+    state_dict = files.read_state_dict(path)
+    source = f"checkpoint {path}"
+    if hf.is_hf_state_dict(state_dict):
+      state_dict, source = hf.hf_to_openclip(state_dict), f"HF checkpoint {path}"
+    state_dict, ignored = mapping.split_ignored(state_dict, config)
+    if ignored:
+      logging.info("%s: %d keys of parts hpjax does not build are ignored: %s", source,
+                   len(ignored), ", ".join(sorted(ignored)))
+    params = mapping.openclip_to_params(state_dict, config, param_dtype, source)
+  return (params, ignored) if return_ignored else params
 
 
-def export_openclip(params, config: CLIPConfig, path) -> epath.Path:
-  """Writes `params` as an OpenCLIP state dict (.safetensors, or .bin/.pt with torch), fp32."""
-  return files.write_state_dict(mapping.params_to_openclip(params, config), path)
+def export_openclip(params, config: CLIPConfig, path, extra=None) -> epath.Path:
+  """Writes `params` as an OpenCLIP state dict (.safetensors, or .bin/.pt with torch), fp32.
+
+  extra: the ignored tensors `load_params(..., return_ignored=True)` returned, carried through.
+  """
+  return files.write_state_dict(mapping.params_to_openclip(params, config, extra=extra), path)

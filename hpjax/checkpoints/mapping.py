@@ -37,6 +37,7 @@ CONV = Layout("conv", (2, 3, 1, 0), (3, 2, 0, 1))
 # (Flax path joined by '.', OpenCLIP key, layout); the first match wins.
 RULES = (
     (r"(.*)\.in_proj\.kernel", r"\1.in_proj_weight", LINEAR),
+    (r"(.*)\.([qkv])_proj\.kernel", r"\1.\2_proj_weight", LINEAR),  # MHA with kdim != dim
     (r"(.*)\.in_proj\.bias", r"\1.in_proj_bias", SAME),
     (r"(.*)conv1\.kernel", r"\1conv1.weight", CONV),
     (r"(.*)\.kernel", r"\1.weight", LINEAR),
@@ -68,9 +69,13 @@ class CheckpointMismatchError(ValueError):
     super().__init__("\n".join(lines))
 
 
+# Flax list members `resblocks_3`, HF `layer_3`, and `proj_0` of an nn.Sequential projection.
+_INDEXED = re.compile(r"\b(resblocks|layer|proj)_(\d+)\b")
+
+
 def openclip_key(flax_path: tuple[str, ...]) -> tuple[str, Layout]:
-  """The OpenCLIP key and layout of one Flax parameter path."""
-  joined = re.sub(r"resblocks_(\d+)", r"resblocks.\1", ".".join(flax_path))
+  """The OpenCLIP key and layout of one Flax parameter path (plain CLIP keying)."""
+  joined = _INDEXED.sub(r"\1.\2", ".".join(flax_path))
   for pattern, template, layout in RULES:
     if re.fullmatch(pattern, joined):
       return re.sub(pattern, template, joined), layout
@@ -121,8 +126,37 @@ def openclip_to_params(state_dict: Mapping[str, np.ndarray], config: CLIPConfig,
   return params
 
 
-def params_to_openclip(params, config: CLIPConfig, dtype=np.float32) -> dict[str, np.ndarray]:
-  """Flax params of `config` -> an OpenCLIP state dict of contiguous numpy arrays."""
+def split_ignored(state_dict: Mapping[str, np.ndarray], config: CLIPConfig
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(the keys the model is built from, the keys of parts hpjax does not build).
+
+  The second dict holds e.g. CoCa's `text_decoder.*`: callers list it (logs, results.json) and
+  may hand it back to `params_to_openclip(..., extra=...)` so an export stays complete.
+  """
+  kept = {k: v for k, v in state_dict.items() if not k.startswith(config.ignored_key_prefixes)}
+  return kept, {k: v for k, v in state_dict.items() if k not in kept}
+
+
+def with_text_prefix(key: str, config: CLIPConfig) -> str:
+  """The key as OpenCLIP files of `config` spell it: CustomTextCLIP and CoCa nest the text
+  tower under `text.` (files.normalize_keys strips it on reading)."""
+  if key.startswith("visual.") or key in ("logit_scale", "logit_bias"):
+    return key
+  return config.text_key_prefix + key
+
+
+def params_to_openclip(params, config: CLIPConfig, dtype=np.float32,
+                       extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """Flax params of `config` -> an OpenCLIP state dict of contiguous numpy arrays.
+
+  `extra`: tensors of parts hpjax does not build (`split_ignored`'s second dict), written
+  unchanged so that OpenCLIP loads the file strictly.
+  """
+  extra = dict(extra or {})
+  stray = sorted(k for k in extra if not k.startswith(config.ignored_key_prefixes))
+  if stray:
+    raise ValueError(f"extra tensors for {config.name!r} must be keys of parts hpjax does not "
+                     f"build {config.ignored_key_prefixes}; got {stray[:10]}")
   table = key_table(config)
   flat = {openclip_key(tuple(p.key for p in path))[0]: leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -133,5 +167,6 @@ def params_to_openclip(params, config: CLIPConfig, dtype=np.float32) -> dict[str
     value = np.asarray(jax.device_get(flat[key]))
     if entry.layout.to_torch is not None:
       value = value.transpose(entry.layout.to_torch)
-    out[key] = np.array(value, dtype=dtype, order="C")
+    out[with_text_prefix(key, config)] = np.array(value, dtype=dtype, order="C")
+  out.update(extra)
   return out

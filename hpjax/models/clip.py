@@ -16,6 +16,7 @@ embeddings gives the same features as padding to 77 (see `tokenizer.bucket_lengt
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -51,14 +52,16 @@ class MultiheadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """mask: optional boolean (N, 1, L, L), True where a query may attend to a key."""
     batch, length, _ = x.shape
     head_dim = self.width // self.heads
     init = nn.initializers.normal(self.width ** -0.5)
     qkv = nn.Dense(3 * self.width, kernel_init=init, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="in_proj")(x.reshape(-1, self.width))
     q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.heads, head_dim), 3, axis=2)
-    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=self.causal)
+    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask,
+                                       is_causal=self.causal)
     out = nn.Dense(self.width, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
                    name="out_proj")(out.reshape(-1, self.width))
     return out.reshape(batch, length, self.width)
@@ -105,12 +108,12 @@ class ResidualAttentionBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     scale = (lambda name: LayerScale(self.ls_init_value, self.param_dtype, name=name)
              if self.ls_init_value is not None else (lambda y: y))
     y = _layer_norm("ln_1", **kw)(x)
-    y = MultiheadAttention(self.width, self.heads, self.causal, name="attn", **kw)(y)
+    y = MultiheadAttention(self.width, self.heads, self.causal, name="attn", **kw)(y, mask)
     x = x + scale("ls_1")(y)
     y = _layer_norm("ln_2", **kw)(x)
     y = MLP(self.width, int(self.width * self.mlp_ratio), self.activation, name="mlp", **kw)(y)
@@ -130,11 +133,11 @@ class Transformer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
       x = block(self.width, self.heads, self.mlp_ratio, self.activation, self.causal,
-                self.ls_init_value, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x)
+                self.ls_init_value, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x, mask)
     return x
 
 
@@ -168,13 +171,67 @@ class VisionTransformer(nn.Module):
     x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation,
                     ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer", **kw)(x)
     ln_post = _layer_norm("ln_post", **kw)
-    if cfg.final_ln_after_pool:
+    if cfg.attentional_pool:
+      # OpenCLIP's CoCa: the queries replace the tokens; query 0 is the contrastive one.
+      x = AttentionalPooler(self.output_dim, cfg.attn_pooler_heads, cfg.attn_pooler_queries,
+                            name="attn_pool", **kw)(x)
+      pooled = ln_post(x)[:, 0]
+    elif cfg.final_ln_after_pool:
       pooled = ln_post(_pool_image(x, cfg.pool_type))
     else:
       pooled = _pool_image(ln_post(x), cfg.pool_type)
-    proj = self.param("proj", nn.initializers.normal(scale), (cfg.width, self.output_dim),
+    proj = self.param("proj", nn.initializers.normal(scale), (pooled.shape[-1], self.output_dim),
                       self.param_dtype)
     return pooled @ proj.astype(pooled.dtype)
+
+
+class AttentionalPooler(nn.Module):
+  """Learned queries (ln_q) attending over layer-normed tokens (ln_k) of another width.
+
+  torch.nn.MultiheadAttention with kdim != embed_dim keeps separate q/k/v weights
+  (`q_proj_weight`, `k_proj_weight`, `v_proj_weight`) and one fused `in_proj_bias`.
+  """
+  width: int
+  heads: int
+  queries: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    query = self.param("query", nn.initializers.normal(1.0), (self.queries, self.width),
+                       self.param_dtype)
+    attn = _SeparateProjectionAttention(self.width, self.heads, name="attn", **kw)
+    return attn(_layer_norm("ln_q", **kw)(query), _layer_norm("ln_k", **kw)(x))
+
+
+class _SeparateProjectionAttention(nn.Module):
+  """The attention of AttentionalPooler: shared queries, per-example keys and values."""
+  width: int
+  heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, x):
+    batch, length, _ = x.shape
+    head_dim = self.width // self.heads
+    dense = functools.partial(nn.Dense, self.width, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype,
+                              kernel_init=nn.initializers.xavier_uniform())
+    bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * self.width,),
+                      self.param_dtype).astype(self.dtype)
+    q = dense(name="q_proj")(query) + bias[:self.width]
+    k = dense(name="k_proj")(x.reshape(batch * length, -1)) + bias[self.width:2 * self.width]
+    v = dense(name="v_proj")(x.reshape(batch * length, -1)) + bias[2 * self.width:]
+    q = jnp.broadcast_to(q.reshape(1, -1, self.heads, head_dim),
+                         (batch, query.shape[0], self.heads, head_dim))
+    out = jax.nn.dot_product_attention(q, k.reshape(batch, length, self.heads, head_dim),
+                                       v.reshape(batch, length, self.heads, head_dim))
+    out = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name="out_proj")(out.reshape(-1, self.width))
+    return out.reshape(batch, query.shape[0], self.width)
 
 
 def _pool_image(x, pool_type: str):
@@ -243,8 +300,9 @@ class CLIP(nn.Module):
     act = quick_gelu if cfg.quick_gelu else exact_gelu
     kw = dict(activation=act, remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
     self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
-    # share_scope puts the text tower's parameters at CLIP's top level, as OpenCLIP keys them.
-    self.text = TextTransformer(cfg.text, cfg.embed_dim, **kw)
+    # share_scope puts the text tower's parameters at CLIP's top level, as OpenCLIP keys them
+    # (CustomTextCLIP's `text.` prefix is the converter's business: mapping.py).
+    self.text = _text_tower(cfg)(cfg.text, cfg.embed_dim, **kw)
     nn.share_scope(self, self.text)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.init_logit_scale),
                                   (), jnp.float32)
@@ -262,6 +320,18 @@ class CLIP(nn.Module):
     """Returns (normalised image features, normalised text features, exp(logit_scale))."""
     return (self.encode_image(images, normalize=True), self.encode_text(tokens, normalize=True),
             jnp.exp(self.logit_scale))
+
+
+def _text_tower(cfg: CLIPConfig) -> type[nn.Module]:
+  """The text tower class the config names: HF RoBERTa, CoCa's, or OpenCLIP's causal one."""
+  # pylint: disable=g-import-not-at-top  (both modules build on the blocks defined here)
+  if cfg.text.hf_model_name is not None:
+    from hpjax.models.hf_text import HFTextEncoder
+    return HFTextEncoder
+  if cfg.text.embed_cls:
+    from hpjax.models.coca import CoCaTextTransformer
+    return CoCaTextTransformer
+  return TextTransformer
 
 
 def _maybe_normalize(x, normalize: bool):

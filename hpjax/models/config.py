@@ -3,21 +3,27 @@
 Configs ship as package data under `models/configs/`; a user may also pass the path of a JSON
 file of their own. Only the fields the Flax towers implement are accepted: an unknown or
 unsupported field is an error rather than a silently different model.
+
+Three text towers exist: OpenCLIP's causal TextTransformer, CoCa's (`embed_cls`: a class token
+appended at the end) and an HF RoBERTa encoder (`hf_model_name`). The HF architecture (widths,
+depth, vocabulary) is not in OpenCLIP's JSON: it is derived from `hf_model_name`, either a
+known HF name (`HF_TEXT_MODELS`) or a local folder holding the HF `config.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 
-# OpenCLIP fields that do not change the architecture we build (tokenizer hints, timm/HF
-# tower names are rejected separately below).
-_IGNORED_TEXT_FIELDS = {"hf_tokenizer_name", "tokenizer_kwargs"}
-_IGNORED_TOP_FIELDS = {"custom_text"}
+# OpenCLIP fields that do not change the architecture we build (tokenizer hints, whether
+# token features are also returned, whether HF weights are downloaded at build time).
+_IGNORED_VISION_FIELDS = {"output_tokens"}
+_IGNORED_TEXT_FIELDS = {"tokenizer_kwargs", "output_tokens", "hf_model_pretrained"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,10 @@ class VisionConfig:
   final_ln_after_pool: bool = False
   pool_type: str = "tok"
   no_ln_pre: bool = False
+  # CoCa: 256 learned queries attend over all tokens; ln_post and proj act on the queries.
+  attentional_pool: bool = False
+  attn_pooler_queries: int = 256
+  attn_pooler_heads: int = 8
 
   @property
   def heads(self) -> int:
@@ -54,6 +64,72 @@ class TextConfig:
   final_ln_after_pool: bool = False
   pool_type: str = "argmax"
   proj_bias: bool = False
+  # CoCa: a class embedding appended after the tokens, pooled at the last position; pad_id
+  # marks the padding its class token may not attend to.
+  embed_cls: bool = False
+  pad_id: int = 0
+  # hpjax's switch for CoCa as OpenCLIP 2.19-2.22 ran it (the study's version): the last of
+  # 77 ids is dropped to make room for the class token, and only the class token's query row
+  # is pad-masked. Off: OpenCLIP >= 2.24 (context_length ids, every row pad-masked).
+  coca_legacy: bool = False
+  # OpenCLIP's HF text tower: a transformers model name or local folder, pooling, projection.
+  hf_model_name: str | None = None
+  hf_tokenizer_name: str | None = None
+  hf_pooler_type: str = "mean_pooler"
+  hf_proj_type: str = "mlp"
+
+  @property
+  def input_length(self) -> int:
+    """Ids per text the tower takes, the tokenizer's context length (CoCa in legacy mode is
+    given 77 ids for its 76 token positions and drops the last)."""
+    return self.context_length + int(self.coca_legacy)
+
+  @property
+  def hf(self) -> "HFTextConfig | None":
+    """The HF encoder's architecture, derived from hf_model_name (None for other towers)."""
+    return None if self.hf_model_name is None else hf_text_config(self.hf_model_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFTextConfig:
+  """The fields of an HF RoBERTa `config.json` that shape the encoder."""
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  vocab_size: int
+  max_position_embeddings: int
+  type_vocab_size: int = 1
+  pad_token_id: int = 1
+  layer_norm_eps: float = 1e-5
+  hidden_act: str = "gelu"
+  model_type: str = "roberta"
+
+
+HF_TEXT_MODELS = {
+    "roberta-base": HFTextConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                 intermediate_size=3072, vocab_size=50265,
+                                 max_position_embeddings=514),
+}
+
+
+@functools.cache
+def hf_text_config(name_or_dir: str) -> HFTextConfig:
+  """A known HF text model's architecture, or the one in `name_or_dir`/config.json."""
+  if name_or_dir in HF_TEXT_MODELS:
+    return HF_TEXT_MODELS[name_or_dir]
+  path = pathlib.Path(name_or_dir) / "config.json"
+  if not path.is_file():
+    raise ValueError(f"hf_model_name {name_or_dir!r} is neither a known HF text model "
+                     f"({', '.join(HF_TEXT_MODELS)}) nor a folder with an HF config.json")
+  raw = json.loads(path.read_text())
+  fields = {f.name for f in dataclasses.fields(HFTextConfig)}
+  cfg = HFTextConfig(**{k: v for k, v in raw.items() if k in fields})
+  if cfg.model_type not in ("roberta", "xlm-roberta"):
+    raise ValueError(f"{path}: model_type {cfg.model_type!r} is not supported (RoBERTa only)")
+  if cfg.hidden_act != "gelu":
+    raise ValueError(f"{path}: hidden_act {cfg.hidden_act!r} is not supported (exact 'gelu')")
+  return cfg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +140,37 @@ class CLIPConfig:
   quick_gelu: bool = False
   init_logit_scale: float = 2.6592600345611572  # ln(1 / 0.07), as OpenCLIP.
   init_logit_bias: float | None = None
+  # OpenCLIP's CustomTextCLIP (and CoCa) key the text tower under `text.`.
+  custom_text: bool = False
+  # CoCa's captioning decoder: recorded (sorted (key, value) pairs, hashable), not built.
+  multimodal_cfg: tuple[tuple[str, Any], ...] | None = None
   name: str = "custom"
+
+  @property
+  def text_key_prefix(self) -> str:
+    """Prefix of the text tower's keys in OpenCLIP files of this architecture."""
+    nested = (self.custom_text or self.multimodal_cfg is not None
+              or self.text.hf_model_name is not None)
+    return "text." if nested else ""
+
+  @property
+  def ignored_key_prefixes(self) -> tuple[str, ...]:
+    """OpenCLIP keys of parts hpjax does not build (CoCa's decoder): listed, never loaded."""
+    return ("text_decoder.",) if self.multimodal_cfg is not None else ()
 
   @classmethod
   def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "CLIPConfig":
     d = dict(d)
-    for key in _IGNORED_TOP_FIELDS:
-      d.pop(key, None)
-    vision = _build(VisionConfig, d.pop("vision_cfg", {}), f"{name}: vision_cfg", set())
+    vision = _build(VisionConfig, d.pop("vision_cfg", {}), f"{name}: vision_cfg",
+                    _IGNORED_VISION_FIELDS)
     text = _build(TextConfig, d.pop("text_cfg", {}), f"{name}: text_cfg", _IGNORED_TEXT_FIELDS)
+    if text.hf_model_name is not None:
+      _check_hf_text(text, f"{name}: text_cfg")
+    if not isinstance(vision.attentional_pool, bool):  # OpenCLIP's WIP 'parallel' / 'cascade'
+      raise ValueError(f"{name}: vision_cfg: attentional_pool {vision.attentional_pool!r} is not "
+                       "supported (true or false: CoCa's original pooler)")
+    if isinstance(d.get("multimodal_cfg"), dict):
+      d["multimodal_cfg"] = tuple(sorted(d["multimodal_cfg"].items()))
     top = {f.name for f in dataclasses.fields(cls)} - {"vision", "text", "name"}
     unknown = sorted(set(d) - top)
     if unknown:
@@ -90,7 +188,22 @@ class CLIPConfig:
       out["init_logit_bias"] = self.init_logit_bias
     out["vision_cfg"] = _non_default(self.vision)
     out["text_cfg"] = _non_default(self.text)
+    if self.multimodal_cfg is not None:
+      out["multimodal_cfg"] = dict(self.multimodal_cfg)
+    if self.custom_text:
+      out["custom_text"] = True
     return out
+
+
+def _check_hf_text(text: TextConfig, where: str) -> None:
+  """Fails early on an unknown HF model or a pooler / projection the port does not have."""
+  text.hf  # pylint: disable=pointless-statement
+  if text.hf_pooler_type != "mean_pooler":
+    raise ValueError(f"{where}: hf_pooler_type {text.hf_pooler_type!r} is not supported "
+                     "(use 'mean_pooler')")
+  if text.hf_proj_type not in ("mlp", "linear"):
+    raise ValueError(f"{where}: hf_proj_type {text.hf_proj_type!r} is not supported "
+                     "(use 'mlp' or 'linear')")
 
 
 def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
@@ -99,8 +212,8 @@ def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(
-        f"{where}: unsupported fields {unknown} (timm/HF towers, attentional pooling and other "
-        f"OpenCLIP variants are not ported); supported: {sorted(known)}")
+        f"{where}: unsupported fields {unknown} (timm towers and other OpenCLIP variants are "
+        f"not ported); supported: {sorted(known)}")
   return cls(**fields)
 
 
