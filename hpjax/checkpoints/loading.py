@@ -29,3 +29,8 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32) -> dict:
 def export_openclip(params, config: CLIPConfig, path) -> epath.Path:
   """Writes `params` as an OpenCLIP state dict (.safetensors, or .bin/.pt with torch), fp32."""
   return files.write_state_dict(mapping.params_to_openclip(params, config), path)
+
+
+def export_hf(params, config: CLIPConfig, folder) -> epath.Path:
+  """Writes `params` as a Hugging Face `CLIPModel` folder (config, weights, tokenizer), fp32."""
+  return hf.write_folder(mapping.params_to_openclip(params, config), config, folder)
