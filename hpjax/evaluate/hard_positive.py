@@ -47,12 +47,17 @@ def metric_name(suite_name: str) -> str:
 
 def load_suites(root: str, names: Sequence[str] | None = ("replace", "swap"),
                 image_dir: str | None = None,
-                swap_image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+                swap_image_dir: str | None = None,
+                tfds_data_dir: str | None = None) -> dict[str, suites_lib.Suite]:
   """REPLACE ('replace' = both files, or 'replace_attributes' / 'replace_relations') and
   SWAP ('swap') from the authors' layout under `root`, keyed by their paper names.
 
   `names=None` loads whichever of the three suites `root/data/` holds (at least one).
+  A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead.
   """
+  if root.startswith("tfds:"):
+    from hpjax.data import tfds_sources  # pylint: disable=g-import-not-at-top (only when asked)
+    return tfds_sources.load_tfds_suites(root, tfds_data_dir, names)
   by_name = {"replace_attributes": ("vl_checklist_attributes", image_dir),
              "replace_relations": ("vl_checklist_relations", image_dir),
              "swap": (suites_lib.SWAP_NAME, swap_image_dir or image_dir)}

@@ -32,7 +32,8 @@ def load_config_suites(config) -> dict[str, suites_lib.Suite]:
   suites = {}
   if config.suite_root:
     suites.update(hard_positive.load_suites(config.suite_root, split_list(config.suites),
-                                            swap_image_dir=config.swap_image_dir or None))
+                                            swap_image_dir=config.swap_image_dir or None,
+                                            tfds_data_dir=config.get("tfds_data_dir") or None))
   extra = config.extra
   if extra.sugarcrepe_root:
     suites.update(suites_lib.load_sugarcrepe(extra.sugarcrepe_root, extra.coco_image_dir or None))
