@@ -4,7 +4,6 @@
     --config=configs/convert.py:src=PATH,model=ViT-B-32-quickgelu,direction=to_hpjax
   python -m hpjax.main --workdir=/tmp/convert \
     --config=configs/convert.py:src=/tmp/convert/params,model=ViT-B-32-quickgelu,direction=to_openclip,dst=out.safetensors
-
   python -m hpjax.main --workdir=/tmp/convert \
     --config=configs/convert.py:src=/tmp/run/checkpoints,model=ViT-B-32-quickgelu,direction=to_hf,dst=/tmp/hf_clip
 

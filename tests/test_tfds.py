@@ -6,14 +6,19 @@ import shutil
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+import transformers
 
 from configs import hnhp
+from hpjax import factory
+from hpjax.checkpoints import convert
 from hpjax.data import suites, tfds_builders, tfds_sources, train_builders, training
 from hpjax.evaluate import hard_positive
 from hpjax.train import trainer
+from openclip_reference import random_images, random_tokens
 from test_trainer import fixture_args, final_params
 from test_training_data import _batches, _image
 
@@ -78,6 +83,12 @@ def test_hard_positives_keep_every_record_crop_and_image(hard_positives, tmp_pat
   assert list(only_swap) == ["swap"] and len(only_swap["swap"]) == 3
   with pytest.raises(ValueError, match="not a training dataset"):
     tfds_sources.open_training_source("tfds:hard_positives/fixture:swap", data_dir)
+  stale = tmp_path / "stale"  # an image folder holding another image at a record's path
+  os.makedirs(stale)
+  _image(stale / "0.jpg", 99)
+  with pytest.raises(FileExistsError, match=r"swap \[0\]: .*stale/0.jpg exists with other"):
+    tfds_sources.load_tfds_suites("tfds:hard_positives/fixture:swap", data_dir,
+                                  image_dir=str(stale))
 
 
 def test_missing_manual_dir_files_are_named(hard_positives, tmp_path):
@@ -142,7 +153,7 @@ def test_coco_hard_texts_give_the_batches_of_the_array_record_files(tmp_path):
   assert [validation[i]["caption"] for i in range(3)] == [f"val caption {i}" for i in range(3)]
 
 
-def test_trainer_runs_and_resumes_from_the_synthetic_world_builder(tmp_path):
+def test_trainer_runs_resumes_and_exports_hf_from_the_synthetic_world_builder(tmp_path):
   data_dir = str(tmp_path / "tfds")
   for part in ("train", "suites"):
     tfds_builders.build("synthetic_world", data_dir, config=tfds_builders.SyntheticWorldConfig(
@@ -163,3 +174,19 @@ def test_trainer_runs_and_resumes_from_the_synthetic_world_builder(tmp_path):
   assert resumed_step == 4
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+  # The trainer's checkpoints -> an HF folder whose CLIPModel computes the trained features.
+  run = ml_collections.ConfigDict({"src": os.path.join(workdir, "checkpoints"), "dst": "",
+                                   "model": "hpjax-tiny", "direction": "to_hf"})
+  folder = convert.run(run, tmp_path / "convert")["dst"]
+  hf_model = transformers.CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+  model, trained = factory.create_model("hpjax-tiny", pretrained=os.path.join(workdir,
+                                                                               "checkpoints"))
+  rng = np.random.default_rng(0)
+  images, tokens = random_images(rng, 2, 64), random_tokens(rng, 2)
+  with jax.default_matmul_precision("highest"):
+    image, text, _ = model.apply({"params": trained}, images.transpose(0, 2, 3, 1), tokens)
+  with torch.no_grad():
+    out = hf_model(input_ids=torch.from_numpy(tokens).long(), pixel_values=torch.from_numpy(images))
+  np.testing.assert_allclose(out.image_embeds.numpy(), image, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(out.text_embeds.numpy(), text, rtol=0, atol=1e-4)

@@ -155,8 +155,7 @@ def hf_config(config: CLIPConfig) -> dict:
   for field, value, want in (("vision_cfg.pool_type", vision.pool_type, "tok"),
                              ("text_cfg.pool_type", text.pool_type, "argmax"),
                              ("vision_cfg.no_ln_pre", vision.no_ln_pre, False),
-                             ("text_cfg.proj_bias", text.proj_bias, False),
-                             ("text_cfg.final_ln_after_pool", text.final_ln_after_pool, False)):
+                             ("text_cfg.proj_bias", text.proj_bias, False)):
     if value != want:
       unsupported[field] = value
   if unsupported:

@@ -11,8 +11,8 @@
 Images are stored as their files' encoded bytes, unchanged, so a TFDS dataset gives the same
 batches as `train_builders.write_array_record` on the same records. Examples keep the source
 files' order (`disable_shuffling`), so index i of a split is record i. Builders only write;
-`hpjax.data.tfds_sources` reads them (the trainer, the evaluator). Build with
-`python tools/build_tfds.py` or `tfds build --imports=hpjax.data.tfds_builders NAME`.
+`hpjax.data.tfds_sources` reads them (the trainer, the evaluator). Build with `build()` or
+`python tools/build_tfds.py` (TFDS's `tfds build` command works too but imports TensorFlow).
 """
 
 from __future__ import annotations

@@ -110,11 +110,12 @@ def load_tfds_suites(spec: str, data_dir: str | None = None,
   missing = [s for s in wanted if s not in available]
   if missing or not wanted:
     raise ValueError(f"tfds:{name} has no split(s) {missing or wanted}; it has {sorted(available)}")
-  image_dir = image_dir or tempfile.mkdtemp(prefix="hpjax-tfds-images-")
-  return {split: _suite(name, split, data_dir, image_dir) for split in wanted}
+  image_dir, written = image_dir or tempfile.mkdtemp(prefix="hpjax-tfds-images-"), set()
+  return {split: _suite(name, split, data_dir, image_dir, written) for split in wanted}
 
 
-def _suite(name: str, split: str, data_dir: str | None, image_dir: str) -> suites_lib.Suite:
+def _suite(name: str, split: str, data_dir: str | None, image_dir: str, written: set
+           ) -> suites_lib.Suite:
   source = _open(name, split, data_dir, tfds_builders.suite_features(),
                  "a hard_positives dataset (hpjax.data.tfds_builders.suite_features)")
   file_name = tfds_builders.SUITE_SPLITS[split]
@@ -122,7 +123,7 @@ def _suite(name: str, split: str, data_dir: str | None, image_dir: str) -> suite
   for i in range(len(source)):
     example = source[i]
     path = _write_image(image_dir, _text(example["image_path"]), example["image"],
-                        f"tfds:{name}:{split} [{i}]")
+                        f"tfds:{name}:{split} [{i}]", written)
     crop = tuple(float(v) for v in example["crop"])
     records.append(suites_lib.EvalRecord(
         image=path, captions=tuple(_text(example[k]) for k in ("caption", "hard_negative",
@@ -132,13 +133,22 @@ def _suite(name: str, split: str, data_dir: str | None, image_dir: str) -> suite
   return suites_lib.Suite(file_name, suites_lib.HARD_POSITIVE, tuple(records))
 
 
-def _write_image(image_dir: str, relative: str, data: bytes, where: str) -> str:
-  """image_dir/relative, written unless already there; a path leaving image_dir is an error."""
+def _write_image(image_dir: str, relative: str, data: bytes, where: str, written: set) -> str:
+  """image_dir/relative, written once (`written` holds the paths done); a path leaving
+  image_dir, or a file already there with other bytes, is an error."""
   path = os.path.normpath(os.path.join(image_dir, relative))
   if os.path.isabs(relative) or not path.startswith(os.path.normpath(image_dir) + os.sep):
     raise ValueError(f"{where}: image_path {relative!r} leaves the image folder {image_dir}")
-  if not os.path.exists(path):
+  if path in written:
+    return path
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      if f.read() != data:
+        raise FileExistsError(f"{where}: {path} exists with other content than the dataset's "
+                              "image; use an empty image_dir")
+  else:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
       f.write(data)
+  written.add(path)
   return path

@@ -73,7 +73,8 @@ def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
     raise ValueError("eval.hard_positive needs eval.replace_swap_root (the suites' folder with "
                      "data/ and swapped_data/) unless data.source is 'synthetic'")
   from hpjax.evaluate import hard_positive  # pylint: disable=g-import-not-at-top (optional)
-  suites = hard_positive.load_suites(eval_root, None, tfds_data_dir=config.data.tfds_data_dir or None)
+  suites = hard_positive.load_suites(eval_root, None,
+                                     tfds_data_dir=config.data.tfds_data_dir or None)
   return hard_positive.HardPositiveEvaluator(
       model, suites, image_root=image_root or None, batch_size=config.eval.batch_size)
 
