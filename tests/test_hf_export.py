@@ -10,8 +10,10 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 import transformers
+from PIL import Image
 
 import hpjax
+from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.checkpoints import convert, hf, mapping
 from hpjax.models.clip import CLIP
@@ -21,6 +23,21 @@ from test_hf_import import _hf_model
 CAPTIONS = ["a photo of a cat", "Two DOGS, running on the beach!", "the small red cube left of "
             "the blue sphere", "café crème at 7:30 o'clock", " extra   spaces\tand\nlines ",
             "a " * 100 + "very long caption"]
+
+
+def _check_image_processor(folder, size: int) -> None:
+  """The exported CLIPImageProcessor is hpjax's eval transform to within one uint8 level
+  (resize rounding), on odd sizes and both orientations."""
+  processor = transformers.CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
+  rng = np.random.default_rng(0)
+  one_level = 1 / 255 / preprocess.OPENAI_STD.min() + 1e-6
+  for shape in [(size + 76, size + 33), (size, 2 * size + 52), (size + 33, size)]:
+    image = Image.fromarray(rng.integers(0, 255, shape[::-1] + (3,), dtype=np.uint8))
+    theirs = processor(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    ours = preprocess.eval_transform(size)(image)
+    assert theirs.shape == ours.shape == (size, size, 3)
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=one_level)
+    assert np.abs(theirs - ours).mean() < 0.01 * one_level
 
 
 def _load_hf(folder) -> transformers.CLIPModel:
@@ -54,6 +71,7 @@ def test_exported_folder_computes_hpjax_features_in_transformers(name, tmp_path)
   np.testing.assert_allclose(out.text_embeds.numpy(), text, rtol=0, atol=1e-4)
   np.testing.assert_allclose(out.logits_per_image.numpy(), scale * image @ text.T, rtol=0,
                              atol=1e-4)
+  _check_image_processor(folder, config.vision.image_size)
 
 
 def test_hf_to_hpjax_to_hf_is_bit_identical_and_tokenizer_ids_match(tmp_path):

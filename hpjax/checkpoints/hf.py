@@ -5,7 +5,7 @@ concatenation), stores the projections as bias-free Linear layers ((out, in), wh
 keeps (in, out) matrices) and names the rest differently. An HF file is renamed into OpenCLIP
 keys and then goes through the same OpenCLIP <-> Flax table and checks as an OpenCLIP
 checkpoint (`hf_to_openclip`); an export runs the same rules backwards (`openclip_to_hf`) and
-writes a folder that `transformers.CLIPModel.from_pretrained` and `CLIPTokenizer` read.
+writes a folder that `transformers.CLIPModel`, `CLIPTokenizer` and `CLIPImageProcessor` read.
 
 Equivalences to know (checked by tests/test_hf_import.py and tests/test_hf_export.py):
 * Activation: HF's `hidden_act='quick_gelu'` is OpenCLIP's `quick_gelu: true` (OpenAI weights);
@@ -35,6 +35,7 @@ from etils import epath
 import numpy as np
 import safetensors.numpy
 
+from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.models.config import CLIPConfig
 
@@ -184,6 +185,16 @@ def hf_config(config: CLIPConfig) -> dict:
   }
 
 
+def image_processor_config(image_size: int) -> dict:
+  """`CLIPImageProcessor` settings of hpjax's (= OpenCLIP's) eval transform: bicubic resize of
+  the shorter side, centre crop, OpenAI mean and std."""
+  return {"image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True,
+          "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
+          "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+          "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+          "image_mean": preprocess.OPENAI_MEAN.tolist(), "image_std": preprocess.OPENAI_STD.tolist()}
+
+
 def tokenizer_files(context_length: int) -> dict[str, str]:
   """vocab.json, merges.txt and the tokenizer config of hpjax's (= OpenCLIP's) CLIP BPE."""
   vocab, merges = tokenizer_lib._vocab_and_merges()  # pylint: disable=protected-access
@@ -201,13 +212,16 @@ def tokenizer_files(context_length: int) -> dict[str, str]:
 
 def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, folder
                  ) -> epath.Path:
-  """Writes an HF CLIPModel folder (config.json, model.safetensors, tokenizer files) from an
+  """Writes an HF CLIPModel folder (config.json, model.safetensors, tokenizer and image processor
+  files) from an
   OpenCLIP-keyed fp32 state dict. The folder must not exist; it appears complete or not at
   all (written under a temporary name, then renamed)."""
   folder = epath.Path(folder)
   if folder.exists():
     raise FileExistsError(f"{folder} exists; remove it or choose another folder")
   files = {"config.json": json.dumps(hf_config(config), indent=2) + "\n",
+           "preprocessor_config.json": json.dumps(
+               image_processor_config(config.vision.image_size), indent=2) + "\n",
            **tokenizer_files(config.text.context_length)}
   weights = openclip_to_hf(openclip_state, f"model {config.name!r}")
   tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
