@@ -106,7 +106,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 @dataclasses.dataclass
 class HardPositivesConfig(tfds.core.BuilderConfig):
-  """Where the images are, relative to manual_dir (or absolute); "" is manual_dir itself."""
+  """Where the images are, relative to manual_dir (or absolute): "" is manual_dir itself, and
+  SWAP's folder defaults to REPLACE's."""
   image_dir: str = ""
   swap_image_dir: str = ""
 
