@@ -64,7 +64,9 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # or a training .jsonl, or comma-separated .array_record files.
+  c.data.source = "synthetic"  # or a training .jsonl, comma-separated .array_record files, or
+  # a prepared TFDS dataset tfds:<name>[:<split>] (hpjax.data.tfds_builders).
+  c.data.tfds_data_dir = ""  # TFDS data_dir (may be gs://); "" = TFDS's default.
   c.data.val_source = ""  # held-out records for retrieval; "" = the last val_size of source.
   c.data.val_size = 200
   c.data.num_hard_negatives = 1

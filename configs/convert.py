@@ -4,9 +4,12 @@
     --config=configs/convert.py:src=PATH,model=ViT-B-32-quickgelu,direction=to_hpjax
   python -m hpjax.main --workdir=/tmp/convert \
     --config=configs/convert.py:src=/tmp/convert/params,model=ViT-B-32-quickgelu,direction=to_openclip,dst=out.safetensors
+  python -m hpjax.main --workdir=/tmp/convert \
+    --config=configs/convert.py:src=/tmp/run/checkpoints,model=ViT-B-32-quickgelu,direction=to_hf,dst=/tmp/hf_clip
 
-`dst` defaults to WORKDIR/params (to_hpjax) or WORKDIR/open_clip_model.safetensors (to_openclip);
-a `.bin` dst writes a torch state dict instead.
+`dst` defaults to WORKDIR/params (to_hpjax), WORKDIR/open_clip_model.safetensors (to_openclip;
+a `.bin` dst writes a torch state dict instead) or WORKDIR/hf_model (to_hf, a transformers
+CLIPModel folder).
 """
 
 import ml_collections

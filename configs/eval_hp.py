@@ -22,7 +22,8 @@ def get_config(arg=None):
   c.seed = 0  # random init only.
   c.dtype = "float32"  # compute dtype; scores are fp32 either way.
   c.matmul_precision = "highest"  # fp32 matmuls in true fp32 on GPU/TPU; "default" is faster.
-  c.suite_root = ""  # authors' layout: data/<name>.json + swapped_data/<name>.json.
+  c.suite_root = ""  # authors' layout: data/<name>.json + swapped_data/<name>.json, or tfds:NAME.
+  c.tfds_data_dir = ""  # TFDS data_dir for a tfds: suite_root (may be gs://); "" = TFDS's default.
   c.suites = "replace+swap"  # 'replace', 'replace_attributes', 'replace_relations', 'swap'.
   c.image_root = ""  # record image paths are relative to it.
   c.swap_image_dir = ""  # SWAP (ARO) image paths relative to this, if not under image_root.

@@ -14,6 +14,7 @@ _API = {
     "create_model": "hpjax.factory",
     "create_model_and_transforms": "hpjax.factory",
     "export_openclip": "hpjax.factory",
+    "export_hf": "hpjax.factory",
     "get_tokenizer": "hpjax.tokenizer",
     "list_models": "hpjax.models.config",
     "get_model_config": "hpjax.models.config",

@@ -45,3 +45,9 @@ def export_openclip(params, name: str, path, extra=None):
   `open_clip.create_model(name, pretrained=path)` loads strictly (for CoCa, pass the decoder
   tensors `load_params(..., return_ignored=True)` returned as `extra`)."""
   return checkpoints.export_openclip(params, get_model_config(name), path, extra)
+
+
+def export_hf(params, name: str, folder):
+  """Writes `params` of model `name` as a folder that `transformers.CLIPModel.from_pretrained`
+  and `CLIPTokenizer.from_pretrained` read (config.json, model.safetensors, vocab and merges)."""
+  return checkpoints.export_hf(params, get_model_config(name), folder)

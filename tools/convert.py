@@ -3,6 +3,8 @@
   .venv/bin/python tools/convert.py --src ViT-B-32.safetensors --model ViT-B-32 --dst /tmp/params
   .venv/bin/python tools/convert.py --src /tmp/run/checkpoints --model ViT-B-32 \
       --direction to_openclip --dst /tmp/finetuned.safetensors
+  .venv/bin/python tools/convert.py --src /tmp/run/checkpoints --model ViT-B-32 \
+      --direction to_hf --dst /tmp/finetuned_hf
 
 Same program as configs/convert.py (hpjax.checkpoints.convert.run); the summary is printed and
 written to WORKDIR/convert_summary.json (WORKDIR defaults to the dst's folder).
@@ -22,7 +24,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--src", required=True, help="checkpoint file or orbax directory")
   parser.add_argument("--model", required=True, help="shipped model name or JSON config path")
-  parser.add_argument("--dst", required=True, help="output directory (to_hpjax) or file")
+  parser.add_argument("--dst", required=True, help="output directory (to_hpjax, to_hf) or file")
   parser.add_argument("--direction", choices=convert.DIRECTIONS, default="to_hpjax")
   parser.add_argument("--workdir", help="where the summary goes (default: the dst's folder)")
   args = parser.parse_args()

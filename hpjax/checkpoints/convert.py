@@ -1,4 +1,4 @@
-"""The `convert` program: OpenCLIP/OpenAI/HF files <-> hpjax orbax param directories.
+"""The `convert` program: OpenCLIP/OpenAI/HF files <-> hpjax orbax params <-> HF folders.
 
   python -m hpjax.main --workdir=/tmp/conv \
     --config=configs/convert.py:src=ViT-B-32.safetensors,model=ViT-B-32,direction=to_hpjax
@@ -9,6 +9,9 @@ Directions:
   to_openclip: src is an orbax params directory or any file to_hpjax reads; dst (default
                WORKDIR/open_clip_model.safetensors) is an OpenCLIP state dict that
                `open_clip.create_model(model, pretrained=dst)` loads strictly.
+  to_hf:       src as for to_openclip; dst (default WORKDIR/hf_model) is a new Hugging Face
+               CLIPModel folder (config.json, model.safetensors, tokenizer files) that
+               `transformers.CLIPModel.from_pretrained(dst)` loads.
 A summary (tensor count, parameter count, bytes, seconds, the keys of parts hpjax does not
 build, e.g. CoCa's decoder) is logged and written to WORKDIR/convert_summary.json. to_openclip
 from a file carries those parts through; to_hpjax leaves them out of the orbax directory.
@@ -28,8 +31,9 @@ from hpjax.checkpoints import loading, orbax_params
 from hpjax.models.clip import num_params
 from hpjax.models.config import get_model_config
 
-DIRECTIONS = ("to_hpjax", "to_openclip")
-_DEFAULT_DST = {"to_hpjax": "params", "to_openclip": "open_clip_model.safetensors"}
+DIRECTIONS = ("to_hpjax", "to_openclip", "to_hf")
+_DEFAULT_DST = {"to_hpjax": "params", "to_openclip": "open_clip_model.safetensors",
+                "to_hf": "hf_model"}
 
 
 def run(config, workdir) -> dict:
@@ -52,6 +56,8 @@ def run(config, workdir) -> dict:
   _progress(2, f"writing {config.direction.removeprefix('to_')} checkpoint {dst}")
   if config.direction == "to_hpjax":
     orbax_params.save_params(dst, params)  # Ignored parts (CoCa's decoder) are not kept.
+  elif config.direction == "to_hf":
+    loading.export_hf(params, model_config, dst)
   else:
     loading.export_openclip(params, model_config, dst, extra=ignored)
 

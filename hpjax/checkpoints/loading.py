@@ -42,3 +42,8 @@ def export_openclip(params, config: CLIPConfig, path, extra=None) -> epath.Path:
   extra: the ignored tensors `load_params(..., return_ignored=True)` returned, carried through.
   """
   return files.write_state_dict(mapping.params_to_openclip(params, config, extra=extra), path)
+
+
+def export_hf(params, config: CLIPConfig, folder) -> epath.Path:
+  """Writes `params` as a Hugging Face `CLIPModel` folder (config, weights, tokenizer), fp32."""
+  return hf.write_folder(mapping.params_to_openclip(params, config), config, folder)

@@ -123,8 +123,13 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
     return f"ArrayRecordSource({self._paths!r})"
 
 
-def open_source(path: str | Sequence[str]) -> grain.sources.RandomAccessDataSource:
-  """A JSONL file, or one or more array_record files (a comma-separated string works too)."""
+def open_source(path: str | Sequence[str], tfds_data_dir: str | None = None
+                ) -> grain.sources.RandomAccessDataSource:
+  """A JSONL file, one or more array_record files (a comma-separated string works too), or a
+  prepared TFDS dataset `tfds:<name>[:<split>]` (hpjax.data.tfds_sources)."""
+  if isinstance(path, str) and path.startswith("tfds:"):
+    from hpjax.data import tfds_sources  # pylint: disable=g-import-not-at-top (only when asked)
+    return tfds_sources.open_training_source(path, tfds_data_dir)
   paths = path.split(",") if isinstance(path, str) else list(path)
   if len(paths) == 1 and paths[0].endswith(".jsonl"):
     return JsonlSource(paths[0])

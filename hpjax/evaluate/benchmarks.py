@@ -269,9 +269,14 @@ HARD_POSITIVE_SELECTION = {
 
 def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swap"),
                        image_dir: str | None = None,
-                       swap_image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+                       swap_image_dir: str | None = None,
+                       tfds_data_dir: str | None = None) -> dict[str, suites_lib.Suite]:
   """REPLACE and SWAP from the authors' layout under `root`, by the paper's names; `names`
-  picks from `HARD_POSITIVE_SELECTION`, None: whichever of the files `root/data/` holds."""
+  picks from `HARD_POSITIVE_SELECTION`, None: whichever of the files `root/data/` holds.
+  A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead."""
+  if root.startswith("tfds:"):
+    from hpjax.data import tfds_sources  # pylint: disable=g-import-not-at-top (only when asked)
+    return tfds_sources.load_tfds_suites(root, tfds_data_dir, names)
   if names is None:
     names = [n for n in ("replace_attributes", "replace_relations", "swap")
              if os.path.isfile(os.path.join(root, HARD_POSITIVE_SELECTION[n][1][0]))]
@@ -315,7 +320,8 @@ def load_config(config) -> dict[str, suites_lib.Suite]:
   suites: dict[str, suites_lib.Suite] = {}
   if config.suite_root:
     add_suites(suites, load_hard_positive(config.suite_root, split_list(config.suites),
-                                          swap_image_dir=config.swap_image_dir or None))
+                                          swap_image_dir=config.swap_image_dir or None,
+                                          tfds_data_dir=config.get("tfds_data_dir") or None))
   for benchmark in BENCHMARKS.values():
     if benchmark.root_field == "suite_root":
       continue

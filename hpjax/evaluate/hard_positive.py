@@ -52,13 +52,15 @@ def metric_name(suite_name: str) -> str:
 
 def load_suites(root: str, names: Sequence[str] | None = ("replace", "swap"),
                 image_dir: str | None = None,
-                swap_image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+                swap_image_dir: str | None = None,
+                tfds_data_dir: str | None = None) -> dict[str, suites_lib.Suite]:
   """REPLACE ('replace' = both files, or 'replace_attributes' / 'replace_relations') and
   SWAP ('swap') from the authors' layout under `root`, keyed by their paper names.
 
   `names=None` loads whichever of the three suites `root/data/` holds (at least one).
+  A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead.
   """
-  return benchmarks.load_hard_positive(root, names, image_dir, swap_image_dir)
+  return benchmarks.load_hard_positive(root, names, image_dir, swap_image_dir, tfds_data_dir)
 
 
 class HardPositiveEvaluator:

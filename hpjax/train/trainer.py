@@ -44,9 +44,9 @@ def _training_data(config, workdir: str):
     if world is None:
       world = synthetic.write_world(world_dir, **data.synthetic)
     source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
-  source = data_lib.open_source(source_path)
+  source = data_lib.open_source(source_path, data.tfds_data_dir or None)
   if data.val_source:
-    held_out = data_lib.open_source(data.val_source)
+    held_out = data_lib.open_source(data.val_source, data.tfds_data_dir or None)
     val = [held_out[i] for i in range(len(held_out))]
   else:
     if len(source) <= data.val_size:
@@ -73,8 +73,10 @@ def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
     raise ValueError("eval.hard_positive needs eval.replace_swap_root (the suites' folder with "
                      "data/ and swapped_data/) unless data.source is 'synthetic'")
   from hpjax.evaluate import hard_positive  # pylint: disable=g-import-not-at-top (optional)
+  suites = hard_positive.load_suites(eval_root, None,
+                                     tfds_data_dir=config.data.tfds_data_dir or None)
   return hard_positive.HardPositiveEvaluator(
-      model, eval_root, image_root=image_root or None, batch_size=config.eval.batch_size)
+      model, suites, image_root=image_root or None, batch_size=config.eval.batch_size)
 
 
 def _headline(metrics: dict) -> str:
