@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from typing import Any, Callable, Sequence
 
@@ -123,14 +124,17 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
     return f"ArrayRecordSource({self._paths!r})"
 
 
-def open_source(path: str | Sequence[str]) -> grain.sources.RandomAccessDataSource:
-  """A JSONL file, or one or more array_record files (a comma-separated string works too)."""
-  paths = path.split(",") if isinstance(path, str) else list(path)
+def open_source(paths: str | Sequence[str]) -> grain.sources.RandomAccessDataSource:
+  """A JSONL file, or one or more array_record files (`*.array_record`, or shards named
+  `*.array_record-00000-of-00008`). Other names, such as a builder's `*.partial` temporary
+  file, are refused."""
+  paths = [paths] if isinstance(paths, str) else list(paths)
   if len(paths) == 1 and paths[0].endswith(".jsonl"):
     return JsonlSource(paths[0])
-  if all(".array_record" in p for p in paths):
+  if paths and all(re.search(r"\.array_record(-\d+-of-\d+)?$", p) for p in paths):
     return ArrayRecordSource(paths)
-  raise ValueError(f"training data {path!r}: expected a .jsonl file or .array_record files")
+  raise ValueError(f"training data {'+'.join(paths)!r}: expected one .jsonl file or "
+                   ".array_record files ('+'-separated in a config)")
 
 
 def keeps(seed: int, index: int, kind: int, fraction: float) -> bool:
