@@ -36,14 +36,37 @@ def parse_arg(arg: str | None) -> dict:
   return out
 
 
+def field_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """Why `dotted` names no value field of `config` (None when it does)."""
+  node, done = config, []
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = f"{'.'.join(done)!r}" if done else "the config"
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      return f"config has no field {dotted!r}: {where} has {known}"
+    node = node[part]
+    done.append(part)
+  if isinstance(node, ml_collections.ConfigDict):
+    return f"config field {dotted!r} is a group of fields, not a value: {sorted(node.keys())}"
+  return None
+
+
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *parents, leaf = SHORTCUTS.get(dotted, dotted).split(".")
+  name = SHORTCUTS.get(dotted, dotted)
+  error = field_error(config, name)
+  if error:
+    raise KeyError(error)
+  *parents, leaf = name.split(".")
   node = config
-  for name in parents:
-    node = node[name]
-  if leaf not in node:
-    raise KeyError(f"config has no field {dotted!r}")
-  node[leaf] = value
+  for part in parents:
+    node = node[part]
+  if isinstance(node[leaf], str) and not isinstance(value, str):
+    value = str(value)  # a path such as 123 parses as a number: string fields keep strings.
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ValueError(f"config field {name!r}: {value!r} is not of type "
+                     f"{type(node[leaf]).__name__}") from e
 
 
 def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
@@ -64,7 +87,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # or a training .jsonl, or comma-separated .array_record files.
+  c.data.source = "synthetic"  # or a training .jsonl, or '+'-separated .array_record files.
   c.data.val_source = ""  # held-out records for retrieval; "" = the last val_size of source.
   c.data.val_size = 200
   c.data.num_hard_negatives = 1
@@ -108,6 +131,9 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.eval.reports = True
 
   c.export_openclip = ""  # a path: write the final params as an OpenCLIP state dict there.
+  # A resume must be the same run (WORKDIR/run_config.json): '+'-separated fields (or prefixes,
+  # or 'hosts') whose change a resume accepts, e.g. 'batch_size+data.hn_frac'.
+  c.resume_overrides = ""
 
   for key, value in {**recipe, **parse_arg(arg)}.items():
     _set(c, key, value)
