@@ -87,7 +87,7 @@ class Checkpointer:
               state=ocp.args.StandardRestore(abstract_like(state)),
               data=grain.checkpoint.CheckpointRestore(iterator)))
         except Exception as e:  # pylint: disable=broad-except (tensorstore raises bare Exception)
-          cause = f"its files do not read ({_first_line(e)})"
+          cause = f"its files do not read ({_first_line(_root_cause(e))})"
       if cause is None:
         break
       damaged.append((step, cause))
@@ -148,9 +148,17 @@ class Checkpointer:
         manager.close()
 
 
-def _first_line(error: BaseException, limit: int = 200) -> str:
+def _first_line(error: BaseException, limit: int = 300) -> str:
   text = (str(error).strip().splitlines() or [type(error).__name__])[0]
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _root_cause(error: BaseException) -> BaseException:
+  """The innermost exception: orbax wraps tensorstore's short reason ("Error reading ... byte
+  range ... not valid") in a message that dumps the whole tensorstore spec."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  return error
 
 
 def _missing_files(directory) -> str | None:
