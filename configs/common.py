@@ -14,6 +14,8 @@ import ast
 
 import ml_collections
 
+from hpjax import errors
+
 SHORTCUTS = {
     "hn_frac": "data.hn_frac", "hp_frac": "data.hp_frac", "source": "data.source",
     "num_hard_negatives": "data.num_hard_negatives", "num_hard_positives": "data.num_hard_positives",
@@ -36,24 +38,9 @@ def parse_arg(arg: str | None) -> dict:
   return out
 
 
-def field_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
-  """Why `dotted` names no value field of `config` (None when it does)."""
-  node, done = config, []
-  for part in dotted.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      where = f"{'.'.join(done)!r}" if done else "the config"
-      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      return f"config has no field {dotted!r}: {where} has {known}"
-    node = node[part]
-    done.append(part)
-  if isinstance(node, ml_collections.ConfigDict):
-    return f"config field {dotted!r} is a group of fields, not a value: {sorted(node.keys())}"
-  return None
-
-
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   name = SHORTCUTS.get(dotted, dotted)
-  error = field_error(config, name)
+  error = errors.field_error(config, name)
   if error:
     raise KeyError(error)
   *parents, leaf = name.split(".")

@@ -14,6 +14,7 @@ and renamed over it only when the build succeeds, so a failed build leaves the o
 
 from absl import app, flags
 
+from hpjax import errors
 from hpjax.data import train_builders, training
 
 _TSV = flags.DEFINE_string("negclip_tsv", None, "NegCLIP TSV file")
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.reported(main))
