@@ -203,7 +203,9 @@ def test_a_damaged_latest_step_resumes_from_the_newest_intact_one(damage, tmp_pa
 def test_a_directory_without_an_intact_step_stops_and_another_models_is_one_line(tmp_path):
   _small_run(tmp_path)
   checkpoints = tmp_path / "checkpoints"
-  fresh = lambda: iter(grain.MapDataset.range(100).to_iter_dataset())  # pylint: disable=unnecessary-lambda-assignment
+  def fresh():
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
   ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
   with pytest.raises(ValueError) as error:
     ckpt.restore(_state(0, width=32), fresh(), model_name="ViT-B-32")

@@ -4,10 +4,13 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from configs import hnhp
 from hpjax import errors
+from hpjax.data import train_builders
 from hpjax.train import run_config, trainer
 
 
@@ -59,10 +62,22 @@ def test_config_argument_errors_name_the_field():
   assert "group of fields" in errors.field_error(hnhp.get_config(), "data.synthetic")
 
 
-def test_several_array_record_files_in_the_config_argument():
-  config = hnhp.get_config("source=/d/a.array_record+/d/b.array_record,hn_frac=0.5")
-  assert config.data.source == "/d/a.array_record+/d/b.array_record"
-  assert config.data.hn_frac == 0.5
+def test_several_array_record_files_in_the_config_argument(tmp_path):
+  """'+' separates files inside the comma-separated config argument; the trainer reads all."""
+  paths = []
+  for part in ("a", "b"):
+    records = []
+    for i in range(3):
+      image = tmp_path / f"{part}{i}.png"
+      Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(image)
+      records.append({"image": str(image), "caption": f"{part} {i}", "hard_negatives": [],
+                      "hard_positives": []})
+    paths.append(str(tmp_path / f"{part}.array_record"))
+    train_builders.write_array_record(records, paths[-1])
+  config = hnhp.get_config(f"source={'+'.join(paths)},hn_frac=0.5,data.val_size=2")
+  assert config.data.source == "+".join(paths) and config.data.hn_frac == 0.5
+  source, val, _, _ = trainer._training_data(config, str(tmp_path / "run"))
+  assert len(source) == 4 and [r["caption"] for r in val] == ["b 1", "b 2"]
 
 
 def _same_run(config, workdir, has_checkpoints=True):

@@ -1,7 +1,8 @@
 """The training program: `run(config, workdir)`, read top to bottom in big_vision's sections.
 
 mesh and config checks -> same run? -> input -> model + optimizer -> sharding -> checkpoint
-(resume) -> evaluators -> loop -> final evaluation, reports and export. See configs/common.py for every field.
+(resume) -> evaluators -> loop -> final evaluation, reports and export. See configs/common.py
+for every field.
 """
 
 from __future__ import annotations
