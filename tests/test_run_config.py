@@ -10,7 +10,7 @@ from PIL import Image
 
 from configs import hnhp
 from hpjax import errors
-from hpjax.data import train_builders
+from hpjax.data import synthetic, train_builders
 from hpjax.train import run_config, trainer
 
 
@@ -116,6 +116,11 @@ def test_an_explicit_override_allows_the_named_changes_only(tmp_path):
   _same_run(hnhp.get_config("batch_size=32,hn_frac=0.5"), tmp_path)  # now the run's values
   with pytest.raises(ValueError, match=r"resume_overrides: \['batchsize'\] name no config field"):
     _same_run(hnhp.get_config("resume_overrides='batchsize'"), tmp_path)
+  # The synthetic world may be written anew only when an override touches its parameters.
+  for overrides, rebuild in (("data", True), ("data.synthetic.seed", True), ("batch_size", False),
+                             ("data.hn_frac", False), ("", False)):
+    config = hnhp.get_config(f"resume_overrides={overrides!r}")
+    assert run_config.allowed(config, "data.synthetic") == rebuild, overrides
 
 
 def test_another_host_count_stops_unless_allowed(tmp_path):
@@ -134,9 +139,24 @@ def test_without_checkpoints_a_changed_config_simply_starts_the_run(tmp_path):
 
 
 def test_the_synthetic_world_is_never_rebuilt_under_a_runs_checkpoints(tmp_path):
-  """A resume with other world parameters stops before the world is touched."""
-  _same_run(hnhp.get_config(), tmp_path, has_checkpoints=False)
+  """A resume with other world parameters stops before the world is touched; with the same
+  parameters, a missing or changed world stops instead of being written anew."""
+  args = "data.synthetic.num_train=8,data.synthetic.num_eval=2"
+  _same_run(hnhp.get_config(args), tmp_path, has_checkpoints=False)
   os.makedirs(tmp_path / "checkpoints" / "2")  # a run's checkpoint (its contents do not matter)
-  with pytest.raises(ValueError, match=r"data.synthetic.num_train \(3000 -> 400\)"):
-    trainer.run(hnhp.get_config("data.synthetic.num_train=400"), str(tmp_path))
-  assert not (tmp_path / "world").exists()
+  with pytest.raises(ValueError, match=r"data.synthetic.num_train \(8 -> 400\)"):
+    trainer.run(hnhp.get_config("data.synthetic.num_train=400,data.synthetic.num_eval=2"),
+                str(tmp_path))
+  world = tmp_path / "world"
+  assert not world.exists()
+  with pytest.raises(ValueError, match="world holds no synthetic world; not rebuilt .*"
+                     "resume_overrides=data.synthetic"):
+    trainer.run(hnhp.get_config(args), str(tmp_path))
+  assert not world.exists()
+  synthetic.write_world(str(world), **hnhp.get_config(args).data.synthetic)
+  with open(world / "train.jsonl", "a") as f:
+    f.write("\n")
+  changed = (world / "train.jsonl").read_text()
+  with pytest.raises(ValueError, match="world has files changed since the world was written"):
+    trainer.run(hnhp.get_config(args), str(tmp_path))
+  assert (world / "train.jsonl").read_text() == changed

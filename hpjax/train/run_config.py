@@ -97,6 +97,16 @@ def _matches(field: str, names) -> bool:
   return any(field == n or field.startswith(n + ".") for n in names)
 
 
+def _overrides(config) -> list[str]:
+  from hpjax.evaluate.runner import split_list  # pylint: disable=g-import-not-at-top
+  return split_list(config.resume_overrides)
+
+
+def allowed(config, group: str) -> bool:
+  """Whether `resume_overrides` lets a resume change `group` or a field in it."""
+  return any(_matches(group, [n]) or _matches(n, [group]) for n in _overrides(config))
+
+
 def _read(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
@@ -122,7 +132,7 @@ def check_same_run(config, workdir: str, *, has_checkpoints: bool) -> None:
   """
   path = os.path.join(workdir, FILE)
   current = {**flatten(config), HOSTS: jax.process_count()}
-  overrides = [n for n in config.resume_overrides.split("+") if n]
+  overrides = _overrides(config)
   unknown = [n for n in overrides if not any(_matches(f, [n]) for f in current)]
   if unknown:
     raise ValueError(f"resume_overrides: {unknown} name no config field (give fields such as "

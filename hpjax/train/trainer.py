@@ -30,8 +30,12 @@ class NonFiniteLossError(FloatingPointError):
   """The loss, gradient or update became NaN/inf; nothing from that step on is saved."""
 
 
-def _training_data(config, workdir: str):
-  """(train source, held-out records, REPLACE/SWAP root or '', image root or '')."""
+def _training_data(config, workdir: str, resuming: bool = False):
+  """(train source, held-out records, REPLACE/SWAP root or '', image root or '').
+
+  When resuming, the synthetic world is only reused, never written anew under the checkpoints
+  (unless resume_overrides allows data.synthetic to change).
+  """
   data = config.data
   eval_root, image_root = config.eval.replace_swap_root, config.eval.image_root
   from hpjax.evaluate.runner import split_list  # pylint: disable=g-import-not-at-top
@@ -39,11 +43,20 @@ def _training_data(config, workdir: str):
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
     world_dir = os.path.join(workdir, "world")
-    # One writer; the other hosts then find it cached (a second call re-hashes every file).
-    world = synthetic.write_world(world_dir, **data.synthetic) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("synthetic world written")
-    if world is None:
-      world = synthetic.write_world(world_dir, **data.synthetic)
+    rebuild = not resuming or run_config.allowed(config, "data.synthetic")
+    try:
+      # One writer; the other hosts then find it cached (a second call re-hashes every file).
+      world = (synthetic.write_world(world_dir, **data.synthetic, rebuild=rebuild)
+               if jax.process_index() == 0 else None)
+      multihost_utils.sync_global_devices("synthetic world written")
+      if world is None:
+        world = synthetic.write_world(world_dir, **data.synthetic, rebuild=rebuild)
+    except ValueError as e:
+      if rebuild:
+        raise
+      raise ValueError(f"{e}: this workdir's checkpoints were trained on the world there; "
+                       "restore it, or allow a new one with "
+                       "--config.resume_overrides=data.synthetic") from e
     source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
   source = data_lib.open_source(split_list(source_path))
   if data.val_source:
@@ -129,7 +142,8 @@ def run(config, workdir: str) -> dict:
   run_config.check_same_run(config, workdir, has_checkpoints=bool(ckpt.steps()))
 
   # -- input -------------------------------------------------------------------------------------
-  source, val_records, eval_root, image_root = _training_data(config, workdir)
+  source, val_records, eval_root, image_root = _training_data(config, workdir,
+                                                              resuming=bool(ckpt.steps()))
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
       config.model.name, pretrained=config.model.pretrained or None,
