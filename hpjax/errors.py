@@ -38,7 +38,9 @@ def summary(error: BaseException) -> str:
   """The message's first line (a KeyError's without its quotes), cut to a readable length."""
   message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
   lines = [l for l in str(message).splitlines() if l.strip()] or [type(error).__name__]
-  text = lines[0] if len(lines[0]) <= _LIMIT else lines[0][:_LIMIT] + "..."
+  text = lines[0]
+  if len(text) > _LIMIT:  # the file tends to come first and the cause last: keep both ends
+    text = text[:_LIMIT // 2] + " ... " + text[-_LIMIT // 2:]
   if len(lines) > 1:
     text += f" ({len(lines) - 1} more lines with --traceback)"
   return text

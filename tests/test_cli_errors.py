@@ -35,6 +35,11 @@ def test_a_user_error_is_one_last_line(capsys):
   line = _fails(capsys, noisy)
   assert line.startswith("error: NOT_FOUND: Error reading 'a/0' in /run/ck/6 {spec}")
   assert len(line) < 500 and line.endswith("(40 more lines with --traceback)")
+  long = ValueError("RESOURCE_EXHAUSTED: Error writing in /run/ck/2.tmp/" + "x" * 500
+                    + ": No space left on device")
+  line = _fails(capsys, long)
+  assert line.startswith("error: RESOURCE_EXHAUSTED: Error writing in /run/ck/2.tmp/xxx")
+  assert line.endswith("xxx: No space left on device") and len(line) < 420
 
 
 def test_a_programming_error_keeps_its_traceback():

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from configs import hnhp
+from hpjax import errors
 from hpjax.train import checkpointing, trainer
 from hpjax.train import step as step_lib
 from test_trainer import REPO, final_params, fixture_args, source  # pylint: disable=unused-import
@@ -239,3 +240,32 @@ def test_a_run_whose_last_checkpoint_is_truncated_resumes_to_the_same_params(
   # The same workdir with another batch size stops before any work, naming the field.
   with pytest.raises(ValueError, match=r"other values of batch_size \(8 -> 16\)"):
     trainer.run(hnhp.get_config(_args(source) + ",batch_size=16"), workdir)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MB tmpfs (needs the right to mount; skipped without it)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+  yield disk
+  subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_last_save_stays(small_disk):
+  ckpt = checkpointing.Checkpointer(str(small_disk), every_steps=2, keep=5, async_save=False)
+  iterator = iter(grain.MapDataset.range(100).to_iter_dataset())
+  ckpt.maybe_save(2, _state(2), iterator)
+  with pytest.raises(Exception) as error:  # (orbax raises tensorstore's ValueError)
+    ckpt.maybe_save(4, _state(4, width=4096), iterator)  # 4 MB
+  ckpt.close()
+  line = errors.summary(error.value)
+  assert isinstance(error.value, errors.USER_ERRORS) and len(line) < 420
+  assert f"{small_disk}/checkpoints/4" in line and "No space left on device" in line
+  ckpt = checkpointing.Checkpointer(str(small_disk), every_steps=2, keep=5, async_save=False)
+  state, _ = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
+  assert int(state.step) == 2
+  ckpt.close()
