@@ -34,16 +34,19 @@ def field_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
   return None
 
 
-def summary(error: BaseException) -> str:
-  """The message's first line (a KeyError's without its quotes), cut to a readable length."""
+def first_line(error: BaseException, limit: int = _LIMIT) -> str:
+  """The message's first non-blank line (a KeyError's without its quotes); a longer one keeps
+  both ends, since a library names the file first and the cause last."""
   message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
   lines = [l for l in str(message).splitlines() if l.strip()] or [type(error).__name__]
   text = lines[0]
-  if len(text) > _LIMIT:  # the file tends to come first and the cause last: keep both ends
-    text = text[:_LIMIT // 2] + " ... " + text[-_LIMIT // 2:]
-  if len(lines) > 1:
-    text += f" ({len(lines) - 1} more lines with --traceback)"
-  return text
+  return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
+
+
+def summary(error: BaseException) -> str:
+  """The one line printed for a user error."""
+  more = len([l for l in str(error).splitlines() if l.strip()]) - 1
+  return first_line(error) + (f" ({more} more lines with --traceback)" if more > 0 else "")
 
 
 def _define_traceback_flag() -> None:

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from hpjax import sharding
+from hpjax import errors, sharding
 from hpjax.checkpoints.mapping import CheckpointMismatchError, check_keys
 from hpjax.checkpoints.orbax_params import absolute_path, flat_shapes
 
@@ -87,7 +87,7 @@ class Checkpointer:
               state=ocp.args.StandardRestore(abstract_like(state)),
               data=grain.checkpoint.CheckpointRestore(iterator)))
         except Exception as e:  # pylint: disable=broad-except (tensorstore raises bare Exception)
-          cause = f"its files do not read ({_first_line(_root_cause(e))})"
+          cause = f"its files do not read ({errors.first_line(_root_cause(e), 300)})"
       if cause is None:
         break
       damaged.append((step, cause))
@@ -96,8 +96,8 @@ class Checkpointer:
         raise ValueError(f"{self.last.directory}: no intact checkpoint: " + "; ".join(
             f"step {s} {c}" for s, c in damaged) + " (move the folder away to start afresh)")
       return state, iterator
-    # Every host must restore the same step (all read the same files; this says so if not).
-    if sharding.host_max(step) != step:
+    # Every host must restore the same step (all read the same files; each says so if not).
+    if sharding.host_max(step) != -sharding.host_max(-step):
       raise ValueError(f"{self.last.directory}: the hosts found different intact steps "
                        f"(this host: {step}); is the checkpoint directory shared?")
     for bad_step, cause in damaged:
@@ -148,11 +148,6 @@ class Checkpointer:
         manager.close()
 
 
-def _first_line(error: BaseException, limit: int = 300) -> str:
-  text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _root_cause(error: BaseException) -> BaseException:
   """The innermost exception: orbax wraps tensorstore's short reason ("Error reading ... byte
   range ... not valid") in a message that dumps the whole tensorstore spec."""
@@ -175,11 +170,11 @@ def _check_fits(directory, state, model_name: str) -> str | None:
   try:
     stored = ocp.StandardCheckpointer().metadata(directory / "state").item_metadata.tree
   except Exception as e:  # pylint: disable=broad-except (orbax raises what its readers raise)
-    return f"has unreadable metadata ({_first_line(e)})"
+    return f"has unreadable metadata ({errors.first_line(_root_cause(e), 300)})"
   try:
     check_keys(flat_shapes(stored.get("params", {})), flat_shapes(state.params),
                f"checkpoint {directory}", model_name or "of this run")
   except CheckpointMismatchError as e:
-    raise ValueError(f"{_first_line(e, 400)}: it was written by another model; train in a new "
+    raise ValueError(f"{errors.first_line(e)}: it was written by another model; train in a new "
                      "workdir (or set checkpoint.directory)") from e
   return None

@@ -139,11 +139,11 @@ def run(config, workdir: str) -> dict:
       checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
       async_save=config.checkpoint.async_save, best_metric=config.checkpoint.best_metric or None,
       best_mode=config.checkpoint.best_mode)
-  run_config.check_same_run(config, workdir, has_checkpoints=bool(ckpt.steps()))
+  resuming = bool(ckpt.steps())
+  run_config.check_same_run(config, workdir, has_checkpoints=resuming)
 
   # -- input -------------------------------------------------------------------------------------
-  source, val_records, eval_root, image_root = _training_data(config, workdir,
-                                                              resuming=bool(ckpt.steps()))
+  source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
       config.model.name, pretrained=config.model.pretrained or None,
