@@ -26,6 +26,7 @@ HOSTS = "hosts"  # the process count, saved beside the config's fields.
 # another batch order. (data.worker_count does not change the batches: tested.)
 SAME_RUN = ("model.name", "model.pretrained", "data", "batch_size", "seed", HOSTS)
 FREE = ("data.worker_count",)
+_PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
 _POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_steps",
@@ -144,7 +145,7 @@ def check_same_run(config, workdir: str, *, has_checkpoints: bool) -> None:
                     "(saving this run's config now)", path)
   elif saved is not None:
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
-                     and k != "resume_overrides")
+                     and not _matches(k, _PER_LAUNCH))
     guarded = [k for k in changed if _matches(k, SAME_RUN) and not _matches(k, FREE)]
     refused = [k for k in guarded if not _matches(k, overrides)]
     if refused:
