@@ -2,7 +2,11 @@
 
 Config argument: `configs/hnhp.py:hn_frac=0.25,batch_size=64` sets `data.hn_frac` and
 `batch_size` (a short name is looked up in SHORTCUTS, a dotted name is used as given); values
-are Python literals, anything else is a string. `--config.x=y` flags override afterwards.
+are Python literals, anything else is a string; lists inside a value use '+' (as in
+configs/eval_hp.py): `source=/d/a.array_record+/d/b.array_record`. `--config.x=y` flags override
+afterwards. An unknown field is an error naming it; values are checked when the run starts
+(hpjax/train/run_config.py), and a resume must keep the run's model, data, batch size, seed and
+host count unless `resume_overrides` names the change.
 
 Without `data.source` (or with `data.source='synthetic'`) a run trains the tiny model from
 scratch on the synthetic world (hpjax.data.synthetic) and finishes in minutes on a CPU; with
