@@ -2,7 +2,11 @@
 
 Config argument: `configs/hnhp.py:hn_frac=0.25,batch_size=64` sets `data.hn_frac` and
 `batch_size` (a short name is looked up in SHORTCUTS, a dotted name is used as given); values
-are Python literals, anything else is a string. `--config.x=y` flags override afterwards.
+are Python literals, anything else is a string; lists inside a value use '+' (as in
+configs/eval_hp.py): `source=/d/a.array_record+/d/b.array_record`. `--config.x=y` flags override
+afterwards. An unknown field is an error naming it; values are checked when the run starts
+(hpjax/train/run_config.py), and a resume must keep the run's model, data, batch size, seed and
+host count unless `resume_overrides` names the change.
 
 Without `data.source` (or with `data.source='synthetic'`) a run trains the tiny model from
 scratch on the synthetic world (hpjax.data.synthetic) and finishes in minutes on a CPU; with
@@ -13,6 +17,8 @@ ViT-B-32-quickgelu from the OpenCLIP checkpoint in `model.pretrained`, NegCLIP's
 import ast
 
 import ml_collections
+
+from hpjax import errors
 
 SHORTCUTS = {
     "hn_frac": "data.hn_frac", "hp_frac": "data.hp_frac", "source": "data.source",
@@ -37,13 +43,21 @@ def parse_arg(arg: str | None) -> dict:
 
 
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *parents, leaf = SHORTCUTS.get(dotted, dotted).split(".")
+  name = SHORTCUTS.get(dotted, dotted)
+  error = errors.field_error(config, name)
+  if error:
+    raise KeyError(error)
+  *parents, leaf = name.split(".")
   node = config
-  for name in parents:
-    node = node[name]
-  if leaf not in node:
-    raise KeyError(f"config has no field {dotted!r}")
-  node[leaf] = value
+  for part in parents:
+    node = node[part]
+  if isinstance(node[leaf], str) and not isinstance(value, str):
+    value = str(value)  # a path such as 123 parses as a number: string fields keep strings.
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ValueError(f"config field {name!r}: {value!r} is not of type "
+                     f"{type(node[leaf]).__name__}") from e
 
 
 def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
@@ -64,7 +78,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # or a training .jsonl, comma-separated .array_record files, or
+  c.data.source = "synthetic"  # or a training .jsonl, '+'-separated .array_record files, or
   # a prepared TFDS dataset tfds:<name>[:<split>] (hpjax.data.tfds_builders).
   c.data.tfds_data_dir = ""  # TFDS data_dir (may be gs://); "" = TFDS's default.
   c.data.val_source = ""  # held-out records for retrieval; "" = the last val_size of source.
@@ -110,6 +124,9 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.eval.reports = True
 
   c.export_openclip = ""  # a path: write the final params as an OpenCLIP state dict there.
+  # A resume must be the same run (WORKDIR/run_config.json): '+'-separated fields (or prefixes,
+  # or 'hosts') whose change a resume accepts, e.g. 'batch_size+data.hn_frac'.
+  c.resume_overrides = ""
 
   for key, value in {**recipe, **parse_arg(arg)}.items():
     _set(c, key, value)

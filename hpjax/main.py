@@ -2,6 +2,7 @@
 
 A config names its `program` (train, evaluate, convert); main loads the config file, resolves the
 workdir and hands both to that program's `run(config, workdir)`. Programs know nothing of flags.
+An error caused by the input ends in one line naming the cause (`--traceback` for the rest).
 """
 
 import importlib
@@ -10,6 +11,8 @@ import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from hpjax import errors
 
 PROGRAMS = {
     "train": "hpjax.train.trainer",
@@ -39,7 +42,10 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/hnhp.py")
-  program = config.get("program")
+  try:
+    program = config.get("program")
+  except OSError as e:  # ml_collections defers a config file's read error to here, in 4 lines
+    raise OSError(f"--config: {str(e).strip().splitlines()[-1].strip()}") from e
   if program not in PROGRAMS:
     raise app.UsageError(f"config.program is {program!r}; expected one of {sorted(PROGRAMS)}")
   workdir = _WORKDIR.value or config.get("workdir")
@@ -52,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.reported(main), flags_parser=errors.parse_flags)

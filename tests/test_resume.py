@@ -1,21 +1,29 @@
-"""Resume: SIGKILL mid-training, or in the middle of a checkpoint save, then restart.
+"""Resume: SIGKILL mid-training, or in the middle of a checkpoint save, then restart; a damaged
+latest checkpoint (fault injection) resumes from the newest intact one.
 
 Runs are `python -m hpjax.main` subprocesses (8 simulated devices, inherited from conftest);
 the reference is the same config run uninterrupted in this process.
 """
 
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import hnhp
-from hpjax.train import trainer
+from hpjax import errors
+from hpjax.train import checkpointing, trainer
+from hpjax.train import step as step_lib
 from test_trainer import REPO, final_params, fixture_args, source  # pylint: disable=unused-import
 
 STEPS = 8
@@ -58,12 +66,18 @@ def _finish(source, workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(source, tmp_path_factory):
+def uninterrupted_run(source, tmp_path_factory):
+  """(workdir, final params) of the run uninterrupted."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   trainer.run(hnhp.get_config(_args(source)), workdir)
   step, params = final_params(workdir)
   assert step == STEPS
-  return params
+  return workdir, params
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+  return uninterrupted_run[1]
 
 
 def _assert_same_params(got, want):
@@ -126,3 +140,132 @@ def test_sigterm_saves_and_stops_then_the_restart_matches(source, uninterrupted,
   step, params = final_params(tmp_path)
   assert step == STEPS
   _assert_same_params(params, uninterrupted)
+
+
+# -- a damaged latest checkpoint: resume from the newest intact step ------------------------------
+
+def _small_run(directory):
+  """A Checkpointer over a small TrainState and a grain iterator, saved at steps 2, 4 and 6
+  (params and iterator position differ by step)."""
+  ckpt = checkpointing.Checkpointer(str(directory), every_steps=2, keep=5, async_save=False)
+  iterator = iter(grain.MapDataset.range(100).to_iter_dataset())
+  for step in (2, 4, 6):
+    next(iterator), next(iterator)
+    ckpt.maybe_save(step, _state(step), iterator)
+  ckpt.close()
+
+
+def _state(step, width=64):
+  """Random values (incompressible, so the array has a file of its own), drawn by step."""
+  w = np.random.default_rng(step).normal(size=(width, 256)).astype(np.float32)
+  return step_lib.TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.asarray(w)},
+                             opt_state=())
+
+
+def _largest_array_file(step_dir):
+  files = [os.path.join(root, f) for root, _, names in os.walk(step_dir / "state") for f in names
+           if "/d/" in os.path.join(root, f)]
+  return max(files, key=os.path.getsize)
+
+
+DAMAGE = {  # what is done to the latest step, and the cause the warning must give
+    "array file deleted": (lambda d: os.remove(_largest_array_file(d)),
+                           r"its files do not read \(.*Error reading \"params.w"),
+    "array file truncated": (lambda d: open(_largest_array_file(d), "r+b").truncate(10),
+                             r"its files do not read \(.*Error reading \"params.w"),
+    "step metadata removed": (lambda d: os.remove(d / "_CHECKPOINT_METADATA"),
+                              r"is incomplete \(_CHECKPOINT_METADATA is missing\)"),
+    "state metadata removed": (lambda d: os.remove(d / "state" / "_METADATA"),
+                               r"is incomplete \(state/_METADATA is missing\)"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_latest_step_resumes_from_the_newest_intact_one(damage, tmp_path, caplog):
+  _small_run(tmp_path)
+  checkpoints = tmp_path / "checkpoints"
+  damage_step, cause = DAMAGE[damage]
+  damage_step(checkpoints / "6")
+  kept = sorted(str(p.relative_to(checkpoints / "6")) for p in (checkpoints / "6").rglob("*"))
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+  with caplog.at_level(logging.WARNING):
+    state, iterator = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
+  assert int(state.step) == 4
+  np.testing.assert_array_equal(state.params["w"], _state(4).params["w"])
+  assert next(iterator) == 4  # the data position of step 4
+  assert re.search(f"checkpoint step 6 skipped: {cause}.*; kept as .*/6.damaged-", caplog.text)
+  aside = [p for p in checkpoints.iterdir() if p.name.startswith("6.damaged-")]
+  assert len(aside) == 1 and sorted(
+      str(p.relative_to(aside[0])) for p in aside[0].rglob("*")) == kept  # moved, not deleted
+  assert ckpt.maybe_save(6, _state(6), iterator) and 6 in ckpt.steps()  # saved again
+  ckpt.close()
+
+
+def test_a_directory_without_an_intact_step_stops_and_another_models_is_one_line(tmp_path):
+  _small_run(tmp_path)
+  checkpoints = tmp_path / "checkpoints"
+  def fresh():
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+  with pytest.raises(ValueError) as error:
+    ckpt.restore(_state(0, width=32), fresh(), model_name="ViT-B-32")
+  message = str(error.value)
+  assert "\n" not in message and "checkpoints/6 does not fit model 'ViT-B-32'" in message
+  assert "1 mis-shaped" in message and "another model" in message
+  assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4", "6"]  # nothing moved
+  for step in (2, 4, 6):
+    os.remove(checkpoints / str(step) / "_CHECKPOINT_METADATA")
+  with pytest.raises(ValueError, match=r"no intact checkpoint: step 6 is incomplete "
+                     r"\(_CHECKPOINT_METADATA is missing\); step 4 .*; step 2 "):
+    ckpt.restore(_state(0), fresh())
+  ckpt.close()
+
+
+@pytest.mark.slow
+def test_a_run_whose_last_checkpoint_is_truncated_resumes_to_the_same_params(
+    source, uninterrupted_run, tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(uninterrupted_run[0], workdir)
+  checkpoints = tmp_path / "run" / "checkpoints"
+  open(_largest_array_file(checkpoints / str(STEPS)), "r+b").truncate(100)
+  with caplog.at_level(logging.INFO):
+    trainer.run(hnhp.get_config(_args(source)), workdir)
+  assert f"checkpoint step {STEPS} skipped: its files do not read" in caplog.text
+  assert f"resuming from {checkpoints}/{STEPS - 2}" in caplog.text
+  step, params = final_params(workdir)
+  assert step == STEPS
+  _assert_same_params(params, uninterrupted_run[1])
+  assert any(p.name.startswith(f"{STEPS}.damaged-") for p in checkpoints.iterdir())
+  # The same workdir with another batch size stops before any work, naming the field.
+  with pytest.raises(ValueError, match=r"other values of batch_size \(8 -> 16\)"):
+    trainer.run(hnhp.get_config(_args(source) + ",batch_size=16"), workdir)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MB tmpfs (needs the right to mount; skipped without it)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+  yield disk
+  subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_last_save_stays(small_disk):
+  ckpt = checkpointing.Checkpointer(str(small_disk), every_steps=2, keep=5, async_save=False)
+  iterator = iter(grain.MapDataset.range(100).to_iter_dataset())
+  ckpt.maybe_save(2, _state(2), iterator)
+  with pytest.raises(Exception) as error:  # (orbax raises tensorstore's ValueError)
+    ckpt.maybe_save(4, _state(4, width=4096), iterator)  # 4 MB
+  ckpt.close()
+  line = errors.summary(error.value)
+  assert isinstance(error.value, errors.USER_ERRORS) and len(line) < 420
+  assert f"{small_disk}/checkpoints/4" in line and "No space left on device" in line
+  ckpt = checkpointing.Checkpointer(str(small_disk), every_steps=2, keep=5, async_save=False)
+  state, _ = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
+  assert int(state.step) == 2
+  ckpt.close()

@@ -230,3 +230,16 @@ def test_model_parallel_and_remat_train_like_data_parallel(source, tmp_path):
   baseline = losses("mesh.model_parallel=1")
   np.testing.assert_allclose(losses("mesh.model_parallel=2"), baseline, rtol=1e-5)
   np.testing.assert_allclose(losses("model.remat=True"), baseline, rtol=1e-5)
+
+
+def test_the_evaluation_line_shows_the_headline_figures_only():
+  """The log line names the paper's Table 1 figures and R@1; metrics.jsonl keeps all ~30."""
+  metrics = {f"{suite}/{name}": 50.0 + i for i, (suite, name) in enumerate(
+      (s, n) for s in ("replace", "replace_attributes", "replace_relations", "swap")
+      for n in ("original", "augmented", "brittleness", "hard_positive", "n"))}
+  metrics.update({f"swap/count/{c}": 3.0 for c in ("ties", "cn_above_c_and_cp")})
+  metrics.update({"retrieval/mean_recall@1": 12.345, "retrieval/image_to_text_recall@5": 40.0})
+  assert trainer._headline(metrics) == (
+      "REPLACE original 50.0, augmented 51.0, brittleness 52.0 | "
+      "SWAP original 65.0, augmented 66.0, brittleness 67.0 | retrieval R@1 12.3")
+  assert trainer._headline({"retrieval/mean_recall@1": 1.0}) == "retrieval R@1 1.0"

@@ -244,6 +244,52 @@ def test_array_record_writer_missing_image(jsonl, tmp_path):
   os.remove(records[3]["image"])
   with pytest.raises(OSError, match="record 3: cannot read image .*im3.png"):
     train_builders.write_array_record(records, str(tmp_path / "a.array_record"))
+  assert not os.path.exists(tmp_path / "a.array_record")
   counts = train_builders.write_array_record(records, str(tmp_path / "b.array_record"),
-                                             skip_missing_images=True)
+                                             skip_bad_images=True)
   assert counts == {"written": 11, "skipped": 1}
+  assert len(training.open_source(str(tmp_path / "b.array_record"))) == 11
+
+
+def _stored(path):
+  source = training.open_source(path)
+  return [source[i] for i in range(len(source))]
+
+
+@pytest.mark.parametrize("suffix", [".array_record", ".jsonl"])
+def test_a_failed_build_leaves_the_old_output_as_it_was(jsonl, tmp_path, suffix):
+  """An undecodable image (record 5) or an error from the records' reader (after record 4)
+  stops the build; the good file built before is untouched and no partial file is left."""
+  out = str(tmp_path / "out" / f"train{suffix}")
+  os.makedirs(os.path.dirname(out))
+  write = (train_builders.write_jsonl if suffix == ".jsonl"
+           else train_builders.write_array_record)
+  records = training.read_jsonl(jsonl)
+  assert write(records, out) == {"written": 12, "skipped": 0}
+  good = _stored(out)
+  with open(records[5]["image"], "wb") as f:
+    f.write(b"not an image")
+  with pytest.raises(OSError, match="record 5: cannot read image .*im5.png"):
+    write(records, out)
+
+  def failing_reader():
+    yield from records[:4]
+    raise ValueError("captions.json: annotation 4 is broken")
+
+  with pytest.raises(ValueError, match="annotation 4"):
+    write(failing_reader(), out)
+  assert os.listdir(os.path.dirname(out)) == [f"train{suffix}"]
+  assert _stored(out) == good
+  counts = write(records, out, skip_bad_images=True)
+  assert counts == {"written": 11, "skipped": 1} and len(_stored(out)) == 11
+  with pytest.raises(ValueError, match="no record to write"):
+    write(records[5:6], out, skip_bad_images=True)
+  assert len(_stored(out)) == 11
+
+
+def test_training_refuses_a_builders_temporary_file(tmp_path):
+  partial = str(tmp_path / ".train.array_record.x1y2.partial")
+  with pytest.raises(ValueError, match="expected one .jsonl file or .array_record files"):
+    training.open_source(partial)
+  with pytest.raises(ValueError, match="expected one .jsonl"):
+    training.open_source([str(tmp_path / "a.array_record"), partial])

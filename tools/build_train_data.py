@@ -7,10 +7,14 @@
   # NegCLIP's TSV (filepaths relative to --image_root):
   python tools/build_train_data.py --negclip_tsv=train_neg_clip.tsv --image_root=/data \
       --out=/data/negclip.jsonl
+
+Every image is decoded at build time; the output is written to a temporary file next to --out
+and renamed over it only when the build succeeds, so a failed build leaves the old --out as it was.
 """
 
 from absl import app, flags
 
+from hpjax import errors
 from hpjax.data import train_builders, training
 
 _TSV = flags.DEFINE_string("negclip_tsv", None, "NegCLIP TSV file")
@@ -20,13 +24,18 @@ _IMAGES = flags.DEFINE_string("image_root", "", "folder the image paths are rela
 _HP = flags.DEFINE_list("hard_positives", [], "line-aligned hard-positive files (COCO)")
 _HN = flags.DEFINE_list("hard_negatives", [], "line-aligned hard-negative files (COCO)")
 _OUT = flags.DEFINE_string("out", None, "output .array_record or .jsonl", required=True)
-_SKIP = flags.DEFINE_bool("skip_missing_images", False, "count and skip unreadable images")
+_SKIP = flags.DEFINE_bool("skip_bad_images", False,
+                          "skip (and count) records whose image is missing or does not decode; "
+                          "default: such a record stops the build, naming it and the file")
 
 
 def main(argv):
   del argv
   if sum(x is not None for x in (_TSV.value, _COCO.value, _JSONL.value)) != 1:
     raise app.UsageError("give exactly one of --negclip_tsv, --coco_captions, --jsonl")
+  if not _OUT.value.endswith((".jsonl", ".array_record")):
+    raise app.UsageError(f"--out={_OUT.value}: expected a name ending in .jsonl or .array_record "
+                         "(the names training reads)")
   if _TSV.value:
     records = train_builders.negclip_tsv(_TSV.value, _IMAGES.value)
   elif _COCO.value:
@@ -34,13 +43,11 @@ def main(argv):
         _COCO.value, _IMAGES.value, hard_positive_files=_HP.value, hard_negative_files=_HN.value)
   else:
     records = training.read_jsonl(_JSONL.value)
-  if _OUT.value.endswith(".jsonl"):
-    print(f"{train_builders.write_jsonl(records, _OUT.value)} records -> {_OUT.value}")
-  else:
-    counts = train_builders.write_array_record(records, _OUT.value,
-                                               skip_missing_images=_SKIP.value)
-    print(f"{counts['written']} records -> {_OUT.value} ({counts['skipped']} skipped)")
+  write = (train_builders.write_jsonl if _OUT.value.endswith(".jsonl")
+           else train_builders.write_array_record)
+  counts = write(records, _OUT.value, skip_bad_images=_SKIP.value)
+  print(f"{counts['written']} records -> {_OUT.value} ({counts['skipped']} skipped)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.reported(main))

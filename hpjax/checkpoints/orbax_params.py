@@ -46,7 +46,7 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
     if subtree not in stored:
       raise ValueError(f"orbax checkpoint {item} has no {subtree!r} entry: {sorted(stored)}")
     stored = stored[subtree]
-  check_keys(_flat_shapes(stored), _flat_shapes(param_shapes(CLIP(config))),
+  check_keys(flat_shapes(stored), flat_shapes(param_shapes(CLIP(config))),
              f"orbax checkpoint {item}", config.name)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
@@ -81,6 +81,7 @@ def _resolve(path: epath.Path) -> tuple[epath.Path, str | None]:
   return _resolve(steps[-1][1])
 
 
-def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """'a/b/c' -> shape of every leaf (arrays, ShapeDtypeStructs or orbax metadata)."""
   return {"/".join(str(getattr(p, "key", p)) for p in path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

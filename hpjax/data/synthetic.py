@@ -296,7 +296,8 @@ def _read_manifest(path: str) -> dict | None:
 def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval: int = 500,
                 image_size: int = 64, three_object_frac: float = 0.25,
                 heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
-                num_hard_negatives: int = 3, num_hard_positives: int = 2) -> WorldPaths:
+                num_hard_negatives: int = 3, num_hard_positives: int = 2,
+                rebuild: bool = True) -> WorldPaths:
   """Writes (or reuses, when `out_dir` holds the same world intact) the synthetic world.
 
   Args:
@@ -308,6 +309,8 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
     three_object_frac: fraction of scenes with three objects instead of two.
     heldout: (colour, shape) combinations kept out of the training split.
     num_hard_negatives, num_hard_positives: most per training record.
+    rebuild: False: only reuse; a missing, other or changed world raises ValueError naming why
+      (a run's checkpoints must not continue on a world written anew).
 
   Returns:
     WorldPaths(train_jsonl, eval_root, image_root); suite `image_path`s are relative to
@@ -335,6 +338,12 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
   if manifest and manifest["params"] == params and manifest["digest"] == _digest(out_dir):
     logging.info("synthetic world: reusing %s", out_dir)
     return paths
+  if not rebuild:
+    why = ("holds no synthetic world" if manifest is None else
+           "holds a world of other parameters " + str(sorted(
+               k for k in params if manifest["params"].get(k) != params[k]))
+           if manifest["params"] != params else "has files changed since the world was written")
+    raise ValueError(f"{out_dir} {why}; not rebuilt (rebuild=False)")
   if os.path.isdir(out_dir) and os.listdir(out_dir) and manifest is None:
     raise FileExistsError(f"{out_dir} is not empty and holds no synthetic-world manifest.json: "
                           "refusing to overwrite it; pass an empty or new folder")

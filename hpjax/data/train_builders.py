@@ -10,20 +10,24 @@ hard_negatives, hard_positives) and names the file and row/line in every error:
   JSON list of strings, or plain text.
 `write_array_record` then embeds the encoded images, so training reads one self-contained
 dataset (local or gs://) with random access: the grain pipeline shuffles globally without
-an index file and each host reads only its own records.
+an index file and each host reads only its own records. Both writers decode every image first
+and write to a temporary file renamed over the output only when the whole build succeeded.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import json
 import os
 import sys
+import tempfile
 from typing import Iterable, Iterator, Sequence
 
 from absl import logging
 
+from hpjax import preprocess
 from hpjax.data import training
 
 NEGCLIP_COLUMNS = ("title", "filepath", "neg_caption")
@@ -104,41 +108,93 @@ def coco_with_hard_texts(captions_json: str, image_root: str, *,
          "hard_positives": [t for lines in positives for t in lines[i]]}, where)
 
 
-def write_jsonl(records: Iterable[dict], path: str) -> int:
-  """Writes records as a training JSONL (image paths as given); returns the count."""
-  count = 0
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      count += 1
-  return count
+def checked_images(records: Iterable[dict], *, skip_bad_images: bool = False
+                   ) -> Iterator[tuple[dict, bytes]]:
+  """(record, its image file's bytes) per record, after checking that the image decodes.
 
-
-def write_array_record(records: Iterable[dict], path: str, *, skip_missing_images: bool = False
-                       ) -> dict[str, int]:
-  """Writes `training.serialize`d records with their image files' bytes embedded.
-
-  A missing/unreadable image file is an error naming it, or, with skip_missing_images, a
-  skip counted in the returned {'written', 'skipped'} and logged.
+  A build finds bad images, not the training run hours later: an image that is missing or does
+  not decode is an error naming the record and the file, or, with skip_bad_images, a logged
+  skip yielded as (record, None). Each distinct file is decoded once (COCO has five captions
+  per image).
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  counts = {"written": 0, "skipped": 0}
-  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
-  try:
-    for index, record in enumerate(records):
+  decoded: dict[str, OSError | None] = {}
+  for index, record in enumerate(records):
+    path = record["image"]
+    if path not in decoded:
       try:
-        with open(record["image"], "rb") as f:
+        preprocess.load_image(path)
+        decoded[path] = None
+      except OSError as e:
+        decoded[path] = e
+    error, image_bytes = decoded[path], None
+    if error is None:
+      try:
+        with open(path, "rb") as f:
           image_bytes = f.read()
       except OSError as e:
-        if not skip_missing_images:
-          raise OSError(f"record {index}: cannot read image {record['image']}: {e}") from e
-        counts["skipped"] += 1
-        logging.warning("record %d: skipping unreadable image %s (%s)", index, record["image"], e)
-        continue
-      named = {**record, "image": os.path.basename(record["image"])}
-      writer.write(training.serialize(named, image_bytes))
-      counts["written"] += 1
+        error = decoded[path] = e
+    if image_bytes is not None:
+      yield record, image_bytes
+      continue
+    if not skip_bad_images:
+      raise OSError(f"record {index}: {error}") from error
+    logging.warning("record %d: skipping it (%s)", index, error)
+    yield record, None
+
+
+@contextlib.contextmanager
+def _replaced_on_success(path: str):
+  """Yields a temporary path next to `path`, renamed to `path` only when the block succeeds:
+  a failed or killed build leaves the old `path` as it was, and its temporary file (removed on
+  failure; named *.partial, which `training.open_source` refuses) is never mistaken for data."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
   finally:
-    writer.close()
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _write(records: Iterable[dict], path: str, skip_bad_images: bool, open_writer, write_one
+           ) -> dict[str, int]:
+  """The shared writer loop: checked images, atomic output, counts; no empty outputs."""
+  counts = {"written": 0, "skipped": 0}
+  with _replaced_on_success(path) as tmp:
+    writer = open_writer(tmp)
+    try:
+      for record, image_bytes in checked_images(records, skip_bad_images=skip_bad_images):
+        if image_bytes is None:
+          counts["skipped"] += 1
+        else:
+          write_one(writer, record, image_bytes)
+          counts["written"] += 1
+    finally:
+      writer.close()
+    if not counts["written"]:
+      raise ValueError(f"{path}: no record to write ({counts['skipped']} skipped for bad "
+                       "images); the old file, if any, is left as it was")
   logging.info("%s: %d records written, %d skipped", path, counts["written"], counts["skipped"])
   return counts
+
+
+def write_jsonl(records: Iterable[dict], path: str, *, skip_bad_images: bool = False
+                ) -> dict[str, int]:
+  """Writes records as a training JSONL (image paths as given, each image checked to decode);
+  returns {'written', 'skipped'}."""
+  return _write(records, path, skip_bad_images,
+                lambda tmp: open(tmp, "w", encoding="utf-8"),
+                lambda f, record, _: f.write(json.dumps(record, ensure_ascii=False) + "\n"))
+
+
+def write_array_record(records: Iterable[dict], path: str, *, skip_bad_images: bool = False
+                       ) -> dict[str, int]:
+  """Writes `training.serialize`d records with their image files' bytes embedded; returns
+  {'written', 'skipped'}. Images are checked as `checked_images` says."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  return _write(records, path, skip_bad_images,
+                lambda tmp: array_record_module.ArrayRecordWriter(tmp, "group_size:1"),
+                lambda writer, record, image_bytes: writer.write(training.serialize(
+                    {**record, "image": os.path.basename(record["image"])}, image_bytes)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from typing import Any, Callable, Sequence
 
@@ -123,19 +124,22 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
     return f"ArrayRecordSource({self._paths!r})"
 
 
-def open_source(path: str | Sequence[str], tfds_data_dir: str | None = None
+def open_source(paths: str | Sequence[str], tfds_data_dir: str | None = None
                 ) -> grain.sources.RandomAccessDataSource:
-  """A JSONL file, one or more array_record files (a comma-separated string works too), or a
-  prepared TFDS dataset `tfds:<name>[:<split>]` (hpjax.data.tfds_sources)."""
-  if isinstance(path, str) and path.startswith("tfds:"):
+  """A JSONL file, one or more array_record files (`*.array_record`, or shards named
+  `*.array_record-00000-of-00008`), or a prepared TFDS dataset `tfds:<name>[:<split>]`
+  (hpjax.data.tfds_sources). Other names, such as a builder's `*.partial` temporary file, are
+  refused."""
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  if len(paths) == 1 and paths[0].startswith("tfds:"):
     from hpjax.data import tfds_sources  # pylint: disable=g-import-not-at-top (only when asked)
-    return tfds_sources.open_training_source(path, tfds_data_dir)
-  paths = path.split(",") if isinstance(path, str) else list(path)
+    return tfds_sources.open_training_source(paths[0], tfds_data_dir)
   if len(paths) == 1 and paths[0].endswith(".jsonl"):
     return JsonlSource(paths[0])
-  if all(".array_record" in p for p in paths):
+  if paths and all(re.search(r"\.array_record(-\d+-of-\d+)?$", p) for p in paths):
     return ArrayRecordSource(paths)
-  raise ValueError(f"training data {path!r}: expected a .jsonl file or .array_record files")
+  raise ValueError(f"training data {'+'.join(paths)!r}: expected one .jsonl file or "
+                   ".array_record files ('+'-separated in a config)")
 
 
 def keeps(seed: int, index: int, kind: int, fraction: float) -> bool:

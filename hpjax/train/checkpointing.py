@@ -3,19 +3,27 @@
 `workdir/checkpoints/<step>` keeps the last K saves (async: the loop goes on while the arrays are
 written); `workdir/best/<step>` keeps the best save by an evaluation metric. orbax writes each
 save into a temporary folder and renames it when complete, so a run killed mid-save leaves the
-previous checkpoint as the latest intact one. Paths may be gs:// (orbax uses etils.epath).
+previous checkpoint as the latest intact one; a step damaged later (a file deleted or truncated)
+is skipped on resume for the newest intact one. Paths may be gs:// (orbax uses etils.epath).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
-from hpjax.checkpoints.orbax_params import absolute_path
+from hpjax import errors, sharding
+from hpjax.checkpoints.mapping import CheckpointMismatchError, check_keys
+from hpjax.checkpoints.orbax_params import absolute_path, flat_shapes
+
+_COMMITTED = "_CHECKPOINT_METADATA"  # orbax writes it last, when a save is complete.
+_ITEM_METADATA = "_METADATA"  # the tree of an item (here: the train state).
 
 
 def _plain_array_saves_on_cpu() -> None:
@@ -54,23 +62,58 @@ class Checkpointer:
     self.best = (_manager(os.path.join(workdir, "best"), max_to_keep=1, async_save=async_save,
                           best_metric=best_metric, best_mode=best_mode) if best_metric else None)
 
-  def latest_step(self) -> int | None:
-    return self.last.latest_step()
+  def steps(self) -> list[int]:
+    """Every saved step, intact or not (a workdir with any belongs to a run)."""
+    return list(self.last.all_steps())
 
-  def restore(self, state, iterator):
-    """(state, iterator) restored from the latest save, or returned as given when there is none.
+  def restore(self, state, iterator, model_name: str = ""):
+    """(state, iterator) restored from the newest intact save, or as given when there is none.
 
     `state` supplies the structure, dtypes and shardings; `iterator` is the fresh grain iterator
-    whose position is set in place.
+    whose position is set in place. A damaged step (a metadata file missing, an array file
+    deleted or truncated) is skipped with a warning naming it and the cause, and moved aside to
+    `<step>.damaged-<time>` (never deleted) so that the run can save that step again. A save of
+    another model is not damage: it stops the run, as does a directory with no intact step.
     """
-    step = self.last.latest_step()
-    if step is None:
+    damaged = []
+    for step in sorted(self.last.all_steps(), reverse=True):
+      directory = self.last.directory / str(step)
+      cause = _missing_files(directory)
+      if cause is None:
+        cause = _check_fits(directory, state, model_name)
+      if cause is None:
+        try:
+          restored = self.last.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_like(state)),
+              data=grain.checkpoint.CheckpointRestore(iterator)))
+        except Exception as e:  # pylint: disable=broad-except (tensorstore raises bare Exception)
+          cause = f"its files do not read ({errors.first_line(_root_cause(e), 300)})"
+      if cause is None:
+        break
+      damaged.append((step, cause))
+    else:
+      if damaged:
+        raise ValueError(f"{self.last.directory}: no intact checkpoint: " + "; ".join(
+            f"step {s} {c}" for s, c in damaged) + " (move the folder away to start afresh)")
       return state, iterator
+    # Every host must restore the same step (all read the same files; each says so if not).
+    if sharding.host_max(step) != -sharding.host_max(-step):
+      raise ValueError(f"{self.last.directory}: the hosts found different intact steps "
+                       f"(this host: {step}); is the checkpoint directory shared?")
+    for bad_step, cause in damaged:
+      aside = self._move_aside(bad_step)
+      logging.warning("checkpoint step %d skipped: %s; kept as %s", bad_step, cause, aside)
+    if damaged:
+      self.last.reload()
     logging.info("resuming from %s/%d", self.last.directory, step)
-    restored = self.last.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(state)),
-        data=grain.checkpoint.CheckpointRestore(iterator)))
     return restored.state, restored.data
+
+  def _move_aside(self, step: int):
+    aside = self.last.directory / f"{step}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+    if jax.process_index() == 0:
+      (self.last.directory / str(step)).rename(aside)
+    multihost_utils.sync_global_devices(f"damaged checkpoint {step} moved aside")
+    return aside
 
   def _args(self, state, iterator):
     return ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -103,3 +146,35 @@ class Checkpointer:
     for manager in (self.last, self.best):
       if manager is not None:
         manager.close()
+
+
+def _root_cause(error: BaseException) -> BaseException:
+  """The innermost exception: orbax wraps tensorstore's short reason ("Error reading ... byte
+  range ... not valid") in a message that dumps the whole tensorstore spec."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def _missing_files(directory) -> str | None:
+  """Why a step folder is not a whole save (None when its metadata files are all there)."""
+  for name in (_COMMITTED, f"state/{_ITEM_METADATA}"):
+    if not (directory / name).exists():
+      return f"is incomplete ({name} is missing)"
+  return None
+
+
+def _check_fits(directory, state, model_name: str) -> str | None:
+  """None when the saved params have the shapes of `state`'s; raises one line when they do not
+  (another model's checkpoint); returns the cause when the metadata does not read."""
+  try:
+    stored = ocp.StandardCheckpointer().metadata(directory / "state").item_metadata.tree
+  except Exception as e:  # pylint: disable=broad-except (orbax raises what its readers raise)
+    return f"has unreadable metadata ({errors.first_line(_root_cause(e), 300)})"
+  try:
+    check_keys(flat_shapes(stored.get("params", {})), flat_shapes(state.params),
+               f"checkpoint {directory}", model_name or "of this run")
+  except CheckpointMismatchError as e:
+    raise ValueError(f"{errors.first_line(e)}: it was written by another model; train in a new "
+                     "workdir (or set checkpoint.directory)") from e
+  return None

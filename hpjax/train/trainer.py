@@ -1,7 +1,8 @@
 """The training program: `run(config, workdir)`, read top to bottom in big_vision's sections.
 
-mesh -> input -> model + optimizer -> sharding -> checkpoint (resume) -> evaluators -> loop ->
-final evaluation, reports and export. See configs/common.py for every field.
+mesh and config checks -> same run? -> input -> model + optimizer -> sharding -> checkpoint
+(resume) -> evaluators -> loop -> final evaluation, reports and export. See configs/common.py
+for every field.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import signal
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -19,34 +19,48 @@ from jax.experimental import multihost_utils
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
-from hpjax.train import checkpointing, optim, retrieval
+from hpjax.train import checkpointing, optim, retrieval, run_config
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+RETRIEVAL_HEADLINE = "retrieval/mean_recall@1"
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss, gradient or update became NaN/inf; nothing from that step on is saved."""
 
 
-def _training_data(config, workdir: str):
-  """(train source, held-out records, REPLACE/SWAP root or '', image root or '')."""
+def _training_data(config, workdir: str, resuming: bool = False):
+  """(train source, held-out records, REPLACE/SWAP root or '', image root or '').
+
+  When resuming, the synthetic world is only reused, never written anew under the checkpoints
+  (unless resume_overrides allows data.synthetic to change).
+  """
   data = config.data
   eval_root, image_root = config.eval.replace_swap_root, config.eval.image_root
+  from hpjax.evaluate.benchmarks import split_list  # pylint: disable=g-import-not-at-top
   source_path = data.source
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
     world_dir = os.path.join(workdir, "world")
-    # One writer; the other hosts then find it cached (a second call re-hashes every file).
-    world = synthetic.write_world(world_dir, **data.synthetic) if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("synthetic world written")
-    if world is None:
-      world = synthetic.write_world(world_dir, **data.synthetic)
+    rebuild = not resuming or run_config.allowed(config, "data.synthetic")
+    try:
+      # One writer; the other hosts then find it cached (a second call re-hashes every file).
+      world = (synthetic.write_world(world_dir, **data.synthetic, rebuild=rebuild)
+               if jax.process_index() == 0 else None)
+      multihost_utils.sync_global_devices("synthetic world written")
+      if world is None:
+        world = synthetic.write_world(world_dir, **data.synthetic, rebuild=rebuild)
+    except ValueError as e:
+      if rebuild:
+        raise
+      raise ValueError(f"{e}: this workdir's checkpoints were trained on the world there; "
+                       "restore it, or allow a new one with "
+                       "--config.resume_overrides=data.synthetic") from e
     source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
-  source = data_lib.open_source(source_path, data.tfds_data_dir or None)
+  source = data_lib.open_source(split_list(source_path), data.tfds_data_dir or None)
   if data.val_source:
-    held_out = data_lib.open_source(data.val_source, data.tfds_data_dir or None)
+    held_out = data_lib.open_source(split_list(data.val_source), data.tfds_data_dir or None)
     val = [held_out[i] for i in range(len(held_out))]
   else:
     if len(source) <= data.val_size:
@@ -80,14 +94,16 @@ def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
 
 
 def _headline(metrics: dict) -> str:
-  """The paper's Table 1 figures of the final evaluation, for the closing lines of a run."""
+  """The paper's Table 1 figures and the retrieval R@1, for the log (metrics.jsonl has all)."""
   parts = []
   for suite in ("replace", "swap"):
     figures = [f"{name} {metrics[f'{suite}/{name}']:.1f}"
                for name in ("original", "augmented", "brittleness") if f"{suite}/{name}" in metrics]
     if figures:
       parts.append(f"{suite.upper()} " + ", ".join(figures))
-  return "final: " + " | ".join(parts)
+  if RETRIEVAL_HEADLINE in metrics:
+    parts.append(f"retrieval R@1 {metrics[RETRIEVAL_HEADLINE]:.1f}")
+  return " | ".join(parts)
 
 
 class _Preemption:
@@ -114,16 +130,26 @@ def run(config, workdir: str) -> dict:
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
+  run_config.check_values(config, len(jax.devices()), jax.process_count())
   mesh = sharding.make_mesh(config.mesh.model_parallel,
                             jax.devices()[:config.mesh.num_devices or None])
   os.makedirs(workdir, exist_ok=True)
 
+  # -- the same run? (before any data is built or read) ------------------------------------------
+  checkpoint_dir = config.checkpoint.directory or workdir
+  ckpt = checkpointing.Checkpointer(
+      checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+      async_save=config.checkpoint.async_save, best_metric=config.checkpoint.best_metric or None,
+      best_mode=config.checkpoint.best_mode)
+  resuming = bool(ckpt.steps())
+  run_config.check_same_run(config, workdir, has_checkpoints=resuming)
+
   # -- input -------------------------------------------------------------------------------------
-  source, val_records, eval_root, image_root = _training_data(config, workdir)
+  source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
       config.model.name, pretrained=config.model.pretrained or None,
-      dtype=DTYPES[config.model.dtype], remat=config.model.remat,
+      dtype=run_config.DTYPES[config.model.dtype], remat=config.model.remat,
       rng=jax.random.key(config.seed))
   transform = data_lib.ExampleTransform(
       tokenizer=tokenizer_lib.get_tokenizer(model.config),
@@ -148,13 +174,8 @@ def run(config, workdir: str) -> dict:
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight)
 
-  # -- checkpoint: resume where the workdir left off ---------------------------------------------
-  checkpoint_dir = config.checkpoint.directory or workdir
-  ckpt = checkpointing.Checkpointer(
-      checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
-      async_save=config.checkpoint.async_save, best_metric=config.checkpoint.best_metric or None,
-      best_mode=config.checkpoint.best_mode)
-  state, iterator = ckpt.restore(state, iterator)
+  # -- checkpoint: resume from the newest intact save ---------------------------------------------
+  state, iterator = ckpt.restore(state, iterator, model_name=config.model.name)
   first_step = int(state.step)
 
   # -- evaluators --------------------------------------------------------------------------------
@@ -170,10 +191,7 @@ def run(config, workdir: str) -> dict:
     for evaluator in evaluators:
       metrics.update(evaluator.run(state.params))
     log.write(step, metrics)
-    # The category counts and percentages go to metrics.jsonl and the reports only.
-    shown = {k: v for k, v in metrics.items() if "/count/" not in k and "/pct/" not in k}
-    logging.info("step %d evaluation: %s", step,
-                 ", ".join(f"{k} {v:.2f}" for k, v in sorted(shown.items())))
+    logging.info("step %d evaluation: %s (all figures in metrics.jsonl)", step, _headline(metrics))
     return metrics
 
   # -- loop --------------------------------------------------------------------------------------
@@ -228,7 +246,7 @@ def run(config, workdir: str) -> dict:
         files = hard_positive.write_reports(
             os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
             checkpoint=os.path.join(checkpoint_dir, "checkpoints", str(config.total_steps)))
-        logging.info("%s", _headline(hard_positive.last_metrics))
+        logging.info("final: %s", _headline(hard_positive.last_metrics))
         logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
       factory.export_openclip(jax.device_get(state.params), config.model.name,

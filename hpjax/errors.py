@@ -1,0 +1,108 @@
+"""Errors a user causes end in one line: the file, key or field, and what was expected.
+
+`reported(main)` wraps an absl main: the error types that bad input raises (a bad value, a
+missing, damaged or foreign file, a full disk, a non-finite loss) print `error: <first line of
+the message>` as the last line and exit 1, instead of pages of library traceback. The traceback
+stays available: `--traceback` re-raises, and it is logged at debug level (`--verbosity=1`).
+`parse_flags` does the same for errors while the flags (and the config file) are read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from absl import flags, logging
+import ml_collections
+
+USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
+_LIMIT = 400  # characters of a library's message (tensorstore's run to pages)
+
+
+def field_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """Why `dotted` names no value field of `config` (None when it does)."""
+  node, done = config, []
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = f"{'.'.join(done)!r}" if done else "the config"
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      return f"config has no field {dotted!r}: {where} has {known}"
+    node = node[part]
+    done.append(part)
+  if isinstance(node, ml_collections.ConfigDict):
+    return f"config field {dotted!r} is a group of fields, not a value: {sorted(node.keys())}"
+  return None
+
+
+def first_line(error: BaseException, limit: int = _LIMIT) -> str:
+  """The message's first non-blank line (a KeyError's without its quotes); a longer one keeps
+  both ends, since a library names the file first and the cause last."""
+  message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  lines = [l for l in str(message).splitlines() if l.strip()] or [type(error).__name__]
+  text = lines[0]
+  return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
+
+
+def summary(error: BaseException) -> str:
+  """The one line printed for a user error."""
+  more = len([l for l in str(error).splitlines() if l.strip()]) - 1
+  return first_line(error) + (f" ({more} more lines with --traceback)" if more > 0 else "")
+
+
+def _define_traceback_flag() -> None:
+  if "traceback" not in flags.FLAGS:
+    flags.DEFINE_bool("traceback", False, "Show an error's full traceback instead of one line.")
+
+
+def _exit_with(error: BaseException, what: str = "error") -> None:
+  logging.debug("traceback of the error below", exc_info=error)
+  print(f"{what}: {summary(error)}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def reported(main):
+  """`main` for app.run, printing a user error as one last line (see the module docstring)."""
+  _define_traceback_flag()
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if flags.FLAGS["traceback"].value:
+        raise
+      _exit_with(e)
+
+  return wrapped
+
+
+def parse_flags(argv):
+  """absl's flag parsing; a bad config argument, a config file's own error or an unknown
+  `--config.a.b` flag is one line (absl would print the config file's traceback)."""
+  _define_traceback_flag()
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, *USER_ERRORS) as e:
+    if "--traceback" in argv:
+      raise
+    _exit_with(_config_problem(argv) or e, "flag error")
+
+
+def _config_problem(argv) -> BaseException | None:
+  """Loads the --config file again, unwrapped, to name what is wrong with it or an override."""
+  values = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  if not values:
+    return None
+  path, *arg = values[-1].split(":", 1)
+  try:
+    spec = importlib.util.spec_from_file_location("hpjax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(*arg)
+  except Exception as e:  # pylint: disable=broad-except (the config file's own error, named)
+    return e
+  for a in argv[1:]:
+    if a.startswith("--config."):
+      problem = field_error(config, a[len("--config."):].split("=", 1)[0])
+      if problem:
+        return KeyError(f"{a.split('=', 1)[0]}: {problem}")
+  return None

@@ -1,0 +1,164 @@
+"""The training run's config: its values checked before any work, and the run's identity kept.
+
+`check_values` stops a run at once on a value it cannot use (naming the field and what is
+allowed). `check_same_run` saves the config in WORKDIR/run_config.json and, when the workdir
+already holds checkpoints, compares: a checkpoint is only meaningful with the model, data,
+batch size, seed and host count that wrote it, so a resume that changes one of those stops with
+the fields named, unless `resume_overrides` ('+'-separated field names or prefixes, e.g.
+`batch_size+data.hn_frac`, `hosts` for the host count) allows that change explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from hpjax import sharding
+from hpjax.train import losses
+
+FILE = "run_config.json"
+HOSTS = "hosts"  # the process count, saved beside the config's fields.
+# What a checkpoint means: a change continues the weights on another model, other data or
+# another batch order. (data.worker_count does not change the batches: tested.)
+SAME_RUN = ("model.name", "model.pretrained", "data", "batch_size", "seed", HOSTS)
+FREE = ("data.worker_count",)
+_PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
+
+_POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_steps",
+             "checkpoint.keep", "eval.batch_size", "mesh.model_parallel")
+_NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
+                 "data.num_hard_positives", "data.worker_count", "data.val_size",
+                 "mesh.num_devices")
+_FRACTIONS = ("data.hn_frac", "data.hp_frac")
+_CHOICES = {"model.dtype": tuple(DTYPES), "loss.positives": losses.POSITIVE_MODES,
+            "checkpoint.best_mode": ("max", "min")}
+
+
+def flatten(config) -> dict:
+  """ConfigDict -> {'a.b': value}, values as JSON gives them back (tuples become lists)."""
+  out = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if hasattr(value, "items"):
+        walk(value, f"{prefix}{key}.")
+      else:
+        out[prefix + key] = value
+
+  walk(config, "")
+  return json.loads(json.dumps(out))
+
+
+def check_values(config, num_devices: int, process_count: int) -> None:
+  """Raises one ValueError naming every field whose value the run cannot use."""
+  values = flatten(config)
+  problems = []
+  for field in _POSITIVE:
+    if not (isinstance(values[field], int) and values[field] > 0):
+      problems.append(f"{field}={values[field]!r} must be a positive integer")
+  for field in _NON_NEGATIVE:
+    if not (isinstance(values[field], int) and values[field] >= 0):
+      problems.append(f"{field}={values[field]!r} must be an integer >= 0")
+  for field in _FRACTIONS:
+    if not 0.0 <= values[field] <= 1.0:
+      problems.append(f"{field}={values[field]!r} must be a fraction in [0, 1]")
+  for field, allowed in _CHOICES.items():
+    if values[field] not in allowed:
+      problems.append(f"{field}={values[field]!r} must be one of {list(allowed)}")
+  low, high = values["data.crop_scale"]
+  if not 0.0 < low <= high <= 1.0:
+    problems.append(f"data.crop_scale={values['data.crop_scale']!r} must be (low, high) with "
+                    "0 < low <= high <= 1")
+  if not values["optim.lr"] >= 0:
+    problems.append(f"optim.lr={values['optim.lr']!r} must be >= 0")
+  if not values["data.val_source"] and values["data.val_size"] < 1:
+    problems.append("data.val_size must be >= 1 without data.val_source (the retrieval split)")
+  if not problems:
+    devices = min(num_devices, values["mesh.num_devices"] or num_devices)
+    data_parallel, rest = divmod(devices, values["mesh.model_parallel"])
+    if rest:
+      problems.append(f"mesh.model_parallel={values['mesh.model_parallel']} must divide the "
+                      f"{devices} devices")
+    elif values["batch_size"] % data_parallel:
+      problems.append(f"batch_size={values['batch_size']} must be a multiple of the "
+                      f"{data_parallel} data-parallel devices")
+    if values["batch_size"] % process_count:
+      problems.append(f"batch_size={values['batch_size']} must be a multiple of the "
+                      f"{process_count} hosts")
+  if problems:
+    raise ValueError("config: " + "; ".join(problems))
+
+
+def _matches(field: str, names) -> bool:
+  return any(field == n or field.startswith(n + ".") for n in names)
+
+
+def _overrides(config) -> list[str]:
+  from hpjax.evaluate.benchmarks import split_list  # pylint: disable=g-import-not-at-top
+  return split_list(config.resume_overrides)
+
+
+def allowed(config, group: str) -> bool:
+  """Whether `resume_overrides` lets a resume change `group` or a field in it."""
+  return any(_matches(group, [n]) or _matches(n, [group]) for n in _overrides(config))
+
+
+def _read(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: unreadable ({e}); it records the run these checkpoints belong "
+                     "to: restore it, or move it away to accept the current config") from e
+
+
+def _write(path: str, values: dict) -> None:
+  tmp = path + ".partial"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(values, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def check_same_run(config, workdir: str, *, has_checkpoints: bool) -> None:
+  """Compares the config with WORKDIR/run_config.json when checkpoints exist, then saves it.
+
+  Raises ValueError naming the changed fields that `config.resume_overrides` does not allow.
+  """
+  path = os.path.join(workdir, FILE)
+  current = {**flatten(config), HOSTS: jax.process_count()}
+  overrides = _overrides(config)
+  unknown = [n for n in overrides if not any(_matches(f, [n]) for f in current)]
+  if unknown:
+    raise ValueError(f"resume_overrides: {unknown} name no config field (give fields such as "
+                     f"batch_size or data.hn_frac, a prefix such as data, or {HOSTS})")
+  saved = _read(path) if has_checkpoints else None
+  problem = ""
+  if has_checkpoints and saved is None:
+    logging.warning("%s is missing: cannot check that the checkpoints there belong to this run "
+                    "(saving this run's config now)", path)
+  elif saved is not None:
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
+                     and not _matches(k, _PER_LAUNCH))
+    guarded = [k for k in changed if _matches(k, SAME_RUN) and not _matches(k, FREE)]
+    refused = [k for k in guarded if not _matches(k, overrides)]
+    if refused:
+      problem = (f"{path}: this workdir's checkpoints were trained with other values of "
+                 + ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in refused)
+                 + "; use a new workdir, or allow the change with "
+                 f"--config.resume_overrides={'+'.join(refused)}")
+    elif changed:
+      logging.warning("resuming with changed fields: %s%s", ", ".join(
+          f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed),
+          " (allowed by resume_overrides)" if guarded else "")
+  # Every host stops when one does (a host going on alone would wait forever in a collective).
+  if sharding.host_max(int(bool(problem))):
+    raise ValueError(problem or "another host found this run's config changed (see its log)")
+  if jax.process_index() == 0:
+    _write(path, current)
