@@ -22,24 +22,36 @@ _IGNORED_TOP_FIELDS = {"custom_text"}
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+  """A ViT, or OpenAI's ModifiedResNet when `layers` is a tuple of four block counts (OpenCLIP's
+  JSON gives a list; it is kept as a tuple so configs stay hashable). For a ResNet, `width` is
+  the stem width, `patch_size` is None and the attention pool has width * 32 // head_width heads."""
   image_size: int = 224
-  layers: int = 12
+  layers: int | tuple[int, ...] = 12
   width: int = 768
   head_width: int = 64
   mlp_ratio: float = 4.0
-  patch_size: int = 16
+  patch_size: int | None = 16
   ls_init_value: float | None = None
   final_ln_after_pool: bool = False
   pool_type: str = "tok"
   no_ln_pre: bool = False
 
+  def __post_init__(self):
+    if self.is_resnet and len(self.layers) != 4:
+      raise ValueError(f"vision_cfg.layers {list(self.layers)}: a ResNet has four stages")
+
+  @property
+  def is_resnet(self) -> bool:
+    return isinstance(self.layers, tuple)
+
   @property
   def heads(self) -> int:
-    return self.width // self.head_width
+    return (self.width * 32 if self.is_resnet else self.width) // self.head_width
 
   @property
   def grid_size(self) -> int:
-    return self.image_size // self.patch_size
+    """Tokens per side: patches of a ViT, the 32x-downsampled feature map of a ResNet."""
+    return self.image_size // (32 if self.is_resnet else self.patch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +106,8 @@ class CLIPConfig:
 
 
 def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
-  fields = {k: v for k, v in fields.items() if k not in ignored}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+            if k not in ignored}
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
@@ -108,6 +121,8 @@ def _non_default(cfg) -> dict[str, Any]:
   out = {}
   for f in dataclasses.fields(cfg):
     value = getattr(cfg, f.name)
+    if isinstance(value, tuple):
+      value = list(value)
     if value != f.default or f.name in ("image_size", "layers", "width", "patch_size",
                                         "context_length", "vocab_size", "heads"):
       out[f.name] = value
