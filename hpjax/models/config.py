@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any
+import re
+from typing import Any, Mapping
+
+import numpy as np
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -145,3 +148,41 @@ def get_model_config(name_or_path: str) -> CLIPConfig:
         f"unknown model {name_or_path!r}: not a shipped config and not a JSON file; "
         f"known models: {', '.join(list_models())}")
   return CLIPConfig.from_dict(json.loads(shipped.read_text()), name=name_or_path)
+
+
+def infer_openai_config(state_dict: Mapping[str, Any], source: str = "state dict") -> CLIPConfig:
+  """The architecture of an OpenAI-layout CLIP state dict, read from its tensor shapes as OpenAI's
+  `clip.model.build_model` does (QuickGELU; 64-wide heads in both towers).
+
+  The config takes the name of the shipped config it equals (e.g. 'RN50-quickgelu'), so it can be
+  exported by name; otherwise it is named 'openai-inferred'.
+  """
+  def shape(key):
+    if key not in state_dict:
+      raise ValueError(f"{source}: cannot infer an OpenAI CLIP architecture: no {key!r} "
+                       f"(keys start {sorted(state_dict)[:5]})")
+    return tuple(np.shape(state_dict[key]))
+
+  def count(pattern):  # Distinct block indices matching `pattern`.
+    return len({m.group(1) for k in state_dict for m in [re.match(pattern, k)] if m})
+
+  if "visual.proj" in state_dict:  # A ViT.
+    width, _, _, patch = shape("visual.conv1.weight")
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
+    layers = count(r"visual\.transformer\.resblocks\.(\d+)\.")
+    vision = VisionConfig(image_size=patch * grid, layers=layers, width=width, patch_size=patch)
+  else:  # A ModifiedResNet: the attention pool sees the image downsampled 32x.
+    grid = round((shape("visual.attnpool.positional_embedding")[0] - 1) ** 0.5)
+    layers = tuple(count(rf"visual\.layer{i}\.(\d+)\.") for i in range(1, 5))
+    vision = VisionConfig(image_size=32 * grid, layers=layers,
+                          width=shape("visual.layer1.0.conv1.weight")[0], patch_size=None)
+  text_width = shape("ln_final.weight")[0]
+  text = TextConfig(context_length=shape("positional_embedding")[0],
+                    vocab_size=shape("token_embedding.weight")[0], width=text_width,
+                    heads=text_width // 64, layers=count(r"transformer\.resblocks\.(\d+)\."))
+  config = CLIPConfig(embed_dim=shape("text_projection")[1], vision=vision, text=text,
+                      quick_gelu=True, name="openai-inferred")
+  for name in list_models():
+    if dataclasses.replace(get_model_config(name), name=config.name) == config:
+      return dataclasses.replace(config, name=name)
+  return config
