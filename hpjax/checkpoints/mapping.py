@@ -88,9 +88,14 @@ def openclip_key(flax_path: tuple[str, ...], ndim: int = 2) -> tuple[str, Layout
   raise AssertionError(f"no rule for {joined}")  # The last rule matches everything.
 
 
-@functools.lru_cache(maxsize=16)
 def key_table(config: CLIPConfig) -> dict[str, Entry]:
   """OpenCLIP key -> (Flax path, layout, OpenCLIP shape) for every parameter of `config`."""
+  # Neither the activation nor the name changes a parameter: such variants share one table.
+  return _key_table(dataclasses.replace(config, quick_gelu=False, name=""))
+
+
+@functools.lru_cache(maxsize=16)
+def _key_table(config: CLIPConfig) -> dict[str, Entry]:
   table = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(CLIP(config)))[0]:
     flax_path = tuple(p.key for p in path)
