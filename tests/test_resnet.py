@@ -16,7 +16,7 @@ import hpjax
 from hpjax import checkpoints
 from hpjax.checkpoints import CheckpointMismatchError
 from hpjax.checkpoints.mapping import key_table
-from hpjax.models import CLIP, get_model_config, infer_openai_config, list_models
+from hpjax.models import CLIP, CLIPConfig, get_model_config, infer_openai_config, list_models
 from hpjax.models.resnet import BatchNorm
 from openclip_reference import openclip_model, random_images, random_tokens, state_dict_numpy
 
@@ -179,3 +179,12 @@ def test_torchscript_archive_infers_the_architecture_and_gives_open_clips_featur
   image, text, _ = _run_hpjax(config, params, images, tokens)  # config == model.config but name
   np.testing.assert_allclose(image, want_image, rtol=0, atol=1e-4)
   np.testing.assert_allclose(text, want_text, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("vision_cfg, message", [
+    ({"layers": [3, 4, 6], "width": 64, "patch_size": None}, "a ResNet has four stages"),
+    ({"layers": 12, "width": 768, "patch_size": None}, "patch_size is null"),
+])
+def test_bad_resnet_config_is_an_error(vision_cfg, message):
+  with pytest.raises(ValueError, match=message):
+    CLIPConfig.from_dict({"embed_dim": 8, "vision_cfg": vision_cfg})

@@ -25,7 +25,7 @@ _IGNORED_TOP_FIELDS = {"custom_text"}
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-  """A ViT, or OpenAI's ModifiedResNet when `layers` is a tuple of four block counts (OpenCLIP's
+  """A ViT, or OpenAI's ModifiedResNet when `layers` is a tuple of four stage depths (OpenCLIP's
   JSON gives a list; it is kept as a tuple so configs stay hashable). For a ResNet, `width` is
   the stem width, `patch_size` is None and the attention pool has width * 32 // head_width heads."""
   image_size: int = 224
@@ -42,6 +42,9 @@ class VisionConfig:
   def __post_init__(self):
     if self.is_resnet and len(self.layers) != 4:
       raise ValueError(f"vision_cfg.layers {list(self.layers)}: a ResNet has four stages")
+    if not self.is_resnet and self.patch_size is None:
+      raise ValueError("vision_cfg.patch_size is null, which only a ResNet (layers given as a "
+                       "list of four stage depths) may have")
 
   @property
   def is_resnet(self) -> bool:
