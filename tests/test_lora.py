@@ -1,4 +1,4 @@
-"""LoRA checkpoints (TSVLC / DAC layout): merged at import, equal to running the adapters unmerged."""
+"""LoRA checkpoints (TSVLC / DAC layout): merged at import, equal to the adapters run unmerged."""
 
 import copy
 
