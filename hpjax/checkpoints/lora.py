@@ -49,6 +49,33 @@ def _expected_shapes(base_shape: tuple[int, ...], rank: int):
   return (rank * k, base_shape[1] * k), (base_shape[0] * k, rank * k)
 
 
+def _problems(state_dict: Mapping[str, Any], adapters: dict[str, dict[str, str]],
+              rank: int) -> list[str]:
+  """One line per adapter key that cannot be merged at `rank`, naming it."""
+  problems = []
+  for base, pair in sorted(adapters.items()):
+    for which in "AB":
+      if which not in pair:
+        present = pair["B" if which == "A" else "A"]
+        problems.append(f"{present}: its lora_{which} partner is missing")
+    if base not in state_dict:
+      problems.append(f"{', '.join(sorted(pair.values()))}: adapter of {base!r}, which the "
+                      "checkpoint does not hold")
+    if len(pair) < 2 or base not in state_dict:
+      continue
+    base_shape = tuple(np.shape(state_dict[base]))
+    if len(base_shape) not in (2, 4):
+      problems.append(f"{pair['A']}: adapts {base} of shape {base_shape}, not a Linear or conv")
+      continue
+    want = dict(zip("AB", _expected_shapes(base_shape, rank)))
+    for which in "AB":
+      got = tuple(np.shape(state_dict[pair[which]]))
+      if got != want[which]:
+        problems.append(f"{pair[which]}: shape {got} does not fit rank {rank} on "
+                        f"{base} {base_shape} (expected {want[which]})")
+  return problems
+
+
 def merge_lora(state_dict: Mapping[str, Any], lora_rank: int | None, lora_alpha: float = 1.0,
                source: str = "checkpoint") -> dict[str, Any]:
   """`state_dict` with every adapter pair merged into its base weight and removed.
@@ -72,24 +99,7 @@ def merge_lora(state_dict: Mapping[str, Any], lora_rank: int | None, lora_alpha:
   if not adapters:
     raise ValueError(f"{source} holds no LoRA adapters (no '*.lora_A'/'*_lora_A' keys), but "
                      f"lora_rank={lora_rank} was given; load it without lora_rank")
-  problems = []
-  for base, pair in sorted(adapters.items()):
-    for which in "AB":
-      if which not in pair:
-        present = pair["B" if which == "A" else "A"]
-        problems.append(f"{present}: its lora_{which} partner is missing")
-    if base not in state_dict:
-      problems.append(f"{', '.join(sorted(pair.values()))}: adapter of {base!r}, which the "
-                      "checkpoint does not hold")
-    if len(pair) < 2 or base not in state_dict:
-      continue
-    base_shape = tuple(np.shape(state_dict[base]))
-    want = dict(zip("AB", _expected_shapes(base_shape, lora_rank)))
-    for which in "AB":
-      got = tuple(np.shape(state_dict[pair[which]]))
-      if got != want[which]:
-        problems.append(f"{pair[which]}: shape {got} does not fit rank {lora_rank} on "
-                        f"{base} {base_shape} (expected {want[which]})")
+  problems = _problems(state_dict, adapters, lora_rank)
   if problems:
     raise ValueError(f"{source}: LoRA adapters that cannot be merged at rank {lora_rank}:\n"
                      + "\n".join(f"  {p}" for p in problems))
