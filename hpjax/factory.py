@@ -7,44 +7,57 @@ import jax.numpy as jnp
 
 from hpjax import checkpoints
 from hpjax.models.clip import CLIP, init_params, param_shapes
-from hpjax.models.config import get_model_config
+from hpjax.models.config import CLIPConfig, get_model_config
 
 
-def create_model(name: str, pretrained=None, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: bool = False, rng: jax.Array | None = None):
+def create_model(name: str | None, pretrained=None, dtype=jnp.float32, param_dtype=jnp.float32,
+                 remat: bool = False, rng: jax.Array | None = None, *,
+                 lora_rank: int | None = None, lora_alpha: float = 1.0):
   """Returns (model, params) for a shipped model name or an OpenCLIP-schema JSON path.
 
   Args:
-    name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`) or a path to a JSON config.
+    name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`) or a path to a JSON config; None to
+      infer the architecture from the tensor shapes of `pretrained`, a file in OpenAI's layout
+      such as OpenAI's TorchScript `RN50.pt` (QuickGELU, as OpenAI's loader builds it).
     pretrained: None for random init (from `rng`, default key 0), an OpenCLIP/OpenAI/HF
       checkpoint file, or an hpjax orbax params directory.
     dtype: compute dtype (bfloat16 for speed; features come back in float32).
     param_dtype: storage dtype of the params.
     remat: recompute each residual block in the backward pass.
     rng: PRNG key for random init.
+    lora_rank, lora_alpha: for a file with LoRA adapters (TSVLC / DAC: rank 4, alpha 1), merged
+      into the weights with scale lora_alpha / lora_rank.
   """
-  config = get_model_config(name)
+  lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha)
+  if pretrained is None and (name is None or lora_rank is not None):
+    raise ValueError("create_model: a model name of None and lora_rank both need a `pretrained` "
+                     "checkpoint file")
+  if name is None:
+    config, params = checkpoints.load_openai(pretrained, **lora)
+  else:
+    config = get_model_config(name)
+    params = None if pretrained is None else checkpoints.load_params(pretrained, config, **lora)
   model = CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
-  if pretrained is None:
+  if params is None:
     return model, init_params(model, jax.random.key(0) if rng is None else rng)
-  params = checkpoints.load_params(pretrained, config)
   # Cast like init does: param_dtype, except what the model keeps in fp32 (logit scale, bias).
   return model, jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), params,
                              param_shapes(model))
 
 
-def create_model_and_transforms(name: str, pretrained=None, **kwargs):
+def create_model_and_transforms(name: str | None, pretrained=None, **kwargs):
   """Returns (model, params, preprocess): preprocess maps a PIL image to a (H, W, 3) array."""
   from hpjax import preprocess  # pylint: disable=g-import-not-at-top  (owned by another module)
   model, params = create_model(name, pretrained, **kwargs)
   return model, params, preprocess.eval_transform(model.config.vision.image_size)
 
 
-def export_openclip(params, name: str, path, extra=None):
-  """Writes `params` of model `name` as an OpenCLIP state dict that
-  `open_clip.create_model(name, pretrained=path)` loads strictly (for CoCa, pass the decoder
-  tensors `load_params(..., return_ignored=True)` returned as `extra`)."""
-  return checkpoints.export_openclip(params, get_model_config(name), path, extra)
+def export_openclip(params, name: str | CLIPConfig, path, extra=None):
+  """Writes `params` of model `name` (or of a config, e.g. an inferred `model.config`) as an
+  OpenCLIP state dict that `open_clip.create_model(name, pretrained=path)` loads strictly (for
+  CoCa, pass the decoder tensors `load_params(..., return_ignored=True)` returned as `extra`)."""
+  config = name if isinstance(name, CLIPConfig) else get_model_config(name)
+  return checkpoints.export_openclip(params, config, path, extra)
 
 
 def export_hf(params, name: str, folder):

@@ -6,34 +6,54 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-from hpjax.checkpoints import files, hf, mapping, orbax_params
-from hpjax.models.config import CLIPConfig
+from hpjax.checkpoints import files, hf, lora, mapping, orbax_params
+from hpjax.models.config import CLIPConfig, infer_openai_config
 
 
-def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored: bool = False):
+def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored: bool = False,
+                *, lora_rank: int | None = None, lora_alpha: float = 1.0):
   """Params of `config` from `path`; with return_ignored, (params, ignored tensors).
 
   A directory is an hpjax orbax checkpoint; a file is an OpenCLIP state dict (.safetensors,
   .bin/.pt, OpenAI TorchScript) or an HF transformers CLIPModel state dict (detected by its
-  `text_model.`/`vision_model.` keys). Keys of parts hpjax does not build (CoCa's
-  `text_decoder.*`) are not loaded: they are logged and, with return_ignored, returned as
-  {key: array} (sorted key names for results.json; pass the dict to `export_openclip(...,
-  extra=...)` to write a file OpenCLIP loads strictly).
+  `text_model.`/`vision_model.` keys). A file with LoRA adapters (TSVLC / DAC) needs
+  `lora_rank` (and `lora_alpha`): the adapters are merged into the weights (checkpoints/lora.py).
+  Keys of parts hpjax does not build (CoCa's `text_decoder.*`) are not loaded: they are logged
+  and, with return_ignored, returned as {key: array} (sorted key names for results.json; pass
+  the dict to `export_openclip(..., extra=...)` to write a file OpenCLIP loads strictly).
   """
   path = epath.Path(path)
   if path.is_dir():
+    if lora_rank is not None:
+      raise ValueError(f"{path} is an hpjax params directory, whose weights hold no LoRA "
+                       f"adapters; load it without lora_rank={lora_rank}")
     params, ignored = orbax_params.restore_params(path, config, param_dtype), {}
   else:
-    state_dict = files.read_state_dict(path)
-    source = f"checkpoint {path}"
-    if hf.is_hf_state_dict(state_dict):
-      state_dict, source = hf.hf_to_openclip(state_dict), f"HF checkpoint {path}"
+    state_dict, source = _read_openclip(path, lora_rank, lora_alpha)
     state_dict, ignored = mapping.split_ignored(state_dict, config)
     if ignored:
       logging.info("%s: %d keys of parts hpjax does not build are ignored: %s", source,
                    len(ignored), ", ".join(sorted(ignored)))
     params = mapping.openclip_to_params(state_dict, config, param_dtype, source)
   return (params, ignored) if return_ignored else params
+
+
+def load_openai(path, param_dtype=np.float32, *, lora_rank: int | None = None,
+                lora_alpha: float = 1.0) -> tuple[CLIPConfig, dict]:
+  """(config, params) of a file in OpenAI's layout (TorchScript archive or state dict), the
+  architecture inferred from its tensor shapes (`models.config.infer_openai_config`)."""
+  state_dict, source = _read_openclip(epath.Path(path), lora_rank, lora_alpha)
+  config = infer_openai_config(state_dict, source)
+  return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
+
+
+def _read_openclip(path: epath.Path, lora_rank, lora_alpha):
+  """The OpenCLIP-keyed state dict of a checkpoint file, adapters merged, and its description."""
+  state_dict = files.read_state_dict(path)
+  source = f"checkpoint {path}"
+  if hf.is_hf_state_dict(state_dict):
+    state_dict, source = hf.hf_to_openclip(state_dict), f"HF checkpoint {path}"
+  return lora.merge_lora(state_dict, lora_rank, lora_alpha, source), source
 
 
 def export_openclip(params, config: CLIPConfig, path, extra=None) -> epath.Path:

@@ -33,18 +33,28 @@ class Layout:
 SAME = Layout("same", None, None)
 LINEAR = Layout("linear", (1, 0), (1, 0))
 CONV = Layout("conv", (2, 3, 1, 0), (3, 2, 0, 1))
+KERNEL = Layout("kernel", None, None)  # A rule's placeholder: LINEAR for 2-D, CONV for 4-D.
 
 # (Flax path joined by '.', OpenCLIP key, layout); the first match wins.
 RULES = (
     (r"(.*)\.in_proj\.kernel", r"\1.in_proj_weight", LINEAR),
     (r"(.*)\.([qkv])_proj\.kernel", r"\1.\2_proj_weight", LINEAR),  # MHA with kdim != dim
     (r"(.*)\.in_proj\.bias", r"\1.in_proj_bias", SAME),
-    (r"(.*)conv1\.kernel", r"\1conv1.weight", CONV),
-    (r"(.*)\.kernel", r"\1.weight", LINEAR),
-    (r"(.*)\.scale", r"\1.weight", SAME),  # LayerNorm
+    (r"(.*)\.kernel", r"\1.weight", KERNEL),  # Dense and Conv
+    (r"(.*)\.scale", r"\1.weight", SAME),  # LayerNorm, BatchNorm
+    (r"(.*)\.mean", r"\1.running_mean", SAME),  # BatchNorm statistics (models/resnet.py)
+    (r"(.*)\.var", r"\1.running_var", SAME),
     (r"(.*)\.embedding", r"\1.weight", SAME),  # token_embedding
     (r"(.*)", r"\1", SAME),  # class/positional embeddings, proj, text_projection, ls gamma, logits
 )
+
+# Flax names `resblocks_3`, `layer1_0`, `downsample_1`, HF's `layer_3` and the projection's
+# `proj_0` are PyTorch's Sequential / ModuleList items `.3`.
+_SEQUENCE_ITEM = re.compile(r"\b(resblocks|layer\d?|downsample|proj)_(\d+)\b")
+
+# BatchNorm's step counter: no weight; dropped on import, and PyTorch's loader restores it as 0
+# when a file lacks it, so strict loading needs none on export.
+_BN_COUNTER = ".num_batches_tracked"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,27 +79,30 @@ class CheckpointMismatchError(ValueError):
     super().__init__("\n".join(lines))
 
 
-# Flax list members `resblocks_3`, HF `layer_3`, and `proj_0` of an nn.Sequential projection.
-_INDEXED = re.compile(r"\b(resblocks|layer|proj)_(\d+)\b")
-
-
-def openclip_key(flax_path: tuple[str, ...]) -> tuple[str, Layout]:
-  """The OpenCLIP key and layout of one Flax parameter path (plain CLIP keying)."""
-  joined = _INDEXED.sub(r"\1.\2", ".".join(flax_path))
+def openclip_key(flax_path: tuple[str, ...], ndim: int = 2) -> tuple[str, Layout]:
+  """The OpenCLIP key and layout of one Flax parameter path (of rank `ndim`)."""
+  joined = _SEQUENCE_ITEM.sub(r"\1.\2", ".".join(flax_path))
   for pattern, template, layout in RULES:
     if re.fullmatch(pattern, joined):
+      if layout is KERNEL:
+        layout = CONV if ndim == 4 else LINEAR
       return re.sub(pattern, template, joined), layout
   raise AssertionError(f"no rule for {joined}")  # The last rule matches everything.
 
 
-@functools.lru_cache(maxsize=16)
 def key_table(config: CLIPConfig) -> dict[str, Entry]:
   """OpenCLIP key -> (Flax path, layout, OpenCLIP shape) for every parameter of `config`."""
+  # Neither the activation nor the name changes a parameter: such variants share one table.
+  return _key_table(dataclasses.replace(config, quick_gelu=False, name=""))
+
+
+@functools.lru_cache(maxsize=16)
+def _key_table(config: CLIPConfig) -> dict[str, Entry]:
   table = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(CLIP(config)))[0]:
     flax_path = tuple(p.key for p in path)
-    key, layout = openclip_key(flax_path)
     flax_shape = tuple(leaf.shape)
+    key, layout = openclip_key(flax_path, len(flax_shape))
     torch_shape = flax_shape
     if layout.to_torch is not None:
       torch_shape = tuple(flax_shape[i] for i in layout.to_torch)
@@ -112,6 +125,7 @@ def openclip_to_params(state_dict: Mapping[str, np.ndarray], config: CLIPConfig,
                        param_dtype=np.float32, source: str = "checkpoint") -> dict:
   """An OpenCLIP-keyed state dict (numpy arrays) -> the nested Flax params of `config`."""
   table = key_table(config)
+  state_dict = {k: v for k, v in state_dict.items() if not _is_bn_counter(k, table)}
   check_keys({k: np.shape(v) for k, v in state_dict.items()},
              {k: e.torch_shape for k, e in table.items()}, source, config.name)
   params: dict = {}
@@ -143,6 +157,12 @@ def with_text_prefix(key: str, config: CLIPConfig) -> str:
   if key.startswith("visual.") or key in ("logit_scale", "logit_bias"):
     return key
   return config.text_key_prefix + key
+
+
+def _is_bn_counter(key: str, table: Mapping[str, Entry]) -> bool:
+  """Whether `key` is the step counter of a BatchNorm of the model (any other is unexpected)."""
+  return (key.endswith(_BN_COUNTER)
+          and key.removesuffix(_BN_COUNTER) + ".running_mean" in table)
 
 
 def params_to_openclip(params, config: CLIPConfig, dtype=np.float32,

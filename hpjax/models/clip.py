@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from hpjax.models.config import CLIPConfig, TextConfig, VisionConfig
+from hpjax.models.resnet import ModifiedResNet
 
 Dtype = Any
 
@@ -281,6 +282,14 @@ class TextTransformer(nn.Module):
     return pooled @ proj.astype(pooled.dtype)
 
 
+def vision_tower(cfg: VisionConfig, output_dim: int, activation: Callable, **kw) -> nn.Module:
+  """The image tower `cfg` describes: a list of stage depths is OpenAI's ModifiedResNet (ReLU
+  throughout), anything else a ViT."""
+  if cfg.is_resnet:
+    return ModifiedResNet(cfg, output_dim, **kw)
+  return VisionTransformer(cfg, output_dim, activation, **kw)
+
+
 class CLIP(nn.Module):
   """OpenCLIP's CLIP in Flax.
 
@@ -299,7 +308,7 @@ class CLIP(nn.Module):
     cfg = self.config
     act = quick_gelu if cfg.quick_gelu else exact_gelu
     kw = dict(activation=act, remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
+    self.visual = vision_tower(cfg.vision, cfg.embed_dim, **kw)
     # share_scope puts the text tower's parameters at CLIP's top level, as OpenCLIP keys them
     # (CustomTextCLIP's `text.` prefix is the converter's business: mapping.py).
     self.text = _text_tower(cfg)(cfg.text, cfg.embed_dim, **kw)

@@ -16,7 +16,10 @@ import dataclasses
 import functools
 import json
 import pathlib
-from typing import Any
+import re
+from typing import Any, Mapping
+
+import numpy as np
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 
@@ -28,12 +31,15 @@ _IGNORED_TEXT_FIELDS = {"tokenizer_kwargs", "output_tokens", "hf_model_pretraine
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+  """A ViT, or OpenAI's ModifiedResNet when `layers` is a tuple of four stage depths (OpenCLIP's
+  JSON gives a list; it is kept as a tuple so configs stay hashable). For a ResNet, `width` is
+  the stem width, `patch_size` is None and the attention pool has width * 32 // head_width heads."""
   image_size: int = 224
-  layers: int = 12
+  layers: int | tuple[int, ...] = 12
   width: int = 768
   head_width: int = 64
   mlp_ratio: float = 4.0
-  patch_size: int = 16
+  patch_size: int | None = 16
   ls_init_value: float | None = None
   final_ln_after_pool: bool = False
   pool_type: str = "tok"
@@ -43,13 +49,25 @@ class VisionConfig:
   attn_pooler_queries: int = 256
   attn_pooler_heads: int = 8
 
+  def __post_init__(self):
+    if self.is_resnet and len(self.layers) != 4:
+      raise ValueError(f"vision_cfg.layers {list(self.layers)}: a ResNet has four stages")
+    if not self.is_resnet and self.patch_size is None:
+      raise ValueError("vision_cfg.patch_size is null, which only a ResNet (layers given as a "
+                       "list of four stage depths) may have")
+
+  @property
+  def is_resnet(self) -> bool:
+    return isinstance(self.layers, tuple)
+
   @property
   def heads(self) -> int:
-    return self.width // self.head_width
+    return (self.width * 32 if self.is_resnet else self.width) // self.head_width
 
   @property
   def grid_size(self) -> int:
-    return self.image_size // self.patch_size
+    """Tokens per side: patches of a ViT, the 32x-downsampled feature map of a ResNet."""
+    return self.image_size // (32 if self.is_resnet else self.patch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +225,8 @@ def _check_hf_text(text: TextConfig, where: str) -> None:
 
 
 def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
-  fields = {k: v for k, v in fields.items() if k not in ignored}
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+            if k not in ignored}
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
@@ -221,6 +240,8 @@ def _non_default(cfg) -> dict[str, Any]:
   out = {}
   for f in dataclasses.fields(cfg):
     value = getattr(cfg, f.name)
+    if isinstance(value, tuple):
+      value = list(value)
     if value != f.default or f.name in ("image_size", "layers", "width", "patch_size",
                                         "context_length", "vocab_size", "heads"):
       out[f.name] = value
@@ -243,3 +264,41 @@ def get_model_config(name_or_path: str) -> CLIPConfig:
         f"unknown model {name_or_path!r}: not a shipped config and not a JSON file; "
         f"known models: {', '.join(list_models())}")
   return CLIPConfig.from_dict(json.loads(shipped.read_text()), name=name_or_path)
+
+
+def infer_openai_config(state_dict: Mapping[str, Any], source: str = "state dict") -> CLIPConfig:
+  """The architecture of an OpenAI-layout CLIP state dict, read from its tensor shapes as OpenAI's
+  `clip.model.build_model` does (QuickGELU; 64-wide heads in both towers).
+
+  The config takes the name of the shipped config it equals (e.g. 'RN50-quickgelu'), so it can be
+  exported by name; otherwise it is named 'openai-inferred'.
+  """
+  def shape(key):
+    if key not in state_dict:
+      raise ValueError(f"{source}: cannot infer an OpenAI CLIP architecture: no {key!r} "
+                       f"(keys start {sorted(state_dict)[:5]})")
+    return tuple(np.shape(state_dict[key]))
+
+  def count(pattern):  # Distinct block indices matching `pattern`.
+    return len({m.group(1) for k in state_dict for m in [re.match(pattern, k)] if m})
+
+  if "visual.proj" in state_dict:  # A ViT.
+    width, _, _, patch = shape("visual.conv1.weight")
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)
+    layers = count(r"visual\.transformer\.resblocks\.(\d+)\.")
+    vision = VisionConfig(image_size=patch * grid, layers=layers, width=width, patch_size=patch)
+  else:  # A ModifiedResNet: the attention pool sees the image downsampled 32x.
+    grid = round((shape("visual.attnpool.positional_embedding")[0] - 1) ** 0.5)
+    layers = tuple(count(rf"visual\.layer{i}\.(\d+)\.") for i in range(1, 5))
+    vision = VisionConfig(image_size=32 * grid, layers=layers,
+                          width=shape("visual.layer1.0.conv1.weight")[0], patch_size=None)
+  text_width = shape("ln_final.weight")[0]
+  text = TextConfig(context_length=shape("positional_embedding")[0],
+                    vocab_size=shape("token_embedding.weight")[0], width=text_width,
+                    heads=text_width // 64, layers=count(r"transformer\.resblocks\.(\d+)\."))
+  config = CLIPConfig(embed_dim=shape("text_projection")[1], vision=vision, text=text,
+                      quick_gelu=True, name="openai-inferred")
+  for name in list_models():
+    if dataclasses.replace(get_model_config(name), name=config.name) == config:
+      return dataclasses.replace(config, name=name)
+  return config
