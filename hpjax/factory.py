@@ -7,15 +7,17 @@ import jax.numpy as jnp
 
 from hpjax import checkpoints
 from hpjax.models.clip import CLIP, init_params, param_shapes
-from hpjax.models.config import get_model_config
+from hpjax.models.config import CLIPConfig, get_model_config
 
 
-def create_model(name: str, pretrained=None, dtype=jnp.float32, param_dtype=jnp.float32,
+def create_model(name: str | CLIPConfig, pretrained=None, dtype=jnp.float32, param_dtype=jnp.float32,
                  remat: bool = False, rng: jax.Array | None = None):
   """Returns (model, params) for a shipped model name or an OpenCLIP-schema JSON path.
 
   Args:
-    name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`) or a path to a JSON config.
+    name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`), a path to a JSON config, or a
+      `CLIPConfig` (e.g. a shipped one with another activation, as the evaluator's parity modes
+      build them).
     pretrained: None for random init (from `rng`, default key 0), an OpenCLIP/OpenAI/HF
       checkpoint file, or an hpjax orbax params directory.
     dtype: compute dtype (bfloat16 for speed; features come back in float32).
@@ -23,7 +25,7 @@ def create_model(name: str, pretrained=None, dtype=jnp.float32, param_dtype=jnp.
     remat: recompute each residual block in the backward pass.
     rng: PRNG key for random init.
   """
-  config = get_model_config(name)
+  config = name if isinstance(name, CLIPConfig) else get_model_config(name)
   model = CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
   if pretrained is None:
     return model, init_params(model, jax.random.key(0) if rng is None else rng)

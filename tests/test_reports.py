@@ -42,7 +42,7 @@ def test_markdown_table_puts_each_figure_in_its_column():
       {"replace/original": 61.6, "replace/augmented": 46.8, "replace/brittleness": 23.2,
        "swap/augmented": 49.6, "swap/n": 7.0}, {}, {})
   table = reports.markdown_table([result])
-  assert "| m | 61.6 | 46.8 | 23.2 | - | 49.6 | - |" in table
+  assert "| m | as_trained | 61.6 | 46.8 | 23.2 | - | 49.6 | - |" in table
   assert "| m | swap | 7 | augmented 49.6 |" in table
 
 

@@ -86,32 +86,48 @@ class HardPositiveEvaluator:
     image_root: relative record image paths are resolved against it.
     tokenizer: default `hpjax.tokenizer.get_tokenizer(model.config)`.
     batch_size: global image batch; `text_batch_size` defaults to 4x it.
-    **scorer_kwargs: buckets, num_workers, prefetch, skip_missing_images, devices, transform.
+    scorer: a ready scorer instead of one built from `model` (e.g. a `plugin.PluginScorer`
+      for a model that is not a dual encoder; `model` is then None).
+    **scorer_kwargs: buckets, num_workers, prefetch, skip_missing_images, devices, transform,
+      matmul_precision, score_dtype.
   """
 
   def __init__(self, model, suites: Mapping[str, suites_lib.Suite | Sequence] | str,
                image_root: str | None = None, *, tokenizer=None, batch_size: int = 128,
-               text_batch_size: int | None = None, **scorer_kwargs):
+               text_batch_size: int | None = None, scorer=None, **scorer_kwargs):
     if isinstance(suites, str):
       suites = load_suites(suites, names=None)
     self.suites = {metric_name(name): _as_suite(name, s) for name, s in suites.items()}
     if not self.suites:
       raise ValueError("HardPositiveEvaluator needs at least one suite")
     self.image_root = image_root
-    tokenizer = tokenizer or tokenizer_lib.get_tokenizer(model.config)
-    self.scorer = scorer_lib.Scorer(model, tokenizer, image_root=image_root,
-                                    image_batch_size=batch_size,
-                                    text_batch_size=text_batch_size or 4 * batch_size,
-                                    **scorer_kwargs)
+    if scorer is None:
+      tokenizer = tokenizer or tokenizer_lib.get_tokenizer(model.config)
+      scorer = scorer_lib.Scorer(model, tokenizer, image_root=image_root,
+                                 image_batch_size=batch_size,
+                                 text_batch_size=text_batch_size or 4 * batch_size,
+                                 **scorer_kwargs)
+    self.scorer = scorer
     self.last_metrics: dict[str, float] = {}
     self.last_scores: dict[str, SuiteScores] = {}
     self.last_stats: dict[str, float] = {}
 
+  @property
+  def records(self) -> list[suites_lib.EvalRecord]:
+    """Every suite's records, in suite order (the rows of a `ScoreResult` for `figures`)."""
+    return [r for s in self.suites.values() for r in s.records]
+
+  @property
+  def wants_text_sims(self) -> bool:
+    return any(s.kind == suites_lib.SUGARCREPE_PP for s in self.suites.values())
+
   def run(self, params) -> dict[str, float]:
     """Flat figures for `params`; per-record scores stay in `self.last_scores`."""
-    records = [r for s in self.suites.values() for r in s.records]
-    want_sims = any(s.kind == suites_lib.SUGARCREPE_PP for s in self.suites.values())
-    result = self.scorer.score(params, records, text_sims=want_sims)
+    return self.figures(self.scorer.score(params, self.records, text_sims=self.wants_text_sims))
+
+  def figures(self, result: scorer_lib.ScoreResult) -> dict[str, float]:
+    """Flat figures of a `ScoreResult` over `self.records` (e.g. one model of
+    `scorer.score_models`); per-record scores stay in `self.last_scores`."""
     self.last_stats = dict(result.stats)
     out: dict[str, float] = {}
     start = 0
