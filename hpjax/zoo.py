@@ -206,7 +206,8 @@ def get(name: str) -> Entry:
   """The entry called `name`; an unknown name lists the close matches."""
   if name in BY_NAME:
     return BY_NAME[name]
-  close = difflib.get_close_matches(name, BY_NAME, n=5, cutoff=0.5)
+  lower = {n.lower(): n for n in BY_NAME}  # 'negclip' is close to 'NegCLIP'
+  close = [lower[n] for n in difflib.get_close_matches(name.lower(), lower, n=5, cutoff=0.5)]
   hint = f"close matches: {close}" if close else f"known: {list(BY_NAME)}"
   raise KeyError(f"unknown model {name!r} in the registry (hpjax.zoo); {hint}")
 

@@ -245,6 +245,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   specs = model_specs(config, plugins)
   check_checkpoints(specs, config.seed)
   writer = jax.process_index() == 0
+  order = {spec.label: i for i, spec in enumerate(specs)}
   results, passes = [], []
   for group in decode_passes(specs, config.models_per_pass):
     built = [(spec, *((None, None) if spec.plugin else build(spec, config.seed)))
@@ -268,6 +269,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
       entry.parity, entry.settings = spec.parity, dataclasses.asdict(spec.settings)
       entry.registry = spec.entry.name if spec.entry else None
       results.append(entry)
+      results.sort(key=lambda r: order[r.label])  # as the user listed them
       if writer:
         reports.write_model_reports(workdir, results, [entry], passes)
     del built, scorers

@@ -184,8 +184,8 @@ class Scorer:
     devices: devices to shard over (default all).
     matmul_precision: precision of fp32 matmuls. 'highest' (default) keeps scores in true fp32
       on GPUs (no TF32) and TPUs (no one-pass bf16), as the paper's PyTorch scores are; near-ties
-      decide the strict comparisons. 'default' trades that for speed. A bfloat16 model
-      computes in bfloat16 either way.
+      decide the strict comparisons. 'default' trades that for speed. A bfloat16 or float16
+      model computes in its own dtype either way.
     score_dtype: 'float32' (default) or 'float16' (the authors' fp16 rows; see the module
       docstring). Scores are returned as fp32 arrays either way.
   """
@@ -218,6 +218,8 @@ class Scorer:
                                                       jax.sharding.PartitionSpec(DATA_AXIS))
 
     normalize = score_dtype == "float32"
+    if jax.numpy.dtype(model.dtype) != jax.numpy.float32:
+      matmul_precision = "default"  # a half-precision model multiplies in its own dtype
 
     def apply(method):
       def encode(params, x):
