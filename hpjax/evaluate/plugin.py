@@ -73,15 +73,8 @@ class PluginScorer:
       raise ValueError("a plug-in scorer scores image-caption pairs only; SugarCrepe++'s "
                        "text-to-text figure needs a text encoder")
     start = time.perf_counter()
-    keys = suites_lib.unique_images(records)
-    key_id = {k: i for i, k in enumerate(keys)}
-    image_of = np.array([key_id[(r.image, r.crop)] for r in records], np.int64)
-    wheres = [""] * len(keys)
-    for r, i in zip(records, image_of):
-      wheres[i] = wheres[i] or r.where
-    missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(self._path(image))]
-    if missing and not self.skip_missing_images:
-      raise scorer_lib.ImageError("missing", [self._path(keys[i][0]) for i in missing])
+    keys, image_of, wheres, missing = scorer_lib.index_images(records, self._path,
+                                                              self.skip_missing_images)
     present_keys = [i for i in range(len(keys)) if i not in set(missing)]
     pixels, failed, _ = self._decode([keys[i] for i in present_keys],
                                      [wheres[i] for i in present_keys])

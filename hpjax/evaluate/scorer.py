@@ -337,6 +337,21 @@ def _encode_all_images(models, keys, wheres, skip: set[int]) -> tuple[list[np.nd
   return [f.out for f in feats], np.flatnonzero(failed).tolist(), decoded
 
 
+def index_images(records, path_of: Callable[[str], str], skip_missing_images: bool):
+  """The distinct (image, crop) keys, each record's key, a record naming each key (for errors)
+  and the keys whose file is missing (an error unless they may be skipped)."""
+  keys = suites_lib.unique_images(records)
+  key_id = {k: i for i, k in enumerate(keys)}
+  image_of = np.array([key_id[(r.image, r.crop)] for r in records], np.int64)
+  wheres = [""] * len(keys)
+  for r, i in zip(records, image_of):
+    wheres[i] = wheres[i] or r.where
+  missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(path_of(image))]
+  if missing and not skip_missing_images:
+    raise ImageError("missing", [path_of(keys[i][0]) for i in missing])
+  return keys, image_of, wheres, missing
+
+
 def _global_sum(count: int) -> int:
   if jax.process_count() == 1:
     return count
@@ -359,17 +374,7 @@ def score_models(models: Sequence[tuple[Scorer, object]], records: Sequence[suit
                        "separate passes")
   start = time.perf_counter()
   models = [(s, jax.device_put(p, s._replicated)) for s, p in models]
-  keys = suites_lib.unique_images(records)
-  key_id = {k: i for i, k in enumerate(keys)}
-  image_of = np.array([key_id[(r.image, r.crop)] for r in records], np.int64)
-  wheres = [""] * len(keys)
-  for r, i in zip(records, image_of):
-    wheres[i] = wheres[i] or r.where
-
-  missing = [i for i, (image, _) in enumerate(keys)
-             if not os.path.isfile(lead._path(image))]
-  if missing and not lead.skip_missing_images:
-    raise ImageError("missing", [lead._path(keys[i][0]) for i in missing])
+  keys, image_of, wheres, missing = index_images(records, lead._path, lead.skip_missing_images)
   all_image_feats, failed, decoded = _encode_all_images(models, keys, wheres, set(missing))
   image_seconds = time.perf_counter() - start
   skipped = sorted(set(missing) | set(failed))
