@@ -2,8 +2,10 @@
 of the ordering categories and an HTML gallery of the worst examples.
 
 `write_reports(directory, results, image_root)` writes:
-  results.json       every figure, N, model, checkpoint digest, timings, per model
-  results.md         a table like the paper's Table 1 (REPLACE / SWAP), plus every suite's figures
+  results.json       every figure, N, model, parity mode and settings, checkpoint digest,
+                     timings, per model; the decode passes and their images decoded
+  results.md         a table like the paper's Table 1 (REPLACE / SWAP; the study's rows in the
+                     study's order, the paper's figures beside ours), plus every suite's figures
   scores/<model>/<suite>.jsonl   per record: captions, roles, scores (and the ordering category)
   ordering.png       the five ordering categories (%) per hard-positive suite and model
   gallery.html       per model and suite, the records where c_n beats a true caption by most
