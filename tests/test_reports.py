@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpjax import zoo
 from hpjax.data import suites
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import reports
@@ -73,3 +74,22 @@ def test_per_example_lines_and_ordering_plot(tmp_path):
   assert reports.plot_ordering(os.path.join(tmp_path, "ordering.png"), two)
   with Image.open(os.path.join(tmp_path, "ordering.png")) as image:
     assert image.format == "PNG"
+
+
+def test_table1_lists_the_studys_rows_in_its_order_with_the_papers_figures_and_modes():
+  def result(label, registry, parity, value):
+    return reports.ModelResult(label, "ViT-B-32-quickgelu", None, "random-init",
+                               {"replace/original": value, "replace/augmented": value}, {}, {},
+                               parity=parity, registry=registry)
+
+  rows = [result("mine", None, "as_trained", 50.0), result("NegCLIP", "NegCLIP", "paper", 70.0),
+          result("openai-clip:ViT-B/32", "openai-clip:ViT-B/32", "paper", 60.0)]
+  lines = [line for line in reports.markdown_table(rows).splitlines()
+           if line.startswith("| ") and " | mode | " not in line and "---" not in line][:3]
+  assert [line.split(" | ")[0][2:] for line in lines] == [
+      "openai-clip:ViT-B/32", "NegCLIP", "mine"]
+  paper = zoo.PAPER_FIGURES["openai-clip:ViT-B/32"]
+  assert lines[0].startswith(f"| openai-clip:ViT-B/32 | paper | 60.0 (paper "
+                             f"{paper['replace/original']:.1f}) | 60.0 (paper "
+                             f"{paper['replace/augmented']:.1f}) |")
+  assert lines[2].startswith("| mine | as_trained | 50.0 | 50.0 | - |")
