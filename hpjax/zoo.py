@@ -232,7 +232,8 @@ def table(weights_dir: str | None = None, entries: Sequence[Entry] = ENTRIES) ->
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for i, e in enumerate(entries, 1):
     paper = e.settings(PAPER)
-    weights = e.hf_hub or e.recipe and f"configs/{e.recipe}" or e.source
+    weights = (e.hf_hub or (e.openclip_tag and f"open_clip tag {e.openclip_tag}")
+               or (e.recipe and f"configs/{e.recipe}") or e.source)
     row = [str(i) if e.table1 else "script", e.name, e.architecture or "plug-in", e.format,
            f"{e.activation} ({paper.activation})", f"float32 ({paper.score_dtype})",
            f"{e.tokenizer} ({paper.tokenizer})", str(e.image_size), weights, e.files[0]]
