@@ -4,6 +4,10 @@
 suite_root=../shared/data/hard_positives,image_root=/data/vg,model=ViT-B-32-quickgelu,\
 checkpoints=openai.pt+negclip.pt+/ckpts/hnhp/params,suites=replace+swap
 
+Models of several architectures in one run (registry names and/or architecture=path):
+  --config=configs/eval_hp.py:suite_root=...,image_root=...,weights_dir=/ckpt,\
+models=openai-clip:ViT-B/32+NegCLIP+laion-clip:roberta-ViT-B-32+ViT-B-16=/ckpt/mine.pt,parity=paper
+
 Arguments are comma-separated `key=value`; lists inside a value use '+'. `checkpoints` entries
 are OpenCLIP/OpenAI/HF files, hpjax param directories or `random` (a random-init model).
 Dotted keys reach the `extra.*` benchmarks, e.g. `extra.sugarcrepe_root=/data/sugar_crepe`.
@@ -17,6 +21,15 @@ from configs import common
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.program = "evaluate"
+  # Models: either `models` ('+'-separated: registry names of hpjax.zoo, resolved against
+  # `weights_dir`, and/or `architecture=path` entries, path 'random' = random init), or one
+  # architecture `model` with `checkpoints` ('+'-separated paths; 'random' = random init).
+  c.models = ""
+  c.weights_dir = ""  # the folder holding the registry's files (python -m hpjax.zoo --weights_dir)
+  c.parity = ""  # registry rows: 'paper' (default: as the authors scored them) or 'as_trained';
+  # a user's own models (architecture=path, model + checkpoints) are always scored as trained.
+  c.tokenizer_dir = ""  # local HF tokenizer folder for an HF-text model scored as trained.
+  c.models_per_pass = 4  # models sharing a preprocessing scored per image decode pass (memory).
   c.model = "ViT-B-32-quickgelu"
   c.checkpoints = "random"  # '+'-separated paths; 'random' = a random-init model.
   c.seed = 0  # random init only.

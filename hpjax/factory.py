@@ -10,15 +10,17 @@ from hpjax.models.clip import CLIP, init_params, param_shapes
 from hpjax.models.config import CLIPConfig, get_model_config
 
 
-def create_model(name: str | None, pretrained=None, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: bool = False, rng: jax.Array | None = None, *,
+def create_model(name: str | CLIPConfig | None, pretrained=None, dtype=jnp.float32,
+                 param_dtype=jnp.float32, remat: bool = False, rng: jax.Array | None = None, *,
                  lora_rank: int | None = None, lora_alpha: float = 1.0):
   """Returns (model, params) for a shipped model name or an OpenCLIP-schema JSON path.
 
   Args:
-    name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`) or a path to a JSON config; None to
-      infer the architecture from the tensor shapes of `pretrained`, a file in OpenAI's layout
-      such as OpenAI's TorchScript `RN50.pt` (QuickGELU, as OpenAI's loader builds it).
+    name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`), a path to a JSON config, a
+      `CLIPConfig` (e.g. a shipped one with another activation, as the evaluator's parity modes
+      build them), or None to infer the architecture from the tensor shapes of `pretrained`, a
+      file in OpenAI's layout such as OpenAI's TorchScript `RN50.pt` (QuickGELU, as OpenAI's
+      loader builds it).
     pretrained: None for random init (from `rng`, default key 0), an OpenCLIP/OpenAI/HF
       checkpoint file, or an hpjax orbax params directory.
     dtype: compute dtype (bfloat16 for speed; features come back in float32).
@@ -35,7 +37,7 @@ def create_model(name: str | None, pretrained=None, dtype=jnp.float32, param_dty
   if name is None:
     config, params = checkpoints.load_openai(pretrained, **lora)
   else:
-    config = get_model_config(name)
+    config = name if isinstance(name, CLIPConfig) else get_model_config(name)
     params = None if pretrained is None else checkpoints.load_params(pretrained, config, **lora)
   model = CLIP(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
   if params is None:

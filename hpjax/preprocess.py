@@ -10,6 +10,7 @@ ones with premultiplied alpha.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -107,14 +108,14 @@ def eval_pixels(image: Image.Image, image_size: int) -> np.ndarray:
   return rgb_pixels(center_crop(resize_shorter_side(image, image_size), image_size))
 
 
+@dataclasses.dataclass(frozen=True)
 class EvalTransform:
   """PIL image -> float32 (image_size, image_size, 3), as OpenCLIP's eval transform.
 
-  A class rather than a closure so that it pickles into data-loader worker processes.
+  A class rather than a closure so that it pickles into data-loader worker processes; equal
+  sizes compare equal, so the scorer can tell that two models share a preprocessing.
   """
-
-  def __init__(self, image_size: int):
-    self.image_size = image_size
+  image_size: int
 
   def __call__(self, image: Image.Image) -> np.ndarray:
     return normalize(eval_pixels(image, self.image_size))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpjax import zoo
 from hpjax.data import suites
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import reports
@@ -42,7 +43,7 @@ def test_markdown_table_puts_each_figure_in_its_column():
       {"replace/original": 61.6, "replace/augmented": 46.8, "replace/brittleness": 23.2,
        "swap/augmented": 49.6, "swap/n": 7.0}, {}, {})
   table = reports.markdown_table([result])
-  assert "| m | 61.6 | 46.8 | 23.2 | - | 49.6 | - |" in table
+  assert "| m | as_trained | 61.6 | 46.8 | 23.2 | - | 49.6 | - |" in table
   assert "| m | swap | 7 | augmented 49.6 |" in table
 
 
@@ -87,3 +88,22 @@ def test_results_json_is_strict_json_with_null_for_missing_figures(tmp_path):
   model = json.loads(open(path).read(), parse_constant=refuse)["models"][0]
   assert model["metrics"] == {"swap/augmented": None, "swap/n": 0.0, "eval/images_per_s": None}
   assert model["timings"] == {"seconds": 1.5}
+
+
+def test_table1_lists_the_studys_rows_in_its_order_with_the_papers_figures_and_modes():
+  def result(label, registry, parity, value):
+    return reports.ModelResult(label, "ViT-B-32-quickgelu", None, "random-init",
+                               {"replace/original": value, "replace/augmented": value}, {}, {},
+                               parity=parity, registry=registry)
+
+  rows = [result("mine", None, "as_trained", 50.0), result("NegCLIP", "NegCLIP", "paper", 70.0),
+          result("openai-clip:ViT-B/32", "openai-clip:ViT-B/32", "paper", 60.0)]
+  lines = [line for line in reports.markdown_table(rows).splitlines()
+           if line.startswith("| ") and " | mode | " not in line and "---" not in line][:3]
+  assert [line.split(" | ")[0][2:] for line in lines] == [
+      "openai-clip:ViT-B/32", "NegCLIP", "mine"]
+  paper = zoo.PAPER_FIGURES["openai-clip:ViT-B/32"]
+  assert lines[0].startswith(f"| openai-clip:ViT-B/32 | paper | 60.0 (paper "
+                             f"{paper['replace/original']:.1f}) | 60.0 (paper "
+                             f"{paper['replace/augmented']:.1f}) |")
+  assert lines[2].startswith("| mine | as_trained | 50.0 | 50.0 | - |")

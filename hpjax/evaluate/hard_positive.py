@@ -76,13 +76,16 @@ class HardPositiveEvaluator:
     batch_size: global image batch; `text_batch_size` defaults to 4x it.
     allow_empty_suites: report a suite with no scored record (NaN figures, N = 0) instead of
       stopping with an error naming it.
-    **scorer_kwargs: buckets, num_workers, prefetch, skip_missing_images, devices, transform.
+    scorer: a ready scorer instead of one built from `model` (e.g. a `plugin.PluginScorer`
+      for a model that is not a dual encoder; `model` is then None).
+    **scorer_kwargs: buckets, num_workers, prefetch, skip_missing_images, devices, transform,
+      matmul_precision, score_dtype.
   """
 
   def __init__(self, model, suites: Mapping[str, suites_lib.Suite | Sequence] | str,
                image_root: str | None = None, *, tokenizer=None, batch_size: int = 128,
                text_batch_size: int | None = None, allow_empty_suites: bool = False,
-               **scorer_kwargs):
+               scorer=None, **scorer_kwargs):
     if isinstance(suites, str):
       suites = load_suites(suites, names=None)
     self.suites: dict[str, suites_lib.Suite] = {}
@@ -94,19 +97,35 @@ class HardPositiveEvaluator:
     self._check_not_empty({n: f"{s.path or 'its file'} has no records"
                            for n, s in self.suites.items() if not s.records})
     self.image_root = image_root
-    tokenizer = tokenizer or tokenizer_lib.get_tokenizer(model.config)
-    self.scorer = scorer_lib.Scorer(model, tokenizer, image_root=image_root,
-                                    image_batch_size=batch_size,
-                                    text_batch_size=text_batch_size or 4 * batch_size,
-                                    **scorer_kwargs)
+    if scorer is None:
+      tokenizer = tokenizer or tokenizer_lib.get_tokenizer(model.config)
+      scorer = scorer_lib.Scorer(model, tokenizer, image_root=image_root,
+                                 image_batch_size=batch_size,
+                                 text_batch_size=text_batch_size or 4 * batch_size,
+                                 **scorer_kwargs)
+    self.scorer = scorer
     self.last_metrics: dict[str, float] = {}
     self.last_scores: dict[str, SuiteScores] = {}
     self.last_stats: dict[str, float] = {}
 
+  @property
+  def records(self) -> list[suites_lib.EvalRecord]:
+    """Every suite's records, in suite order (the rows of a `ScoreResult` for `figures`)."""
+    return [r for s in self.suites.values() for r in s.records]
+
+  @property
+  def wants_text_sims(self) -> bool:
+    return any(s.kind == suites_lib.SUGARCREPE_PP for s in self.suites.values())
+
   def run(self, params) -> dict[str, float]:
     """Flat figures for `params`; per-record scores stay in `self.last_scores`."""
-    records = [r for s in self.suites.values() for r in s.records]
-    if not records:  # every suite empty, and allowed: nothing to score
+    self.check_scorable()
+    return self.figures(self.scorer.score(params, self.records, text_sims=self.wants_text_sims))
+
+  def check_scorable(self) -> None:
+    """Stops before any work when nothing would be scored: no records at all, or (when missing
+    images may be skipped) a suite none of whose images exists under the image root."""
+    if not self.records:  # every suite empty, and allowed: nothing to score
       raise EmptySuiteError(f"no records in any suite ({sorted(self.suites)}): nothing to "
                             "evaluate")
     if self.scorer.skip_missing_images:  # a wrong image root, found before any work
@@ -116,8 +135,10 @@ class HardPositiveEvaluator:
           for n, s in self.suites.items()
           if s.records and not any(os.path.isfile(self.scorer.image_path(r.image))
                                    for r in s.records)})
-    want_sims = any(s.kind == suites_lib.SUGARCREPE_PP for s in self.suites.values())
-    result = self.scorer.score(params, records, text_sims=want_sims)
+
+  def figures(self, result: scorer_lib.ScoreResult) -> dict[str, float]:
+    """Flat figures of a `ScoreResult` over `self.records` (e.g. one model of
+    `scorer.score_models`); per-record scores stay in `self.last_scores`."""
     self.last_stats = dict(result.stats)
     out: dict[str, float] = {}
     start = 0

@@ -2,8 +2,10 @@
 of the ordering categories and an HTML gallery of the worst examples.
 
 `write_reports(directory, results, image_root)` writes:
-  results.json       every figure, N, model, checkpoint digest, timings, per model
-  results.md         a table like the paper's Table 1 (REPLACE / SWAP), plus every suite's figures
+  results.json       every figure, N, model, parity mode and settings, checkpoint digest,
+                     timings, per model; the decode passes and their images decoded
+  results.md         a table like the paper's Table 1 (REPLACE / SWAP; the study's rows in the
+                     study's order, the paper's figures beside ours), plus every suite's figures
   scores/<model>/<suite>.jsonl   per record: captions, roles, scores (and the ordering category)
   ordering.png       the five ordering categories (%) per hard-positive suite and model
   gallery.html       per model and suite, the records where c_n beats a true caption by most
@@ -29,6 +31,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after t
 import numpy as np
 
 from hpjax import preprocess
+from hpjax import zoo
 from hpjax.data import suites as suites_lib
 from hpjax.evaluate import metrics as metrics_lib
 
@@ -55,6 +58,9 @@ class ModelResult:
   metrics: dict[str, float]
   stats: dict[str, float]
   suite_scores: dict
+  parity: str = "as_trained"  # the parity mode of the row (hpjax.zoo)
+  settings: dict = dataclasses.field(default_factory=dict)  # activation, dtypes, tokenizer
+  registry: str | None = None  # the hpjax.zoo name, for the study's order and paper figures
 
 
 def checkpoint_digest(path: str | None) -> str:
@@ -82,13 +88,31 @@ def _fmt(value) -> str:
   return "-" if value is None or not np.isfinite(value) else f"{value:.1f}"
 
 
+def table1_order(results: Sequence[ModelResult]) -> list[ModelResult]:
+  """The study's rows in the study's order (hpjax.zoo), then every other model as given."""
+  rank = {id(r): (zoo.ORDER.get(r.registry, len(zoo.ORDER)), i) for i, r in enumerate(results)}
+  return sorted(results, key=lambda r: rank[id(r)])
+
+
+def _cell(result: ModelResult, key: str) -> str:
+  """Our figure, with the paper's published one beside it where paper.md gives it."""
+  ours = _fmt(result.metrics.get(key))
+  paper = zoo.PAPER_FIGURES.get(result.registry or "", {}).get(key)
+  return ours if paper is None else f"{ours} (paper {paper:.1f})"
+
+
 def markdown_table(results: Sequence[ModelResult]) -> str:
-  """Table 1 (REPLACE as the mean of its files) and then every suite's figures with N."""
-  lines = ["| model | " + " | ".join(h for *_, h in TABLE1_COLUMNS) + " |",
-           "| --- |" + " --- |" * len(TABLE1_COLUMNS)]
+  """Table 1 (REPLACE as the mean of its files; the study's order; the paper's figures in
+  brackets) and then every suite's figures with N."""
+  results = table1_order(results)
+  lines = ["| model | mode | " + " | ".join(h for *_, h in TABLE1_COLUMNS) + " |",
+           "| --- | --- |" + " --- |" * len(TABLE1_COLUMNS)]
   for r in results:
-    cells = [_fmt(r.metrics.get(f"{p}/{f}")) for p, f, _ in TABLE1_COLUMNS]
-    lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    cells = [_cell(r, f"{p}/{f}") for p, f, _ in TABLE1_COLUMNS]
+    lines.append(f"| {r.label} | {r.parity} | " + " | ".join(cells) + " |")
+  if any(r.registry in zoo.PAPER_FIGURES for r in results):
+    lines += ["", "Paper figures: ../shared/docs/paper.md (secondary sources, may be off by "
+              "rounding). Mode: hpjax.zoo parity mode (paper = as the authors' code scored it)."]
   lines += ["", "| model | suite | N | figures |", "| --- | --- | --- | --- |"]
   for r in results:
     suites = sorted({k.split("/")[0] for k in r.metrics if not k.startswith("eval/")})
@@ -106,12 +130,14 @@ def _finite_or_none(figures: dict) -> dict:
   return {k: float(v) if np.isfinite(v) else None for k, v in figures.items()}
 
 
-def write_results_json(path: str, results: Sequence[ModelResult]) -> None:
+def write_results_json(path: str, results: Sequence[ModelResult],
+                       decode_passes: Sequence[dict] = ()) -> None:
   payload = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": [
-      {"label": r.label, "model": r.model, "checkpoint": r.checkpoint,
+      {"label": r.label, "model": r.model, "registry": r.registry, "parity": r.parity,
+       "settings": r.settings, "checkpoint": r.checkpoint,
        "checkpoint_digest": r.checkpoint_digest, "metrics": _finite_or_none(r.metrics),
-       "timings": _finite_or_none(r.stats)}
-      for r in results]}
+       "paper_figures": zoo.PAPER_FIGURES.get(r.registry or "", {}), "timings": _finite_or_none(r.stats)}
+      for r in table1_order(results)], "decode_passes": list(decode_passes)}
   with open(path, "w") as f:
     json.dump(payload, f, indent=1, allow_nan=False)
 
@@ -207,22 +233,35 @@ def write_gallery(path: str, results: Sequence[ModelResult], image_root: str | N
     f.write("\n".join(parts))
 
 
-def write_reports(directory: str, results: Sequence[ModelResult], image_root: str | None,
-                  gallery_size: int = 12) -> dict[str, str]:
-  """Every report file (see the module docstring); returns name -> path of what was written."""
+def write_model_reports(directory: str, results: Sequence[ModelResult],
+                        new: Sequence[ModelResult] = (),
+                        decode_passes: Sequence[dict] = ()) -> dict[str, str]:
+  """results.json and results.md over `results`, and the per-record scores of `new` (default
+  all): what a multi-model run writes as each model finishes, so a later failure keeps them.
+  Files are replaced whole (written aside, then renamed)."""
   os.makedirs(directory, exist_ok=True)
   written = {"results.json": os.path.join(directory, "results.json"),
-             "results.md": os.path.join(directory, "results.md"),
-             "gallery.html": os.path.join(directory, "gallery.html")}
-  write_results_json(written["results.json"], results)
-  with open(written["results.md"], "w") as f:
+             "results.md": os.path.join(directory, "results.md")}
+  write_results_json(written["results.json"] + ".tmp", results, decode_passes)
+  os.replace(written["results.json"] + ".tmp", written["results.json"])
+  with open(written["results.md"] + ".tmp", "w") as f:
     f.write(markdown_table(results))
-  for r in results:
+  os.replace(written["results.md"] + ".tmp", written["results.md"])
+  for r in new or results:
     for name, scores in r.suite_scores.items():
       path = os.path.join(directory, "scores", slug(r.label), f"{slug(name)}.jsonl")
       os.makedirs(os.path.dirname(path), exist_ok=True)
       write_per_example(path, scores)
       written[f"scores/{slug(r.label)}/{slug(name)}"] = path
+  return written
+
+
+def write_reports(directory: str, results: Sequence[ModelResult], image_root: str | None,
+                  gallery_size: int = 12, decode_passes: Sequence[dict] = ()) -> dict[str, str]:
+  """Every report file (see the module docstring); returns name -> path of what was written."""
+  written = write_model_reports(directory, results, decode_passes=decode_passes)
+  written["gallery.html"] = os.path.join(directory, "gallery.html")
+  results = table1_order(results)
   if plot_ordering(os.path.join(directory, "ordering.png"), results):
     written["ordering.png"] = os.path.join(directory, "ordering.png")
   write_gallery(written["gallery.html"], results, image_root, gallery_size)

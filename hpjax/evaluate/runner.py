@@ -1,13 +1,18 @@
-"""`run(config, workdir)`: evaluate one or several checkpoints on the chosen suites, write reports.
+"""`run(config, workdir)`: evaluate several models, of any architectures, on the chosen suites.
 
-Read top to bottom: suites -> for each checkpoint: model + params, scores, figures -> reports.
-All checkpoints share one architecture, so one evaluator (and its compiled encoders) serves all.
+Read top to bottom: suites -> the models (registry names resolved against `weights_dir`,
+`architecture=path` entries, or `model` + `checkpoints`) -> every checkpoint checked (exists,
+readable, keys fit) before anything is scored -> decode passes: models sharing a preprocessing
+(image size and transform) are scored together, each distinct image decoded once per pass ->
+each model's figures and reports written as it finishes -> the plot and the gallery.
 Fields: see configs/eval_hp.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Callable, Mapping
 
 from absl import logging
 import jax
@@ -15,10 +20,15 @@ import jax.numpy as jnp
 
 from hpjax import factory
 from hpjax import sharding
+from hpjax import tokenizer as tokenizer_lib
+from hpjax import zoo
 from hpjax.data import suites as suites_lib
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
+from hpjax.evaluate import plugin as plugin_lib
 from hpjax.evaluate import reports
+from hpjax.evaluate import scorer as scorer_lib
+from hpjax.models import config as config_lib
 
 
 split_list = benchmarks.split_list  # the config list syntax, for `run` and existing callers
@@ -32,47 +42,220 @@ def load_config_suites(config) -> dict[str, suites_lib.Suite]:
 RANDOM_INIT = "random"
 
 
+@dataclasses.dataclass
+class ModelSpec:
+  """One model of a run: what to build, from which file, scored how."""
+  label: str
+  architecture: str | None  # an hpjax config name or JSON path; None for a plug-in
+  checkpoint: str | None  # None: random init
+  parity: str
+  settings: zoo.Settings
+  entry: zoo.Entry | None = None  # the registry row, if named by one
+  plugin: Callable | None = None
+
+  @property
+  def preprocess_key(self) -> tuple:
+    """Models with equal keys share a decode pass (a plug-in decodes on its own)."""
+    if self.plugin is not None:
+      return ("plugin", self.label)
+    return ("eval", _model_config(self).vision.image_size)
+
+
+def _unique(labels: list[str]) -> list[str]:
+  out = []
+  for base in labels:
+    label, k = base, 2
+    while label in out:
+      label, k = f"{base}#{k}", k + 1
+    out.append(label)
+  return out
+
+
 def _labels(checkpoints: list[str]) -> list[str]:
   """Short distinct display names: the checkpoint's base name, or 'random-init'."""
-  labels = []
-  for ckpt in checkpoints:
-    base = "random-init" if ckpt == RANDOM_INIT else os.path.basename(os.path.normpath(ckpt))
-    label, k = base, 2
-    while label in labels:
-      label, k = f"{base}#{k}", k + 1
-    labels.append(label)
-  return labels
+  return _unique(["random-init" if c == RANDOM_INIT else os.path.basename(os.path.normpath(c))
+                  for c in checkpoints])
 
 
-def run(config, workdir: str) -> dict[str, dict[str, float]]:
-  """Evaluates every checkpoint of `config.checkpoints` ('random' = random init); returns
-  label -> figures and writes the reports into `workdir`."""
+def _own_settings(architecture: str, dtype: str) -> zoo.Settings:
+  """as_trained for a model the registry does not know: its config's activation and tokenizer."""
+  config = config_lib.get_model_config(architecture)
+  return zoo.Settings("quick_gelu" if config.quick_gelu else "gelu", dtype, "float32", "clip")
+
+
+def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[ModelSpec]:
+  """The run's models from `config.models` (or `model` + `checkpoints`) and `plugins`.
+
+  Registry names take `config.parity` (default 'paper': the study's rows are scored as the
+  authors scored them); `architecture=path` entries and `model` + `checkpoints` are a user's
+  own models and are scored as trained.
+  """
+  plugins = dict(plugins or {})
+  parity = config.parity or zoo.PAPER
+  if parity not in zoo.PARITY_MODES:
+    raise ValueError(f"config.parity {parity!r}: expected one of {zoo.PARITY_MODES}")
+  own = (zoo.AS_TRAINED, None)
+  items = split_list(config.models)
+  raw = []  # (label, architecture, checkpoint, entry)
+  if items:
+    if config.checkpoints not in ("", RANDOM_INIT):
+      raise ValueError("give either config.models or config.model + config.checkpoints, not both")
+    for item in items:
+      if "=" in item:
+        architecture, path = item.split("=", 1)
+        label = "random-init" if path == RANDOM_INIT else os.path.basename(os.path.normpath(path))
+        raw.append((f"{architecture}:{label}" if path == RANDOM_INIT else label, architecture,
+                    None if path == RANDOM_INIT else path, None))
+        continue
+      entry = zoo.get(item)
+      if entry.format == zoo.ITM:
+        if item not in plugins:
+          raise ValueError(f"{item} is not a dual encoder: it is scored through a plug-in "
+                           f"callable, runner.run(config, workdir, plugins={{{item!r}: fn}}) "
+                           "(see README, 'Models that are not dual encoders')")
+        continue  # added with the plug-ins below, at its place in the study's order
+      if not config.weights_dir:
+        raise ValueError(f"{item}: a registry name needs config.weights_dir (the folder "
+                         f"holding {entry.files[0]}); or give architecture=path")
+      raw.append((item, entry.architecture, zoo.weights_path(entry, config.weights_dir), entry))
+  else:
+    checkpoints = split_list(config.checkpoints)
+    if not checkpoints:
+      raise ValueError("config.checkpoints is empty: give paths and/or 'random'")
+    for ckpt, label in zip(checkpoints, _labels(checkpoints)):
+      raw.append((label, config.model, None if ckpt == RANDOM_INIT else ckpt, None))
+  specs = []
+  for label, (_, architecture, ckpt, entry) in zip(_unique([r[0] for r in raw]), raw):
+    if entry is None:
+      specs.append(ModelSpec(label, architecture, ckpt, own[0],
+                             _own_settings(architecture, config.dtype)))
+    else:
+      settings = entry.settings(parity)
+      if parity == zoo.AS_TRAINED:
+        settings = dataclasses.replace(settings, dtype=config.dtype)
+      specs.append(ModelSpec(label, architecture, ckpt, parity, settings, entry))
+  for name, fn in plugins.items():
+    entry = zoo.BY_NAME.get(name)
+    settings = zoo.Settings("n/a", "n/a", "float32", "n/a")
+    specs.append(ModelSpec(name, None, None, zoo.AS_TRAINED, settings, entry, plugin=fn))
+  return specs
+
+
+def _model_config(spec: ModelSpec):
+  """The spec's architecture with the activation its parity mode asks for."""
+  config = config_lib.get_model_config(spec.architecture)
+  return dataclasses.replace(config, quick_gelu=spec.settings.activation == "quick_gelu")
+
+
+def _load_kwargs(spec: ModelSpec) -> dict:
+  """LoRA files (TSVLC / DAC) are merged at import (hpjax.checkpoints, issue 9)."""
+  if spec.entry is not None and spec.entry.format == zoo.LORA:
+    return {"lora_rank": zoo.LORA_RANK, "lora_alpha": 1.0}
+  return {}
+
+
+def build(spec: ModelSpec, seed: int = 0):
+  """(model, params) of a dual-encoder spec, in its mode's activation and compute dtype."""
+  return factory.create_model(_model_config(spec), pretrained=spec.checkpoint,
+                              dtype=jnp.dtype(spec.settings.dtype), rng=jax.random.key(seed),
+                              **_load_kwargs(spec))
+
+
+def _tokenizer(spec: ModelSpec, config, tokenizer_dir: str | None):
+  """CLIP BPE ids (77, as OpenAI's clip.tokenize) or the model's own HF tokenizer."""
+  if spec.settings.tokenizer == "clip":
+    return tokenizer_lib.get_tokenizer(config if spec.parity == zoo.AS_TRAINED else None)
+  return tokenizer_lib.get_tokenizer(config, tokenizer_dir=tokenizer_dir)
+
+
+def check_checkpoints(specs: list[ModelSpec], seed: int = 0) -> None:
+  """Loads every checkpoint once (exists, readable, keys fit) before anything is scored; one
+  error lists every model that failed."""
+  problems = []
+  for spec in specs:
+    if spec.plugin is not None or spec.checkpoint is None:
+      continue
+    try:
+      build(spec, seed)
+    except Exception as e:  # pylint: disable=broad-except  (reported below, with the model)
+      problems.append(f"{spec.label} ({spec.checkpoint}): {type(e).__name__}: {e}")
+  if problems:
+    raise ValueError(f"{len(problems)} of {len(specs)} checkpoints cannot be used; nothing was "
+                     "scored:\n  " + "\n  ".join(problems))
+
+
+def _scorer(spec: ModelSpec, model, config):
+  """A scorer for a built model: its own preprocessing, tokenizer and score dtype."""
+  if spec.plugin is not None:
+    if isinstance(spec.plugin, plugin_lib.PluginScorer):
+      return spec.plugin
+    size = spec.entry.image_size if spec.entry else 224
+    return plugin_lib.PluginScorer(spec.plugin, image_root=config.image_root or None,
+                                   image_size=size, batch_size=config.batch_size,
+                                   num_workers=config.num_workers,
+                                   skip_missing_images=config.skip_missing_images)
+  return scorer_lib.Scorer(
+      model, _tokenizer(spec, model.config, config.tokenizer_dir or None),
+      image_root=config.image_root or None, image_batch_size=config.batch_size,
+      text_batch_size=config.text_batch_size, num_workers=config.num_workers,
+      skip_missing_images=config.skip_missing_images, matmul_precision=config.matmul_precision,
+      score_dtype=spec.settings.score_dtype, buckets=scorer_lib.exact_buckets(model.config))
+
+
+def decode_passes(specs: list[ModelSpec], models_per_pass: int) -> list[list[ModelSpec]]:
+  """Specs grouped by preprocessing (first-seen order), at most `models_per_pass` per pass."""
+  groups: dict[tuple, list[ModelSpec]] = {}
+  for spec in specs:
+    groups.setdefault(spec.preprocess_key, []).append(spec)
+  size = max(1, models_per_pass)
+  return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
+
+
+def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
+        ) -> dict[str, dict[str, float]]:
+  """Evaluates every model of the config (see `model_specs`; `plugins` maps a name to a
+  `(images, captions) -> scores` callable or a `PluginScorer`); returns label -> figures and
+  writes the reports into `workdir`, each model's as soon as it is scored."""
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
   suites = load_config_suites(config)
   logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
-  checkpoints = split_list(config.checkpoints)
-  if not checkpoints:
-    raise ValueError("config.checkpoints is empty: give paths and/or 'random'")
-  dtype = jnp.dtype(config.dtype)
-  evaluator, results = None, []
-  for ckpt, label in zip(checkpoints, _labels(checkpoints)):
-    ckpt = None if ckpt == RANDOM_INIT else ckpt
-    model, params = factory.create_model(config.model, pretrained=ckpt, dtype=dtype,
-                                         rng=jax.random.key(config.seed))
-    if evaluator is None:
-      evaluator = hard_positive.HardPositiveEvaluator(
-          model, suites, config.image_root or None, batch_size=config.batch_size,
-          text_batch_size=config.text_batch_size, num_workers=config.num_workers,
-          skip_missing_images=config.skip_missing_images,
-          allow_empty_suites=config.allow_empty_suites, matmul_precision=config.matmul_precision)
-    figures = evaluator.run(params)
-    logging.info("%s: %s", label, {k: round(v, 2) for k, v in figures.items()
-                                   if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})
-    results.append(evaluator.last_result(label, config.model, ckpt))
-  if jax.process_index() == 0:
+  specs = model_specs(config, plugins)
+  check_checkpoints(specs, config.seed)
+  writer = jax.process_index() == 0
+  order = {spec.label: i for i, spec in enumerate(specs)}
+  results, passes = [], []
+  for group in decode_passes(specs, config.models_per_pass):
+    built = [(spec, *((None, None) if spec.plugin else build(spec, config.seed)))
+             for spec in group]
+    scorers = [(_scorer(spec, model, config), params) for spec, model, params in built]
+    evaluator = hard_positive.HardPositiveEvaluator(
+        None, suites, config.image_root or None, scorer=scorers[0][0],
+        allow_empty_suites=config.allow_empty_suites)
+    evaluator.check_scorable()
+    if group[0].plugin is not None:
+      scored = [scorers[0][0].score(None, evaluator.records, evaluator.wants_text_sims)]
+    else:
+      scored = scorer_lib.score_models(scorers, evaluator.records, evaluator.wants_text_sims)
+    passes.append({"models": [s.label for s in group], "preprocess": list(group[0].preprocess_key),
+                   "images_decoded": scored[0].stats["images_decoded"]})
+    for (spec, _, _), result in zip(built, scored):
+      figures = evaluator.figures(result)
+      logging.info("%s (%s): %s", spec.label, spec.parity,
+                   {k: round(v, 2) for k, v in figures.items()
+                    if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})
+      entry = evaluator.last_result(spec.label, spec.architecture or "plug-in", spec.checkpoint,
+                                    "plug-in" if spec.plugin else None)
+      entry.parity, entry.settings = spec.parity, dataclasses.asdict(spec.settings)
+      entry.registry = spec.entry.name if spec.entry else None
+      results.append(entry)
+      results.sort(key=lambda r: order[r.label])  # as the user listed them
+      if writer:
+        reports.write_model_reports(workdir, results, [entry], passes)
+    del built, scorers
+  if writer:
     written = reports.write_reports(workdir, results, config.image_root or None,
-                                    config.gallery_size)
+                                    config.gallery_size, passes)
     logging.info("reports: %s", sorted(written.values()))
   return {r.label: r.metrics for r in results}

@@ -11,6 +11,11 @@ features in fp32 on the host.
 * Text: captions are sorted into length buckets (16/32/77 tokens) and each bucket is encoded at
   its own length. Under the causal mask the pooled EOT feature only sees the tokens before it,
   so this is exact, and each bucket compiles once.
+* Several models: `score_models` feeds every model that shares a preprocessing from one decode
+  pass (each distinct (image, crop) is decoded once and encoded by each model in turn).
+* Score dtype: 'float32' normalises on the device and forms fp32 dot products; 'float16' copies
+  the authors' fp16 rows (zoo.md): unnormalised features rounded to fp16, normalised and dotted
+  in fp16 with numpy, as their numpy code did, so fp16 ties appear where theirs did.
 * Devices: batches are sharded over a 1-D `data` mesh of all devices (every host feeds its slice
   via `jax.make_array_from_process_local_data`); params are replicated; outputs come back
   replicated, so every host gets every score. Hosts OR their unreadable-image masks after each
@@ -34,6 +39,7 @@ import numpy as np
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites as suites_lib
+from hpjax.models import config as config_lib
 
 DATA_AXIS = "data"
 
@@ -123,11 +129,46 @@ def _union_over_hosts(mask: np.ndarray) -> np.ndarray:
 
 
 def _gathered_dots(a, a_idx, b, b_idx, chunk: int = 4096) -> np.ndarray:
-  """out[r, k, l] = a[a_idx[r, k]] . b[b_idx[r, l]] in fp32, a few thousand rows at a time."""
+  """out[r, k, l] = a[a_idx[r, k]] . b[b_idx[r, l]] in a's dtype (fp32 or fp16), stored as fp32,
+  a few thousand rows at a time."""
   out = np.empty((len(a_idx), a_idx.shape[1], b_idx.shape[1]), np.float32)
   for s in range(0, len(a_idx), chunk):
     out[s:s + chunk] = np.einsum("rkd,rld->rkl", a[a_idx[s:s + chunk]], b[b_idx[s:s + chunk]])
   return out
+
+
+SCORE_DTYPES = ("float32", "float16")
+
+
+def host_features(feats: np.ndarray, score_dtype: str) -> np.ndarray:
+  """Features as the dot products use them: fp32 ones came normalised from the device; fp16
+  ones are rounded to fp16 and normalised there, as the authors' numpy code did."""
+  if score_dtype == "float32":
+    return feats
+  half = feats.astype(np.float16)
+  return half / np.linalg.norm(half, axis=-1, keepdims=True)
+
+
+def exact_buckets(model_config) -> tuple[int, ...]:
+  """Text lengths at which encoding is exact: 16/32/77 for the causal, EOT-pooled CLIP text
+  tower; only the full context for any other tower (a CLS token appended at the end, or
+  bidirectional attention with mean pooling, sees every position)."""
+  text = model_config.text
+  if isinstance(text, config_lib.TextConfig) and text.pool_type == "argmax":
+    return (16, 32, text.context_length)
+  return (text.context_length,)
+
+
+def load_pixels(path: str, crop, transform, where: str) -> tuple[np.ndarray, bool]:
+  """One decoded, cropped and transformed image, and whether its crop box was padded (it runs
+  past the image: black, as PIL's crop); errors name the file (and the record)."""
+  try:
+    image, padded = preprocess.load_cropped(path, crop_box=crop)
+  except OSError as e:  # missing, truncated or not an image (PIL's errors are OSErrors)
+    raise ImageError("unreadable", [path], [str(e)]) from e
+  except ValueError as e:  # an empty crop box
+    raise ValueError(f"{where}: {e}") from e
+  return np.asarray(transform(image), np.float32), padded
 
 
 class Scorer:
@@ -147,8 +188,10 @@ class Scorer:
     devices: devices to shard over (default all).
     matmul_precision: precision of fp32 matmuls. 'highest' (default) keeps scores in true fp32
       on GPUs (no TF32) and TPUs (no one-pass bf16), as the paper's PyTorch scores are; near-ties
-      decide the strict comparisons. 'default' trades that for speed. A bfloat16 model
-      computes in bfloat16 either way.
+      decide the strict comparisons. 'default' trades that for speed. A bfloat16 or float16
+      model computes in its own dtype either way.
+    score_dtype: 'float32' (default) or 'float16' (the authors' fp16 rows; see the module
+      docstring). Scores are returned as fp32 arrays either way.
   """
 
   def __init__(self, model, tokenizer: Callable[[list[str]], np.ndarray], *,
@@ -156,8 +199,11 @@ class Scorer:
                image_batch_size: int = 128, text_batch_size: int = 512,
                buckets: Sequence[int] = (16, 32, 77), num_workers: int = 8, prefetch: int = 2,
                skip_missing_images: bool = False, devices: Sequence[jax.Device] | None = None,
-               matmul_precision: str = "highest"):
+               matmul_precision: str = "highest", score_dtype: str = "float32"):
+    if score_dtype not in SCORE_DTYPES:
+      raise ValueError(f"score_dtype {score_dtype!r}: expected one of {SCORE_DTYPES}")
     self.model = model
+    self.score_dtype = score_dtype
     self.tokenizer = tokenizer
     self.image_root = image_root
     image_size = model.config.vision.image_size
@@ -175,10 +221,14 @@ class Scorer:
     self._batch_sharding = jax.sharding.NamedSharding(self.mesh,
                                                       jax.sharding.PartitionSpec(DATA_AXIS))
 
+    normalize = score_dtype == "float32"
+    if jax.numpy.dtype(model.dtype) != jax.numpy.float32:
+      matmul_precision = "default"  # a half-precision model multiplies in its own dtype
+
     def apply(method):
       def encode(params, x):
         with jax.default_matmul_precision(matmul_precision):
-          return model.apply({"params": params}, x, normalize=True, method=method)
+          return model.apply({"params": params}, x, normalize=normalize, method=method)
       return encode
 
     self.encode_images = jax.jit(apply("encode_image"), out_shardings=self._replicated)
@@ -199,68 +249,16 @@ class Scorer:
     per_host = batch_size // jax.process_count()
     return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
-  def _load(self, path: str, crop, where: str) -> tuple[np.ndarray, bool]:
-    try:
-      image, padded = preprocess.load_cropped(path, crop_box=crop)
-    except OSError as e:  # missing, truncated or not an image (PIL's errors are OSErrors)
-      raise ImageError("unreadable", [path], [str(e)]) from e
-    except ValueError as e:  # an empty crop box
-      raise ValueError(f"{where}: {e}") from e
-    return np.asarray(self.transform(image), np.float32), padded
+  def decode_key(self) -> tuple:
+    """What decides the decoded pixels and their batches: models with equal keys share a pass."""
+    return (self.transform, self.image_shape, self.image_root, self.image_batch_size,
+            self.skip_missing_images, self.num_workers, self.prefetch,
+            tuple(d.id for d in self.mesh.devices.flat))
 
   # -- encoders -------------------------------------------------------------------------------
 
-  def _encode_all_images(self, params, keys, wheres,
-                         skip: set[int]) -> tuple[np.ndarray, list, np.ndarray]:
-    """Features of every key not in `skip`, the keys whose image could not be read, and which
-    keys' crop boxes were padded."""
-    todo = [i for i in range(len(keys)) if i not in skip]
-    batch = self.image_batch_size
-    local = self._local_slice(batch)
-    feats = _OneStepLate(np.zeros((len(keys), self.model.config.embed_dim), np.float32))
-    failed = np.zeros(len(keys), bool)
-    padded = np.zeros(len(keys), bool)
-    reasons: dict[int, str] = {}
-    progress = _Progress("images", len(todo))
-    batches = [todo[s:s + batch] for s in range(0, len(todo), batch)]
-
-    def submit(pool, ids):
-      rows = (ids + [None] * batch)[:batch][local]
-      return [None if i is None else
-              pool.submit(self._load, self.image_path(keys[i][0]), keys[i][1], wheres[i])
-              for i in rows]
-
-    with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
-      pending = collections.deque(submit(pool, ids) for ids in batches[:self.prefetch + 1])
-      for b, ids in enumerate(batches):
-        futures = pending.popleft()
-        if b + self.prefetch + 1 < len(batches):
-          pending.append(submit(pool, batches[b + self.prefetch + 1]))
-        pixels = np.zeros((len(futures),) + self.image_shape, np.float32)
-        for row, future in enumerate(futures):
-          if future is None:
-            continue
-          try:
-            pixels[row], padded[ids[row + local.start]] = future.result()
-          except ImageError as e:
-            failed[ids[row + local.start]] = True
-            reasons[ids[row + local.start]] = str(e.__cause__)
-        failed = _union_over_hosts(failed)  # every host must stop (or skip) alike
-        if failed.any() and not self.skip_missing_images:
-          for remaining in pending:  # stop early; do not wait for the prefetched batches
-            for f in remaining:
-              if f is not None:
-                f.cancel()
-          bad = np.flatnonzero(failed)
-          raise ImageError("unreadable", [self.image_path(keys[i][0]) for i in bad],
-                           [reasons.get(i, "read by another host") for i in bad])
-        feats.add(ids, self.encode_images(params, self._global_batch(pixels)))
-        progress.update(min((b + 1) * batch, len(todo)))
-    feats.flush()
-    return feats.out, np.flatnonzero(failed).tolist(), _union_over_hosts(padded)
-
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
-    """Normalised features of (N, 77) token rows, encoded by length bucket."""
+    """Features of (N, 77) token rows, encoded by length bucket (normalised unless fp16)."""
     lengths = tokenizer_lib.token_lengths(tokens)
     bucket_of = np.array([tokenizer_lib.bucket_length(int(n), self.buckets) for n in lengths])
     feats = _OneStepLate(np.zeros((len(tokens), self.model.config.embed_dim), np.float32))
@@ -283,50 +281,150 @@ class Scorer:
   def score(self, params, records: Sequence[suites_lib.EvalRecord],
             text_sims: bool = False) -> ScoreResult:
     """Scores every caption of every record; see `ScoreResult`."""
-    start = time.perf_counter()
-    params = jax.device_put(params, self._replicated)
-    keys = suites_lib.unique_images(records)
-    key_id = {k: i for i, k in enumerate(keys)}
-    image_of = np.array([key_id[(r.image, r.crop)] for r in records], np.int64)
-    wheres = [""] * len(keys)
-    for r, i in zip(records, image_of):
-      wheres[i] = wheres[i] or r.where
+    return score_models([(self, params)], records, text_sims)[0]
 
-    missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(self.image_path(image))]
-    if missing and not self.skip_missing_images:
-      raise ImageError("missing", [self.image_path(keys[i][0]) for i in missing])
-    image_feats, failed, padded = self._encode_all_images(params, keys, wheres, set(missing))
-    image_seconds = time.perf_counter() - start
-    skipped = sorted(set(missing) | set(failed))
 
-    texts = list(dict.fromkeys(c for r in records for c in r.captions))
-    tokens = np.asarray(self.tokenizer(texts), np.int32)
+def _encode_all_images(models, keys, wheres, skip: set[int]
+                       ) -> tuple[list[np.ndarray], list, np.ndarray, int]:
+  """Features of every key not in `skip` for each (scorer, params) of `models`, each image
+  decoded once; the keys whose image could not be read; which keys' crop boxes were padded;
+  the number of images decoded here."""
+  lead = models[0][0]
+  todo = [i for i in range(len(keys)) if i not in skip]
+  batch = lead.image_batch_size
+  local = lead._local_slice(batch)
+  feats = [_OneStepLate(np.zeros((len(keys), s.model.config.embed_dim), np.float32))
+           for s, _ in models]
+  failed = np.zeros(len(keys), bool)
+  padded = np.zeros(len(keys), bool)
+  reasons: dict[int, str] = {}
+  progress = _Progress("images", len(todo))
+  batches = [todo[s:s + batch] for s in range(0, len(todo), batch)]
+  decoded = 0
+
+  def submit(pool, ids):
+    nonlocal decoded
+    rows = (ids + [None] * batch)[:batch][local]
+    decoded += sum(i is not None for i in rows)
+    return [None if i is None else
+            pool.submit(load_pixels, lead.image_path(keys[i][0]), keys[i][1],
+                        lead.transform, wheres[i])
+            for i in rows]
+
+  with concurrent.futures.ThreadPoolExecutor(lead.num_workers) as pool:
+    pending = collections.deque(submit(pool, ids) for ids in batches[:lead.prefetch + 1])
+    for b, ids in enumerate(batches):
+      futures = pending.popleft()
+      if b + lead.prefetch + 1 < len(batches):
+        pending.append(submit(pool, batches[b + lead.prefetch + 1]))
+      pixels = np.zeros((len(futures),) + lead.image_shape, np.float32)
+      for row, future in enumerate(futures):
+        if future is None:
+          continue
+        try:
+          pixels[row], padded[ids[row + local.start]] = future.result()
+        except ImageError as e:
+          failed[ids[row + local.start]] = True
+          reasons[ids[row + local.start]] = str(e.__cause__)
+      failed = _union_over_hosts(failed)  # every host must stop (or skip) alike
+      if failed.any() and not lead.skip_missing_images:
+        for remaining in pending:  # stop early; do not wait for the prefetched batches
+          for f in remaining:
+            if f is not None:
+              f.cancel()
+        bad = np.flatnonzero(failed)
+        raise ImageError("unreadable", [lead.image_path(keys[i][0]) for i in bad],
+                         [reasons.get(i, "read by another host") for i in bad])
+      pixels = lead._global_batch(pixels)
+      for out, (scorer, params) in zip(feats, models):
+        out.add(ids, scorer.encode_images(params, pixels))
+      progress.update(min((b + 1) * batch, len(todo)))
+  for out in feats:
+    out.flush()
+  return ([f.out for f in feats], np.flatnonzero(failed).tolist(), _union_over_hosts(padded),
+          decoded)
+
+
+def index_images(records, path_of: Callable[[str], str], skip_missing_images: bool):
+  """The distinct (image, crop) keys, each record's key, a record naming each key (for errors)
+  and the keys whose file is missing (an error unless they may be skipped)."""
+  keys = suites_lib.unique_images(records)
+  key_id = {k: i for i, k in enumerate(keys)}
+  image_of = np.array([key_id[(r.image, r.crop)] for r in records], np.int64)
+  wheres = [""] * len(keys)
+  for r, i in zip(records, image_of):
+    wheres[i] = wheres[i] or r.where
+  missing = [i for i, (image, _) in enumerate(keys) if not os.path.isfile(path_of(image))]
+  if missing and not skip_missing_images:
+    raise ImageError("missing", [path_of(keys[i][0]) for i in missing])
+  return keys, image_of, wheres, missing
+
+
+def _global_sum(count: int) -> int:
+  if jax.process_count() == 1:
+    return count
+  return int(np.asarray(multihost_utils.process_allgather(np.int64(count))).sum())
+
+
+def score_models(models: Sequence[tuple[Scorer, object]], records: Sequence[suites_lib.EvalRecord],
+                 text_sims: bool = False) -> list[ScoreResult]:
+  """Scores `records` with every (scorer, params) of `models` in one image decode pass.
+
+  The scorers must share a preprocessing (`Scorer.decode_key`): each distinct (image, crop) is
+  decoded once and fed to every model; captions are tokenised and encoded per model. Returns one
+  `ScoreResult` per model; `stats['images_decoded']` counts the pass's decodes (all hosts).
+  """
+  lead = models[0][0]
+  for scorer, _ in models[1:]:
+    if scorer.decode_key() != lead.decode_key():
+      raise ValueError("score_models: the models do not share one preprocessing (image size, "
+                       "transform, image_root, batch size or devices differ); score them in "
+                       "separate passes")
+  start = time.perf_counter()
+  models = [(s, jax.device_put(p, s._replicated)) for s, p in models]
+  keys, image_of, wheres, missing = index_images(records, lead.image_path,
+                                                 lead.skip_missing_images)
+  all_image_feats, failed, padded, decoded = _encode_all_images(models, keys, wheres,
+                                                                set(missing))
+  image_seconds = time.perf_counter() - start
+  skipped = sorted(set(missing) | set(failed))
+  valid = ~np.isin(image_of, skipped)
+
+  texts = list(dict.fromkeys(c for r in records for c in r.captions))
+  text_id = {t: i for i, t in enumerate(texts)}
+  width = max(len(r.captions) for r in records)
+  caption_of = np.full((len(records), width), -1, np.int64)
+  for row, r in enumerate(records):
+    caption_of[row, :len(r.captions)] = [text_id[c] for c in r.captions]
+  present = caption_of >= 0
+
+  results = []
+  for (scorer, params), image_feats in zip(models, all_image_feats):
+    text_start = time.perf_counter()
+    tokens = np.asarray(scorer.tokenizer(texts), np.int32)
     distinct, token_of_text = np.unique(tokens, axis=0, return_inverse=True)
-    text_feats = self.encode_tokens(params, distinct)[token_of_text.reshape(-1)]
-    text_seconds = time.perf_counter() - start - image_seconds
-
-    text_id = {t: i for i, t in enumerate(texts)}
-    width = max(len(r.captions) for r in records)
-    caption_of = np.full((len(records), width), -1, np.int64)
-    for row, r in enumerate(records):
-      caption_of[row, :len(r.captions)] = [text_id[c] for c in r.captions]
-    present = caption_of >= 0
-    valid = ~np.isin(image_of, skipped)
+    text_feats = scorer.encode_tokens(params, distinct)[token_of_text.reshape(-1)]
+    text_seconds = time.perf_counter() - text_start
+    image_feats = host_features(image_feats, scorer.score_dtype)
+    text_feats = host_features(text_feats, scorer.score_dtype)
     scores = _gathered_dots(image_feats, image_of[:, None], text_feats, caption_of)[:, 0]
     scores[~present | ~valid[:, None]] = np.nan
     sims = None
     if text_sims:
       sims = _gathered_dots(text_feats, caption_of, text_feats, caption_of)
       sims[~(present[:, :, None] & present[:, None, :])] = np.nan
-
-    seconds = time.perf_counter() - start
+    # The pass's image time is shared; each model adds its own text time.
+    seconds = image_seconds + time.perf_counter() - text_start
     stats = dict(
         records=float(len(records)), distinct_images=float(len(keys)),
         distinct_captions=float(len(texts)), distinct_token_rows=float(len(distinct)),
         skipped_images=float(len(skipped)), skipped_records=float((~valid).sum()),
         padded_boxes=float(padded.sum()),
+        images_decoded=float(_global_sum(decoded)), models_in_decode_pass=float(len(models)),
         seconds=seconds, image_seconds=image_seconds, text_seconds=text_seconds,
         images_per_s=(len(keys) - len(skipped)) / seconds,
         captions_per_s=len(texts) / seconds)
-    return ScoreResult(scores, valid, sims, [self.image_path(keys[i][0]) for i in skipped],
-                       padded[image_of], stats)
+    results.append(ScoreResult(scores, valid, sims,
+                               [lead.image_path(keys[i][0]) for i in skipped], padded[image_of],
+                               stats))
+  return results

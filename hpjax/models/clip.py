@@ -61,8 +61,13 @@ class MultiheadAttention(nn.Module):
     qkv = nn.Dense(3 * self.width, kernel_init=init, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="in_proj")(x.reshape(-1, self.width))
     q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.heads, head_dim), 3, axis=2)
+    if qkv.dtype == jnp.float16:
+      # fp16 products accumulated in fp32 (as cuBLAS does), written as an fp32 attention:
+      # XLA:CPU has no fp16 x fp16 -> fp32 dot. The paper's fp16 rows (hpjax.zoo) need it.
+      q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
     out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask,
                                        is_causal=self.causal)
+    out = out.astype(qkv.dtype)
     out = nn.Dense(self.width, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
                    name="out_proj")(out.reshape(-1, self.width))
     return out.reshape(batch, length, self.width)
