@@ -144,7 +144,10 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
 def _model_config(spec: ModelSpec):
   """The spec's architecture with the activation its parity mode asks for."""
   config = config_lib.get_model_config(spec.architecture)
-  return dataclasses.replace(config, quick_gelu=spec.settings.activation == "quick_gelu")
+  config = dataclasses.replace(config, quick_gelu=spec.settings.activation == "quick_gelu")
+  if spec.parity == zoo.PAPER and config.text.embed_cls:  # OpenCLIP 2.19-2.22's CoCa text path
+    config = dataclasses.replace(config, text=dataclasses.replace(config.text, coca_legacy=True))
+  return config
 
 
 def _load_kwargs(spec: ModelSpec) -> dict:

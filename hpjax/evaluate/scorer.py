@@ -151,12 +151,13 @@ def host_features(feats: np.ndarray, score_dtype: str) -> np.ndarray:
 
 def exact_buckets(model_config) -> tuple[int, ...]:
   """Text lengths at which encoding is exact: 16/32/77 for the causal, EOT-pooled CLIP text
-  tower; only the full context for any other tower (a CLS token appended at the end, or
-  bidirectional attention with mean pooling, sees every position)."""
+  tower; only the full input for any other tower (a CLS token appended at the end, or
+  bidirectional attention with mean pooling over every id that is not RoBERTa's pad, sees every
+  position; CLIP ids fed to RoBERTa, as the paper did, have no such pad)."""
   text = model_config.text
-  if isinstance(text, config_lib.TextConfig) and text.pool_type == "argmax":
+  if text.hf_model_name is None and not text.embed_cls and text.pool_type == "argmax":
     return (16, 32, text.context_length)
-  return (text.context_length,)
+  return (text.input_length,)
 
 
 def load_pixels(path: str, crop, transform, where: str) -> tuple[np.ndarray, bool]:
@@ -213,7 +214,7 @@ class Scorer:
     n = self.mesh.devices.size
     self.image_batch_size = -(-image_batch_size // n) * n
     self.text_batch_size = -(-text_batch_size // n) * n
-    context = model.config.text.context_length
+    context = model.config.text.input_length
     self.buckets = tuple(sorted(b for b in buckets if b < context)) + (context,)
     self.num_workers, self.prefetch = num_workers, prefetch
     self.skip_missing_images = skip_missing_images
