@@ -39,7 +39,6 @@ import numpy as np
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites as suites_lib
-from hpjax.models import config as config_lib
 
 DATA_AXIS = "data"
 
