@@ -38,7 +38,9 @@ KERNEL = Layout("kernel", None, None)  # A rule's placeholder: LINEAR for 2-D, C
 # (Flax path joined by '.', OpenCLIP key, layout); the first match wins.
 RULES = (
     (r"(.*)\.in_proj\.kernel", r"\1.in_proj_weight", LINEAR),
-    (r"(.*)\.([qkv])_proj\.kernel", r"\1.\2_proj_weight", LINEAR),  # MHA with kdim != dim
+    # torch MultiheadAttention with kdim != dim (CoCa's attn_pool.attn); ResNet's attnpool
+    # q/k/v_proj are plain Linear layers and fall through to the kernel rule.
+    (r"(.*\.attn)\.([qkv])_proj\.kernel", r"\1.\2_proj_weight", LINEAR),
     (r"(.*)\.in_proj\.bias", r"\1.in_proj_bias", SAME),
     (r"(.*)\.kernel", r"\1.weight", KERNEL),  # Dense and Conv
     (r"(.*)\.scale", r"\1.weight", SAME),  # LayerNorm, BatchNorm
