@@ -1,13 +1,16 @@
 """Packed texts (several per row) give the features, loss and gradients of every text at 77 tokens."""
 
+import io
+
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from hpjax import factory, sharding
 from hpjax.tokenizer import get_tokenizer, token_lengths
+from hpjax.train import retrieval, text_packing
 from hpjax.train import step as step_lib
-from hpjax.train import text_packing
 
 WORDS = "a red block on the left of two small green balls and one big blue cube".split()
 
@@ -35,11 +38,9 @@ def _batch(b, k_p, k_n, seed=0):
 def tiny():
   model, params = factory.create_model("hpjax-tiny", rng=jax.random.key(1))
   # every tensor away from its initialiser's pattern (LayerNorm's ones and zeros included)
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
-                                     for x, k in zip(leaves, keys)])
-  return model, params
+  rng = np.random.default_rng(2)
+  return model, jax.tree.map(
+      lambda x: np.asarray(x) + 0.05 * rng.normal(size=x.shape).astype(np.float32), params)
 
 
 def test_ladder_is_a_few_steps_at_most_a_quarter_above_the_need():
@@ -85,18 +86,35 @@ def _loss_and_grads(model, params, batch, mesh):
   return float(value), jax.device_get(grads)
 
 
-@pytest.mark.parametrize("devices", [1, 8])
-def test_packed_step_has_the_loss_and_gradients_of_77_tokens(tiny, devices):
+def test_packed_step_has_the_loss_and_gradients_of_77_tokens_on_1_and_8_devices(tiny):
   model, params = tiny
   batch = _batch(8, k_p=2, k_n=2)
-  full = _loss_and_grads(model, params, batch, sharding.make_mesh(devices=jax.devices()[:1]))
-  mesh = sharding.make_mesh(devices=jax.devices()[:devices])
-  packed = text_packing.pack_batch(batch, groups=devices, row_length=77)
-  assert "caption" not in packed and packed["text"]["eot"].shape == (devices, 8 // devices * 5)
-  value, grads = _loss_and_grads(model, params, packed, mesh)
-  np.testing.assert_allclose(value, full[0], rtol=1e-5)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    ref = full[1]
-    for key in path:
-      ref = ref[key.key]
-    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  value, grads = _loss_and_grads(model, params, batch, sharding.make_mesh(devices=jax.devices()[:1]))
+  for devices in (1, 8):
+    packed = text_packing.pack_batch(batch, groups=devices, row_length=77)
+    assert "caption" not in packed and packed["text"]["eot"].shape == (devices, 8 // devices * 5)
+    got, got_grads = _loss_and_grads(model, params, packed,
+                                     sharding.make_mesh(devices=jax.devices()[:devices]))
+    np.testing.assert_allclose(got, value, rtol=1e-5)
+    for (path, g), ref in zip(jax.tree_util.tree_leaves_with_path(got_grads),
+                              jax.tree.leaves(grads)):
+      np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6,
+                                 err_msg=f"{devices} devices {jax.tree_util.keystr(path)}")
+
+
+def test_retrieval_evaluator_features_equal_those_at_77_tokens(tiny):
+  model, params = tiny
+  rng = np.random.default_rng(4)
+  records = []
+  for caption in _texts(13, rng):  # 13 records: the last batch of 8 is padded
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(png, format="PNG")
+    records.append({"image": png.getvalue(), "caption": caption})
+  evaluator = retrieval.RetrievalEvaluator(model, records,
+                                         sharding.make_mesh(devices=jax.devices()[:2]), batch_size=8)
+  with jax.default_matmul_precision("highest"):
+    images, texts = evaluator.features(params)
+    full = model.apply({"params": params}, get_tokenizer()([r["caption"] for r in records]),
+                       normalize=True, method="encode_text")
+  assert images.shape == (13, 64)
+  np.testing.assert_allclose(texts, full, rtol=1e-5, atol=1e-5)

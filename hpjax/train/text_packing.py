@@ -64,16 +64,35 @@ def pack(texts: np.ndarray, lengths: np.ndarray, rows: np.ndarray, offsets: np.n
   return out
 
 
-def pack_texts(texts: np.ndarray, groups: int, row_length: int) -> dict:
-  """texts (N, L) (N divisible by groups) -> packed arrays, G groups of consecutive texts, the
-  row count agreed by all hosts."""
+def _placed(texts: np.ndarray, groups: int, row_length: int):
   if len(texts) % groups:
     raise ValueError(f"{len(texts)} texts do not split into {groups} groups (one per data shard)")
   texts = np.asarray(texts).reshape(groups, len(texts) // groups, -1)
   lengths = tokenizer_lib.token_lengths(texts)
-  placed = [first_fit_decreasing(group, row_length) for group in lengths]
-  rows, offsets = (np.stack(x) for x in zip(*placed))
-  num_rows = min(ladder(sharding.host_max(int(rows.max(initial=0)) + 1)), texts.shape[1])
+  rows, offsets = (np.stack(x) for x in zip(*[first_fit_decreasing(g, row_length)
+                                              for g in lengths]))
+  return texts, lengths, rows, offsets
+
+
+def _agreed_rows(rows: np.ndarray) -> int:
+  """The ladder step holding every group of every host, at most one row per text."""
+  return min(ladder(sharding.host_max(int(rows.max(initial=0)) + 1)), rows.shape[1])
+
+
+def rows_needed(texts: np.ndarray, groups: int, row_length: int) -> int:
+  """The row count per group `pack_texts` would choose for `texts` (the same on every host)."""
+  return _agreed_rows(_placed(texts, groups, row_length)[2])
+
+
+def pack_texts(texts: np.ndarray, groups: int, row_length: int, num_rows: int | None = None):
+  """texts (N, L) (N divisible by groups) -> packed arrays, G groups of consecutive texts in
+  `num_rows` rows each (default: `rows_needed`)."""
+  texts, lengths, rows, offsets = _placed(texts, groups, row_length)
+  if num_rows is None:
+    num_rows = _agreed_rows(rows)
+  elif rows.max(initial=0) >= num_rows:
+    raise ValueError(f"the texts need {int(rows.max()) + 1} rows of {row_length} per group, "
+                     f"more than num_rows={num_rows}")
   return pack(texts, lengths, rows, offsets, num_rows, row_length)
 
 

@@ -149,8 +149,7 @@ def run(config, workdir: str) -> dict:
 
   # -- evaluators --------------------------------------------------------------------------------
   evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh,
-                                             batch_size=config.eval.batch_size,
-                                             buckets=config.text_buckets)]
+                                             batch_size=config.eval.batch_size)]
   hard_positive = _hard_positive_evaluator(config, model, eval_root, image_root)
   if hard_positive is not None:
     evaluators.append(hard_positive)
