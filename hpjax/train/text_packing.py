@@ -26,6 +26,7 @@ from hpjax.train import step as step_lib
 
 def ladder(needed: int) -> int:
   """The smallest row count of the ladder that is >= needed."""
+  needed = int(needed)
   if needed <= 4:
     return max(needed, 1)
   shift = (needed - 1).bit_length() - 3  # needed lies in (4 * 2**shift, 8 * 2**shift]
