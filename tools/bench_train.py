@@ -44,6 +44,8 @@ _SIDES = flags.DEFINE_list("sides", "torch,packed,longest", "rows to time: torch
                            "packed (hpjax's trainer), longest (the old longest-text bucket), 77")
 _TEXT_LAYOUTS = flags.DEFINE_bool("text_layouts", False, "only the text tower (fwd + bwd) under "
                                   "each candidate layout, in one process")
+_LAYOUT_TOKENS = flags.DEFINE_bool("layout_tokens", False, "only the text tokens each candidate "
+                                   "layout encodes, over 100 random COCO batches per batch size")
 _SIDE = flags.DEFINE_enum("side", "", ["", "hpjax", "torch"], "internal: run one side")
 _LAYOUT = flags.DEFINE_string("layout", "packed", "internal: hpjax text layout")
 _DEVICES = flags.DEFINE_string("devices", "1,2,4,8", "simulated device counts to time")
@@ -297,6 +299,33 @@ def _text_layouts():
     print(f"| {name} | {_median(t):.3f} | {_median([a / b for a, b in zip(t, first)]):.2f} |")
 
 
+def _layout_tokens():
+  """Tokens encoded per batch (medians of 100 random batches) under each candidate layout."""
+  from hpjax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from hpjax.train import text_packing  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.get_tokenizer()
+  lengths = np.stack([tokenizer_lib.token_lengths(tok(t)) for t in _texts(10 ** 9, 1, 1)], 1)
+  rng = np.random.default_rng(1)
+  print("| batch (texts) | tokens needed | longest-text bucket | per-text buckets 16/32/77, "
+        "exact capacities | packed rows (ladder steps seen) |")
+  print("| --- | --- | --- | --- | --- |")
+  for b in (16, 64, 256):
+    cost = {"longest": [], "per_text": [], "packed": [], "needed": []}
+    steps = set()
+    for _ in range(100):
+      picked = lengths[rng.choice(len(lengths), b, replace=False)].ravel()
+      cost["needed"].append(picked.sum())
+      cost["longest"].append(tokenizer_lib.bucket_length(picked.max()) * len(picked))
+      cost["per_text"].append(sum(tokenizer_lib.bucket_length(n) for n in picked))
+      rows = text_packing.ladder(text_packing.first_fit_decreasing(picked, 77)[0].max() + 1)
+      steps.add(rows)
+      cost["packed"].append(rows * 77)
+    med = {k: float(np.median(v)) for k, v in cost.items()}
+    show = lambda k: f"{med[k]:.0f} ({med[k] / med['needed']:.2f}x)"
+    print(f"| {b} ({3 * b}) | {med['needed']:.0f} | {show('longest')} | {show('per_text')} | "
+          f"{show('packed')} ({', '.join(map(str, sorted(steps)))}) |")
+
+
 def _interleave(workers, rounds: int):
   for _ in range(rounds):
     for worker in workers:
@@ -316,6 +345,9 @@ def main(argv):
         f"{_STEPS.value} interleaved rounds", flush=True)
   if _TEXT_LAYOUTS.value:
     _text_layouts()
+    return
+  if _LAYOUT_TOKENS.value:
+    _layout_tokens()
     return
   if not _DEVICES_ONLY.value:
     workers = [_Worker(ROWS[name], "torch" if name == "torch" else "hpjax", layout=name)
