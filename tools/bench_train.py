@@ -304,7 +304,8 @@ def _layout_tokens():
   from hpjax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from hpjax.train import text_packing  # pylint: disable=g-import-not-at-top
   tok = tokenizer_lib.get_tokenizer()
-  lengths = np.stack([tokenizer_lib.token_lengths(tok(t)) for t in _texts(10 ** 9, 1, 1)], 1)
+  every_row = _texts(10 ** 9, 1, 1)  # (more than the TSV has: all of its rows)
+  lengths = np.stack([tokenizer_lib.token_lengths(tok(t)) for t in every_row], 1)
   rng = np.random.default_rng(1)
   print("| batch (texts) | tokens needed | longest-text bucket | per-text buckets 16/32/77, "
         "exact capacities | packed rows (ladder steps seen) |")
