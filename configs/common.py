@@ -68,7 +68,6 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.total_steps = 300
   c.log_every_steps = 20
-  c.text_buckets = (16, 32, 77)
   c.compilation_cache_dir = ""  # jax's persistent compilation cache (reused by restarts).
 
   c.model = ml_collections.ConfigDict()

@@ -14,9 +14,7 @@ from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
 from hpjax import factory, sharding
-from hpjax.tokenizer import get_tokenizer
 from hpjax.train import optim, trainer
-from hpjax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
@@ -117,24 +115,6 @@ def test_non_finite_update_stops_without_a_poisoned_checkpoint(source, tmp_path)
   step, params = final_params(workdir)
   assert step == 4
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
-
-
-def test_bucketed_text_gives_the_same_loss_as_77_tokens():
-  model, params = factory.create_model("hpjax-tiny")
-  rng = np.random.default_rng(0)
-  tok = get_tokenizer()
-  batch = {"image": rng.normal(size=(4, 64, 64, 3)).astype(np.float32),
-           "caption": tok([f"a red block {i}" for i in range(4)]),
-           "hard_positives": tok([f"a crimson block {i}" for i in range(4)])[:, None],
-           "hard_positive_mask": np.array([[True], [False], [True], [True]]),
-           "hard_negatives": tok([f"a blue block {i}" for i in range(8)]).reshape(4, 2, 77),
-           "hard_negative_mask": np.ones((4, 2), bool)}
-  cut = trainer._bucketed(batch, (16, 32, 77))
-  assert cut["caption"].shape == (4, 16) and cut["hard_negatives"].shape == (4, 2, 16)
-  loss = jax.jit(lambda p, b: step_lib.loss_fn(p, model, b, "multi", 0.0)[0])
-  with jax.default_matmul_precision("highest"):
-    full, short = loss(params, batch), loss(params, cut)
-  np.testing.assert_allclose(short, full, rtol=1e-5)
 
 
 def test_weight_decay_mask_follows_openclip():

@@ -154,7 +154,7 @@ def exact_buckets(model_config) -> tuple[int, ...]:
   bidirectional attention with mean pooling over every id that is not RoBERTa's pad, sees every
   position; CLIP ids fed to RoBERTa, as the paper did, have no such pad)."""
   text = model_config.text
-  if text.hf_model_name is None and not text.embed_cls and text.pool_type == "argmax":
+  if text.causal_eot_pooled:
     return (16, 32, text.context_length)
   return (text.input_length,)
 

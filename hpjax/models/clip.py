@@ -11,7 +11,9 @@ into the transposed copies that needed; a ViT-B-32 train step ran ~1.5x slower (
 
 Text of any length L <= context_length is accepted: under the causal mask the pooled (EOT) output
 depends only on the tokens before it, so encoding at a shorter length with the first L positional
-embeddings gives the same features as padding to 77 (see `tokenizer.bucket_length`).
+embeddings gives the same features as padding to 77 (see `tokenizer.bucket_length`). For the same
+reason several texts can share a row (`hpjax.train.text_packing`): attention masked to each
+text's own tokens, positions restarting per text, pooling at each text's EOT.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class MultiheadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    """mask: optional boolean (N, 1, L, L), True where a query may attend to a key."""
+    """mask: optional (N, 1, L, L) bool, True where a query may attend a key (and-ed with causal)."""
     batch, length, _ = x.shape
     head_dim = self.width // self.heads
     init = nn.initializers.normal(self.width ** -0.5)
@@ -258,8 +260,13 @@ class TextTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens):
-    """tokens: (N, L) int32 with L <= context_length -> (N, output_dim) unnormalised features."""
+  def __call__(self, tokens, positions=None, segments=None, eot=None):
+    """tokens: (N, L) int32 with L <= context_length -> (N, output_dim) unnormalised features.
+
+    Packed rows (`text_packing`) hold several texts each: `positions` (N, L) restart at 0 per
+    text, `segments` (N, L) number the texts of a row (attention stays within one), and `eot`
+    (G, T) gives each text's EOT as a flat index into its group's N // G rows; the result is then
+    (G * T, output_dim), text by text."""
     cfg, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     length = tokens.shape[1]
     if length > cfg.context_length:
@@ -268,18 +275,23 @@ class TextTransformer(nn.Module):
                  name="token_embedding", **kw)(tokens)
     pos = self.param("positional_embedding", nn.initializers.normal(0.01),
                      (cfg.context_length, cfg.width), self.param_dtype)
-    x = x + pos[:length].astype(x.dtype)
+    x = x + (pos[:length] if positions is None else pos[positions]).astype(x.dtype)
+    mask = None if segments is None else (segments[:, None, :, None] == segments[:, None, None, :])
     x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation, causal=True,
-                    ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer", **kw)(x)
+                    ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer",
+                    **kw)(x, mask)
     ln_final = _layer_norm("ln_final", **kw)
     if cfg.pool_type != "argmax":
       raise ValueError(f"text pool_type {cfg.pool_type!r} is not supported (use 'argmax')")
-    # EOT has the largest id, so argmax finds it (the first one on ties, as torch does).
-    eot = jnp.argmax(tokens, axis=-1)
+    if eot is None:
+      # EOT has the largest id, so argmax finds it (the first one on ties, as torch does).
+      eot = jnp.argmax(tokens, axis=-1)[:, None]
+    rows = x.reshape(eot.shape[0], -1, cfg.width)
+    pick = lambda y: jnp.take_along_axis(y, eot[..., None], axis=1).reshape(-1, cfg.width)
     if cfg.final_ln_after_pool:
-      pooled = ln_final(jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0])
+      pooled = ln_final(pick(rows))
     else:
-      pooled = jnp.take_along_axis(ln_final(x), eot[:, None, None], axis=1)[:, 0]
+      pooled = pick(ln_final(rows))
     init = nn.initializers.normal(cfg.width ** -0.5)
     if cfg.proj_bias:
       return nn.Dense(self.output_dim, kernel_init=init, name="text_projection", **kw)(pooled)
@@ -329,6 +341,11 @@ class CLIP(nn.Module):
 
   def encode_text(self, tokens, normalize: bool = False):
     return _maybe_normalize(self.text(tokens).astype(jnp.float32), normalize)
+
+  def encode_text_packed(self, tokens, positions, segments, eot, normalize: bool = False):
+    """Texts packed several to a row (`hpjax.train.text_packing`): the features of encode_text."""
+    return _maybe_normalize(self.text(tokens, positions, segments, eot).astype(jnp.float32),
+                            normalize)
 
   def __call__(self, images, tokens):
     """Returns (normalised image features, normalised text features, exp(logit_scale))."""

@@ -97,6 +97,13 @@ class TextConfig:
   hf_proj_type: str = "mlp"
 
   @property
+  def causal_eot_pooled(self) -> bool:
+    """CLIP's own text tower: causal, pooled at EOT, so a text's feature depends only on its own
+    tokens (what length buckets and packing rely on). CoCa's appended CLS and the bidirectional
+    HF towers see every position."""
+    return self.hf_model_name is None and not self.embed_cls and self.pool_type == "argmax"
+
+  @property
   def input_length(self) -> int:
     """Ids per text the tower takes, the tokenizer's context length (CoCa in legacy mode is
     given 77 ids for its 76 token positions and drops the last)."""

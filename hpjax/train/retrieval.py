@@ -2,7 +2,8 @@
 
 Every image is scored against every held-out caption; image->text counts a hit when the image's
 own caption is among its top K, text->image when the caption's image is among the caption's top K.
-Features are encoded in fixed-shape, padded batches sharded over the mesh (one compile).
+Features are encoded in fixed-shape, padded batches sharded over the mesh (one compile); the
+captions of a batch are packed several to a row (`text_packing`), one row count for every batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from hpjax import preprocess, sharding
 from hpjax import tokenizer as tokenizer_lib
+from hpjax.train import text_packing
 
 
 def recall_at_k(similarity: np.ndarray, ks=(1, 5)) -> dict[str, float]:
@@ -33,38 +35,48 @@ def recall_at_k(similarity: np.ndarray, ks=(1, 5)) -> dict[str, float]:
 class RetrievalEvaluator:
   """recall@1/5 over `records` (dicts with an image path or bytes and a caption)."""
 
-  def __init__(self, model, records, mesh, *, batch_size: int = 128,
-               buckets=(16, 32, 77)):
+  def __init__(self, model, records, mesh, *, batch_size: int = 128):
     self.model = model
     self.records = list(records)
     self.mesh = mesh
     n = mesh.devices.size
     self.batch_size = -(-batch_size // n) * n
-    self.buckets = buckets
     self.transform = preprocess.eval_transform(model.config.vision.image_size)
-    tokens = tokenizer_lib.get_tokenizer(model.config)([r["caption"] for r in self.records])
-    self.tokens = tokens[:, :tokenizer_lib.bucket_length(
-        int(tokenizer_lib.token_lengths(tokens).max()), buckets)]
+    self.tokens = tokenizer_lib.get_tokenizer(model.config)([r["caption"] for r in self.records])
+    self._groups = mesh.shape[sharding.DATA] // jax.process_count()
+    self._text_rows = max(text_packing.rows_needed(self.tokens[ids], self._groups,
+                                                   self.tokens.shape[1])
+                          for ids in self._local_ids())
     replicated = sharding.replicated(mesh)
     encode = lambda method: jax.jit(
-        lambda p, x: model.apply({"params": p}, x, normalize=True, method=method),
+        lambda p, x: model.apply({"params": p}, **x, normalize=True, method=method),
         out_shardings=replicated)
-    self._encode_image, self._encode_text = encode("encode_image"), encode("encode_text")
+    self._encode_image, self._encode_text = encode("encode_image"), encode("encode_text_packed")
 
-  def _batched(self, encode, params, rows_of):
-    feats = []
+  def _local_ids(self):
+    """This host's record ids of each batch (the last batch padded with a repeat)."""
     local = sharding.local_batch_size(self.batch_size)
     start = jax.process_index() * local
     for begin in range(0, len(self.records), self.batch_size):
       ids = list(range(begin, min(begin + self.batch_size, len(self.records))))
       ids += [ids[-1]] * (self.batch_size - len(ids))  # pad with a repeat, dropped below
-      rows = rows_of(ids[start:start + local])
-      out = np.asarray(encode(params, sharding.put_batch(rows, self.mesh)))
+      yield ids[start:start + local]
+
+  def _batched(self, encode, params, rows_of):
+    feats = []
+    for begin, ids in zip(range(0, len(self.records), self.batch_size), self._local_ids()):
+      out = np.asarray(encode(params, sharding.put_batch(rows_of(ids), self.mesh)))
       feats.append(out[:min(self.batch_size, len(self.records) - begin)])
     return np.concatenate(feats)
 
+  def features(self, params) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised (image, caption) features of every record, in record order."""
+    images = self._batched(self._encode_image, params, lambda ids: {"images": np.stack(
+        [self.transform(preprocess.load_image(self.records[i]["image"])) for i in ids])})
+    texts = self._batched(self._encode_text, params, lambda ids: text_packing.pack_texts(
+        self.tokens[ids], self._groups, self.tokens.shape[1], self._text_rows))
+    return images, texts
+
   def run(self, params) -> dict[str, float]:
-    images = self._batched(self._encode_image, params, lambda ids: np.stack(
-        [self.transform(preprocess.load_image(self.records[i]["image"])) for i in ids]))
-    texts = self._batched(self._encode_text, params, lambda ids: self.tokens[ids])
+    images, texts = self.features(params)
     return recall_at_k(images @ texts.T)

@@ -3,10 +3,10 @@
 A batch is a dict of global arrays sharded on the batch axis:
   image (B, H, W, 3) float, caption (B, L) int32, hard_positives (B, K_p, L) int32 +
   hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask.
-L is the batch's bucket length (16/32/77); the step is compiled once per bucket.
-All texts of an example are encoded in one call on rows laid out example by example, so the
-reshape keeps each device's rows local; masked slots are encoded too (fixed shapes) and then
-ignored by the loss.
+The trainer replaces the three token arrays with `text`, the same texts packed several to a row
+(`text_packing.pack_batch`); the step is compiled once per packed row count. Either way all texts
+of an example are encoded in one call, laid out example by example, so the reshape keeps each
+device's rows local; masked slots are encoded too (fixed shapes) and then ignored by the loss.
 """
 
 from __future__ import annotations
@@ -34,15 +34,24 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def stacked_texts(batch, xp=jnp):
+  """(B, 1 + K_p + K_n, L): each example's caption, hard positives and hard negatives."""
+  return xp.concatenate([batch["caption"][:, None], batch["hard_positives"],
+                         batch["hard_negatives"]], axis=1)
+
+
 def encode_batch(model, params, batch):
   """Normalised features: image (B, D), caption (B, D), hard positives (B, K_p, D), negatives."""
   image = model.apply({"params": params}, batch["image"], normalize=True, method="encode_image")
-  k_p = batch["hard_positives"].shape[1]
-  tokens = jnp.concatenate([batch["caption"][:, None], batch["hard_positives"],
-                            batch["hard_negatives"]], axis=1)
-  b, k, length = tokens.shape
-  texts = model.apply({"params": params}, tokens.reshape(b * k, length), normalize=True,
-                      method="encode_text").reshape(b, k, -1)
+  b, k_p = batch["hard_positive_mask"].shape
+  k = 1 + k_p + batch["hard_negative_mask"].shape[1]
+  if "text" in batch:
+    texts = model.apply({"params": params}, **batch["text"], normalize=True,
+                        method="encode_text_packed")
+  else:
+    texts = model.apply({"params": params}, stacked_texts(batch).reshape(b * k, -1),
+                        normalize=True, method="encode_text")
+  texts = texts.reshape(b, k, -1)
   return image, texts[:, 0], texts[:, 1:1 + k_p], texts[:, 1 + k_p:]
 
 

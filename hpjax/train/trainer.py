@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
-from hpjax.train import checkpointing, optim, retrieval, run_config
+from hpjax.train import checkpointing, optim, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
 
@@ -69,15 +69,6 @@ def _training_data(config, workdir: str, resuming: bool = False):
     val = [source[i] for i in range(len(source) - data.val_size, len(source))]
     source = grain.MapDataset.source(source)[:len(source) - data.val_size]
   return source, val, eval_root, image_root
-
-
-def _bucketed(batch: dict, buckets) -> dict:
-  """Cuts every token array to the shortest bucket holding all of the batch's texts (the same on
-  every host); exact because the text tower is causal and pools at EOT."""
-  longest = max(int(tokenizer_lib.token_lengths(batch[k]).max()) for k in step_lib.TEXT_KEYS
-                if batch[k].size)
-  length = tokenizer_lib.bucket_length(sharding.host_max(longest), buckets)
-  return {k: v[..., :length] if k in step_lib.TEXT_KEYS else v for k, v in batch.items()}
 
 
 def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
@@ -170,6 +161,7 @@ def run(config, workdir: str) -> dict:
   state_shardings = sharding.param_sharding(mesh, state_shapes)
   state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_shardings)(params)
   del params
+  groups = mesh.shape[sharding.DATA] // jax.process_count()  # this host's data shards
   train_step = step_lib.jit_train_step(
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight)
@@ -180,8 +172,7 @@ def run(config, workdir: str) -> dict:
 
   # -- evaluators --------------------------------------------------------------------------------
   evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh,
-                                             batch_size=config.eval.batch_size,
-                                             buckets=config.text_buckets)]
+                                             batch_size=config.eval.batch_size)]
   hard_positive = _hard_positive_evaluator(config, model, eval_root, image_root)
   if hard_positive is not None:
     evaluators.append(hard_positive)
@@ -211,7 +202,9 @@ def run(config, workdir: str) -> dict:
     if first_step == 0 and config.eval.every_steps:
       evaluate(0)
     for step in range(first_step + 1, config.total_steps + 1):
-      batch = _bucketed(next(iterator), config.text_buckets)
+      batch = next(iterator)
+      if model.config.text.causal_eot_pooled:  # other towers see every position: no packing
+        batch = text_packing.pack_batch(batch, groups, model.config.text.context_length)
       state, metrics = train_step(state, sharding.put_batch(batch, mesh))
       if pending is not None:
         check(*pending)
