@@ -26,6 +26,8 @@ from hpjax.train import run_config, trainer
     ("model.dtype='float16'", r"model.dtype='float16' must be one of \['float32', 'bfloat16'\]"),
     ("positives='all'", "loss.positives='all' must be one of"),
     ("optim.lr=-0.1", "optim.lr=-0.1 must be >= 0"),
+    ("model=coca_ViT-B-32", "model.name='coca_ViT-B-32' has a text tower the trainer does not"),
+    ("model=no-such-model", "model.name: unknown model 'no-such-model'"),
 ])
 def test_a_bad_value_stops_the_run_before_any_work(arg, message, tmp_path):
   config = hnhp.get_config(arg)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from hpjax import sharding
+from hpjax.models.config import get_model_config
 from hpjax.train import losses
 
 FILE = "run_config.json"
@@ -76,6 +77,14 @@ def check_values(config, num_devices: int, process_count: int) -> None:
                     "0 < low <= high <= 1")
   if not values["optim.lr"] >= 0:
     problems.append(f"optim.lr={values['optim.lr']!r} must be >= 0")
+  try:
+    text = get_model_config(values["model.name"]).text
+    if not text.causal_eot_pooled:
+      problems.append(f"model.name={values['model.name']!r} has a text tower the trainer does "
+                      "not train (CoCa or an HF text tower; evaluate it with configs/eval_hp.py): "
+                      "training packs texts, which needs CLIP's causal, EOT-pooled text tower")
+  except ValueError as e:
+    problems.append(f"model.name: {e}")
   if not values["data.val_source"] and values["data.val_size"] < 1:
     problems.append("data.val_size must be >= 1 without data.val_source (the retrieval split)")
   if not problems:

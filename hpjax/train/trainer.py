@@ -202,9 +202,7 @@ def run(config, workdir: str) -> dict:
     if first_step == 0 and config.eval.every_steps:
       evaluate(0)
     for step in range(first_step + 1, config.total_steps + 1):
-      batch = next(iterator)
-      if model.config.text.causal_eot_pooled:  # other towers see every position: no packing
-        batch = text_packing.pack_batch(batch, groups, model.config.text.context_length)
+      batch = text_packing.pack_batch(next(iterator), groups, model.config.text.context_length)
       state, metrics = train_step(state, sharding.put_batch(batch, mesh))
       if pending is not None:
         check(*pending)
