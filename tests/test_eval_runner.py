@@ -2,9 +2,6 @@
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,25 +9,18 @@ import torch
 from PIL import Image
 
 from configs import eval_hp
-from hpjax import checkpoints
+from helpers import run_main_on_processes, write_json
 from hpjax.data import suites
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import metrics
 from hpjax.evaluate import runner
 from hpjax.evaluate import stand_in_images
-from hpjax.models import CLIP, get_model_config
-from openclip_reference import openclip_model, state_dict_numpy
+from openclip_reference import openclip_model
 
 COLORS = ["white", "black", "red", "green", "blue", "brown"]
 SYNONYMS = {"white": "ivory", "black": "ebony", "red": "crimson", "green": "emerald",
             "blue": "azure", "brown": "chestnut"}
 OBJECTS = ["dog", "cat", "car", "tree", "ball"]
-
-
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f)
 
 
 def write_fixture_suites(root, num=10):
@@ -43,8 +33,8 @@ def write_fixture_suites(root, num=10):
               "false_caption": f"{other} {obj}"}
       data.append(dict(base, true_caption=f"{color} {obj}"))
       swapped.append(dict(base, true_caption=f"{SYNONYMS[color]} {obj}"))
-    _write(os.path.join(root, "data", f"{name}.json"), data)
-    _write(os.path.join(root, "swapped_data", f"{name}.json"), swapped)
+    write_json(os.path.join(root, "data", f"{name}.json"), data)
+    write_json(os.path.join(root, "swapped_data", f"{name}.json"), swapped)
   data, swapped = [], []
   for i in range(num):
     a, b, x, y = COLORS[i % 6], COLORS[(i + 2) % 6], OBJECTS[i % 5], OBJECTS[(i + 1) % 5]
@@ -53,8 +43,8 @@ def write_fixture_suites(root, num=10):
             "attributes": [a, b]}
     data.append(dict(base, true_caption=f"the {a} {x} and the {b} {y}"))
     swapped.append(dict(base, true_caption=f"the {b} {y} and the {a} {x}"))
-  _write(os.path.join(root, "data", "visual_genome_attribution.json"), data)
-  _write(os.path.join(root, "swapped_data", "visual_genome_attribution.json"), swapped)
+  write_json(os.path.join(root, "data", "visual_genome_attribution.json"), data)
+  write_json(os.path.join(root, "swapped_data", "visual_genome_attribution.json"), swapped)
   loaded = hard_positive.load_suites(root)
   stand_in_images.write_stand_in_images(
       [r for s in loaded.values() for r in s.records], os.path.join(root, "images"))
@@ -79,15 +69,8 @@ def tiny_checkpoints(tmp_path_factory):
   return paths
 
 
-@pytest.fixture(scope="module")
-def tiny():
-  config = get_model_config("hpjax-tiny")
-  return CLIP(config), checkpoints.openclip_to_params(
-      state_dict_numpy(openclip_model("hpjax-tiny", 0)), config)
-
-
-def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny):
-  model, params = tiny
+def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny_pair):
+  _, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(
       model, fixture_root, image_root=os.path.join(fixture_root, "images"), batch_size=8)
   figures = evaluator.run(params)
@@ -103,12 +86,12 @@ def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny):
   assert figures["replace/n"] == 20 and np.isfinite(figures["eval/images_per_s"])
 
 
-def test_evaluator_counts_skipped_records(fixture_root, tiny, tmp_path):
+def test_evaluator_counts_skipped_records(fixture_root, tiny_pair, tmp_path):
   images = os.path.join(tmp_path, "images")
   loaded = hard_positive.load_suites(fixture_root)
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
   os.remove(os.path.join(images, "aro/0.jpg"))  # 4 of the 10 SWAP records
-  model, params = tiny
+  _, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8,
                                                   skip_missing_images=True)
   figures = evaluator.run(params)
@@ -150,17 +133,17 @@ def test_runner_writes_every_report_for_two_checkpoints(fixture_root, tiny_check
   assert gallery.count("<img src='data:image/jpeg;base64,") == 2 * 3 * 3
 
 
-def test_evaluator_on_other_benchmarks(tmp_path, tiny):
+def test_evaluator_on_other_benchmarks(tmp_path, tiny_pair):
   """SugarCrepe files and their mean, SugarCrepe++ ITT/TOT from text cosines, ARO macro."""
   for name in ("add_att", "swap_obj"):
-    _write(os.path.join(tmp_path, "sc", f"{name}.json"), {
+    write_json(os.path.join(tmp_path, "sc", f"{name}.json"), {
         str(k): {"filename": f"{k % 3}.jpg", "caption": f"a {COLORS[k % 6]} {OBJECTS[k % 5]}",
                  "negative_caption": f"a {COLORS[(k + 1) % 6]} {OBJECTS[k % 5]}"}
         for k in (0, 2, 5, 9)})
-  _write(os.path.join(tmp_path, "pp", "swap_att.json"), [
+  write_json(os.path.join(tmp_path, "pp", "swap_att.json"), [
       {"filename": f"{k % 3}.jpg", "caption": f"a {COLORS[k]} dog", "caption2": f"a dog that is "
        f"{COLORS[k]}", "negative_caption": f"a {COLORS[k + 1]} cat"} for k in range(4)])
-  _write(os.path.join(tmp_path, "vgr.json"), [
+  write_json(os.path.join(tmp_path, "vgr.json"), [
       {"image_path": f"{k % 3}.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 32, "bbox_h": 32,
        "relation_name": ("on", "under")[k % 2], "true_caption": f"the {OBJECTS[k % 5]} is on "
        "the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
@@ -170,7 +153,7 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
   loaded[aro.name] = aro
   images = os.path.join(tmp_path, "images")
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
-  model, params = tiny
+  _, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8)
   figures = evaluator.run(params)
   assert figures["sugarcrepe/accuracy"] == pytest.approx(
@@ -187,26 +170,6 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
       pp.suite, pp.scores, np.einsum("rkd,rld->rkl", feats, feats))["tot"]
 
 
-def _main_on_two_processes(config_arg: str, workdir: str) -> list[str]:
-  """`python -m hpjax.main` as 2 processes x 2 CPU devices (gloo, loopback); their stderr."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  command = [sys.executable, "-m", "hpjax.main", f"--config={config_arg}", f"--workdir={workdir}",
-             f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-             "--config.distributed.num_processes=2"]
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  procs = [subprocess.Popen(command + [f"--config.distributed.process_id={i}"], cwd=repo, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  logs = [p.communicate(timeout=600)[1] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  return logs
-
-
 @pytest.mark.slow
 def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoints, tmp_path):
   """2 processes x 2 devices vs 1 process x 8 devices: each host decodes its slice of every
@@ -215,7 +178,7 @@ def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoi
           f"checkpoints={tiny_checkpoints[0]},batch_size=8")
   label = os.path.basename(tiny_checkpoints[0])
   one = runner.run(eval_hp.get_config(args), str(tmp_path / "one"))[label]
-  logs = _main_on_two_processes(f"configs/eval_hp.py:{args}", str(tmp_path / "two"))
+  logs = run_main_on_processes(f"configs/eval_hp.py:{args}", tmp_path / "two")
   assert "process 0 of 2; 2 local of 4 devices" in logs[0]
   with open(tmp_path / "two" / "results.json") as f:
     two = json.load(f)["models"][0]["metrics"]
@@ -230,10 +193,10 @@ def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoi
 
 def test_config_picks_suites_and_extra_benchmarks(fixture_root, tmp_path):
   vga = os.path.join(tmp_path, "vga.json")
-  _write(vga, [{"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4,
+  write_json(vga, [{"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4,
                 "true_caption": "a", "false_caption": "b", "attributes": ["x", "y"]}])
   vlc = os.path.join(tmp_path, "color.json")
-  _write(vlc, [["1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball"]}]])
+  write_json(vlc, [["1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball"]}]])
   config = eval_hp.get_config(f"suite_root={fixture_root},suites=replace_relations+swap,"
                               f"extra.aro_files={vga},extra.vl_checklist_files={vlc},"
                               "extra.aro_image_dir=/aro")

@@ -10,24 +10,22 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from configs import hnhp
+from helpers import REPO, assert_same_tree, final_params, train_args
 from hpjax.train import trainer
-from test_trainer import REPO, final_params, fixture_args, source  # pylint: disable=unused-import
 
 STEPS = 8
 
 
-def _args(source):
-  return fixture_args(source, total_steps=STEPS)
+def _args(train_source):
+  return train_args(train_source, total_steps=STEPS)
 
 
-def _start(source, workdir):
+def _start(train_source, workdir):
   return subprocess.Popen(
-      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(source)}",
+      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(train_source)}",
        f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True)
 
@@ -49,26 +47,21 @@ def _kill(process):
   process.wait()
 
 
-def _finish(source, workdir):
+def _finish(train_source, workdir):
   result = subprocess.run(
-      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(source)}",
+      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(train_source)}",
        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(source, tmp_path_factory):
+def uninterrupted(train_source, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  trainer.run(hnhp.get_config(_args(source)), workdir)
+  trainer.run(hnhp.get_config(_args(train_source)), workdir)
   step, params = final_params(workdir)
   assert step == STEPS
   return params
-
-
-def _assert_same_params(got, want):
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def _committed(checkpoints, step):
@@ -76,22 +69,22 @@ def _committed(checkpoints, step):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_restart_matches_uninterrupted(source, uninterrupted, tmp_path):
+def test_sigkill_mid_training_then_restart_matches_uninterrupted(train_source, uninterrupted, tmp_path):
   checkpoints = tmp_path / "checkpoints"
-  process = _start(source, tmp_path)
+  process = _start(train_source, tmp_path)
   _wait_for(process, lambda: _committed(checkpoints, 4), "the step-4 checkpoint")
   _kill(process)
-  log = _finish(source, tmp_path)
+  log = _finish(train_source, tmp_path)
   assert "resuming from" in log and ("checkpoints/4" in log or "checkpoints/6" in log)
   step, params = final_params(tmp_path)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted)
+  assert_same_tree(params, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
-def test_kill_during_a_save_restarts_from_the_previous_checkpoint(source, uninterrupted, tmp_path):
+def test_kill_during_a_save_restarts_from_the_previous_checkpoint(train_source, uninterrupted, tmp_path):
   checkpoints = tmp_path / "checkpoints"
-  process = _start(source, tmp_path)
+  process = _start(train_source, tmp_path)
 
   def saving_after_2():
     if not _committed(checkpoints, 2) or not checkpoints.exists():
@@ -104,17 +97,17 @@ def test_kill_during_a_save_restarts_from_the_previous_checkpoint(source, uninte
   assert partial, "no interrupted save left behind"
   in_progress = int(partial[0].split(".")[0])
   assert not _committed(checkpoints, in_progress)
-  log = _finish(source, tmp_path)
+  log = _finish(train_source, tmp_path)
   assert "resuming from" in log and f"checkpoints/{in_progress - 2}" in log
   step, params = final_params(tmp_path)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted)
+  assert_same_tree(params, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_stops_then_the_restart_matches(source, uninterrupted, tmp_path):
+def test_sigterm_saves_and_stops_then_the_restart_matches(train_source, uninterrupted, tmp_path):
   checkpoints = tmp_path / "checkpoints"
-  process = _start(source, tmp_path)
+  process = _start(train_source, tmp_path)
   _wait_for(process, lambda: _committed(checkpoints, 2), "the step-2 checkpoint")
   assert process.poll() is None, "the run had already finished: nothing was interrupted"
   process.send_signal(signal.SIGTERM)
@@ -122,7 +115,7 @@ def test_sigterm_saves_and_stops_then_the_restart_matches(source, uninterrupted,
   assert process.returncode == 0, log[-3000:]
   stopped = int(log.split("stopped at step ")[1].split()[0])
   assert stopped < STEPS and _committed(checkpoints, stopped)
-  _finish(source, tmp_path)
+  _finish(train_source, tmp_path)
   step, params = final_params(tmp_path)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted)
+  assert_same_tree(params, uninterrupted, rtol=1e-6, atol=1e-7)

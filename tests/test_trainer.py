@@ -13,74 +13,16 @@ import pytest
 from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
+from helpers import COMPILATION_CACHE, REPO, final_params, train_args
 from hpjax import factory, sharding
 from hpjax.tokenizer import get_tokenizer
 from hpjax.train import optim, trainer
 from hpjax.train import step as step_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
-           "yellow": (230, 220, 20)}
-
-
-def write_fixture(folder, num=40, seed=0) -> str:
-  """A tiny learnable world: one coloured block on the left or right of a grey image."""
-  os.makedirs(folder, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  names = list(COLOURS)
-  lines = []
-  for i in range(num):
-    colour, other = rng.choice(names, 2, replace=False)
-    side = ["left", "right"][i % 2]
-    pixels = np.full((64, 64, 3), 128, np.uint8)
-    pixels[16:48, (4 if side == "left" else 36):(28 if side == "left" else 60)] = COLOURS[colour]
-    Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
-    other_side = "right" if side == "left" else "left"
-    lines.append(json.dumps({
-        "image": f"{i}.png", "caption": f"a {colour} block on the {side}",
-        "hard_negatives": [f"a {other} block on the {side}", f"a {colour} block on the {other_side}"],
-        "hard_positives": [f"on the {side} there is a {colour} block"]}))
-  path = os.path.join(folder, "train.jsonl")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  return path
-
-
-CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "hpjax_test_compilation_cache")
-
-
-def fixture_args(source, **overrides) -> str:
-  """The config argument of a small, fast run on `source` (compiled programs cached on disk,
-  so the runs after the first one skip most of the CPU's compile time)."""
-  args = {"source": source, "compilation_cache_dir": CACHE, "model": "hpjax-tiny", "model.dtype": "float32", "batch_size": 8,
-          "lr": 1e-3, "optim.warmup_steps": 2, "total_steps": 6, "log_every_steps": 1,
-          "data.val_size": 8, "eval.every_steps": 0, "eval.hard_positive": False,
-          "checkpoint.every_steps": 2, "checkpoint.best_metric": "",
-          "checkpoint.async_save": False, **overrides}
-  return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in args.items())
-
-
-def final_params(workdir):
-  """(latest step, its params as numpy), whatever topology wrote them."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  return step, state["params"]
-
-
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-  return write_fixture(str(tmp_path_factory.mktemp("fixture")))
-
-
-@pytest.fixture(scope="module")
-def trained(source, tmp_path_factory):
+def trained(train_source, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = hnhp.get_config(fixture_args(source, **{
+  config = hnhp.get_config(train_args(train_source, **{
       "total_steps": 30, "log_every_steps": 5, "checkpoint.every_steps": 10,
       "eval.every_steps": 30}))
   metrics = trainer.run(config, workdir)
@@ -107,10 +49,10 @@ def test_a_finished_run_resumes_as_finished(trained):
 
 
 @pytest.mark.slow
-def test_non_finite_update_stops_without_a_poisoned_checkpoint(source, tmp_path):
+def test_non_finite_update_stops_without_a_poisoned_checkpoint(train_source, tmp_path):
   workdir = str(tmp_path)
-  trainer.run(hnhp.get_config(fixture_args(source, total_steps=4)), workdir)
-  poisoned = hnhp.get_config(fixture_args(source, total_steps=8))
+  trainer.run(hnhp.get_config(train_args(train_source, total_steps=4)), workdir)
+  poisoned = hnhp.get_config(train_args(train_source, total_steps=8))
   poisoned.optim.lr = float("inf")
   with pytest.raises(trainer.NonFiniteLossError, match="step 5: .*not finite"):
     trainer.run(poisoned, workdir)
@@ -172,12 +114,12 @@ def test_recipe_configs():
 
 
 @pytest.mark.slow
-def test_main_runs_a_config_file(source, tmp_path):
+def test_main_runs_a_config_file(train_source, tmp_path):
   """The documented command line, with a --config.x=y override."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run(
       [sys.executable, "-m", "hpjax.main",
-       f"--config=configs/hn.py:{fixture_args(source, total_steps=2)}",
+       f"--config=configs/hn.py:{train_args(train_source, total_steps=2)}",
        "--config.log_every_steps=1", f"--workdir={tmp_path}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -193,7 +135,7 @@ def test_synthetic_world_run_moves_replace_swap_metrics_and_keeps_the_best(tmp_p
       "total_steps=60,batch_size=32,log_every_steps=20,eval.every_steps=30,"
       "checkpoint.every_steps=30,checkpoint.best_metric='replace/augmented',"
       "data.val_size=32,data.synthetic.num_train=400,data.synthetic.num_eval=40,"
-      f"compilation_cache_dir={CACHE!r},export_openclip={str(tmp_path / 'openclip.pt')!r}")
+      f"compilation_cache_dir={COMPILATION_CACHE!r},export_openclip={str(tmp_path / 'openclip.pt')!r}")
   metrics = trainer.run(config, str(tmp_path))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   evals = {l["step"]: l for l in lines if "replace/augmented" in l}
@@ -221,10 +163,10 @@ def test_param_sharding_splits_large_matrices_over_the_model_axis():
 
 
 @pytest.mark.slow
-def test_model_parallel_and_remat_train_like_data_parallel(source, tmp_path):
+def test_model_parallel_and_remat_train_like_data_parallel(train_source, tmp_path):
   def losses(extra):
     workdir = tmp_path / extra.replace("=", "_")
-    trainer.run(hnhp.get_config(fixture_args(source, total_steps=3) + "," + extra), str(workdir))
+    trainer.run(hnhp.get_config(train_args(train_source, total_steps=3) + "," + extra), str(workdir))
     return [json.loads(l)["loss"] for l in open(workdir / "metrics.jsonl") if "loss" in l]
 
   baseline = losses("mesh.model_parallel=1")

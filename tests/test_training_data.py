@@ -11,9 +11,6 @@ from PIL import Image
 from hpjax.data import train_builders, training
 from hpjax.tokenizer import get_tokenizer
 
-REAL_TSV = "/work/shared/data/hard_positives/temp_data/valid_neg_clip.tsv"
-
-
 def _image(path, seed, size=(40, 30)):
   rng = np.random.default_rng(seed)
   Image.fromarray(rng.integers(0, 255, size[::-1] + (3,), dtype=np.uint8)).save(path)
@@ -174,10 +171,9 @@ def test_negclip_tsv_fixture_with_newlines_in_quoted_fields(tmp_path):
     list(train_builders.negclip_tsv(str(path), "/images"))
 
 
-def test_real_negclip_validation_tsv():
-  if not os.path.exists(REAL_TSV):
-    pytest.skip(f"{REAL_TSV} is not on this machine")
-  records = list(train_builders.negclip_tsv(REAL_TSV, "/coco"))
+def test_real_negclip_validation_tsv(hard_positives):
+  tsv = os.path.join(hard_positives, "temp_data", "valid_neg_clip.tsv")
+  records = list(train_builders.negclip_tsv(tsv, "/coco"))
   assert len(records) == 4839
   assert sum("\n" in r["caption"] or any("\n" in n for n in r["hard_negatives"])
              for r in records) > 0
