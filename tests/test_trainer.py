@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,19 +14,20 @@ import pytest
 from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
-from helpers import COMPILATION_CACHE, REPO, final_params, train_args
+from helpers import COMPILATION_CACHE, REPO, assert_same_tree, final_params, train_args
 from hpjax import factory, sharding
 from hpjax.tokenizer import get_tokenizer
 from hpjax.train import optim, trainer
 from hpjax.train import step as step_lib
 
+TRAINED = {"total_steps": 12, "log_every_steps": 2, "checkpoint.every_steps": 4,
+           "eval.every_steps": 12}
+
+
 @pytest.fixture(scope="module")
 def trained(train_source, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = hnhp.get_config(train_args(train_source, **{
-      "total_steps": 30, "log_every_steps": 5, "checkpoint.every_steps": 10,
-      "eval.every_steps": 30}))
-  metrics = trainer.run(config, workdir)
+  metrics = trainer.run(hnhp.get_config(train_args(train_source, **TRAINED)), workdir)
   return workdir, metrics
 
 
@@ -39,26 +41,60 @@ def test_loss_goes_down_and_everything_is_logged(trained):
   assert "retrieval/mean_recall@1" in metrics and metrics == {
       k: v for k, v in lines[-1].items() if k != "step"}
   assert os.listdir(os.path.join(workdir, "tensorboard"))
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
 
 
-def test_a_finished_run_resumes_as_finished(trained):
+def test_a_finished_run_resumes_as_finished(trained, train_source):
+  """Rerunning the finished command restores step 12 and trains no further."""
   workdir, _ = trained
+  log = os.path.join(workdir, "metrics.jsonl")
+  before = open(log).read(), sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   step, params = final_params(workdir)
-  assert step == 30 and np.all(np.isfinite(params["logit_scale"]))
+  assert step == TRAINED["total_steps"]
+  trainer.run(hnhp.get_config(train_args(train_source, **TRAINED)), workdir)
+  assert (open(log).read(), sorted(os.listdir(os.path.join(workdir, "checkpoints")))) == before
+  again_step, again = final_params(workdir)
+  assert again_step == step
+  assert_same_tree(again, params)
+
+
+@jax.custom_vjp
+def _nan_backward(x):
+  return x
+
+
+_nan_backward.defvjp(lambda x: (x, None), lambda _, g: (g * jnp.nan,))
 
 
 @pytest.mark.slow
-def test_non_finite_update_stops_without_a_poisoned_checkpoint(train_source, tmp_path):
+def test_non_finite_loss_gradient_or_update_stops_without_a_poisoned_checkpoint(
+    train_source, tmp_path, monkeypatch):
+  """Each way a step goes non-finite, from step 5 of a run saved at step 4: the run stops with
+  the step named and the step-4 checkpoint stays the latest. Logging only at the last step
+  leaves the checks to the trainer's one-step-late check and its check before each save."""
   workdir = str(tmp_path)
   trainer.run(hnhp.get_config(train_args(train_source, total_steps=4)), workdir)
-  poisoned = hnhp.get_config(train_args(train_source, total_steps=8))
-  poisoned.optim.lr = float("inf")
-  with pytest.raises(trainer.NonFiniteLossError, match="step 5: .*not finite"):
-    trainer.run(poisoned, workdir)
-  step, params = final_params(workdir)
-  assert step == 4
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  put_batch, loss_fn = sharding.put_batch, step_lib.loss_fn
+  poisons = {
+      "loss": lambda: monkeypatch.setattr(sharding, "put_batch", lambda batch, mesh: put_batch(
+          {**batch, "image": np.full_like(batch["image"], np.nan)}, mesh)),
+      "gradient": lambda: monkeypatch.setattr(step_lib, "loss_fn", lambda params, *args: loss_fn(
+          jax.tree.map(_nan_backward, params), *args)),
+      "update": lambda: None,
+  }
+  for what, poison in poisons.items():
+    poison()
+    config = hnhp.get_config(train_args(train_source, total_steps=8, log_every_steps=100))
+    if what == "update":
+      config.optim.lr = float("inf")
+    with pytest.raises(trainer.NonFiniteLossError, match="step 5: .*not finite") as error:
+      trainer.run(config, workdir)
+    loss = float(re.search(r"the loss \((\S+)\)", str(error.value)).group(1))
+    assert np.isfinite(loss) == (what != "loss"), (what, error.value)
+    monkeypatch.undo()
+    step, params = final_params(workdir)
+    assert step == 4, what
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
 def test_bucketed_text_gives_the_same_loss_as_77_tokens():
