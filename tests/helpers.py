@@ -173,6 +173,15 @@ def per_record_scores(records, image_root, image_size: int, encode_image, encode
   return out
 
 
+def hard_positive_figures(scores: np.ndarray, roles) -> dict[str, float]:
+  """The paper's four figures from (records, captions) scores, spelled out independently of
+  hpjax.evaluate.metrics (strict comparisons: a tie is wrong)."""
+  c, n, p = (scores[:, roles.index(role)] for role in ("c", "c_n", "c_p"))
+  return {"original": 100 * np.mean(c > n), "augmented": 100 * np.mean((c > n) & (p > n)),
+          "brittleness": 100 * np.mean(((c > n) & (n > p)) | ((p > n) & (n > c))),
+          "hard_positive": 100 * np.mean(p > n)}
+
+
 def torch_encoders(torch_model):
   """(encode_image, encode_text) of an OpenCLIP model, for per_record_scores."""
   def encode_image(pixels):

@@ -4,12 +4,14 @@ import json
 import os
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
 
 from configs import eval_hp
-from helpers import run_main_on_processes, write_json
+from helpers import (flax_encoders, hard_positive_figures, per_record_scores,
+                     run_main_on_processes, write_json)
 from hpjax.data import suites
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import metrics
@@ -70,16 +72,20 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny_pair):
-  _, model, params, _ = tiny_pair
+  config, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(
       model, fixture_root, image_root=os.path.join(fixture_root, "images"), batch_size=8)
   figures = evaluator.run(params)
   assert set(evaluator.suites) == {"replace_attributes", "replace_relations", "swap"}
+  encoders = flax_encoders(model, params)
   for name in ("replace_attributes", "replace_relations", "swap"):
-    scores = evaluator.last_scores[name]
-    s_c, s_n, s_p = scores.scores.T
-    assert figures[f"{name}/augmented"] == metrics.hard_positive_metrics(s_c, s_n, s_p)[
-        "augmented"]
+    # The scores and figures again, record by record here, with the roles read from the records.
+    suite = evaluator.suites[name]
+    want = per_record_scores(suite.records, os.path.join(fixture_root, "images"),
+                             config.vision.image_size, *encoders)
+    np.testing.assert_allclose(evaluator.last_scores[name].scores, want, atol=1e-5, err_msg=name)
+    for figure, value in hard_positive_figures(want, suite.records[0].roles).items():
+      assert figures[f"{name}/{figure}"] == pytest.approx(value), (name, figure)
     assert figures[f"{name}/n"] == 10 and figures[f"{name}/skipped_records"] == 0
   assert figures["replace/original"] == pytest.approx(
       (figures["replace_attributes/original"] + figures["replace_relations/original"]) / 2)
@@ -145,29 +151,46 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny_pair):
        f"{COLORS[k]}", "negative_caption": f"a {COLORS[k + 1]} cat"} for k in range(4)])
   write_json(os.path.join(tmp_path, "vgr.json"), [
       {"image_path": f"{k % 3}.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 32, "bbox_h": 32,
-       "relation_name": ("on", "under")[k % 2], "true_caption": f"the {OBJECTS[k % 5]} is on "
-       "the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
+       "relation_name": ("under", "on", "on")[k % 3], "true_caption": f"the {OBJECTS[k % 5]} is "
+       "on the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
   loaded = suites.load_sugarcrepe(os.path.join(tmp_path, "sc"), files=("add_att", "swap_obj"))
   loaded.update(suites.load_sugarcrepe_pp(os.path.join(tmp_path, "pp"), files=("swap_att",)))
   aro = suites.load_aro(os.path.join(tmp_path, "vgr.json"))
   loaded[aro.name] = aro
   images = os.path.join(tmp_path, "images")
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
-  _, model, params, _ = tiny_pair
+  config, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8)
   figures = evaluator.run(params)
+  # Every figure again, from scores computed record by record here (c, c_n[, c_p] by role).
+  encoders = flax_encoders(model, params)
+  want = {name: per_record_scores(suite.records, images, config.vision.image_size, *encoders)
+          for name, suite in loaded.items()}
+  for name, scores in want.items():
+    np.testing.assert_allclose(evaluator.last_scores[name].scores[:, :scores.shape[1]], scores,
+                               atol=1e-5, err_msg=name)
+  for name in ("sugarcrepe.add_att", "sugarcrepe.swap_obj"):  # roles (c, c_n)
+    assert figures[f"{name}/accuracy"] == 100 * np.mean(want[name][:, 0] > want[name][:, 1])
   assert figures["sugarcrepe/accuracy"] == pytest.approx(
       (figures["sugarcrepe.add_att/accuracy"] + figures["sugarcrepe.swap_obj/accuracy"]) / 2)
-  assert figures["sugarcrepe.add_att/n"] == 4 and figures["aro.vg_relation/groups"] == 2
-  assert np.isfinite(figures["aro.vg_relation/macro_accuracy"])
-  # TOT from the scorer's caption cosines equals TOT from features encoded here directly.
-  pp = evaluator.last_scores["sugarcrepe_pp.swap_att"]
-  texts = [t for r in pp.suite.records for t in r.captions]
-  feats = evaluator.scorer.encode_tokens(params, evaluator.scorer.tokenizer(texts))
-  feats = feats.reshape(len(pp.suite.records), 3, -1)
-  np.testing.assert_allclose(pp.text_sims, np.einsum("rkd,rld->rkl", feats, feats), atol=1e-6)
-  assert figures["sugarcrepe_pp.swap_att/tot"] == metrics.suite_metrics(
-      pp.suite, pp.scores, np.einsum("rkd,rld->rkl", feats, feats))["tot"]
+  assert figures["sugarcrepe.add_att/n"] == 4
+  pp = want["sugarcrepe_pp.swap_att"]  # roles (c, c_p, c_n)
+  assert figures["sugarcrepe_pp.swap_att/itt"] == 100 * np.mean((pp[:, 0] > pp[:, 2]) &
+                                                                (pp[:, 1] > pp[:, 2]))
+  texts = [r.captions for r in loaded["sugarcrepe_pp.swap_att"].records]
+  feats = np.stack([encoders[1](open_clip.tokenize(list(t))) for t in texts])
+  cos = lambda a, b: np.sum(feats[:, a] * feats[:, b], axis=-1)
+  assert figures["sugarcrepe_pp.swap_att/tot"] == 100 * np.mean((cos(0, 1) > cos(0, 2)) &
+                                                                (cos(0, 1) > cos(1, 2)))
+  # ARO: the mean of per-relation accuracies (2 "under", 4 "on"), which here differs from the
+  # accuracy over records.
+  correct = want[aro.name][:, 0] > want[aro.name][:, 1]
+  relations = np.array([r.group for r in aro.records])
+  macro = 100 * np.mean([correct[relations == g].mean() for g in ("on", "under")])
+  assert macro != 100 * correct.mean()
+  assert figures["aro.vg_relation/macro_accuracy"] == pytest.approx(macro)
+  assert figures["aro.vg_relation/accuracy"] == pytest.approx(100 * correct.mean())
+  assert figures["aro.vg_relation/groups"] == 2
 
 
 @pytest.mark.slow

@@ -42,12 +42,24 @@ def hf_checkpoint(request, tmp_path):
   return model, path, config_path
 
 
+def _tokens(rng, hf_model):
+  """random_tokens, plus, for a legacy config (eos_token_id 2, where HF pools at argmax), the
+  id 2 at position 1: HF's current rule (first eos_token_id) would then pool there, not at the
+  EOT, so the case tells the two rules apart."""
+  tokens = random_tokens(rng, 2)
+  eos = hf_model.config.text_config.eos_token_id
+  if eos == 2:
+    tokens[:, 1] = eos
+    assert ((tokens == eos).argmax(-1) != tokens.argmax(-1)).all()
+  return tokens
+
+
 def test_hf_import_matches_transformers(hf_checkpoint):
   hf_model, path, config_path = hf_checkpoint
   model, params = hpjax.create_model(str(config_path), pretrained=path)
   rng = np.random.default_rng(0)
   images = random_images(rng, 2, 64)
-  tokens = random_tokens(rng, 2)
+  tokens = _tokens(rng, hf_model)
   with torch.no_grad():
     out = hf_model(input_ids=torch.from_numpy(tokens).long(), pixel_values=torch.from_numpy(images))
   with jax.default_matmul_precision("highest"):
@@ -69,7 +81,7 @@ def test_hf_to_open_clip_file_gives_open_clip_the_hf_model(hf_checkpoint, tmp_pa
   torch_model = open_clip.create_model(config_path.stem, pretrained=summary["dst"]).eval()
   rng = np.random.default_rng(1)
   images = torch.from_numpy(random_images(rng, 2, 64))
-  tokens = torch.from_numpy(random_tokens(rng, 2)).long()
+  tokens = torch.from_numpy(_tokens(rng, hf_model)).long()
   with torch.no_grad():
     want = hf_model(input_ids=tokens, pixel_values=images)
     image, text, _ = torch_model(images, tokens)

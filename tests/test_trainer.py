@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
-from helpers import COMPILATION_CACHE, REPO, assert_same_tree, final_params, train_args
+from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, traced_operations,
+                     train_args)
 from hpjax import factory, sharding
 from hpjax.tokenizer import get_tokenizer
 from hpjax.train import optim, trainer
@@ -199,12 +200,43 @@ def test_param_sharding_splits_large_matrices_over_the_model_axis():
 
 
 @pytest.mark.slow
-def test_model_parallel_and_remat_train_like_data_parallel(train_source, tmp_path):
-  def losses(extra):
-    workdir = tmp_path / extra.replace("=", "_")
-    trainer.run(hnhp.get_config(train_args(train_source, total_steps=3) + "," + extra), str(workdir))
-    return [json.loads(l)["loss"] for l in open(workdir / "metrics.jsonl") if "loss" in l]
+def test_model_parallel_and_remat_train_like_data_parallel(train_source, tmp_path, monkeypatch):
+  """Same losses with the token embedding split over the `model` axis, or with remat; the spy
+  on the trainer's jitted step shows each flag took effect (else each run is the baseline)."""
+  jit_train_step = step_lib.jit_train_step
+  seen = {}
 
-  baseline = losses("mesh.model_parallel=1")
-  np.testing.assert_allclose(losses("mesh.model_parallel=2"), baseline, rtol=1e-5)
-  np.testing.assert_allclose(losses("model.remat=True"), baseline, rtol=1e-5)
+  def spy(model, tx, schedule, state_shardings, *args, **kwargs):
+    step = jit_train_step(model, tx, schedule, state_shardings, *args, **kwargs)
+
+    def run(state, batch):
+      seen.setdefault("embedding", state.params["token_embedding"]["embedding"].sharding)
+      seen.setdefault("model", model)
+      return step(state, batch)
+    return run
+
+  monkeypatch.setattr(step_lib, "jit_train_step", spy)
+
+  def losses(extra):
+    seen.clear()
+    workdir = tmp_path / extra.replace("=", "_")
+    trainer.run(hnhp.get_config(train_args(train_source, total_steps=3) + "," + extra),
+                str(workdir))
+    embedding = seen["embedding"]
+    images = np.zeros((1, 64, 64, 3), np.float32)
+    names = {name for name, _ in traced_operations(
+        lambda p: seen["model"].apply({"params": p}, images, method="encode_image"),
+        final_params(workdir)[1])}
+    mechanisms = {"model_parallel": dict(embedding.mesh.shape).get("model", 1) == 2
+                                    and embedding.spec[0] == "model",
+                  "remat": any(n.startswith(("remat", "checkpoint")) for n in names)}
+    return [json.loads(l)["loss"] for l in open(workdir / "metrics.jsonl") if "loss" in l], mechanisms
+
+  baseline, mechanisms = losses("mesh.model_parallel=1")
+  assert mechanisms == {"model_parallel": False, "remat": False}
+  split, mechanisms = losses("mesh.model_parallel=2")
+  assert mechanisms == {"model_parallel": True, "remat": False}
+  np.testing.assert_allclose(split, baseline, rtol=1e-5)
+  rematerialised, mechanisms = losses("model.remat=True")
+  assert mechanisms == {"model_parallel": False, "remat": True}
+  np.testing.assert_allclose(rematerialised, baseline, rtol=1e-5)

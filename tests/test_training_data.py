@@ -1,6 +1,7 @@
 """Training records, builders (NegCLIP TSV, COCO + hard-text files, array_record), the pipeline."""
 
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -135,7 +136,12 @@ def test_worker_processes_give_the_same_batches(jsonl):
   flags.FLAGS.mark_as_parsed()
   source = training.open_source(jsonl)
   plain = _batches(source, 2)
-  workers = _batches(source, 2, worker_count=2)
+  before = {p.pid for p in multiprocessing.active_children()}
+  it = iter(training.make_dataset(source, global_batch_size=4, seed=1, transform=_transform(),
+                                  worker_count=2))
+  workers = [next(it) for _ in range(2)]
+  # The mechanism: two worker processes started (without them the comparison is plain vs plain).
+  assert len({p.pid for p in multiprocessing.active_children()} - before) == 2
   for a, b in zip(plain, workers):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
