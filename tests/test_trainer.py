@@ -9,13 +9,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
-from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, traced_operations,
-                     train_args)
+from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, nan_backward,
+                     traced_operations, train_args)
 from hpjax import factory, sharding
 from hpjax.tokenizer import get_tokenizer
 from hpjax.train import optim, trainer
@@ -59,14 +57,6 @@ def test_a_finished_run_resumes_as_finished(trained, train_source):
   assert_same_tree(again, params)
 
 
-@jax.custom_vjp
-def _nan_backward(x):
-  return x
-
-
-_nan_backward.defvjp(lambda x: (x, None), lambda _, g: (g * jnp.nan,))
-
-
 @pytest.mark.slow
 def test_non_finite_loss_gradient_or_update_stops_without_a_poisoned_checkpoint(
     train_source, tmp_path, monkeypatch):
@@ -80,7 +70,7 @@ def test_non_finite_loss_gradient_or_update_stops_without_a_poisoned_checkpoint(
       "loss": lambda: monkeypatch.setattr(sharding, "put_batch", lambda batch, mesh: put_batch(
           {**batch, "image": np.full_like(batch["image"], np.nan)}, mesh)),
       "gradient": lambda: monkeypatch.setattr(step_lib, "loss_fn", lambda params, *args: loss_fn(
-          jax.tree.map(_nan_backward, params), *args)),
+          jax.tree.map(nan_backward, params), *args)),
       "update": lambda: None,
   }
   for what, poison in poisons.items():
