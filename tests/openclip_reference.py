@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 import open_clip
 import torch
+import transformers
 
 TINY_JSON = pathlib.Path(__file__).parents[1] / "hpjax" / "models" / "configs" / "hpjax-tiny.json"
 SOT, EOT = 49406, 49407
@@ -67,3 +68,14 @@ def perturb_all(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     for param in model.parameters():
       param.add_(0.02 * torch.randn(param.shape, generator=generator))
   return model.eval()
+
+
+def hf_clip_model(hidden_act: str, eos_token_id: int) -> transformers.CLIPModel:
+  """A random CLIPModel with hpjax-tiny's dimensions; 1-D tensors perturbed off their constants."""
+  towers = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                hidden_act=hidden_act)
+  config = transformers.CLIPConfig(
+      text_config=dict(towers, eos_token_id=eos_token_id),
+      vision_config=dict(towers, image_size=64, patch_size=16), projection_dim=64)
+  torch.manual_seed(0)
+  return perturb_vectors(transformers.CLIPModel(config).eval())

@@ -1,13 +1,13 @@
 """The benchmark catalog: suites named by path, duplicates refused, one table for the config and
 the evaluator, and VL-CheckList scored and combined as its official code does."""
 
-import json
 import os
 
 import numpy as np
 import pytest
 
 from configs import eval_hp
+from helpers import write_json
 from hpjax.data import suites
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
@@ -27,16 +27,11 @@ VLC_FILES = {
 }
 
 
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f)
-
 
 def _vlc_tree(root, files=VLC_FILES):
   for rel, count in files.items():
     many = "swig" in rel
-    _write(os.path.join(root, rel), [
+    write_json(os.path.join(root, rel), [
         [f"{rel}/{k}.jpg", {"POS": [f"pos {k} {j} {rel}" for j in range(3 if many else 1)],
                             "NEG": [f"neg {k} {j} {rel}" for j in range(3 if many else 1)]}]
         for k in range(count)])
@@ -70,7 +65,7 @@ def test_explicit_files_are_named_below_their_common_folder(tmp_path):
 def test_two_files_with_one_name_are_an_error_naming_both(tmp_path):
   a, b = str(tmp_path / "a" / "b.json"), str(tmp_path / "a.b.json")
   for path in (a, b):
-    _write(path, [["x.jpg", {"POS": ["p"], "NEG": ["n"]}]])
+    write_json(path, [["x.jpg", {"POS": ["p"], "NEG": ["n"]}]])
   with pytest.raises(benchmarks.DuplicateSuiteError, match=r"'vl_checklist\.a\.b'") as error:
     benchmarks.load("vl_checklist", str(tmp_path))
   assert a in str(error.value) and b in str(error.value)
@@ -90,13 +85,13 @@ def test_config_walks_roots_and_both_entry_points_share_the_catalog(tmp_path):
   hp = str(tmp_path / "hp")
   for name in suites.REPLACE_NAMES:
     record = {"image_path": "1.jpg", "true_caption": "a", "false_caption": "b"}
-    _write(os.path.join(hp, "data", f"{name}.json"), [record])
-    _write(os.path.join(hp, "swapped_data", f"{name}.json"), [dict(record, true_caption="c")])
+    write_json(os.path.join(hp, "data", f"{name}.json"), [record])
+    write_json(os.path.join(hp, "swapped_data", f"{name}.json"), [dict(record, true_caption="c")])
   aro = str(tmp_path / "aro")
   box = {"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4,
          "true_caption": "a", "false_caption": "b"}
-  _write(os.path.join(aro, "visual_genome_relation.json"), [dict(box, relation_name="on")])
-  _write(os.path.join(aro, "visual_genome_attribution.json"), [dict(box, attributes=["x", "y"])])
+  write_json(os.path.join(aro, "visual_genome_relation.json"), [dict(box, relation_name="on")])
+  write_json(os.path.join(aro, "visual_genome_attribution.json"), [dict(box, attributes=["x", "y"])])
   config = eval_hp.get_config(f"suite_root={hp},suites=replace,extra.vl_checklist_root={root},"
                               f"extra.aro_root={aro},extra.aro_image_dir=/aro")
   loaded = runner.load_config_suites(config)

@@ -18,6 +18,7 @@ from hpjax.checkpoints import CheckpointMismatchError
 from hpjax.checkpoints.mapping import key_table
 from hpjax.models import get_model_config, list_models
 from hpjax.train.step import init_state
+from helpers import assert_same_tree
 from openclip_reference import openclip_model, state_dict_numpy
 
 NAME = "hpjax-tiny"
@@ -29,11 +30,8 @@ def reference():
   return torch_model, state_dict_numpy(torch_model)
 
 
-def _assert_same_params(params, state_dict):
-  back = checkpoints.params_to_openclip(params, get_model_config(NAME))
-  assert sorted(back) == sorted(state_dict)
-  for key, value in state_dict.items():
-    np.testing.assert_array_equal(back[key], value, err_msg=key)
+def _as_openclip(params):
+  return checkpoints.params_to_openclip(params, get_model_config(NAME))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
@@ -82,7 +80,7 @@ def test_torch_file_nested_state_dict_with_module_prefix(reference, tmp_path):
   path = tmp_path / "epoch_3.pt"
   torch.save({"epoch": 3, "state_dict": {f"module.{k}": torch.from_numpy(v)
                                          for k, v in state_dict.items()}}, path)
-  _assert_same_params(hpjax.create_model(NAME, pretrained=path)[1], state_dict)
+  assert_same_tree(_as_openclip(hpjax.create_model(NAME, pretrained=path)[1]), state_dict)
 
 
 def test_custom_text_clip_keys_and_attn_mask_buffers(reference, tmp_path):
@@ -91,7 +89,7 @@ def test_custom_text_clip_keys_and_attn_mask_buffers(reference, tmp_path):
             for k, v in state_dict.items()}
   custom["text.attn_mask"] = np.triu(np.full((77, 77), -np.inf, np.float32), 1)
   path = checkpoints.write_state_dict(custom, tmp_path / "custom_text.safetensors")
-  _assert_same_params(hpjax.create_model(NAME, pretrained=path)[1], state_dict)
+  assert_same_tree(_as_openclip(hpjax.create_model(NAME, pretrained=path)[1]), state_dict)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.*deprecated")
@@ -107,7 +105,7 @@ def test_torchscript_archive(reference, tmp_path):
   assert "input_resolution" in traced.state_dict()
   path = tmp_path / "openai.pt"
   traced.save(str(path))
-  _assert_same_params(hpjax.create_model(NAME, pretrained=path)[1], state_dict)
+  assert_same_tree(_as_openclip(hpjax.create_model(NAME, pretrained=path)[1]), state_dict)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -116,7 +114,7 @@ def test_remote_files_are_read_from_memory(reference, tmp_path, monkeypatch, suf
   _, state_dict = reference
   path = checkpoints.write_state_dict(state_dict, tmp_path / f"remote{suffix}")
   monkeypatch.setattr(checkpoints.files, "is_local", lambda path: False)
-  _assert_same_params(checkpoints.load_params(path, get_model_config(NAME)), state_dict)
+  assert_same_tree(_as_openclip(checkpoints.load_params(path, get_model_config(NAME))), state_dict)
   evil = tmp_path / "evil.pt"
   torch.save({"state_dict": _Payload(str(tmp_path / "unpickled.txt"))}, evil)
   with pytest.raises(ValueError, match="is refused"):
@@ -131,7 +129,7 @@ def test_bf16_safetensors_is_read_and_cast_to_param_dtype(reference, tmp_path):
   safetensors.numpy.save_file(bf16, str(path))
   params = checkpoints.load_params(path, get_model_config(NAME))
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype(np.float32)}
-  _assert_same_params(params, {k: v.astype(np.float32) for k, v in bf16.items()})
+  assert_same_tree(_as_openclip(params), {k: v.astype(np.float32) for k, v in bf16.items()})
 
 
 def test_orbax_params_directory_round_trip(reference, tmp_path):
@@ -139,7 +137,7 @@ def test_orbax_params_directory_round_trip(reference, tmp_path):
   params = checkpoints.openclip_to_params(state_dict, get_model_config(NAME))
   checkpoints.save_params(tmp_path / "params", params)
   _, restored = hpjax.create_model(NAME, pretrained=tmp_path / "params")
-  _assert_same_params(restored, state_dict)
+  assert_same_tree(_as_openclip(restored), state_dict)
 
 
 def test_orbax_directory_of_another_model_lists_the_mismatch(reference, tmp_path):
@@ -232,7 +230,7 @@ def test_pickle_module_is_never_used_for_safetensors(reference, tmp_path, monkey
   path = checkpoints.write_state_dict(state_dict, tmp_path / "plain.safetensors")
   monkeypatch.setattr(pickle, "load", None)
   monkeypatch.setattr(torch, "load", None)
-  _assert_same_params(checkpoints.load_params(path, get_model_config(NAME)), state_dict)
+  assert_same_tree(_as_openclip(checkpoints.load_params(path, get_model_config(NAME))), state_dict)
 
 
 def test_trainer_checkpoints_restore_their_params(reference, tmp_path):
@@ -244,7 +242,7 @@ def test_trainer_checkpoints_restore_their_params(reference, tmp_path):
     state = init_state(jax.tree.map(lambda x, s=step: x * s, params), optax.adamw(1e-3))
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
-  _assert_same_params(hpjax.create_model(NAME, pretrained=tmp_path / "checkpoints" / "1")[1],
-                      state_dict)
+  step_1 = hpjax.create_model(NAME, pretrained=tmp_path / "checkpoints" / "1")[1]
+  assert_same_tree(_as_openclip(step_1), state_dict)
   latest = hpjax.create_model(NAME, pretrained=tmp_path / "checkpoints")[1]
   np.testing.assert_array_equal(latest["visual"]["proj"], 2 * params["visual"]["proj"])

@@ -3,65 +3,23 @@
 import dataclasses
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
 
 from configs import eval_hp
-from hpjax import checkpoints
+from helpers import (COLORS, OBJECTS, flax_encoders, hard_positive_figures, per_record_scores,
+                     run_main_on_processes, write_fixture_suites, write_json)
 from hpjax.data import suites
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import metrics
 from hpjax.evaluate import runner
 from hpjax.evaluate import stand_in_images
-from hpjax.models import CLIP, get_model_config
-from openclip_reference import openclip_model, state_dict_numpy
-
-COLORS = ["white", "black", "red", "green", "blue", "brown"]
-SYNONYMS = {"white": "ivory", "black": "ebony", "red": "crimson", "green": "emerald",
-            "blue": "azure", "brown": "chestnut"}
-OBJECTS = ["dog", "cat", "car", "tree", "ball"]
-
-
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f)
-
-
-def write_fixture_suites(root, num=10):
-  """REPLACE (both files) and SWAP in the authors' layout; images shared across records."""
-  for name in suites.REPLACE_NAMES:
-    data, swapped = [], []
-    for i in range(num):
-      color, other, obj = COLORS[i % 6], COLORS[(i + 1) % 6], OBJECTS[i % 5]
-      base = {"image_id": str(i % 4), "image_path": f"data/VG_100K/{i % 4}.jpg",
-              "false_caption": f"{other} {obj}"}
-      data.append(dict(base, true_caption=f"{color} {obj}"))
-      swapped.append(dict(base, true_caption=f"{SYNONYMS[color]} {obj}"))
-    _write(os.path.join(root, "data", f"{name}.json"), data)
-    _write(os.path.join(root, "swapped_data", f"{name}.json"), swapped)
-  data, swapped = [], []
-  for i in range(num):
-    a, b, x, y = COLORS[i % 6], COLORS[(i + 2) % 6], OBJECTS[i % 5], OBJECTS[(i + 1) % 5]
-    base = {"image_path": f"aro/{i % 3}.jpg", "bbox_x": i % 5, "bbox_y": 2, "bbox_w": 40,
-            "bbox_h": 30 + i, "false_caption": f"the {b} {x} and the {a} {y}",
-            "attributes": [a, b]}
-    data.append(dict(base, true_caption=f"the {a} {x} and the {b} {y}"))
-    swapped.append(dict(base, true_caption=f"the {b} {y} and the {a} {x}"))
-  _write(os.path.join(root, "data", "visual_genome_attribution.json"), data)
-  _write(os.path.join(root, "swapped_data", "visual_genome_attribution.json"), swapped)
-  loaded = hard_positive.load_suites(root)
-  stand_in_images.write_stand_in_images(
-      [r for s in loaded.values() for r in s.records], os.path.join(root, "images"))
-  return loaded
-
+from openclip_reference import openclip_model
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory):
@@ -81,36 +39,33 @@ def tiny_checkpoints(tmp_path_factory):
   return paths
 
 
-@pytest.fixture(scope="module")
-def tiny():
-  config = get_model_config("hpjax-tiny")
-  return CLIP(config), checkpoints.openclip_to_params(
-      state_dict_numpy(openclip_model("hpjax-tiny", 0)), config)
-
-
-def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny):
-  model, params = tiny
+def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny_pair):
+  config, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(
       model, fixture_root, image_root=os.path.join(fixture_root, "images"), batch_size=8)
   figures = evaluator.run(params)
   assert set(evaluator.suites) == {"replace_attributes", "replace_relations", "swap"}
+  encoders = flax_encoders(model, params)
   for name in ("replace_attributes", "replace_relations", "swap"):
-    scores = evaluator.last_scores[name]
-    s_c, s_n, s_p = scores.scores.T
-    assert figures[f"{name}/augmented"] == metrics.hard_positive_metrics(s_c, s_n, s_p)[
-        "augmented"]
+    # The scores and figures again, record by record here, with the roles read from the records.
+    suite = evaluator.suites[name]
+    want = per_record_scores(suite.records, os.path.join(fixture_root, "images"),
+                             config.vision.image_size, *encoders)
+    np.testing.assert_allclose(evaluator.last_scores[name].scores, want, atol=1e-5, err_msg=name)
+    for figure, value in hard_positive_figures(want, suite.records[0].roles).items():
+      assert figures[f"{name}/{figure}"] == pytest.approx(value), (name, figure)
     assert figures[f"{name}/n"] == 10 and figures[f"{name}/skipped_records"] == 0
   assert figures["replace/original"] == pytest.approx(
       (figures["replace_attributes/original"] + figures["replace_relations/original"]) / 2)
   assert figures["replace/n"] == 20 and np.isfinite(figures["eval/images_per_s"])
 
 
-def test_evaluator_counts_skipped_records(fixture_root, tiny, tmp_path):
+def test_evaluator_counts_skipped_records(fixture_root, tiny_pair, tmp_path):
   images = os.path.join(tmp_path, "images")
   loaded = hard_positive.load_suites(fixture_root)
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
   os.remove(os.path.join(images, "aro/0.jpg"))  # 4 of the 10 SWAP records
-  model, params = tiny
+  _, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8,
                                                   skip_missing_images=True)
   figures = evaluator.run(params)
@@ -152,40 +107,66 @@ def test_runner_writes_every_report_for_two_checkpoints(fixture_root, tiny_check
   assert gallery.count("<img src='data:image/jpeg;base64,") == 2 * 3 * 3
 
 
-def test_evaluator_on_other_benchmarks(tmp_path, tiny):
+def test_evaluator_on_other_benchmarks(tmp_path, tiny_pair):
   """SugarCrepe files and their mean, SugarCrepe++ ITT/TOT from text cosines, ARO macro."""
   for name in ("add_att", "swap_obj"):
-    _write(os.path.join(tmp_path, "sc", f"{name}.json"), {
+    write_json(os.path.join(tmp_path, "sc", f"{name}.json"), {
         str(k): {"filename": f"{k % 3}.jpg", "caption": f"a {COLORS[k % 6]} {OBJECTS[k % 5]}",
                  "negative_caption": f"a {COLORS[(k + 1) % 6]} {OBJECTS[k % 5]}"}
         for k in (0, 2, 5, 9)})
-  _write(os.path.join(tmp_path, "pp", "swap_att.json"), [
+  write_json(os.path.join(tmp_path, "pp", "swap_att.json"), [
       {"filename": f"{k % 3}.jpg", "caption": f"a {COLORS[k]} dog", "caption2": f"a dog that is "
        f"{COLORS[k]}", "negative_caption": f"a {COLORS[k + 1]} cat"} for k in range(4)])
-  _write(os.path.join(tmp_path, "vgr.json"), [
+  write_json(os.path.join(tmp_path, "vgr.json"), [
       {"image_path": f"{k % 3}.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 32, "bbox_h": 32,
-       "relation_name": ("on", "under")[k % 2], "true_caption": f"the {OBJECTS[k % 5]} is on "
-       "the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
+       "relation_name": ("under", "on", "on")[k % 3], "true_caption": f"the {OBJECTS[k % 5]} is "
+       "on the table", "false_caption": f"the table is on the {OBJECTS[k % 5]}"} for k in range(6)])
   loaded = benchmarks.load("sugarcrepe", os.path.join(tmp_path, "sc"),
                            ("add_att.json", "swap_obj.json"))
   loaded.update(benchmarks.load("sugarcrepe_pp", files=[os.path.join(tmp_path, "pp",
                                                                      "swap_att.json")]))
   loaded.update(benchmarks.load("aro", files=[os.path.join(tmp_path, "vgr.json")]))
   for corpus in ("vaw", "vg"):  # two action.json files, SWiG-like 3 POS + 3 NEG records
-    _write(os.path.join(tmp_path, "vlc", "Attribute", corpus, "action.json"), [
+    write_json(os.path.join(tmp_path, "vlc", "Attribute", corpus, "action.json"), [
         [f"{k % 3}.jpg", {"POS": [f"a {COLORS[(k + j) % 6]} {OBJECTS[j]}" for j in range(3)],
                           "NEG": [f"a {COLORS[(k + j) % 6]} {OBJECTS[j + 1]}" for j in range(3)]}]
         for k in range(4 if corpus == "vg" else 3)])
   loaded.update(benchmarks.load("vl_checklist", os.path.join(tmp_path, "vlc")))
+  aro = loaded["aro.vgr"]
   images = os.path.join(tmp_path, "images")
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
-  model, params = tiny
+  config, model, params, _ = tiny_pair
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, images, batch_size=8)
   figures = evaluator.run(params)
+  # Every figure again, from scores computed record by record here (c, c_n[, c_p] by role).
+  encoders = flax_encoders(model, params)
+  want = {name: per_record_scores(suite.records, images, config.vision.image_size, *encoders)
+          for name, suite in loaded.items()}
+  for name, scores in want.items():
+    np.testing.assert_allclose(evaluator.last_scores[name].scores[:, :scores.shape[1]], scores,
+                               atol=1e-5, err_msg=name)
+  for name in ("sugarcrepe.add_att", "sugarcrepe.swap_obj"):  # roles (c, c_n)
+    assert figures[f"{name}/accuracy"] == 100 * np.mean(want[name][:, 0] > want[name][:, 1])
   assert figures["sugarcrepe/accuracy"] == pytest.approx(
       (figures["sugarcrepe.add_att/accuracy"] + figures["sugarcrepe.swap_obj/accuracy"]) / 2)
-  assert figures["sugarcrepe.add_att/n"] == 4 and figures["aro.vgr/groups"] == 2
-  assert np.isfinite(figures["aro.vgr/macro_accuracy"])
+  assert figures["sugarcrepe.add_att/n"] == 4
+  pp = want["sugarcrepe_pp.swap_att"]  # roles (c, c_p, c_n)
+  assert figures["sugarcrepe_pp.swap_att/itt"] == 100 * np.mean((pp[:, 0] > pp[:, 2]) &
+                                                                (pp[:, 1] > pp[:, 2]))
+  texts = [r.captions for r in loaded["sugarcrepe_pp.swap_att"].records]
+  feats = np.stack([encoders[1](open_clip.tokenize(list(t))) for t in texts])
+  cos = lambda a, b: np.sum(feats[:, a] * feats[:, b], axis=-1)
+  assert figures["sugarcrepe_pp.swap_att/tot"] == 100 * np.mean((cos(0, 1) > cos(0, 2)) &
+                                                                (cos(0, 1) > cos(1, 2)))
+  # ARO: the mean of per-relation accuracies (2 "under", 4 "on"), which here differs from the
+  # accuracy over records.
+  correct = want[aro.name][:, 0] > want[aro.name][:, 1]
+  relations = np.array([r.group for r in aro.records])
+  macro = 100 * np.mean([correct[relations == g].mean() for g in ("on", "under")])
+  assert macro != 100 * correct.mean()
+  assert figures["aro.vgr/macro_accuracy"] == pytest.approx(macro)
+  assert figures["aro.vgr/accuracy"] == pytest.approx(100 * correct.mean())
+  assert figures["aro.vgr/groups"] == 2
   official = {}
   for corpus in ("vaw", "vg"):
     scores = evaluator.last_scores[f"vl_checklist.Attribute.{corpus}.action"].scores
@@ -197,35 +178,6 @@ def test_evaluator_on_other_benchmarks(tmp_path, tiny):
   assert figures["vl_checklist.type.Attribute.action/accuracy"] == pytest.approx(
       (official["vaw"] + official["vg"]) / 2)
   assert figures["vl_checklist.type.Attribute.action/n"] == 7
-  # TOT from the scorer's caption cosines equals TOT from features encoded here directly.
-  pp = evaluator.last_scores["sugarcrepe_pp.swap_att"]
-  texts = [t for r in pp.suite.records for t in r.captions]
-  feats = evaluator.scorer.encode_tokens(params, evaluator.scorer.tokenizer(texts))
-  feats = feats.reshape(len(pp.suite.records), 3, -1)
-  np.testing.assert_allclose(pp.text_sims[:, :3, :3], np.einsum("rkd,rld->rkl", feats, feats),
-                             atol=1e-6)  # the VL-CheckList records make the arrays 6 wide
-  assert figures["sugarcrepe_pp.swap_att/tot"] == metrics.suite_metrics(
-      pp.suite, pp.scores, np.einsum("rkd,rld->rkl", feats, feats))["tot"]
-
-
-def _main_on_two_processes(config_arg: str, workdir: str) -> list[str]:
-  """`python -m hpjax.main` as 2 processes x 2 CPU devices (gloo, loopback); their stderr."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  command = [sys.executable, "-m", "hpjax.main", f"--config={config_arg}", f"--workdir={workdir}",
-             f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-             "--config.distributed.num_processes=2"]
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  procs = [subprocess.Popen(command + [f"--config.distributed.process_id={i}"], cwd=repo, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  logs = [p.communicate(timeout=600)[1] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  return logs
 
 
 @pytest.mark.slow
@@ -236,7 +188,7 @@ def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoi
           f"checkpoints={tiny_checkpoints[0]},batch_size=8")
   label = os.path.basename(tiny_checkpoints[0])
   one = runner.run(eval_hp.get_config(args), str(tmp_path / "one"))[label]
-  logs = _main_on_two_processes(f"configs/eval_hp.py:{args}", str(tmp_path / "two"))
+  logs = run_main_on_processes(f"configs/eval_hp.py:{args}", tmp_path / "two")
   assert "process 0 of 2; 2 local of 4 devices" in logs[0]
   with open(tmp_path / "two" / "results.json") as f:
     two = json.load(f)["models"][0]["metrics"]
@@ -251,10 +203,10 @@ def test_runner_on_two_processes_matches_one_process(fixture_root, tiny_checkpoi
 
 def test_config_picks_suites_and_extra_benchmarks(fixture_root, tmp_path):
   vga = os.path.join(tmp_path, "vga.json")
-  _write(vga, [{"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4,
+  write_json(vga, [{"image_path": "1.jpg", "bbox_x": 0, "bbox_y": 0, "bbox_w": 4, "bbox_h": 4,
                 "true_caption": "a", "false_caption": "b", "attributes": ["x", "y"]}])
   vlc = os.path.join(tmp_path, "color.json")
-  _write(vlc, [["1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball"]}]])
+  write_json(vlc, [["1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball"]}]])
   config = eval_hp.get_config(f"suite_root={fixture_root},suites=replace_relations+swap,"
                               f"extra.aro_files={vga},extra.vl_checklist_files={vlc},"
                               "extra.aro_image_dir=/aro")

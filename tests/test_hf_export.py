@@ -17,8 +17,8 @@ from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.checkpoints import convert, hf, mapping
 from hpjax.models.clip import CLIP
-from openclip_reference import openclip_model, random_images, random_tokens, state_dict_numpy
-from test_hf_import import _hf_model
+from openclip_reference import (hf_clip_model, openclip_model, random_images, random_tokens,
+                                state_dict_numpy)
 
 CAPTIONS = ["a photo of a cat", "Two DOGS, running on the beach!", "the small red cube left of "
             "the blue sphere", "café crème at 7:30 o'clock", " extra   spaces\tand\nlines ",
@@ -75,7 +75,7 @@ def test_exported_folder_computes_hpjax_features_in_transformers(name, tmp_path)
 
 
 def test_hf_to_hpjax_to_hf_is_bit_identical_and_tokenizer_ids_match(tmp_path):
-  hf_model = _hf_model("quick_gelu", 49407)
+  hf_model = hf_clip_model("quick_gelu", 49407)
   want = {k: v.contiguous() for k, v in hf_model.state_dict().items()}
   src = tmp_path / "model.safetensors"
   safetensors.torch.save_file(want, src)

@@ -13,18 +13,7 @@ import transformers
 
 import hpjax
 from hpjax.checkpoints import convert
-from openclip_reference import perturb_vectors, random_images, random_tokens
-
-
-def _hf_model(hidden_act: str, eos_token_id: int) -> transformers.CLIPModel:
-  """A random CLIPModel with hpjax-tiny's dimensions; 1-D tensors perturbed off their constants."""
-  towers = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                hidden_act=hidden_act)
-  config = transformers.CLIPConfig(
-      text_config=dict(towers, eos_token_id=eos_token_id),
-      vision_config=dict(towers, image_size=64, patch_size=16), projection_dim=64)
-  torch.manual_seed(0)
-  return perturb_vectors(transformers.CLIPModel(config).eval())
+from openclip_reference import hf_clip_model, random_images, random_tokens
 
 
 @pytest.fixture(params=[("quick_gelu", 49407), ("gelu", 49407), ("quick_gelu", 2)],
@@ -32,7 +21,7 @@ def _hf_model(hidden_act: str, eos_token_id: int) -> transformers.CLIPModel:
 def hf_checkpoint(request, tmp_path):
   """(HF model, its safetensors file, the matching hpjax config file)."""
   hidden_act, eos_token_id = request.param
-  model = _hf_model(hidden_act, eos_token_id)
+  model = hf_clip_model(hidden_act, eos_token_id)
   path = tmp_path / "model.safetensors"
   safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
   config = hpjax.get_model_config("hpjax-tiny").to_dict()
@@ -42,12 +31,24 @@ def hf_checkpoint(request, tmp_path):
   return model, path, config_path
 
 
+def _tokens(rng, hf_model):
+  """random_tokens, plus, for a legacy config (eos_token_id 2, where HF pools at argmax), the
+  id 2 at position 1: HF's current rule (first eos_token_id) would then pool there, not at the
+  EOT, so the case tells the two rules apart."""
+  tokens = random_tokens(rng, 2)
+  eos = hf_model.config.text_config.eos_token_id
+  if eos == 2:
+    tokens[:, 1] = eos
+    assert ((tokens == eos).argmax(-1) != tokens.argmax(-1)).all()
+  return tokens
+
+
 def test_hf_import_matches_transformers(hf_checkpoint):
   hf_model, path, config_path = hf_checkpoint
   model, params = hpjax.create_model(str(config_path), pretrained=path)
   rng = np.random.default_rng(0)
   images = random_images(rng, 2, 64)
-  tokens = random_tokens(rng, 2)
+  tokens = _tokens(rng, hf_model)
   with torch.no_grad():
     out = hf_model(input_ids=torch.from_numpy(tokens).long(), pixel_values=torch.from_numpy(images))
   with jax.default_matmul_precision("highest"):
@@ -69,7 +70,7 @@ def test_hf_to_open_clip_file_gives_open_clip_the_hf_model(hf_checkpoint, tmp_pa
   torch_model = open_clip.create_model(config_path.stem, pretrained=summary["dst"]).eval()
   rng = np.random.default_rng(1)
   images = torch.from_numpy(random_images(rng, 2, 64))
-  tokens = torch.from_numpy(random_tokens(rng, 2)).long()
+  tokens = torch.from_numpy(_tokens(rng, hf_model)).long()
   with torch.no_grad():
     want = hf_model(input_ids=tokens, pixel_values=images)
     image, text, _ = torch_model(images, tokens)
@@ -78,7 +79,7 @@ def test_hf_to_open_clip_file_gives_open_clip_the_hf_model(hf_checkpoint, tmp_pa
 
 
 def test_hf_checkpoint_with_wrong_dimensions_lists_the_problem(tmp_path):
-  model = _hf_model("quick_gelu", 49407)
+  model = hf_clip_model("quick_gelu", 49407)
   state = {k: v.contiguous() for k, v in model.state_dict().items()
            if not k.startswith("vision_model.post_layernorm")}
   path = tmp_path / "model.safetensors"

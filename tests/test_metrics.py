@@ -16,6 +16,8 @@ TRIPLES = [
     ((0.3, 0.3, 0.4), "ties"),  # c == c_n although c_p > c_n.
     ((0.5, 0.3, 0.3), "ties"),  # c_p == c_n although c > c_n.
     ((0.5, 0.5, 0.5), "ties"),
+    ((0.5, 0.3, 0.5), "c_and_cp_above_cn"),  # s(c) == s(c_p): equal positives are no tie.
+    ((0.2, 0.3, 0.2), "cn_above_c_and_cp"),  # s(c) == s(c_p) below c_n.
 ]
 
 
@@ -35,12 +37,12 @@ def test_categories_partition_and_match_by_hand():
 
 def test_hard_positive_metrics_by_hand():
   m = metrics.hard_positive_metrics(*_columns())
-  # c > c_n strictly in rows 0, 1, 2, 6 -> 4/8; both beat c_n in rows 0, 1 -> 2/8;
-  # brittle rows 2, 3 -> 2/8; c_p > c_n in rows 0, 1, 3, 5 -> 4/8. Ties count as wrong.
-  assert m["original"] == 50.0 and m["augmented"] == 25.0
-  assert m["brittleness"] == 25.0 and m["hard_positive"] == 50.0 and m["n"] == 8
-  assert [m[f"count/{k}"] for k in metrics.ORDER_CATEGORIES] == [2, 1, 1, 1, 3]
-  assert m["pct/ties"] == 37.5
+  # c > c_n strictly in rows 0, 1, 2, 6, 8 -> 5/10; both beat c_n in rows 0, 1, 8 -> 3/10;
+  # brittle rows 2, 3 -> 2/10; c_p > c_n in rows 0, 1, 3, 5, 8 -> 5/10. Ties count as wrong.
+  assert m["original"] == 50.0 and m["augmented"] == 30.0
+  assert m["brittleness"] == 20.0 and m["hard_positive"] == 50.0 and m["n"] == 10
+  assert [m[f"count/{k}"] for k in metrics.ORDER_CATEGORIES] == [3, 1, 1, 2, 3]
+  assert m["pct/ties"] == 30.0
   assert sum(m[f"pct/{k}"] for k in metrics.ORDER_CATEGORIES) == pytest.approx(100.0)
 
 

@@ -15,27 +15,26 @@ import sys
 import time
 
 import grain
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import hnhp
+from helpers import REPO, assert_same_tree, final_params, train_args
 from hpjax import errors
 from hpjax.train import checkpointing, trainer
 from hpjax.train import step as step_lib
-from test_trainer import REPO, final_params, fixture_args, source  # pylint: disable=unused-import
 
 STEPS = 8
 
 
-def _args(source):
-  return fixture_args(source, total_steps=STEPS)
+def _args(train_source):
+  return train_args(train_source, total_steps=STEPS)
 
 
-def _start(source, workdir):
+def _start(train_source, workdir):
   return subprocess.Popen(
-      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(source)}",
+      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(train_source)}",
        f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True)
 
@@ -57,19 +56,19 @@ def _kill(process):
   process.wait()
 
 
-def _finish(source, workdir):
+def _finish(train_source, workdir):
   result = subprocess.run(
-      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(source)}",
+      [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(train_source)}",
        f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_run(source, tmp_path_factory):
+def uninterrupted_run(train_source, tmp_path_factory):
   """(workdir, final params) of the run uninterrupted."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  trainer.run(hnhp.get_config(_args(source)), workdir)
+  trainer.run(hnhp.get_config(_args(train_source)), workdir)
   step, params = final_params(workdir)
   assert step == STEPS
   return workdir, params
@@ -80,32 +79,27 @@ def uninterrupted(uninterrupted_run):
   return uninterrupted_run[1]
 
 
-def _assert_same_params(got, want):
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-
-
 def _committed(checkpoints, step):
   return os.path.exists(os.path.join(checkpoints, str(step), "_CHECKPOINT_METADATA"))
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_then_restart_matches_uninterrupted(source, uninterrupted, tmp_path):
+def test_sigkill_mid_training_then_restart_matches_uninterrupted(train_source, uninterrupted, tmp_path):
   checkpoints = tmp_path / "checkpoints"
-  process = _start(source, tmp_path)
+  process = _start(train_source, tmp_path)
   _wait_for(process, lambda: _committed(checkpoints, 4), "the step-4 checkpoint")
   _kill(process)
-  log = _finish(source, tmp_path)
+  log = _finish(train_source, tmp_path)
   assert "resuming from" in log and ("checkpoints/4" in log or "checkpoints/6" in log)
   step, params = final_params(tmp_path)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted)
+  assert_same_tree(params, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
-def test_kill_during_a_save_restarts_from_the_previous_checkpoint(source, uninterrupted, tmp_path):
+def test_kill_during_a_save_restarts_from_the_previous_checkpoint(train_source, uninterrupted, tmp_path):
   checkpoints = tmp_path / "checkpoints"
-  process = _start(source, tmp_path)
+  process = _start(train_source, tmp_path)
 
   def saving_after_2():
     if not _committed(checkpoints, 2) or not checkpoints.exists():
@@ -118,17 +112,17 @@ def test_kill_during_a_save_restarts_from_the_previous_checkpoint(source, uninte
   assert partial, "no interrupted save left behind"
   in_progress = int(partial[0].split(".")[0])
   assert not _committed(checkpoints, in_progress)
-  log = _finish(source, tmp_path)
+  log = _finish(train_source, tmp_path)
   assert "resuming from" in log and f"checkpoints/{in_progress - 2}" in log
   step, params = final_params(tmp_path)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted)
+  assert_same_tree(params, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_stops_then_the_restart_matches(source, uninterrupted, tmp_path):
+def test_sigterm_saves_and_stops_then_the_restart_matches(train_source, uninterrupted, tmp_path):
   checkpoints = tmp_path / "checkpoints"
-  process = _start(source, tmp_path)
+  process = _start(train_source, tmp_path)
   _wait_for(process, lambda: _committed(checkpoints, 2), "the step-2 checkpoint")
   assert process.poll() is None, "the run had already finished: nothing was interrupted"
   process.send_signal(signal.SIGTERM)
@@ -136,10 +130,10 @@ def test_sigterm_saves_and_stops_then_the_restart_matches(source, uninterrupted,
   assert process.returncode == 0, log[-3000:]
   stopped = int(log.split("stopped at step ")[1].split()[0])
   assert stopped < STEPS and _committed(checkpoints, stopped)
-  _finish(source, tmp_path)
+  _finish(train_source, tmp_path)
   step, params = final_params(tmp_path)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted)
+  assert_same_tree(params, uninterrupted, rtol=1e-6, atol=1e-7)
 
 
 # -- a damaged latest checkpoint: resume from the newest intact step ------------------------------
@@ -224,22 +218,22 @@ def test_a_directory_without_an_intact_step_stops_and_another_models_is_one_line
 
 @pytest.mark.slow
 def test_a_run_whose_last_checkpoint_is_truncated_resumes_to_the_same_params(
-    source, uninterrupted_run, tmp_path, caplog):
+    train_source, uninterrupted_run, tmp_path, caplog):
   workdir = str(tmp_path / "run")
   shutil.copytree(uninterrupted_run[0], workdir)
   checkpoints = tmp_path / "run" / "checkpoints"
   open(_largest_array_file(checkpoints / str(STEPS)), "r+b").truncate(100)
   with caplog.at_level(logging.INFO):
-    trainer.run(hnhp.get_config(_args(source)), workdir)
+    trainer.run(hnhp.get_config(_args(train_source)), workdir)
   assert f"checkpoint step {STEPS} skipped: its files do not read" in caplog.text
   assert f"resuming from {checkpoints}/{STEPS - 2}" in caplog.text
   step, params = final_params(workdir)
   assert step == STEPS
-  _assert_same_params(params, uninterrupted_run[1])
+  assert_same_tree(params, uninterrupted_run[1], rtol=1e-6, atol=1e-7)
   assert any(p.name.startswith(f"{STEPS}.damaged-") for p in checkpoints.iterdir())
   # The same workdir with another batch size stops before any work, naming the field.
   with pytest.raises(ValueError, match=r"other values of batch_size \(8 -> 16\)"):
-    trainer.run(hnhp.get_config(_args(source) + ",batch_size=16"), workdir)
+    trainer.run(hnhp.get_config(_args(train_source) + ",batch_size=16"), workdir)
 
 
 @pytest.fixture

@@ -4,48 +4,14 @@ import os
 
 import jax
 import numpy as np
-import open_clip
 import pytest
-import torch
-from PIL import Image
 
-from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites
 from hpjax.evaluate import metrics
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.evaluate import stand_in_images
-from hpjax.models import CLIP, get_model_config
-from openclip_reference import openclip_model, state_dict_numpy
-
-REAL_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hard_positives")
-
-
-def paired_models(name, seed=0):
-  """The same random weights in OpenCLIP (PyTorch) and in the Flax CLIP, and OpenCLIP's
-  eval transform."""
-  torch_model = openclip_model(name, seed)
-  config = get_model_config(name)
-  params = checkpoints.openclip_to_params(state_dict_numpy(torch_model), config)
-  torch_preprocess = open_clip.image_transform(config.vision.image_size, is_train=False)
-  return CLIP(config), params, torch_model, torch_preprocess
-
-
-def reference_scores(torch_model, torch_preprocess, records, image_root):
-  """One record at a time, as the straightforward loop would: image, captions, cosines."""
-  tokenizer = open_clip.get_tokenizer("ViT-B-32")
-  out = np.full((len(records), max(len(r.captions) for r in records)), np.nan, np.float32)
-  with torch.no_grad():
-    for i, r in enumerate(records):
-      image = Image.open(os.path.join(image_root, r.image)).convert("RGB")
-      if r.crop is not None:
-        x, y, w, h = r.crop
-        image = image.crop((x, y, x + w, y + h))
-      img = torch_model.encode_image(torch_preprocess(image)[None], normalize=True)
-      txt = torch_model.encode_text(tokenizer(list(r.captions)), normalize=True)
-      out[i, :len(r.captions)] = (img @ txt.T)[0].numpy()
-  return out
-
+from helpers import paired_models, per_record_scores, torch_encoders
 
 def fixture_records():
   """Shared images, a crop, repeated and identical captions, and one caption over 32 tokens."""
@@ -65,11 +31,6 @@ def fixture_records():
 
 
 @pytest.fixture(scope="module")
-def tiny():
-  return paired_models("hpjax-tiny")
-
-
-@pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("images"))
   stand_in_images.write_stand_in_images(fixture_records(), root)
@@ -81,10 +42,10 @@ def make_scorer(model, image_root, **kw):
   return scorer_lib.Scorer(model, tokenizer_lib.get_tokenizer(), image_root=image_root, **kw)
 
 
-def test_tiny_scores_match_openclip_per_record_on_1_and_8_devices(tiny, image_root):
-  model, params, torch_model, torch_preprocess = tiny
+def test_tiny_scores_match_openclip_per_record_on_1_and_8_devices(tiny_pair, image_root):
+  config, model, params, torch_model = tiny_pair
   records = fixture_records()
-  expected = reference_scores(torch_model, torch_preprocess, records, image_root)
+  expected = per_record_scores(records, image_root, config.vision.image_size, *torch_encoders(torch_model))
   with jax.default_matmul_precision("highest"):
     one = make_scorer(model, image_root, devices=jax.devices()[:1]).score(params, records)
     scorer = make_scorer(model, image_root)
@@ -100,8 +61,8 @@ def test_tiny_scores_match_openclip_per_record_on_1_and_8_devices(tiny, image_ro
   assert scorer.encode_texts._cache_size() == 2
 
 
-def test_bucketed_text_encoding_equals_full_length(tiny):
-  model, params, *_ = tiny
+def test_bucketed_text_encoding_equals_full_length(tiny_pair):
+  _, model, params, *_ = tiny_pair
   texts = [r.captions[k] for r in fixture_records() for k in range(3)]
   tokens = tokenizer_lib.get_tokenizer()(texts)
   lengths = tokenizer_lib.token_lengths(tokens)
@@ -112,8 +73,8 @@ def test_bucketed_text_encoding_equals_full_length(tiny):
   np.testing.assert_allclose(bucketed, full, atol=1e-6)
 
 
-def test_missing_and_unreadable_images_stop_unless_skipped(tiny, tmp_path):
-  model, params, *_ = tiny
+def test_missing_and_unreadable_images_stop_unless_skipped(tiny_pair, tmp_path):
+  _, model, params, *_ = tiny_pair
   records = fixture_records()
   root = str(tmp_path)
   stand_in_images.write_stand_in_images(records, root)
@@ -137,8 +98,8 @@ def test_missing_and_unreadable_images_stop_unless_skipped(tiny, tmp_path):
   assert sorted(os.path.basename(p) for p in result.skipped_images) == ["0.jpg", "1.jpg"]
 
 
-def test_empty_crop_names_the_record(tiny, image_root):
-  model, params, *_ = tiny
+def test_empty_crop_names_the_record(tiny_pair, image_root):
+  _, model, params, *_ = tiny_pair
   record = suites.EvalRecord(image="a/1.jpg", captions=("a", "b", "c"), roles=("c", "c_n", "c_p"),
                              source="visual_genome_attribution.json", index=7,
                              crop=(0, 0, 0.2, 10))
@@ -147,18 +108,16 @@ def test_empty_crop_names_the_record(tiny, image_root):
 
 
 @pytest.mark.slow
-def test_real_replace_subset_vit_b32_matches_openclip(tmp_path):
+def test_real_replace_subset_vit_b32_matches_openclip(hard_positives, tmp_path):
   """First records of both real REPLACE files, stand-in images, random ViT-B-32-quickgelu."""
-  if not os.path.isdir(REAL_ROOT):
-    pytest.skip(f"real REPLACE files not found at {os.path.abspath(REAL_ROOT)}")
   # ViT-B on a shared 2-core CPU: the per-record PyTorch reference costs ~1.5 s a record, so the
   # test stays small; tools/bench_eval.py compares scores on thousands of records.
   per_file = 8
-  loaded = suites.load_replace(REAL_ROOT)
+  loaded = suites.load_replace(hard_positives)
   records = [r for name in suites.REPLACE_NAMES for r in loaded[name].records[:per_file]]
   stand_in_images.write_stand_in_images(records, str(tmp_path))
-  model, params, torch_model, torch_preprocess = paired_models("ViT-B-32-quickgelu")
-  expected = reference_scores(torch_model, torch_preprocess, records, str(tmp_path))
+  config, model, params, torch_model = paired_models("ViT-B-32-quickgelu")
+  expected = per_record_scores(records, str(tmp_path), config.vision.image_size, *torch_encoders(torch_model))
   with jax.default_matmul_precision("highest"):
     result = make_scorer(model, str(tmp_path), image_batch_size=16, text_batch_size=64,
                          devices=jax.devices()[:1]).score(params, records)
@@ -169,10 +128,9 @@ def test_real_replace_subset_vit_b32_matches_openclip(tmp_path):
     assert ours == ref
 
 
-
-def test_encoders_ask_for_full_fp32_matmuls_unless_told_otherwise(tiny):
+def test_encoders_ask_for_full_fp32_matmuls_unless_told_otherwise(tiny_pair):
   """GPUs (TF32) and TPUs (one-pass bf16) would otherwise round fp32 matmuls by default."""
-  model, params, *_ = tiny
+  _, model, params, *_ = tiny_pair
   tokens = np.zeros((8, 16), np.int32)
   for precision, expected in (("highest", True), ("default", False)):
     scorer = make_scorer(model, None, matmul_precision=precision)

@@ -1,22 +1,13 @@
 """Suite loaders on small fixtures of every format, and on the real REPLACE files when present."""
 
 import collections
-import json
 import os
 
 import pytest
 
+from helpers import write_json
 from hpjax.data import suites
 from hpjax.evaluate import benchmarks
-
-REAL_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "hard_positives")
-
-
-def _write(path, obj):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f)
-
 
 def _replace_pair(root, name="vl_checklist_attributes"):
   data = [
@@ -26,8 +17,8 @@ def _replace_pair(root, name="vl_checklist_attributes"):
        "image_path": "data/VG_100K/2.jpg"},
   ]
   swapped = [dict(data[0], true_caption="ivory dog"), dict(data[1], true_caption="man atop horse")]
-  _write(os.path.join(root, "data", f"{name}.json"), data)
-  _write(os.path.join(root, "swapped_data", f"{name}.json"), swapped)
+  write_json(os.path.join(root, "data", f"{name}.json"), data)
+  write_json(os.path.join(root, "swapped_data", f"{name}.json"), swapped)
   return data, swapped
 
 
@@ -50,19 +41,19 @@ def test_replace_pairs_by_index_and_keeps_odd_records_verbatim(tmp_path):
 def test_replace_mismatch_names_both_files_and_index(tmp_path, field, value):
   data, swapped = _replace_pair(str(tmp_path))
   swapped[1][field] = value
-  _write(os.path.join(tmp_path, "swapped_data", "vl_checklist_attributes.json"), swapped)
+  write_json(os.path.join(tmp_path, "swapped_data", "vl_checklist_attributes.json"), swapped)
   with pytest.raises(suites.SuiteFormatError, match=rf"index 1: {field}"):
     suites.load_hard_positive_suite(str(tmp_path), "vl_checklist_attributes")
 
 
 def test_replace_length_mismatch_and_missing_field(tmp_path):
   data, swapped = _replace_pair(str(tmp_path))
-  _write(os.path.join(tmp_path, "swapped_data", "vl_checklist_attributes.json"), swapped[:1])
+  write_json(os.path.join(tmp_path, "swapped_data", "vl_checklist_attributes.json"), swapped[:1])
   with pytest.raises(suites.SuiteFormatError, match="has 2 records but .* has 1"):
     suites.load_hard_positive_suite(str(tmp_path), "vl_checklist_attributes")
   del data[1]["true_caption"]
-  _write(os.path.join(tmp_path, "swapped_data", "vl_checklist_attributes.json"), swapped)
-  _write(os.path.join(tmp_path, "data", "vl_checklist_attributes.json"), data)
+  write_json(os.path.join(tmp_path, "swapped_data", "vl_checklist_attributes.json"), swapped)
+  write_json(os.path.join(tmp_path, "data", "vl_checklist_attributes.json"), data)
   with pytest.raises(suites.SuiteFormatError,
                      match=r"data/vl_checklist_attributes.json \[index 1\]: missing field "
                            "'true_caption'"):
@@ -84,13 +75,13 @@ def test_swap_crops_and_checks_box_pairing(tmp_path):
   data = _aro_attribution_records()
   swapped = [dict(data[0], true_caption="the carpeted floor and the black cat"),
              dict(data[1], true_caption="the green tree and the red car")]
-  _write(os.path.join(tmp_path, "data", "visual_genome_attribution.json"), data)
-  _write(os.path.join(tmp_path, "swapped_data", "visual_genome_attribution.json"), swapped)
+  write_json(os.path.join(tmp_path, "data", "visual_genome_attribution.json"), data)
+  write_json(os.path.join(tmp_path, "swapped_data", "visual_genome_attribution.json"), swapped)
   suite = suites.load_swap(str(tmp_path))
   assert suite.records[0].crop == (10.0, 5.0, 30.0, 20.0)
   assert suite.records[0].caption("c_p") == "the carpeted floor and the black cat"
   swapped[1]["bbox_w"] = 9
-  _write(os.path.join(tmp_path, "swapped_data", "visual_genome_attribution.json"), swapped)
+  write_json(os.path.join(tmp_path, "swapped_data", "visual_genome_attribution.json"), swapped)
   with pytest.raises(suites.SuiteFormatError, match="index 1: bbox_w 8 vs 9"):
     suites.load_swap(str(tmp_path))
 
@@ -98,14 +89,14 @@ def test_swap_crops_and_checks_box_pairing(tmp_path):
 def test_empty_crop_box_is_an_error(tmp_path):
   data = _aro_attribution_records()
   data[1]["bbox_h"] = 0
-  _write(os.path.join(tmp_path, "vga.json"), data)
+  write_json(os.path.join(tmp_path, "vga.json"), data)
   with pytest.raises(suites.SuiteFormatError, match=r"vga.json \[index 1\]: crop box"):
     suites.load_aro(os.path.join(tmp_path, "vga.json"))
 
 
 def test_sugarcrepe_keeps_non_contiguous_keys(tmp_path):
   for name in suites.SUGARCREPE_FILES:
-    _write(os.path.join(tmp_path, f"{name}.json"), {
+    write_json(os.path.join(tmp_path, f"{name}.json"), {
         "0": {"filename": "000000085329.jpg", "caption": "a cat", "negative_caption": "a dog"},
         "7": {"filename": "000000000139.jpg", "caption": "a man", "negative_caption": "a woman"},
     })
@@ -114,7 +105,7 @@ def test_sugarcrepe_keeps_non_contiguous_keys(tmp_path):
   recs = loaded["sugarcrepe.swap_att"].records
   assert [r.index for r in recs] == [0, 7]
   assert recs[1].image == "val2017/000000000139.jpg" and recs[1].roles == ("c", "c_n")
-  _write(os.path.join(tmp_path, "add_att.json"), {"3": {"filename": "x.jpg", "caption": "a"}})
+  write_json(os.path.join(tmp_path, "add_att.json"), {"3": {"filename": "x.jpg", "caption": "a"}})
   with pytest.raises(suites.SuiteFormatError,
                      match=r"add_att.json \[index 3\]: missing field 'negative_caption'"):
     benchmarks.load("sugarcrepe", str(tmp_path))
@@ -122,7 +113,7 @@ def test_sugarcrepe_keeps_non_contiguous_keys(tmp_path):
 
 def test_sugarcrepe_pp_roles(tmp_path):
   for name in suites.SUGARCREPE_PP_FILES:
-    _write(os.path.join(tmp_path, f"{name}.json"), [
+    write_json(os.path.join(tmp_path, f"{name}.json"), [
         {"filename": "1.jpg", "caption": "a cat on a mat", "caption2": "on a mat sits a cat",
          "negative_caption": "a mat on a cat"}])
   rec = benchmarks.load("sugarcrepe_pp", str(tmp_path))["sugarcrepe_pp.swap_obj"].records[0]
@@ -130,24 +121,24 @@ def test_sugarcrepe_pp_roles(tmp_path):
 
 
 def test_aro_groups(tmp_path):
-  _write(os.path.join(tmp_path, "vga.json"), _aro_attribution_records())
+  write_json(os.path.join(tmp_path, "vga.json"), _aro_attribution_records())
   vga = suites.load_aro(os.path.join(tmp_path, "vga.json"), image_dir="images")
   assert vga.kind == suites.ARO_ATTRIBUTION
   assert [r.group for r in vga.records] == ["black_carpeted", "red_green"]
   assert vga.records[0].image == "images/2.jpg" and vga.records[0].crop == (10, 5, 30, 20)
   relation = [dict(_aro_attribution_records()[0], relation_name="on")]
   del relation[0]["attributes"]
-  _write(os.path.join(tmp_path, "vgr.json"), relation)
+  write_json(os.path.join(tmp_path, "vgr.json"), relation)
   vgr = suites.load_aro(os.path.join(tmp_path, "vgr.json"))
   assert vgr.kind == suites.ARO_RELATION and vgr.records[0].group == "on"
 
 
 def test_vl_checklist(tmp_path):
   path = os.path.join(tmp_path, "color.json")
-  _write(path, [["vg/1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball", "a green ball"]}]])
+  write_json(path, [["vg/1.jpg", {"POS": ["a red ball"], "NEG": ["a blue ball", "a green ball"]}]])
   rec = suites.load_vl_checklist(path).records[0]
   assert rec.roles == ("c", "c_n", "c_n") and rec.captions[2] == "a green ball"
-  _write(path, [["vg/1.jpg", {"POS": ["a red ball"]}]])
+  write_json(path, [["vg/1.jpg", {"POS": ["a red ball"]}]])
   with pytest.raises(suites.SuiteFormatError, match=r"color.json \[index 0\]: missing field 'NEG'"):
     suites.load_vl_checklist(path)
 
@@ -158,10 +149,8 @@ def test_missing_file_names_the_path(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_replace():
-  if not os.path.isdir(REAL_ROOT):
-    pytest.skip(f"real REPLACE files not found at {os.path.abspath(REAL_ROOT)}")
-  return suites.load_replace(REAL_ROOT)
+def real_replace(hard_positives):
+  return suites.load_replace(hard_positives)
 
 
 def test_real_replace_matches_the_measured_facts(real_replace):

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hpjax.data import suites
 from hpjax.data import synthetic
+from hpjax.data import training
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import BACKGROUND_RGB, COLOUR_RGB, render
 
@@ -245,7 +247,6 @@ def test_rejects_bad_parameters_by_name(tmp_path, bad, message):
 
 
 def test_suites_load_with_the_evaluation_loaders(world):
-  suites = pytest.importorskip("hpjax.data.suites")
   loaded = {**suites.load_replace(world.eval_root, world.image_root),
             suites.SWAP_NAME: suites.load_swap(world.eval_root, world.image_root)}
   assert sorted(loaded) == sorted(synthetic.SUITE_NAMES)
@@ -263,7 +264,6 @@ def test_suites_load_with_the_evaluation_loaders(world):
 
 
 def test_training_records_read_with_the_training_reader(world):
-  training = pytest.importorskip("hpjax.data.training")
   records = training.read_jsonl(world.train_jsonl)
   assert [r["caption"] for r in records] == [r["caption"] for r in _jsonl(world.train_jsonl)]
   assert all(os.path.isfile(r["image"]) for r in records)

@@ -13,14 +13,13 @@ import torch
 import transformers
 
 from configs import hnhp
+from helpers import final_params, train_args, training_batches, write_random_image
 from hpjax import factory
 from hpjax.checkpoints import convert
 from hpjax.data import suites, tfds_builders, tfds_sources, train_builders, training
 from hpjax.evaluate import hard_positive
 from hpjax.train import trainer
 from openclip_reference import random_images, random_tokens
-from test_trainer import fixture_args, final_params
-from test_training_data import _batches, _image
 
 
 def _write(path, obj):
@@ -34,8 +33,8 @@ def _authors_layout(root):
   os.makedirs(root / "data" / "VG_100K")
   os.makedirs(root / "vg")
   for i in range(4):
-    _image(root / "data" / "VG_100K" / f"{i}.{'jpg' if i % 2 else 'png'}", i, (40 + i, 30))
-    _image(root / "vg" / f"{i}.jpg", 10 + i)
+    write_random_image(root / "data" / "VG_100K" / f"{i}.{'jpg' if i % 2 else 'png'}", i, (40 + i, 30))
+    write_random_image(root / "vg" / f"{i}.jpg", 10 + i)
   def pairs(name, n, extra):
     data = [{"image_id": str(i), "true_caption": f"{name} true {i}", "false_caption": f"false {i}",
              "image_path": f"data/VG_100K/{i}.{'jpg' if i % 2 else 'png'}", **extra(i)}
@@ -50,7 +49,7 @@ def _authors_layout(root):
 
 
 @pytest.fixture(scope="module")
-def hard_positives(tmp_path_factory):
+def tfds_hard_positives(tmp_path_factory):
   manual, data_dir = tmp_path_factory.mktemp("manual"), tmp_path_factory.mktemp("tfds")
   _authors_layout(manual)
   config = tfds_builders.HardPositivesConfig(name="fixture", swap_image_dir="vg")
@@ -58,8 +57,8 @@ def hard_positives(tmp_path_factory):
   return manual, str(data_dir), builder
 
 
-def test_hard_positives_keep_every_record_crop_and_image(hard_positives, tmp_path):
-  manual, data_dir, builder = hard_positives
+def test_hard_positives_keep_every_record_crop_and_image(tfds_hard_positives, tmp_path):
+  manual, data_dir, builder = tfds_hard_positives
   assert "tensorflow" not in sys.modules
   assert {s: i.num_examples for s, i in builder.info.splits.items()} == {
       "replace_attributes": 3, "replace_relations": 2, "swap": 3}
@@ -85,14 +84,14 @@ def test_hard_positives_keep_every_record_crop_and_image(hard_positives, tmp_pat
     tfds_sources.open_training_source("tfds:hard_positives/fixture:swap", data_dir)
   stale = tmp_path / "stale"  # an image folder holding another image at a record's path
   os.makedirs(stale)
-  _image(stale / "0.jpg", 99)
+  write_random_image(stale / "0.jpg", 99)
   with pytest.raises(FileExistsError, match=r"swap \[0\]: .*stale/0.jpg exists with other"):
     tfds_sources.load_tfds_suites("tfds:hard_positives/fixture:swap", data_dir,
                                   image_dir=str(stale))
 
 
-def test_missing_manual_dir_files_are_named(hard_positives, tmp_path):
-  manual, _, _ = hard_positives
+def test_missing_manual_dir_files_are_named(tfds_hard_positives, tmp_path):
+  manual, _, _ = tfds_hard_positives
   copy = tmp_path / "manual"
   shutil.copytree(manual, copy)
   os.remove(copy / "vg" / "2.jpg")
@@ -113,7 +112,7 @@ def _coco_layout(root):
     os.makedirs(root / f"{split}2017")
     images = [{"id": 100 + i, "file_name": f"{i:012d}.jpg"} for i in range(n_images)]
     for i, image in enumerate(images):
-      _image(root / f"{split}2017" / image["file_name"], i + (0 if split == "train" else 50))
+      write_random_image(root / f"{split}2017" / image["file_name"], i + (0 if split == "train" else 50))
     annotations = [{"image_id": 100 + i % n_images, "id": i, "caption": f"{split} caption {i}"}
                    for i in range(n_captions)]
     _write(root / "annotations" / f"captions_{split}2017.json",
@@ -145,7 +144,7 @@ def test_coco_hard_texts_give_the_batches_of_the_array_record_files(tmp_path):
   for i in range(5):
     assert ours[i] == theirs[i]  # texts, image bytes and image name, record by record
   assert ours[4]["hard_positives"] == ["p4a", "p4b"] and ours[1]["hard_positives"] == []
-  for a, b in zip(_batches(ours, 3), _batches(theirs, 3)):
+  for a, b in zip(training_batches(ours, 3), training_batches(theirs, 3)):
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -158,7 +157,7 @@ def test_trainer_runs_resumes_and_exports_hf_from_the_synthetic_world_builder(tm
   for part in ("train", "suites"):
     tfds_builders.build("synthetic_world", data_dir, config=tfds_builders.SyntheticWorldConfig(
         name=f"tiny_{part}", part=part, num_train=40, num_eval=8))
-  args = fixture_args("tfds:synthetic_world/tiny_train", total_steps=4, **{
+  args = train_args("tfds:synthetic_world/tiny_train", total_steps=4, **{
       "data.tfds_data_dir": data_dir, "eval.hard_positive": True,
       "eval.replace_swap_root": "tfds:synthetic_world/tiny_suites"})
   workdir = str(tmp_path / "run")

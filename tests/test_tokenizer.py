@@ -16,9 +16,6 @@ from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites
 from hpjax.models import config as config_lib
 
-HARD_POSITIVES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "hard_positives")
-
 EDGE_CASES = [
     "",
     " ",
@@ -91,21 +88,19 @@ def test_random_unicode_strings_match_openclip():
   assert_same_ids(texts)
 
 
-def hard_positive_captions():
+def hard_positive_captions(root):
   """Every caption string of ../shared/data/hard_positives: REPLACE JSONs and the NegCLIP TSV."""
-  if not os.path.isdir(HARD_POSITIVES):
-    pytest.skip(f"real caption files not found at {os.path.abspath(HARD_POSITIVES)}")
-  replace = {c for suite in suites.load_replace(HARD_POSITIVES).values()
+  replace = {c for suite in suites.load_replace(root).values()
              for record in suite.records for c in record.captions}
-  tsv = os.path.join(HARD_POSITIVES, "temp_data", "valid_neg_clip.tsv")
+  tsv = os.path.join(root, "temp_data", "valid_neg_clip.tsv")
   with open(tsv, newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f, delimiter="\t"))
   negclip = {r["title"] for r in rows} | {n for r in rows for n in ast.literal_eval(r["neg_caption"])}
   return replace, sorted(replace | negclip)
 
 
-def test_every_hard_positive_caption_matches_openclip():
-  replace, captions = hard_positive_captions()
+def test_every_hard_positive_caption_matches_openclip(hard_positives):
+  replace, captions = hard_positive_captions(hard_positives)
   assert len(replace) == 50_891  # The count the data README states.
   assert_same_ids(captions)
 

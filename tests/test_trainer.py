@@ -2,86 +2,29 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from PIL import Image
 
 from configs import coco_control, hn, hnhp, hp
+from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, nan_backward,
+                     traced_operations, train_args)
 from hpjax import factory, sharding
 from hpjax.train import optim, trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
-           "yellow": (230, 220, 20)}
-
-
-def write_fixture(folder, num=40, seed=0) -> str:
-  """A tiny learnable world: one coloured block on the left or right of a grey image."""
-  os.makedirs(folder, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  names = list(COLOURS)
-  lines = []
-  for i in range(num):
-    colour, other = rng.choice(names, 2, replace=False)
-    side = ["left", "right"][i % 2]
-    pixels = np.full((64, 64, 3), 128, np.uint8)
-    pixels[16:48, (4 if side == "left" else 36):(28 if side == "left" else 60)] = COLOURS[colour]
-    Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
-    other_side = "right" if side == "left" else "left"
-    lines.append(json.dumps({
-        "image": f"{i}.png", "caption": f"a {colour} block on the {side}",
-        "hard_negatives": [f"a {other} block on the {side}", f"a {colour} block on the {other_side}"],
-        "hard_positives": [f"on the {side} there is a {colour} block"]}))
-  path = os.path.join(folder, "train.jsonl")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  return path
-
-
-CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "hpjax_test_compilation_cache")
-
-
-def fixture_args(source, **overrides) -> str:
-  """The config argument of a small, fast run on `source` (compiled programs cached on disk,
-  so the runs after the first one skip most of the CPU's compile time)."""
-  args = {"source": source, "compilation_cache_dir": CACHE, "model": "hpjax-tiny", "model.dtype": "float32", "batch_size": 8,
-          "lr": 1e-3, "optim.warmup_steps": 2, "total_steps": 6, "log_every_steps": 1,
-          "data.val_size": 8, "eval.every_steps": 0, "eval.hard_positive": False,
-          "checkpoint.every_steps": 2, "checkpoint.best_metric": "",
-          "checkpoint.async_save": False, **overrides}
-  return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in args.items())
-
-
-def final_params(workdir):
-  """(latest step, its params as numpy), whatever topology wrote them."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = manager.latest_step()
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  return step, state["params"]
+TRAINED = {"total_steps": 12, "log_every_steps": 2, "checkpoint.every_steps": 4,
+           "eval.every_steps": 12}
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-  return write_fixture(str(tmp_path_factory.mktemp("fixture")))
-
-
-@pytest.fixture(scope="module")
-def trained(source, tmp_path_factory):
+def trained(train_source, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = hnhp.get_config(fixture_args(source, **{
-      "total_steps": 30, "log_every_steps": 5, "checkpoint.every_steps": 10,
-      "eval.every_steps": 30}))
-  metrics = trainer.run(config, workdir)
+  metrics = trainer.run(hnhp.get_config(train_args(train_source, **TRAINED)), workdir)
   return workdir, metrics
 
 
@@ -95,26 +38,52 @@ def test_loss_goes_down_and_everything_is_logged(trained):
   assert "retrieval/mean_recall@1" in metrics and metrics == {
       k: v for k, v in lines[-1].items() if k != "step"}
   assert os.listdir(os.path.join(workdir, "tensorboard"))
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
 
 
-def test_a_finished_run_resumes_as_finished(trained):
+def test_a_finished_run_resumes_as_finished(trained, train_source):
+  """Rerunning the finished command restores step 12 and trains no further."""
   workdir, _ = trained
+  log = os.path.join(workdir, "metrics.jsonl")
+  before = open(log).read(), sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   step, params = final_params(workdir)
-  assert step == 30 and np.all(np.isfinite(params["logit_scale"]))
+  assert step == TRAINED["total_steps"]
+  trainer.run(hnhp.get_config(train_args(train_source, **TRAINED)), workdir)
+  assert (open(log).read(), sorted(os.listdir(os.path.join(workdir, "checkpoints")))) == before
+  again_step, again = final_params(workdir)
+  assert again_step == step
+  assert_same_tree(again, params)
 
 
 @pytest.mark.slow
-def test_non_finite_update_stops_without_a_poisoned_checkpoint(source, tmp_path):
+def test_non_finite_loss_gradient_or_update_stops_without_a_poisoned_checkpoint(
+    train_source, tmp_path, monkeypatch):
+  """Each way a step goes non-finite, from step 5 of a run saved at step 4: the run stops with
+  the step named and the step-4 checkpoint stays the latest. Logging only at the last step
+  leaves the checks to the trainer's one-step-late check and its check before each save."""
   workdir = str(tmp_path)
-  trainer.run(hnhp.get_config(fixture_args(source, total_steps=4)), workdir)
-  poisoned = hnhp.get_config(fixture_args(source, total_steps=8))
-  poisoned.optim.lr = float("inf")
-  with pytest.raises(trainer.NonFiniteLossError, match="step 5: .*not finite"):
-    trainer.run(poisoned, workdir)
-  step, params = final_params(workdir)
-  assert step == 4
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  trainer.run(hnhp.get_config(train_args(train_source, total_steps=4)), workdir)
+  put_batch, loss_fn = sharding.put_batch, step_lib.loss_fn
+  poisons = {
+      "loss": lambda: monkeypatch.setattr(sharding, "put_batch", lambda batch, mesh: put_batch(
+          {**batch, "image": np.full_like(batch["image"], np.nan)}, mesh)),
+      "gradient": lambda: monkeypatch.setattr(step_lib, "loss_fn", lambda params, *args: loss_fn(
+          jax.tree.map(nan_backward, params), *args)),
+      "update": lambda: None,
+  }
+  for what, poison in poisons.items():
+    poison()
+    config = hnhp.get_config(train_args(train_source, total_steps=8, log_every_steps=100))
+    if what == "update":
+      config.optim.lr = float("inf")
+    with pytest.raises(trainer.NonFiniteLossError, match="step 5: .*not finite") as error:
+      trainer.run(config, workdir)
+    loss = float(re.search(r"the loss \((\S+)\)", str(error.value)).group(1))
+    assert np.isfinite(loss) == (what != "loss"), (what, error.value)
+    monkeypatch.undo()
+    step, params = final_params(workdir)
+    assert step == 4, what
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
 def test_weight_decay_mask_follows_openclip():
@@ -152,12 +121,12 @@ def test_recipe_configs():
 
 
 @pytest.mark.slow
-def test_main_runs_a_config_file(source, tmp_path):
+def test_main_runs_a_config_file(train_source, tmp_path):
   """The documented command line, with a --config.x=y override."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   result = subprocess.run(
       [sys.executable, "-m", "hpjax.main",
-       f"--config=configs/hn.py:{fixture_args(source, total_steps=2)}",
+       f"--config=configs/hn.py:{train_args(train_source, total_steps=2)}",
        "--config.log_every_steps=1", f"--workdir={tmp_path}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -173,7 +142,7 @@ def test_synthetic_world_run_moves_replace_swap_metrics_and_keeps_the_best(tmp_p
       "total_steps=60,batch_size=32,log_every_steps=20,eval.every_steps=30,"
       "checkpoint.every_steps=30,checkpoint.best_metric='replace/augmented',"
       "data.val_size=32,data.synthetic.num_train=400,data.synthetic.num_eval=40,"
-      f"compilation_cache_dir={CACHE!r},export_openclip={str(tmp_path / 'openclip.pt')!r}")
+      f"compilation_cache_dir={COMPILATION_CACHE!r},export_openclip={str(tmp_path / 'openclip.pt')!r}")
   metrics = trainer.run(config, str(tmp_path))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   evals = {l["step"]: l for l in lines if "replace/augmented" in l}
@@ -201,15 +170,46 @@ def test_param_sharding_splits_large_matrices_over_the_model_axis():
 
 
 @pytest.mark.slow
-def test_model_parallel_and_remat_train_like_data_parallel(source, tmp_path):
-  def losses(extra):
-    workdir = tmp_path / extra.replace("=", "_")
-    trainer.run(hnhp.get_config(fixture_args(source, total_steps=3) + "," + extra), str(workdir))
-    return [json.loads(l)["loss"] for l in open(workdir / "metrics.jsonl") if "loss" in l]
+def test_model_parallel_and_remat_train_like_data_parallel(train_source, tmp_path, monkeypatch):
+  """Same losses with the token embedding split over the `model` axis, or with remat; the spy
+  on the trainer's jitted step shows each flag took effect (else each run is the baseline)."""
+  jit_train_step = step_lib.jit_train_step
+  seen = {}
 
-  baseline = losses("mesh.model_parallel=1")
-  np.testing.assert_allclose(losses("mesh.model_parallel=2"), baseline, rtol=1e-5)
-  np.testing.assert_allclose(losses("model.remat=True"), baseline, rtol=1e-5)
+  def spy(model, tx, schedule, state_shardings, *args, **kwargs):
+    step = jit_train_step(model, tx, schedule, state_shardings, *args, **kwargs)
+
+    def run(state, batch):
+      seen.setdefault("embedding", state.params["token_embedding"]["embedding"].sharding)
+      seen.setdefault("model", model)
+      return step(state, batch)
+    return run
+
+  monkeypatch.setattr(step_lib, "jit_train_step", spy)
+
+  def losses(extra):
+    seen.clear()
+    workdir = tmp_path / extra.replace("=", "_")
+    trainer.run(hnhp.get_config(train_args(train_source, total_steps=3) + "," + extra),
+                str(workdir))
+    embedding = seen["embedding"]
+    images = np.zeros((1, 64, 64, 3), np.float32)
+    names = {name for name, _ in traced_operations(
+        lambda p: seen["model"].apply({"params": p}, images, method="encode_image"),
+        final_params(workdir)[1])}
+    mechanisms = {"model_parallel": dict(embedding.mesh.shape).get("model", 1) == 2
+                                    and embedding.spec[0] == "model",
+                  "remat": any(n.startswith(("remat", "checkpoint")) for n in names)}
+    return [json.loads(l)["loss"] for l in open(workdir / "metrics.jsonl") if "loss" in l], mechanisms
+
+  baseline, mechanisms = losses("mesh.model_parallel=1")
+  assert mechanisms == {"model_parallel": False, "remat": False}
+  split, mechanisms = losses("mesh.model_parallel=2")
+  assert mechanisms == {"model_parallel": True, "remat": False}
+  np.testing.assert_allclose(split, baseline, rtol=1e-5)
+  rematerialised, mechanisms = losses("model.remat=True")
+  assert mechanisms == {"model_parallel": False, "remat": True}
+  np.testing.assert_allclose(rematerialised, baseline, rtol=1e-5)
 
 
 def test_the_evaluation_line_shows_the_headline_figures_only():

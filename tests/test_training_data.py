@@ -1,6 +1,7 @@
 """Training records, builders (NegCLIP TSV, COCO + hard-text files, array_record), the pipeline."""
 
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -8,40 +9,21 @@ import pytest
 from absl import flags
 from PIL import Image
 
+from helpers import example_transform, training_batches, write_random_image
 from hpjax.data import train_builders, training
 from hpjax.tokenizer import get_tokenizer
-
-REAL_TSV = "/work/shared/data/hard_positives/temp_data/valid_neg_clip.tsv"
-
-
-def _image(path, seed, size=(40, 30)):
-  rng = np.random.default_rng(seed)
-  Image.fromarray(rng.integers(0, 255, size[::-1] + (3,), dtype=np.uint8)).save(path)
-
 
 @pytest.fixture
 def jsonl(tmp_path):
   records = []
   for i in range(12):
-    _image(tmp_path / f"im{i}.png", i)
+    write_random_image(tmp_path / f"im{i}.png", i)
     records.append({"image": f"im{i}.png", "caption": f"a shape number {i}",
                     "hard_negatives": [f"negative {i} one", f"negative {i} two"],
                     "hard_positives": [f"positive {i}"] if i % 3 else []})
   path = tmp_path / "train.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
   return str(path)
-
-
-def _transform(**kw):
-  args = dict(tokenizer=get_tokenizer(), image_size=32, num_hard_negatives=2,
-              num_hard_positives=1, hn_frac=1.0, hp_frac=1.0, seed=0)
-  return training.ExampleTransform(**{**args, **kw})
-
-
-def _batches(source, n, **kw):
-  kw = {"global_batch_size": 4, "seed": 1, "transform": _transform(), **kw}
-  it = iter(training.make_dataset(source, **kw))
-  return [next(it) for _ in range(n)]
 
 
 def _captions(batch, tokenizer_texts):
@@ -75,7 +57,7 @@ def test_bad_jsonl_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_batches_have_fixed_shapes_and_masks(jsonl):
-  batch = _batches(training.open_source(jsonl), 1)[0]
+  batch = training_batches(training.open_source(jsonl), 1)[0]
   assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
   assert batch["caption"].shape == (4, 77)
   assert batch["hard_negatives"].shape == (4, 2, 77)
@@ -92,7 +74,7 @@ def test_batches_have_fixed_shapes_and_masks(jsonl):
 def test_fraction_of_records_keeping_hard_negatives_is_fixed_per_record(jsonl):
   source = training.open_source(jsonl)
   kept = {}
-  for batch in _batches(source, 9, transform=_transform(hn_frac=0.5)):  # 3 epochs
+  for batch in training_batches(source, 9, transform=example_transform(hn_frac=0.5)):  # 3 epochs
     for caption, mask in zip(_captions(batch, CAPTIONS), batch["hard_negative_mask"]):
       assert mask.all() or not mask.any()
       kept.setdefault(caption, set()).add(bool(mask.any()))
@@ -105,23 +87,23 @@ def test_fraction_of_records_keeping_hard_negatives_is_fixed_per_record(jsonl):
 
 def test_global_shuffle_and_host_shards_cover_the_global_batch(jsonl):
   source = training.open_source(jsonl)
-  one_host = _batches(source, 3)
-  hosts = [_batches(source, 3, global_batch_size=4, process_index=i, process_count=2)
+  one_host = training_batches(source, 3)
+  hosts = [training_batches(source, 3, global_batch_size=4, process_index=i, process_count=2)
            for i in range(2)]
   for step in range(3):
     assert hosts[0][step]["caption"].shape[0] == 2
     together = np.concatenate([hosts[0][step]["image"], hosts[1][step]["image"]])
     assert sorted(map(bytes, together)) == sorted(map(bytes, one_host[step]["image"]))
-  epoch = [c for b in _batches(source, 3) for c in _captions(b, CAPTIONS)]
+  epoch = [c for b in training_batches(source, 3) for c in _captions(b, CAPTIONS)]
   assert sorted(epoch) == sorted(CAPTIONS)
   assert epoch != CAPTIONS
-  other_seed = [c for b in _batches(source, 3, seed=7) for c in _captions(b, CAPTIONS)]
+  other_seed = [c for b in training_batches(source, 3, seed=7) for c in _captions(b, CAPTIONS)]
   assert other_seed != epoch
 
 
 def test_iterator_state_resumes_the_same_batches(jsonl):
   source = training.open_source(jsonl)
-  dataset = training.make_dataset(source, global_batch_size=4, seed=3, transform=_transform())
+  dataset = training.make_dataset(source, global_batch_size=4, seed=3, transform=example_transform())
   it = iter(dataset)
   next(it)
   state = it.get_state()
@@ -137,8 +119,13 @@ def test_iterator_state_resumes_the_same_batches(jsonl):
 def test_worker_processes_give_the_same_batches(jsonl):
   flags.FLAGS.mark_as_parsed()
   source = training.open_source(jsonl)
-  plain = _batches(source, 2)
-  workers = _batches(source, 2, worker_count=2)
+  plain = training_batches(source, 2)
+  before = {p.pid for p in multiprocessing.active_children()}
+  it = iter(training.make_dataset(source, global_batch_size=4, seed=1, transform=example_transform(),
+                                  worker_count=2))
+  workers = [next(it) for _ in range(2)]
+  # The mechanism: two worker processes started (without them the comparison is plain vs plain).
+  assert len({p.pid for p in multiprocessing.active_children()} - before) == 2
   for a, b in zip(plain, workers):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -150,9 +137,9 @@ def test_undecodable_image_is_an_error_or_a_counted_skip(jsonl):
     f.write(b"not an image")
   source = training.open_source(jsonl)
   with pytest.raises(ValueError, match="im5.png"):
-    _batches(source, 3)
+    training_batches(source, 3)
   dataset = training.make_dataset(source, global_batch_size=4, seed=1,
-                                  transform=_transform(skip_bad_images=True))
+                                  transform=example_transform(skip_bad_images=True))
   it = iter(dataset)
   seen = [c for _ in range(3) for c in _captions(next(it), CAPTIONS)]
   assert "a shape number 5" not in seen[:11] and len(set(seen[:11])) == 11
@@ -174,10 +161,9 @@ def test_negclip_tsv_fixture_with_newlines_in_quoted_fields(tmp_path):
     list(train_builders.negclip_tsv(str(path), "/images"))
 
 
-def test_real_negclip_validation_tsv():
-  if not os.path.exists(REAL_TSV):
-    pytest.skip(f"{REAL_TSV} is not on this machine")
-  records = list(train_builders.negclip_tsv(REAL_TSV, "/coco"))
+def test_real_negclip_validation_tsv(hard_positives):
+  tsv = os.path.join(hard_positives, "temp_data", "valid_neg_clip.tsv")
+  records = list(train_builders.negclip_tsv(tsv, "/coco"))
   assert len(records) == 4839
   assert sum("\n" in r["caption"] or any("\n" in n for n in r["hard_negatives"])
              for r in records) > 0
@@ -232,8 +218,8 @@ def test_array_record_matches_jsonl_pipeline(jsonl, tmp_path):
   out = str(tmp_path / "train.array_record")
   counts = train_builders.write_array_record(training.read_jsonl(jsonl), out)
   assert counts == {"written": 12, "skipped": 0}
-  from_jsonl = _batches(training.open_source(jsonl), 2)
-  from_records = _batches(training.open_source(out), 2)
+  from_jsonl = training_batches(training.open_source(jsonl), 2)
+  from_records = training_batches(training.open_source(out), 2)
   for a, b in zip(from_jsonl, from_records):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from configs import eval_hp
+from helpers import write_fixture_suites
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.evaluate import hard_positive
@@ -21,7 +22,6 @@ from hpjax.evaluate import runner
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.models import CLIP, get_model_config
 from openclip_reference import openclip_model, state_dict_numpy
-from test_eval_runner import write_fixture_suites
 
 # A second small architecture: another width, depth, patch grid, image size and activation.
 SMALL = {"embed_dim": 32, "vision_cfg": {"image_size": 48, "layers": 1, "width": 32,
@@ -54,13 +54,13 @@ def _config(root, **fields):
 
 def _count_decodes(monkeypatch) -> collections.Counter:
   counts = collections.Counter()
-  load = scorer_lib.preprocess.load_image
+  load = scorer_lib.preprocess.load_cropped
 
   def counting(path, crop_box=None):
     counts[(os.fspath(path), crop_box)] += 1
     return load(path, crop_box=crop_box)
 
-  monkeypatch.setattr(scorer_lib.preprocess, "load_image", counting)
+  monkeypatch.setattr(scorer_lib.preprocess, "load_cropped", counting)
   return counts
 
 
@@ -225,7 +225,7 @@ def test_fp16_mode_equals_fp16_pytorch_and_keeps_its_ties(world, tmp_path):
   # The fp16 computation as the authors ran it: fp16 towers, numpy fp16 normalisation + einsum.
   torch_half = torch_model.half()
   pixels = np.stack([scorer_lib.load_pixels(os.path.join(image_root, r.image), r.crop,
-                                            scorer_lib.preprocess.eval_transform(64), "")
+                                            scorer_lib.preprocess.eval_transform(64), "")[0]
                      for r in records])
   with torch.no_grad():
     img = torch_half.encode_image(torch.from_numpy(pixels.transpose(0, 3, 1, 2)).half()).numpy()

@@ -193,9 +193,9 @@ def run(config, workdir: str) -> dict:
   def check(step_metrics, step):
     if not bool(step_metrics["finite"]):
       raise NonFiniteLossError(
-          f"step {step}: loss {float(step_metrics['loss'])}, grad norm "
-          f"{float(step_metrics['grad_norm'])} is not finite; stopped without saving (the last "
-          f"checkpoint in {ckpt.last.directory} is from before this step)")
+          f"step {step}: the loss ({float(step_metrics['loss'])}), its gradient (norm "
+          f"{float(step_metrics['grad_norm'])}) or the update is not finite; stopped without "
+          f"saving (the last checkpoint in {ckpt.last.directory} is from before this step)")
 
   eval_metrics = {}
   try:
