@@ -14,10 +14,13 @@ import safetensors.numpy
 import torch
 import torch.nn.functional as F
 
+from configs import eval_hp
+from helpers import write_fixture_suites
 import hpjax
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.checkpoints import convert, mapping
+from hpjax.evaluate import runner
 from hpjax.models import CLIP, CLIPConfig, get_model_config
 from openclip_reference import perturb_all, random_images, random_tokens, state_dict_numpy
 
@@ -166,3 +169,15 @@ def test_shipped_coca_config_has_open_clips_keys_and_shapes():
   variant["vision_cfg"]["attentional_pool"] = "parallel"
   with pytest.raises(ValueError, match="v: vision_cfg: attentional_pool 'parallel' is not"):
     CLIPConfig.from_dict(variant, "v")
+
+
+def test_an_evaluation_run_lists_the_ignored_decoder_keys_in_results_json(tiny, tmp_path):
+  path, _, source, _, ignored = tiny
+  root = str(tmp_path / "suites")
+  write_fixture_suites(root, num=4)
+  config = eval_hp.get_config(f"suite_root={root},image_root={root}/images,batch_size=8,"
+                              f"gallery_size=0,models={path}={source}")
+  runner.run(config, str(tmp_path / "eval"))
+  (model,) = json.loads((tmp_path / "eval" / "results.json").read_text())["models"]
+  assert model["ignored_keys"] == sorted(ignored)
+  assert model["ignored_keys"] and all(k.startswith("text_decoder.") for k in ignored)

@@ -61,6 +61,7 @@ class ModelResult:
   parity: str = "as_trained"  # the parity mode of the row (hpjax.zoo)
   settings: dict = dataclasses.field(default_factory=dict)  # activation, dtypes, tokenizer
   registry: str | None = None  # the hpjax.zoo name, for the study's order and paper figures
+  ignored_keys: list[str] = dataclasses.field(default_factory=list)  # e.g. CoCa's decoder
 
 
 def checkpoint_digest(path: str | None) -> str:
@@ -134,7 +135,7 @@ def write_results_json(path: str, results: Sequence[ModelResult],
                        decode_passes: Sequence[dict] = ()) -> None:
   payload = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": [
       {"label": r.label, "model": r.model, "registry": r.registry, "parity": r.parity,
-       "settings": r.settings, "checkpoint": r.checkpoint,
+       "settings": r.settings, "checkpoint": r.checkpoint, "ignored_keys": list(r.ignored_keys),
        "checkpoint_digest": r.checkpoint_digest, "metrics": _finite_or_none(r.metrics),
        "paper_figures": zoo.PAPER_FIGURES.get(r.registry or "", {}), "timings": _finite_or_none(r.stats)}
       for r in table1_order(results)], "decode_passes": list(decode_passes)}

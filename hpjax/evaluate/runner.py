@@ -18,6 +18,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+from hpjax import checkpoints as checkpoints_lib
 from hpjax import factory
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
@@ -171,20 +172,24 @@ def _tokenizer(spec: ModelSpec, config, tokenizer_dir: str | None):
   return tokenizer_lib.get_tokenizer(config, tokenizer_dir=tokenizer_dir)
 
 
-def check_checkpoints(specs: list[ModelSpec], seed: int = 0) -> None:
-  """Loads every checkpoint once (exists, readable, keys fit) before anything is scored; one
-  error lists every model that failed."""
-  problems = []
+def check_checkpoints(specs: list[ModelSpec]) -> dict[str, list[str]]:
+  """Reads every checkpoint once (exists, readable, keys fit) before anything is scored; one
+  error lists every model that failed. Returns label -> the keys of parts hpjax does not build
+  (CoCa's `text_decoder.*`), for the log and results.json."""
+  problems, ignored = [], {}
   for spec in specs:
     if spec.plugin is not None or spec.checkpoint is None:
       continue
     try:
-      build(spec, seed)
+      _, keys = checkpoints_lib.load_params(spec.checkpoint, _model_config(spec), return_ignored=True,
+                                        **_load_kwargs(spec))
+      ignored[spec.label] = sorted(keys)
     except Exception as e:  # pylint: disable=broad-except  (reported below, with the model)
       problems.append(f"{spec.label} ({spec.checkpoint}): {type(e).__name__}: {e}")
   if problems:
     raise ValueError(f"{len(problems)} of {len(specs)} checkpoints cannot be used; nothing was "
                      "scored:\n  " + "\n  ".join(problems))
+  return ignored
 
 
 def _scorer(spec: ModelSpec, model, config):
@@ -225,7 +230,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   suites = load_config_suites(config)
   logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
   specs = model_specs(config, plugins)
-  check_checkpoints(specs, config.seed)
+  ignored = check_checkpoints(specs)
   writer = jax.process_index() == 0
   order = {spec.label: i for i, spec in enumerate(specs)}
   results, passes = [], []
@@ -252,6 +257,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
                                     "plug-in" if spec.plugin else None)
       entry.parity, entry.settings = spec.parity, dataclasses.asdict(spec.settings)
       entry.registry = spec.entry.name if spec.entry else None
+      entry.ignored_keys = ignored.get(spec.label, [])
       results.append(entry)
       results.sort(key=lambda r: order[r.label])  # as the user listed them
       if writer:
