@@ -226,11 +226,12 @@ def _strict_json(path):
     return json.loads(f.read(), parse_constant=refuse)
 
 
-def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, tiny, tmp_path):
+def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, tiny_pair,
+                                                                 tmp_path):
   """With skip_missing_images, a wrong image root (found before scoring) or unreadable images
   skip every record: an error naming the suite and why; with allow_empty_suites the figures
   are null in strict JSON, not NaN."""
-  model, params = tiny
+  _, model, params, _ = tiny_pair
   loaded = hard_positive.load_suites(fixture_root, ["swap"])
   wrong = str(tmp_path / "no_images_here")
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, wrong, batch_size=8,
@@ -260,10 +261,10 @@ def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, ti
     assert json.loads(line, parse_constant=lambda c: pytest.fail(c))["scores"] == [None] * 3
 
 
-def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny, tmp_path):
+def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny_pair, tmp_path):
   """SWAP boxes that overrun the image are scored on PIL's black-padded crop, as the authors'
   code does, and counted in the figures and in results.json."""
-  model, params = tiny
+  _, model, params, _ = tiny_pair
   swap = hard_positive.load_suites(fixture_root, ["swap"])["swap"]
   records = list(swap.records)
   for i in (1, 2, 4):  # stand-in images are at most 112 px a side; 1 and 4 share an image

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpjax import factory, sharding
+from hpjax import sharding
 from hpjax.tokenizer import get_tokenizer, token_lengths
 from hpjax.train import retrieval, text_packing
 from hpjax.train import step as step_lib
@@ -34,15 +34,6 @@ def _batch(b, k_p, k_n, seed=0):
   return batch
 
 
-@pytest.fixture(scope="module")
-def tiny():
-  model, params = factory.create_model("hpjax-tiny", rng=jax.random.key(1))
-  # every tensor away from its initialiser's pattern (LayerNorm's ones and zeros included)
-  rng = np.random.default_rng(2)
-  return model, jax.tree.map(
-      lambda x: np.asarray(x) + 0.05 * rng.normal(size=x.shape).astype(np.float32), params)
-
-
 def test_ladder_is_a_few_steps_at_most_a_quarter_above_the_need():
   steps = {text_packing.ladder(n) for n in range(1, 4097)}
   assert len(steps) <= 4 + 4 * 10
@@ -65,8 +56,8 @@ def test_first_fit_places_every_text_whole_without_overlap():
     text_packing.first_fit_decreasing(np.array([78]), 77)
 
 
-def test_packed_features_equal_those_at_77_tokens(tiny):
-  model, params = tiny
+def test_packed_features_equal_those_at_77_tokens(tiny_pair):
+  _, model, params, _ = tiny_pair
   tokens = get_tokenizer()(_texts(24, np.random.default_rng(3)))
   assert token_lengths(tokens).max() == 77
   packed = text_packing.pack_texts(tokens, groups=3, row_length=77)
@@ -86,8 +77,8 @@ def _loss_and_grads(model, params, batch, mesh):
   return float(value), jax.device_get(grads)
 
 
-def test_packed_step_has_the_loss_and_gradients_of_77_tokens_on_1_and_8_devices(tiny):
-  model, params = tiny
+def test_packed_step_has_the_loss_and_gradients_of_77_tokens_on_1_and_8_devices(tiny_pair):
+  _, model, params, _ = tiny_pair
   batch = _batch(8, k_p=2, k_n=2)
   value, grads = _loss_and_grads(model, params, batch, sharding.make_mesh(devices=jax.devices()[:1]))
   for devices in (1, 8):
@@ -102,8 +93,8 @@ def test_packed_step_has_the_loss_and_gradients_of_77_tokens_on_1_and_8_devices(
                                  err_msg=f"{devices} devices {jax.tree_util.keystr(path)}")
 
 
-def test_retrieval_evaluator_features_equal_those_at_77_tokens(tiny):
-  model, params = tiny
+def test_retrieval_evaluator_features_equal_those_at_77_tokens(tiny_pair):
+  _, model, params, _ = tiny_pair
   rng = np.random.default_rng(4)
   records = []
   for caption in _texts(13, rng):  # 13 records: the last batch of 8 is padded
