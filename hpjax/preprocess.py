@@ -14,7 +14,7 @@ import dataclasses
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

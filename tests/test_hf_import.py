@@ -9,7 +9,6 @@ import open_clip
 import pytest
 import safetensors.torch
 import torch
-import transformers
 
 import hpjax
 from hpjax.checkpoints import convert

@@ -16,6 +16,7 @@ from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, na
                      traced_operations, train_args)
 from hpjax import factory, sharding
 from hpjax.train import optim, trainer
+from hpjax.train import step as step_lib
 
 TRAINED = {"total_steps": 12, "log_every_steps": 2, "checkpoint.every_steps": 4,
            "eval.every_steps": 12}

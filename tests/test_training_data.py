@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 from absl import flags
-from PIL import Image
 
 from helpers import example_transform, training_batches, write_random_image
 from hpjax.data import train_builders, training

@@ -12,7 +12,6 @@ import signal
 
 import grain
 import jax
-import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
