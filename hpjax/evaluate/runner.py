@@ -32,9 +32,6 @@ from hpjax.evaluate import scorer as scorer_lib
 from hpjax.models import config as config_lib
 
 
-split_list = benchmarks.split_list  # the config list syntax, for `run` and existing callers
-
-
 def load_config_suites(config) -> dict[str, suites_lib.Suite]:
   """Every suite the config names, by the benchmark catalog (hpjax.evaluate.benchmarks)."""
   return benchmarks.load_config(config)
@@ -96,7 +93,7 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   if parity not in zoo.PARITY_MODES:
     raise ValueError(f"config.parity {parity!r}: expected one of {zoo.PARITY_MODES}")
   own = (zoo.AS_TRAINED, None)
-  items = split_list(config.models)
+  items = benchmarks.split_list(config.models)
   raw = []  # (label, architecture, checkpoint, entry)
   if items:
     if config.checkpoints not in ("", RANDOM_INIT):
@@ -120,7 +117,7 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
                          f"holding {entry.files[0]}); or give architecture=path")
       raw.append((item, entry.architecture, zoo.weights_path(entry, config.weights_dir), entry))
   else:
-    checkpoints = split_list(config.checkpoints)
+    checkpoints = benchmarks.split_list(config.checkpoints)
     if not checkpoints:
       raise ValueError("config.checkpoints is empty: give paths and/or 'random'")
     for ckpt, label in zip(checkpoints, _labels(checkpoints)):
