@@ -13,6 +13,7 @@ setup and `--warmup` untimed steps, the workers take turns, one step each per ro
 every side alike, so the per-round ratios are paired; medians are quoted.
 
   .venv/bin/python tools/bench_train.py --model=ViT-B-32-quickgelu --batch=16
+  .venv/bin/python tools/bench_train.py --batch=64 --steps=3 --warmup=1 --steps_per_visit=2 --devices=
   .venv/bin/python tools/bench_train.py --text_layouts --batch=64
   .venv/bin/python tools/bench_train.py --devices_only --model=hpjax-tiny --batch=64
 """
@@ -50,6 +51,10 @@ _SIDE = flags.DEFINE_enum("side", "", ["", "hpjax", "torch"], "internal: run one
 _LAYOUT = flags.DEFINE_string("layout", "packed", "internal: hpjax text layout")
 _DEVICES = flags.DEFINE_string("devices", "1,2,4,8", "simulated device counts to time")
 _DEVICES_ONLY = flags.DEFINE_bool("devices_only", False, "only the device-count sweep")
+_VISIT = flags.DEFINE_integer("steps_per_visit", 0, "0: every side a resident worker, one step "
+                              "each per round. N > 0: one side in memory at a time (batch 64 of "
+                              "ViT-B-32 does not fit twice in 24 GB): each round starts every "
+                              "side's worker afresh, times N steps, stops it")
 
 
 SYNONYMS = {"man": "guy", "woman": "lady", "people": "persons", "large": "big", "small": "little",
@@ -335,6 +340,29 @@ def _interleave(workers, rounds: int):
     worker.close()
 
 
+class _Visits:
+  """A side whose worker runs only during its turn: started, timed for `steps` steps, stopped.
+  Per round it reports the median of its visit, so per-round ratios stay paired in time; the
+  setup figure and peak RSS are the worst visit's."""
+
+  def __init__(self, name: str, side: str, layout: str, steps: int):
+    self.name, self._args, self._steps = name, (name, side, 1, layout), steps
+    self.times, self.info = [], {}
+
+  def step(self):
+    worker = _Worker(*self._args)
+    for _ in range(self._steps):
+      worker.step()
+    worker.close()
+    self.times.append(_median(worker.times))
+    for key, value in worker.info.items():
+      worst = isinstance(value, float) and key in ("first_step_s", "peak_rss_mb")
+      self.info[key] = max(value, self.info.get(key, value)) if worst else value
+
+  def close(self):
+    pass
+
+
 def main(argv):
   del argv
   if _SIDE.value:
@@ -351,8 +379,11 @@ def main(argv):
     _layout_tokens()
     return
   if not _DEVICES_ONLY.value:
-    workers = [_Worker(ROWS[name], "torch" if name == "torch" else "hpjax", layout=name)
-               for name in _SIDES.value]
+    side = lambda name: "torch" if name == "torch" else "hpjax"
+    if _VISIT.value:
+      workers = [_Visits(ROWS[name], side(name), name, _VISIT.value) for name in _SIDES.value]
+    else:
+      workers = [_Worker(ROWS[name], side(name), layout=name) for name in _SIDES.value]
     _interleave(workers, _STEPS.value)
     reference = workers[0].times
     print(f"load average after the rounds {os.getloadavg()[0]:.1f}; ratios against "
