@@ -5,6 +5,7 @@ SigLIP sizes) with every tensor perturbed; the big_vision files are written here
 dict by big_vision's own layout (per-head attention kernels, Flax kernels (in, out), HWIO conv).
 """
 
+import functools
 import json
 
 import jax
@@ -15,7 +16,8 @@ import torch
 import transformers
 
 import hpjax
-from hpjax.checkpoints import big_vision, mapping
+from hpjax.checkpoints import big_vision, hf, mapping
+from hpjax.models.clip import CLIP
 from openclip_reference import perturb_all, random_images
 
 # hpjax-tiny-siglip computes exact GELU in both towers, hpjax-tiny-siglip2 the tanh form (HF's
@@ -23,14 +25,25 @@ from openclip_reference import perturb_all, random_images
 ACTIVATIONS = {"hpjax-tiny-siglip": "gelu", "hpjax-tiny-siglip2": "gelu_pytorch_tanh"}
 
 
-def _hf_siglip(name: str) -> transformers.SiglipModel:
+def _hf_siglip(name: str, naflex: bool = False) -> transformers.SiglipModel:
+  """SiglipModel, or with naflex Siglip2Model with an 8 x 8 position grid (its 64 px)."""
   towers = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                 hidden_act=ACTIVATIONS[name], layer_norm_eps=1e-6)
-  config = transformers.SiglipConfig(
-      text_config=dict(towers, vocab_size=1000, max_position_embeddings=16, projection_size=64),
-      vision_config=dict(towers, image_size=64, patch_size=8))
+  text = dict(towers, vocab_size=1000, max_position_embeddings=16, projection_size=64)
+  if naflex:
+    config = transformers.Siglip2Config(text_config=text, vision_config=dict(
+        towers, num_patches=64, patch_size=8))
+  else:
+    config = transformers.SiglipConfig(text_config=text,
+                                       vision_config=dict(towers, image_size=64, patch_size=8))
   torch.manual_seed(0)
-  return perturb_all(transformers.SiglipModel(config))
+  return perturb_all((transformers.Siglip2Model if naflex else transformers.SiglipModel)(config))
+
+
+@functools.cache
+def _apply(name: str):
+  """hpjax's forward of config `name`, jitted once for the module."""
+  return jax.jit(CLIP(hpjax.get_model_config(name)).apply)
 
 
 @pytest.fixture(scope="module", params=sorted(ACTIVATIONS))
@@ -40,19 +53,31 @@ def pair(request, tmp_path_factory):
   hf_model = _hf_siglip(request.param)
   folder = tmp_path_factory.mktemp("hf") / request.param
   hf_model.save_pretrained(str(folder))
-  model, params = hpjax.create_model(None, pretrained=folder)
-  return request.param, hf_model, folder, jax.jit(model.apply), params
+  _, params = hpjax.create_model(None, pretrained=folder)
+  return request.param, hf_model, folder, _apply(request.param), params
 
 
-def _assert_same_outputs(hf_model, apply, params, seed=0):
+def _naflex_inputs(images):
+  """Siglip2Model's inputs for NCHW images: patches flattened as (row, column, channel), all
+  valid, on the full grid (as Siglip2ImageProcessor lays them out)."""
+  n, c, size, _ = images.shape
+  grid = size // 8
+  patches = images.reshape(n, c, grid, 8, grid, 8).transpose(0, 2, 4, 3, 5, 1)
+  return {"pixel_values": torch.from_numpy(patches.reshape(n, grid * grid, -1).copy()),
+          "pixel_attention_mask": torch.ones(n, grid * grid, dtype=torch.long),
+          "spatial_shapes": torch.tensor([[grid, grid]] * n)}
+
+
+def _assert_same_outputs(hf_model, apply, params, seed=0, naflex=False):
   """Normalised features and logits of transformers' forward and of hpjax's (`apply`, jitted)."""
   rng = np.random.default_rng(seed)
   images = random_images(rng, 2, 64)
   tokens = rng.integers(0, 1000, (3, 16)).astype(np.int32)
   with jax.default_matmul_precision("highest"):
     image, text, scale = apply({"params": params}, images.transpose(0, 2, 3, 1), tokens)
+  pixels = _naflex_inputs(images) if naflex else {"pixel_values": torch.from_numpy(images)}
   with torch.no_grad():
-    out = hf_model(input_ids=torch.from_numpy(tokens).long(), pixel_values=torch.from_numpy(images))
+    out = hf_model(input_ids=torch.from_numpy(tokens).long(), **pixels)
   np.testing.assert_allclose(out.image_embeds.numpy(), image, rtol=0, atol=1e-4)
   np.testing.assert_allclose(out.text_embeds.numpy(), text, rtol=0, atol=1e-4)
   logits = scale * image @ text.T + params["logit_bias"]
@@ -84,6 +109,22 @@ def test_export_hf_loads_strictly_in_transformers_and_round_trips(pair, tmp_path
     assert got[key].dtype == value.dtype, key
   processor = transformers.SiglipImageProcessor.from_pretrained(str(out), local_files_only=True)
   assert processor.size == {"height": 64, "width": 64}
+
+
+def test_hf_siglip2_naflex_folder_at_its_grid_computes_transformers_features(tmp_path):
+  """Siglip2Model: its patch Linear is the conv kernel, its position grid timm's pos_embed."""
+  name = "hpjax-tiny-siglip2"
+  hf_model = _hf_siglip(name, naflex=True)
+  hf_model.save_pretrained(str(tmp_path / "naflex"))
+  model, params = hpjax.create_model(None, pretrained=tmp_path / "naflex")
+  assert model.config.name == name
+  _assert_same_outputs(hf_model, _apply(name), params, naflex=True)
+  want = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+  state = mapping.params_to_openclip(params, model.config)
+  got = hf.openclip_to_hf(hpjax.checkpoints.files.normalize_keys(state), model=hf.SIGLIP2_MODEL)
+  assert sorted(got) == sorted(want)
+  for key, value in want.items():  # HF -> hpjax -> HF, bit for bit.
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 def _heads(w, heads):

@@ -102,7 +102,29 @@ SIGLIP_RULES = _TEXT_RULES + (
     ("logit_scale", "logit_scale", DROP_AXIS),
     ("logit_bias", "logit_bias", DROP_AXIS),
 )
-_TABLES = {False: renaming.RuleTable(RULES), True: renaming.RuleTable(SIGLIP_RULES)}
+
+
+
+def _patch_linear(value, context):
+  """Siglip2Model's patch Linear (width, patch * patch * 3), over patches flattened as (row,
+  column, channel), as the conv kernel (width, 3, patch, patch) it applies."""
+  del context
+  patch = round((value.shape[-1] / 3) ** 0.5)
+  if value.ndim != 2 or 3 * patch * patch != value.shape[1]:
+    raise ValueError(f"expected (width, patch * patch * 3), got {value.shape}")
+  return value.reshape(value.shape[0], patch, patch, 3).transpose(0, 3, 1, 2)
+
+
+# HF Siglip2Model (NaFlex) at its native grid: its patch embedding is a Linear over flattened
+# patches, and its positions, resized per image, are the identity at that grid. Else SiglipModel.
+_PATCH_LINEAR = renaming.Change(
+    "patch_linear", _patch_linear,
+    lambda v, c: v.transpose(0, 2, 3, 1).reshape(v.shape[0], -1))
+SIGLIP2_RULES = (("vision_model.embeddings.patch_embedding.weight",
+                  _TRUNK + "patch_embed.proj.weight", _PATCH_LINEAR),) + SIGLIP_RULES
+CLIP_MODEL, SIGLIP_MODEL, SIGLIP2_MODEL = "CLIPModel", "SiglipModel", "Siglip2Model"
+_TABLES = {CLIP_MODEL: renaming.RuleTable(RULES), SIGLIP_MODEL: renaming.RuleTable(SIGLIP_RULES),
+           SIGLIP2_MODEL: renaming.RuleTable(SIGLIP2_RULES)}
 
 HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"
 
@@ -111,9 +133,13 @@ def is_hf_state_dict(state_dict: Mapping[str, object]) -> bool:
   return any(k.startswith(("text_model.", "vision_model.")) for k in state_dict)
 
 
-def is_hf_siglip(state_dict: Mapping[str, object]) -> bool:
-  """SiglipModel rather than CLIPModel: it has a logit bias and a MAP head (`head.probe`)."""
-  return "logit_bias" in state_dict or "vision_model.head.probe" in state_dict
+def hf_model_class(state_dict: Mapping[str, object]) -> str:
+  """SiglipModel (a logit bias, a MAP head `head.probe`), Siglip2Model (the same, with a Linear
+  patch embedding) or CLIPModel."""
+  if "logit_bias" not in state_dict and "vision_model.head.probe" not in state_dict:
+    return CLIP_MODEL
+  patch = state_dict.get("vision_model.embeddings.patch_embedding.weight")
+  return SIGLIP2_MODEL if np.ndim(patch) == 2 else SIGLIP_MODEL
 
 
 def hf_to_openclip(state_dict: Mapping[str, np.ndarray], source: str = "HF checkpoint"
@@ -121,18 +147,17 @@ def hf_to_openclip(state_dict: Mapping[str, np.ndarray], source: str = "HF check
   """Renames an HF CLIPModel or SiglipModel state dict into OpenCLIP keys; unknown keys pass
   through unchanged so that the shape/key check reports them."""
   state_dict = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}
-  out, unmatched, _ = _TABLES[is_hf_siglip(state_dict)].convert(state_dict, True, source)
+  out, unmatched, _ = _TABLES[hf_model_class(state_dict)].convert(state_dict, True, source)
   return {**out, **{k: state_dict[k] for k in unmatched}}
 
 
 def openclip_to_hf(state_dict: Mapping[str, np.ndarray], source: str = "params",
-                   siglip: bool = False) -> dict[str, np.ndarray]:
-  """The same rules backwards (SiglipModel's with `siglip`); an OpenCLIP key without an HF
-  counterpart (LayerScale, a text projection bias in a CLIPModel, ...) is an error listing
+                   model: str = CLIP_MODEL) -> dict[str, np.ndarray]:
+  """The same rules backwards, into the keys of HF class `model`; an OpenCLIP key without an
+  HF counterpart (LayerScale, a text projection bias in a CLIPModel, ...) is an error listing
   every such key."""
-  out, unmatched, _ = _TABLES[siglip].convert(state_dict, False, source)
+  out, unmatched, _ = _TABLES[model].convert(state_dict, False, source)
   if unmatched:
-    model = "SiglipModel" if siglip else "CLIPModel"
     raise ValueError(f"{source}: {len(unmatched)} key(s) have no HF {model} counterpart: "
                      f"{sorted(unmatched)}")
   return out
@@ -190,18 +215,21 @@ _TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
 
 
 def infer_siglip_config(hf: Mapping, source: str) -> CLIPConfig:
-  """The hpjax config of an HF `SiglipModel` config.json: the text tower as HF computes it; the
-  image tower the timm SigLIP tower of the same sizes (`TIMM_SIGLIP_MODELS`), whose GELU is
-  timm's (as in OpenCLIP: exact for SigLIP's B/16, L/16-256/384 and So400m/14, where HF and
-  big_vision compute the tanh form). Named after the shipped config it equals, if any;
-  `hf_tokenizer_name` is the folder `source` (its spiece.model / tokenizer.model)."""
-  if hf.get("model_type") != "siglip":
+  """The hpjax config of an HF `SiglipModel` config.json (or `Siglip2Model`'s, at the resolution
+  of its position grid): the text tower as HF computes it; the image tower the timm SigLIP
+  tower of the same sizes (`TIMM_SIGLIP_MODELS`), whose GELU is timm's (as in OpenCLIP: exact
+  for SigLIP's B/16, L/16-256/384 and So400m/14, where HF and big_vision compute the tanh
+  form). Named after the shipped config it equals, if any; `hf_tokenizer_name` is the folder
+  `source` (its spiece.model / tokenizer.model)."""
+  if hf.get("model_type") not in ("siglip", "siglip2"):
     raise ValueError(f"{source}: config.json has model_type {hf.get('model_type')!r}; hpjax "
-                     "infers the architecture of SiglipModel ('siglip') folders only (for a "
-                     "CLIPModel, name the matching hpjax config)")
+                     "infers the architecture of SiglipModel / Siglip2Model ('siglip', "
+                     "'siglip2') folders only (for a CLIPModel, name the matching hpjax config)")
   text, vision = hf["text_config"], hf["vision_config"]
+  # Siglip2Model (NaFlex) holds a square grid of num_patches positions: its native resolution.
+  image_size = vision.get("image_size") or vision["patch_size"] * round(vision["num_patches"] ** .5)
   sizes = (vision["hidden_size"], vision["num_hidden_layers"], vision["num_attention_heads"],
-           vision["patch_size"], vision["image_size"], vision["intermediate_size"])
+           vision["patch_size"], image_size, vision["intermediate_size"])
   towers = sorted((t.gelu_tanh != (vision.get("hidden_act") in _TANH_GELUS), name)
                   for name, t in config_lib.TIMM_SIGLIP_MODELS.items()
                   if (t.width, t.layers, t.heads, t.patch_size, t.image_size, t.mlp_dim) == sizes)
@@ -223,7 +251,7 @@ def infer_siglip_config(hf: Mapping, source: str) -> CLIPConfig:
   config = CLIPConfig.from_dict({
       "embed_dim": text.get("projection_size", hidden), "init_logit_bias": -10,
       "custom_text": True, "text_cfg": text_cfg,
-      "vision_cfg": {"image_size": vision["image_size"], "timm_model_name": timm_name,
+      "vision_cfg": {"image_size": image_size, "timm_model_name": timm_name,
                      "timm_pool": "map", "timm_proj": "none"}}, name="hf-siglip-inferred")
   bare = lambda c: dataclasses.replace(c, name="", text=dataclasses.replace(
       c.text, hf_tokenizer_name=None))
@@ -319,7 +347,8 @@ def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, f
            "preprocessor_config.json": json.dumps(
                image_processor_config(config.vision.image_size, siglip), indent=2) + "\n",
            **({} if siglip else tokenizer_files(config.text.context_length))}
-  weights = openclip_to_hf(openclip_state, f"model {config.name!r}", siglip)
+  weights = openclip_to_hf(openclip_state, f"model {config.name!r}",
+                           SIGLIP_MODEL if siglip else CLIP_MODEL)
   tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   tmp.mkdir(parents=True)
   try:
