@@ -325,7 +325,12 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
                 f"{SENTENCEPIECE_FILES}")
       raise ValueError(f"{config.name}: text_cfg names the HF tokenizer {hf_name!r}; pass "
                        f"tokenizer_dir=, {needed} (hpjax downloads nothing)")
-    return tokenizer_class(tokenizer_dir, context_length)
+    tokenizer = tokenizer_class(tokenizer_dir, context_length)
+    if tokenizer_class is SentencePieceTokenizer and tokenizer.vocab_size > text.vocab_size:
+      raise ValueError(f"{config.name}: the SentencePiece model {tokenizer.model_file} has "
+                       f"{tokenizer.vocab_size} pieces, more than text_cfg.vocab_size "
+                       f"{text.vocab_size}: it is not this model's tokenizer")
+    return tokenizer
   if tokenizer_dir is not None:
     raise ValueError(f"tokenizer_dir={tokenizer_dir} is given, but the config names no HF "
                      "tokenizer (hf_tokenizer_name): it uses the CLIP BPE tokenizer")

@@ -100,33 +100,32 @@ def test_gemma_ids_equal_transformers_gemma_tokenizer(models):
   np.testing.assert_array_equal(tokenizer_lib.SentencePieceTokenizer(models["gemma"])(TEXTS), ids)
 
 
-def _siglip_like_config(tmp_path, **text_cfg):
-  """A CLIP JSON config whose OpenCLIP text tower names an HF tokenizer, as SigLIP's do."""
-  config = json.loads((config_lib.CONFIG_DIR / "hpjax-tiny.json").read_text())
-  config["text_cfg"].update(context_length=16, hf_tokenizer_name="timm/ViT-B-16-SigLIP",
-                            **text_cfg)
-  path = tmp_path / "siglip-like.json"
-  path.write_text(json.dumps(config))
-  return str(path)
-
-
 def test_get_tokenizer_reads_a_local_sentencepiece_model(models, tmp_path):
-  path = _siglip_like_config(tmp_path, tokenizer_kwargs={"clean": "canonicalize"})
-  tokenizer = tokenizer_lib.get_tokenizer(path, tokenizer_dir=models["t5"].parent)
-  assert isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer)
-  np.testing.assert_array_equal(
-      tokenizer(TEXTS), tokenizer_lib.SentencePieceTokenizer(models["t5"], 16)(TEXTS))
-  with pytest.raises(ValueError, match="siglip-like: text_cfg names the HF tokenizer "
+  """OpenCLIP's SigLIP configs name `timm/ViT-B-16-SigLIP(2)` with clean='canonicalize'."""
+  for name, vocab in (("ViT-B-16-SigLIP", "t5"), ("ViT-B-16-SigLIP2", "gemma")):
+    tokenizer = tokenizer_lib.get_tokenizer(name, tokenizer_dir=models[vocab].parent)
+    assert isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer)
+    assert tokenizer.context_length == 64
+    np.testing.assert_array_equal(
+        tokenizer(TEXTS), tokenizer_lib.SentencePieceTokenizer(models[vocab], 64)(TEXTS))
+  with pytest.raises(ValueError, match="ViT-B-16-SigLIP: text_cfg names the HF tokenizer "
                                        "'timm/ViT-B-16-SigLIP'; pass tokenizer_dir=, its "
                                        "SentencePiece model file .*spiece.model"):
-    tokenizer_lib.get_tokenizer(path)
+    tokenizer_lib.get_tokenizer("ViT-B-16-SigLIP")
   with pytest.raises(FileNotFoundError, match=f"tokenizer folder {tmp_path} must hold one "
                                               "SentencePiece model of .*found \\[\\]"):
-    tokenizer_lib.get_tokenizer(path, tokenizer_dir=tmp_path)
+    tokenizer_lib.get_tokenizer("ViT-B-16-SigLIP", tokenizer_dir=tmp_path)
   with pytest.raises(FileNotFoundError, match="SentencePiece model .*nope.model does not exist"):
-    tokenizer_lib.get_tokenizer(path, tokenizer_dir=tmp_path / "nope.model")
-  lower = _siglip_like_config(tmp_path, tokenizer_kwargs={"clean": "lower"})
+    tokenizer_lib.get_tokenizer("ViT-B-16-SigLIP", tokenizer_dir=tmp_path / "nope.model")
+  config = json.loads((config_lib.CONFIG_DIR / "ViT-B-16-SigLIP.json").read_text())
+  config["text_cfg"]["tokenizer_kwargs"] = {"clean": "lower"}
+  (tmp_path / "lower.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="asks for tokenizer_kwargs {'clean': 'lower'}; hpjax's "
                                        "SentencePieceTokenizer takes none but clean="
                                        "'canonicalize'"):
-    tokenizer_lib.get_tokenizer(lower, tokenizer_dir=models["t5"])
+    tokenizer_lib.get_tokenizer(str(tmp_path / "lower.json"), tokenizer_dir=models["t5"])
+  config["text_cfg"].update(tokenizer_kwargs={"clean": "canonicalize"}, vocab_size=299)
+  (tmp_path / "small.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="small: the SentencePiece model .*spiece.model has 300 "
+                                       "pieces, more than text_cfg.vocab_size 299"):
+    tokenizer_lib.get_tokenizer(str(tmp_path / "small.json"), tokenizer_dir=models["t5"])
