@@ -14,8 +14,10 @@ import pytest
 import safetensors.numpy
 import torch
 import transformers
+from PIL import Image
 
 import hpjax
+from hpjax import preprocess
 from hpjax.checkpoints import big_vision, hf, mapping
 from hpjax.models.clip import CLIP
 from openclip_reference import perturb_all, random_images
@@ -107,8 +109,15 @@ def test_export_hf_loads_strictly_in_transformers_and_round_trips(pair, tmp_path
   for key, value in want.items():  # HF -> hpjax -> HF, bit for bit.
     np.testing.assert_array_equal(got[key], value, err_msg=key)
     assert got[key].dtype == value.dtype, key
-  processor = transformers.SiglipImageProcessor.from_pretrained(str(out), local_files_only=True)
-  assert processor.size == {"height": 64, "width": 64}
+  # The image processor's PIL backend is hpjax's SigLIP transform (the torchvision one resizes
+  # differently).
+  processor = transformers.SiglipImageProcessorPil.from_pretrained(str(out), local_files_only=True)
+  transform = preprocess.model_transform(hpjax.get_model_config(name))
+  rng = np.random.default_rng(0)
+  for shape in [(100, 61), (64, 64), (37, 90)]:
+    image = Image.fromarray(rng.integers(0, 255, shape + (3,), dtype=np.uint8))
+    theirs = processor(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    np.testing.assert_allclose(theirs, transform(image), rtol=0, atol=1e-6)
 
 
 def test_hf_siglip2_naflex_folder_at_its_grid_computes_transformers_features(tmp_path):

@@ -304,12 +304,13 @@ def hf_config(config: CLIPConfig) -> dict:
 def image_processor_config(image_size: int, siglip: bool = False) -> dict:
   """`CLIPImageProcessor` settings of hpjax's (= OpenCLIP's) eval transform: bicubic resize of
   the shorter side, centre crop, OpenAI mean and std. SigLIP: `SiglipImageProcessor`'s bicubic
-  square resize and mean = std = 0.5 (OpenCLIP's SigLIP transform)."""
+  square resize with mean = std = 0.5 (`preprocess.model_transform`'s SigLIP transform)."""
   if siglip:
     return {"image_processor_type": "SiglipImageProcessor", "do_convert_rgb": True,
             "do_resize": True, "size": {"height": image_size, "width": image_size},
             "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+            "image_mean": list(preprocess.INCEPTION_MEAN),
+            "image_std": list(preprocess.INCEPTION_STD)}
   return {"image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True,
           "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
           "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
