@@ -67,10 +67,11 @@ def export_openclip(params, name: str | CLIPConfig, path, extra=None):
   return checkpoints.export_openclip(params, config, path, extra)
 
 
-def export_hf(params, name: str | CLIPConfig, folder):
+def export_hf(params, name: str | CLIPConfig, folder, tokenizer=None):
   """Writes `params` of model `name` (or of a config, e.g. an inferred `model.config`) as a
   folder that `transformers.CLIPModel.from_pretrained` and `CLIPTokenizer.from_pretrained` read
   (config.json, model.safetensors, vocab and merges); a SigLIP model as a folder
-  `transformers.SiglipModel.from_pretrained` reads (config.json, model.safetensors)."""
+  `transformers.SiglipModel.from_pretrained` reads (config.json, model.safetensors, and with
+  `tokenizer`, its SentencePiece model or a folder holding it, what `AutoTokenizer` reads)."""
   config = name if isinstance(name, CLIPConfig) else get_model_config(name)
-  return checkpoints.export_hf(params, config, folder)
+  return checkpoints.export_hf(params, config, folder, tokenizer)

@@ -1,21 +1,15 @@
-"""SigLIP's SentencePiece and SigLIP 2's Gemma tokenizers against transformers and open_clip.
-
-The SentencePiece models are trained here (seconds) with the layouts of the real ones: c4_en's
-(unigram, NFKC, a dummy prefix; pad 0, EOS 1, unk 2, no BOS) and Gemma's (BPE with byte
-fallback, no normalisation, no dummy prefix; pad 0, EOS 1, BOS 2, unk 3).
-"""
+"""SigLIP's SentencePiece and SigLIP 2's Gemma tokenizers against transformers and open_clip,
+on SentencePiece models trained here with the layouts of the real ones (helpers.py)."""
 import json
-import random
-import shutil
 
 import numpy as np
 import open_clip
 import pytest
-import sentencepiece
 import transformers
 
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.models import config as config_lib
+from helpers import SENTENCEPIECE_LAYOUTS, train_sentencepiece
 
 TEXTS = ["A photo of a CAT.", "two  dogs,   left of\tthe red-car!", "foo_bar (baz) [qux]", "",
          "x&amp;y caf\u00e9 na\u00efve \u00c9T\u00c9", "Mixed CASE words: Zyx ABC?", "q " * 70,
@@ -24,28 +18,9 @@ TEXTS = ["A photo of a CAT.", "two  dogs,   left of\tthe red-car!", "foo_bar (ba
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-  """{'t5': c4_en-like spiece.model, 'gemma': Gemma-like tokenizer.model} in their folders."""
+  """{'t5': c4_en-like spiece.model, 'gemma': Gemma-like tokenizer.model}, each in a folder."""
   root = tmp_path_factory.mktemp("spm")
-  rng = random.Random(0)
-  words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123") for _ in range(rng.randint(1, 7)))
-           for _ in range(300)]
-  lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
-  common = dict(pad_id=0, eos_id=1, pad_piece="<pad>", minloglevel=2)
-  layouts = {
-      "t5": dict(model_type="unigram", vocab_size=300, unk_id=2, bos_id=-1, eos_piece="</s>",
-                 **common),
-      "gemma": dict(model_type="bpe", vocab_size=600, byte_fallback=True, bos_id=2, unk_id=3,
-                    eos_piece="<eos>", bos_piece="<bos>", add_dummy_prefix=False,
-                    normalization_rule_name="identity", **common)}
-  out = {}
-  for name, layout in layouts.items():
-    folder = root / name
-    folder.mkdir()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines),
-                                             model_prefix=str(root / name), **layout)
-    out[name] = folder / ("spiece.model" if name == "t5" else "tokenizer.model")
-    shutil.move(root / f"{name}.model", out[name])
-  return out
+  return {name: train_sentencepiece(root / name, name) for name in SENTENCEPIECE_LAYOUTS}
 
 
 def _openclip_folder(models, name, tmp_path):

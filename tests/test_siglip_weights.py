@@ -20,11 +20,14 @@ import hpjax
 from hpjax import preprocess
 from hpjax.checkpoints import big_vision, hf, mapping
 from hpjax.models.clip import CLIP
+from hpjax import tokenizer as tokenizer_lib
+from helpers import assert_same_tree, train_sentencepiece
 from openclip_reference import perturb_all, random_images
 
 # hpjax-tiny-siglip computes exact GELU in both towers, hpjax-tiny-siglip2 the tanh form (HF's
 # and big_vision's): each is the SiglipConfig of the same sizes with that activation.
 ACTIVATIONS = {"hpjax-tiny-siglip": "gelu", "hpjax-tiny-siglip2": "gelu_pytorch_tanh"}
+VOCABULARIES = {"hpjax-tiny-siglip": "t5", "hpjax-tiny-siglip2": "gemma"}  # helpers' layouts
 
 
 def _hf_siglip(name: str, naflex: bool = False) -> transformers.SiglipModel:
@@ -96,7 +99,8 @@ def test_hf_folder_infers_the_config_and_computes_transformers_features(pair):
 
 def test_export_hf_loads_strictly_in_transformers_and_round_trips(pair, tmp_path):
   name, hf_model, folder, apply, params = pair
-  out = hpjax.export_hf(params, name, tmp_path / "export")
+  spm = train_sentencepiece(tmp_path / "spm", VOCABULARIES[name])
+  out = hpjax.export_hf(params, name, tmp_path / "export", tokenizer=spm)
   loaded, info = transformers.SiglipModel.from_pretrained(str(out), output_loading_info=True,
                                                           local_files_only=True)
   assert not any(info.values()), info  # No key missing, unexpected, mis-shaped or unused.
@@ -109,6 +113,13 @@ def test_export_hf_loads_strictly_in_transformers_and_round_trips(pair, tmp_path
   for key, value in want.items():  # HF -> hpjax -> HF, bit for bit.
     np.testing.assert_array_equal(got[key], value, err_msg=key)
     assert got[key].dtype == value.dtype, key
+  # The tokenizer: AutoTokenizer's ids are hpjax's (on canonical text, which HF does not clean).
+  ours = tokenizer_lib.SentencePieceTokenizer(out, 16)
+  texts = [tokenizer_lib.canonicalize(t) for t in ["A photo of a CAT.", "", "two dogs " * 9]]
+  theirs = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)(
+      texts, padding="max_length", max_length=16, truncation=True).input_ids
+  np.testing.assert_array_equal(ours(texts), theirs)
+  assert (ours(texts)[1, 1:] == ours.pad_token_id).all()
   # The image processor's PIL backend is hpjax's SigLIP transform (the torchvision one resizes
   # differently).
   processor = transformers.SiglipImageProcessorPil.from_pretrained(str(out), local_files_only=True)
@@ -214,15 +225,6 @@ def _npz(path, arrays):
   return path
 
 
-def _assert_same_params(got, want):
-  flat = lambda tree: {"/".join(p.key for p in path): np.asarray(leaf) for path, leaf
-                       in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  got, want = flat(got), flat(want)
-  assert sorted(got) == sorted(want)
-  for key in want:
-    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-
-
 def test_big_vision_npz_forms_load_to_the_hf_params_and_export_bit_identically(pair, tmp_path):
   name, hf_model, _, apply, params = pair
   config = hpjax.get_model_config(name)
@@ -231,7 +233,7 @@ def test_big_vision_npz_forms_load_to_the_hf_params_and_export_bit_identically(p
            "stacked": {f"params/{k}": v for k, v in _stacked(arrays).items()}}
   for form, form_arrays in forms.items():
     _, loaded = hpjax.create_model(name, pretrained=_npz(tmp_path / f"{form}.npz", form_arrays))
-    _assert_same_params(loaded, params)
+    assert_same_tree(loaded, params)
   # The older text tower: a second positional embedding inside the encoder, added to the first.
   extra = np.random.default_rng(0).standard_normal((1, 16, 64)).astype(np.float32)
   double = dict(arrays, **{"txt/pos_embedding": arrays["txt/pos_embedding"] - extra,

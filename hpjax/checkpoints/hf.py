@@ -333,21 +333,51 @@ def tokenizer_files(context_length: int) -> dict[str, str]:
           "special_tokens_map.json": json.dumps(special, indent=2) + "\n"}
 
 
-def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, folder
-                 ) -> epath.Path:
+def sentencepiece_tokenizer_files(tokenizer: tokenizer_lib.SentencePieceTokenizer
+                                  ) -> dict[str, str | bytes]:
+  """The SentencePiece model and the transformers tokenizer config giving `tokenizer`'s ids:
+  SiglipTokenizer for SigLIP's T5 vocabularies (pad = EOS), GemmaTokenizer for SigLIP 2's
+  (no BOS, EOS appended, `<pad>` on the right)."""
+  piece = tokenizer.processor.id_to_piece
+  special = {"eos_token": piece(tokenizer.eot_token_id), "pad_token": piece(tokenizer.pad_token_id),
+             "unk_token": piece(tokenizer.processor.unk_id())}
+  common = {"model_max_length": tokenizer.context_length, **special}
+  if tokenizer.processor.bos_id() < 0:
+    name, config = "spiece.model", {"tokenizer_class": "SiglipTokenizer", "do_lower_case": True}
+  else:
+    name, config = "tokenizer.model", {
+        "tokenizer_class": "GemmaTokenizer", "bos_token": piece(tokenizer.processor.bos_id()),
+        "add_bos_token": False, "add_eos_token": True, "padding_side": "right"}
+  return {name: tokenizer.model_file.read_bytes(),
+          "tokenizer_config.json": json.dumps({**config, **common}, indent=2) + "\n",
+          "special_tokens_map.json": json.dumps(special, indent=2) + "\n"}
+
+
+def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, folder,
+                 tokenizer=None) -> epath.Path:
   """Writes an HF CLIPModel folder (config.json, model.safetensors, tokenizer and image processor
-  files), or for SigLIP a SiglipModel folder (no tokenizer: its SentencePiece model is not
-  hpjax's to ship), from an OpenCLIP-keyed fp32 state dict (`text.` prefixes stripped). The
-  folder must not exist; it appears complete or not at all (written under a temporary name,
-  then renamed)."""
+  files), or for SigLIP a SiglipModel folder, with the tokenizer files of `tokenizer` (its
+  SentencePiece model or a folder holding it) if given, from an OpenCLIP-keyed fp32 state dict
+  (`text.` prefixes stripped). The folder must not exist; it appears complete or not at all
+  (written under a temporary name, then renamed)."""
   folder = epath.Path(folder)
   if folder.exists():
     raise FileExistsError(f"{folder} exists; remove it or choose another folder")
   siglip = is_siglip(config)
+  if not siglip:
+    if tokenizer is not None:
+      raise ValueError(f"model {config.name!r}: tokenizer= is for SigLIP models (their "
+                       "SentencePiece model); CLIP folders get hpjax's BPE vocabulary")
+    tokenizer_names = tokenizer_files(config.text.context_length)
+  elif tokenizer is not None:
+    tokenizer_names = sentencepiece_tokenizer_files(
+        tokenizer_lib.SentencePieceTokenizer(tokenizer, config.text.context_length))
+  else:
+    tokenizer_names = {}
   files = {"config.json": json.dumps(hf_config(config), indent=2) + "\n",
            "preprocessor_config.json": json.dumps(
                image_processor_config(config.vision.image_size, siglip), indent=2) + "\n",
-           **({} if siglip else tokenizer_files(config.text.context_length))}
+           **tokenizer_names}
   weights = openclip_to_hf(openclip_state, f"model {config.name!r}",
                            SIGLIP_MODEL if siglip else CLIP_MODEL)
   tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -356,8 +386,11 @@ def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, f
     (tmp / "model.safetensors").write_bytes(safetensors.numpy.save(
         {k: np.asarray(v, np.float32) for k, v in sorted(weights.items())},
         metadata={"format": "pt"}))
-    for name, text in files.items():
-      (tmp / name).write_text(text)
+    for name, content in files.items():
+      if isinstance(content, bytes):
+        (tmp / name).write_bytes(content)
+      else:
+        (tmp / name).write_text(content)
     tmp.rename(folder)
   except BaseException:
     tmp.rmtree(missing_ok=True)

@@ -93,8 +93,9 @@ def export_openclip(params, config: CLIPConfig, path, extra=None) -> epath.Path:
   return files.write_state_dict(mapping.params_to_openclip(params, config, extra=extra), path)
 
 
-def export_hf(params, config: CLIPConfig, folder) -> epath.Path:
+def export_hf(params, config: CLIPConfig, folder, tokenizer=None) -> epath.Path:
   """Writes `params` as a Hugging Face `CLIPModel` folder (config, weights, tokenizer) or, for
-  SigLIP, a `SiglipModel` folder (config, weights), fp32."""
+  SigLIP, a `SiglipModel` folder (config, weights, and the tokenizer files of `tokenizer`, the
+  SentencePiece model or a folder holding it, if given), fp32."""
   state = files.normalize_keys(mapping.params_to_openclip(params, config))
-  return hf.write_folder(state, config, folder)
+  return hf.write_folder(state, config, folder, tokenizer)
