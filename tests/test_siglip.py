@@ -234,3 +234,15 @@ def test_scores_on_fixture_suites_match_open_clip_features(tmp_path):
     rows, start = slice(start, start + len(suite.records)), start + len(suite.records)
     roles = suite.records[0].roles
     assert hard_positive_figures(got[rows], roles) == hard_positive_figures(want[rows], roles), name
+
+
+def test_runner_decodes_siglip_and_clip_models_of_one_size_in_separate_passes():
+  """Both tiny models take 64 px images, through different transforms."""
+  from configs import eval_hp  # pylint: disable=g-import-not-at-top
+  from hpjax.evaluate import runner  # pylint: disable=g-import-not-at-top
+  models = "hpjax-tiny=random+hpjax-tiny-siglip=random+hpjax-tiny=random"
+  passes = runner.decode_passes(runner.model_specs(eval_hp.get_config(f"models={models}")), 8)
+  assert [[s.label for s in group] for group in passes] == [
+      ["hpjax-tiny:random-init", "hpjax-tiny:random-init#2"], ["hpjax-tiny-siglip:random-init"]]
+  assert [group[0].preprocess_key for group in passes] == [
+      ("eval", 64), ("eval", 64, "squash", (0.5,) * 3, (0.5,) * 3)]
