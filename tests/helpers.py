@@ -167,13 +167,15 @@ def run_main_on_processes(config_arg: str, workdir, num_processes: int = 2,
   return logs
 
 
-def per_record_scores(records, image_root, image_size: int, encode_image, encode_text) -> np.ndarray:
+def per_record_scores(records, image_root, image_size: int, encode_image, encode_text,
+                      transform=None, tokenizer=None) -> np.ndarray:
   """(num_records, max_captions) cosines, one record at a time as the straightforward loop
   would, without the scorer or hpjax's preprocessing: PIL crop, open_clip's eval transform and
-  tokenizer (77 tokens). `encode_image` (1, 3, H, W) torch tensor -> (1, D) and `encode_text`
-  (N, 77) int64 torch tensor -> (N, D) return normalised features as numpy arrays."""
-  transform = open_clip.image_transform(image_size, is_train=False)
-  tokenizer = open_clip.get_tokenizer("ViT-B-32")
+  tokenizer (77 tokens) unless others are given. `encode_image` (1, 3, H, W) torch tensor ->
+  (1, D) and `encode_text` (N, L) int64 torch tensor -> (N, D) return normalised features as
+  numpy arrays."""
+  transform = transform or open_clip.image_transform(image_size, is_train=False)
+  tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-32")
   out = np.full((len(records), max(len(r.captions) for r in records)), np.nan, np.float32)
   for i, r in enumerate(records):
     with Image.open(os.path.join(image_root or "", r.image)) as image:

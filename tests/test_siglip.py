@@ -1,4 +1,5 @@
-"""SigLIP towers vs open_clip's SigLIP models (timm trunk): features, keys, round trips, configs.
+"""SigLIP towers vs open_clip's SigLIP models (timm trunk): features, keys, round trips, configs,
+preprocessing, and scores on fixture suites.
 
 The tiny towers are built on both sides from the shipped `hpjax-tiny-siglip*.json` configs; timm
 learns their trunks from `openclip_reference.register_tiny_siglip`. Every tensor is perturbed,
@@ -8,6 +9,7 @@ so a swapped or dropped key shows.
 import dataclasses
 import functools
 import json
+import zlib
 
 import jax
 import numpy as np
@@ -15,11 +17,15 @@ import open_clip
 import pytest
 import timm
 import torch
+from PIL import Image
 
+import hpjax
 from hpjax import checkpoints
+from hpjax import preprocess
 from hpjax.models import CLIP, CLIPConfig, get_model_config
 from hpjax.models import config as config_lib
-from helpers import traced_operations
+from helpers import (hard_positive_figures, per_record_scores, torch_encoders,
+                     traced_operations, write_fixture_suites)
 from openclip_reference import (TINY_SIGLIP, perturb_all, random_images, register_tiny_siglip,
                                 state_dict_numpy)
 
@@ -50,10 +56,17 @@ def siglip_ids(rng, batch: int) -> np.ndarray:
   return ids
 
 
-def encode(config, params, x, method):
+def features(config, params, images, ids):
+  """(image, text) features, unnormalised, NCHW images; one jitted program (compiles dominate)."""
+  model = CLIP(config)
+
+  def both(variables, images, ids):
+    return (model.apply(variables, images, method="encode_image"),
+            model.apply(variables, ids, method="encode_text"))
+
   with jax.default_matmul_precision("highest"):
-    apply = jax.jit(functools.partial(CLIP(config).apply, method=method))
-    return np.asarray(apply({"params": params}, x))
+    out = jax.jit(both)({"params": params}, images.transpose(0, 2, 3, 1), ids)
+  return tuple(map(np.asarray, out))
 
 
 @pytest.mark.parametrize("name", TINY_SIGLIP)
@@ -64,8 +77,7 @@ def test_features_match_open_clip_siglip(name):
   with torch.no_grad():
     want_image = torch_model.encode_image(torch.from_numpy(images)).numpy()
     want_text = torch_model.encode_text(torch.from_numpy(ids).long()).numpy()
-  got_image = encode(config, params, images.transpose(0, 2, 3, 1), "encode_image")
-  got_text = encode(config, params, ids, "encode_text")
+  got_image, got_text = features(config, params, images, ids)
   np.testing.assert_allclose(got_image, want_image, atol=1e-4, rtol=0)
   np.testing.assert_allclose(got_text, want_text, atol=1e-4, rtol=0)
   assert float(params["logit_bias"]) == torch_model.logit_bias.item()
@@ -81,14 +93,13 @@ def test_features_match_open_clip_siglip(name):
 def test_text_tower_sees_every_position_and_takes_the_full_context():
   config, params, _ = tiny(TINY_SIGLIP[0])
   ids = siglip_ids(np.random.default_rng(2), 2)
-  changed = ids.copy()
-  changed[0, -1] = 7  # A trailing pad: bidirectional attention and last-position pooling see it.
-  full, edited = encode(config, params, ids, "encode_text"), encode(config, params, changed,
-                                                                    "encode_text")
-  assert np.abs(full[0] - edited[0]).max() > 1e-3
-  np.testing.assert_array_equal(full[1], edited[1])
+  ids = np.concatenate([ids, ids[:1]])
+  ids[2, -1] = 7  # A trailing pad changed: bidirectional attention and last-position pooling.
+  images = random_images(np.random.default_rng(2), 1, 64)
+  _, text = features(config, params, images, ids)
+  assert np.abs(text[0] - text[2]).max() > 1e-3
   with pytest.raises(ValueError, match="takes 16 ids per text, unpacked; got rows of 8"):
-    encode(config, params, ids[:, :8], "encode_text")
+    features(config, params, images, ids[:, :8])
   assert not config.text.causal_eot_pooled
 
 
@@ -146,3 +157,92 @@ def test_timm_name_table_is_what_timm_builds():
     want = "GELUTanh" if arch.gelu_tanh else "GELU"
     assert {type(block.mlp.act).__name__, type(trunk.attn_pool.mlp.act).__name__} == {want}, name
     assert trunk.cls_token is None and trunk.attn_pool.latent_len == 1, name
+
+
+def test_openclip_file_round_trip_is_bit_identical(tmp_path):
+  name = TINY_SIGLIP[1]
+  torch_model = torch_siglip(name)
+  state = state_dict_numpy(torch_model)
+  source = checkpoints.write_state_dict(state, tmp_path / "open_clip.safetensors")
+  _, params, transform = hpjax.create_model_and_transforms(name, pretrained=str(source))
+  assert transform == preprocess.model_transform(get_model_config(name))
+  exported = hpjax.export_openclip(params, name, tmp_path / "exported.safetensors")
+  reloaded = open_clip.create_model(name, pretrained=str(exported)).state_dict()  # strict
+  assert list(reloaded) == list(torch_model.state_dict())
+  for key, value in torch_model.state_dict().items():
+    assert torch.equal(reloaded[key], value), key
+  # A file without the MAP probe, or with the probe's fused kv split, is refused by key.
+  del state["visual.trunk.attn_pool.latent"]
+  state["visual.trunk.attn_pool.k.weight"] = state.pop("visual.trunk.attn_pool.kv.weight")
+  broken = checkpoints.write_state_dict(state, tmp_path / "broken.safetensors")
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r"2 missing, 1 unexpected[\s\S]*missing: visual.trunk.attn_pool.kv."
+                           r"weight\n  missing: visual.trunk.attn_pool.latent"):
+    checkpoints.load_params(broken, get_model_config(name))
+
+
+def openclip_siglip_transform(size: int):
+  """open_clip's eval transform for its SigLIP weights (the `webli` pretrained cfg)."""
+  cfg = open_clip.get_pretrained_cfg("ViT-B-16-SigLIP", "webli")
+  return open_clip.image_transform(size, is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                   resize_mode=cfg["resize_mode"],
+                                   interpolation=cfg["interpolation"])
+
+
+def test_eval_transform_is_open_clips_siglip_transform():
+  rng = np.random.default_rng(0)
+  rgb = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+  images = [rgb(97, 203), rgb(300, 31), rgb(224, 224), rgb(10, 7), rgb(101, 150).quantize(64),
+            Image.fromarray(rng.integers(0, 256, (150, 101, 4), dtype=np.uint8)),
+            rgb(101, 150).convert("L")]
+  ours = preprocess.model_transform(get_model_config("ViT-B-16-SigLIP"))
+  reference = openclip_siglip_transform(224)
+  for i, image in enumerate(images):
+    np.testing.assert_array_equal(ours(image), reference(image).permute(1, 2, 0).numpy(),
+                                  err_msg=f"image {i} ({image.mode} {image.size})")
+  # CLIP models keep OpenAI's transform (resize the shorter side, centre crop).
+  assert preprocess.model_transform(get_model_config("ViT-B-16")) == preprocess.eval_transform(224)
+
+
+def stand_in_ids(texts) -> np.ndarray:
+  """A stand-in for SigLIP's tokenizer (siglip-weights ships the real one): a word's id from its
+  CRC, then EOS and pads (= 1) up to the context, as the SentencePiece tokenizer lays ids out."""
+  ids = np.ones((len(texts), CONTEXT), np.int32)
+  for row, text in enumerate(texts):
+    words = [2 + zlib.crc32(w.encode()) % (VOCAB - 2) for w in text.lower().split()]
+    ids[row, :min(len(words), CONTEXT - 1)] = words[:CONTEXT - 1]
+  return ids
+
+
+def test_scores_on_fixture_suites_match_open_clip_features(tmp_path):
+  from hpjax.evaluate import scorer as scorer_lib  # pylint: disable=g-import-not-at-top
+  config, params, torch_model = tiny(TINY_SIGLIP[0])
+  suites = write_fixture_suites(str(tmp_path), num=6)
+  images = str(tmp_path / "images")
+  scorer = scorer_lib.Scorer(CLIP(config), stand_in_ids, image_root=images, image_batch_size=8,
+                             text_batch_size=16, num_workers=2)  # default buckets: ignored
+  assert scorer.buckets == scorer_lib.exact_buckets(config) == (CONTEXT,)
+  records = [r for suite in suites.values() for r in suite.records]  # REPLACE, then SWAP
+  with jax.default_matmul_precision("highest"):
+    got = scorer.score(params, records).scores
+  want = per_record_scores(records, images, 64, *torch_encoders(torch_model),
+                           transform=openclip_siglip_transform(64),
+                           tokenizer=lambda t: torch.from_numpy(stand_in_ids(t)).long())
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  start = 0
+  for name, suite in suites.items():
+    rows, start = slice(start, start + len(suite.records)), start + len(suite.records)
+    roles = suite.records[0].roles
+    assert hard_positive_figures(got[rows], roles) == hard_positive_figures(want[rows], roles), name
+
+
+def test_runner_decodes_siglip_and_clip_models_of_one_size_in_separate_passes():
+  """Both tiny models take 64 px images, through different transforms."""
+  from configs import eval_hp  # pylint: disable=g-import-not-at-top
+  from hpjax.evaluate import runner  # pylint: disable=g-import-not-at-top
+  models = "hpjax-tiny=random+hpjax-tiny-siglip=random+hpjax-tiny=random"
+  passes = runner.decode_passes(runner.model_specs(eval_hp.get_config(f"models={models}")), 8)
+  assert [[s.label for s in group] for group in passes] == [
+      ["hpjax-tiny:random-init", "hpjax-tiny:random-init#2"], ["hpjax-tiny-siglip:random-init"]]
+  assert [group[0].preprocess_key for group in passes] == [
+      ("eval", 64), ("eval", 64, "squash", (0.5,) * 3, (0.5,) * 3)]

@@ -366,8 +366,8 @@ def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(
-        f"{where}: unsupported fields {unknown} (timm towers and other OpenCLIP variants are "
-        f"not ported); supported: {sorted(known)}")
+        f"{where}: unsupported fields {unknown} (OpenCLIP variants other than these, and timm "
+        f"towers other than SigLIP's, are not ported); supported: {sorted(known)}")
   return cls(**fields)
 
 
