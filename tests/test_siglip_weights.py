@@ -193,7 +193,8 @@ def big_vision_arrays(hf_model, heads: int = 2) -> dict[str, np.ndarray]:
                       heads, out)
   # The MAP head: torch's fused in_proj, then the same per-head layout.
   head, mha = "vision_model.head.", "img/MAPHead_0/MultiHeadDotProductAttention_0/"
-  for part, w, b in zip(("query", "key", "value"), np.split(sd[head + "attention.in_proj_weight"], 3),
+  for part, w, b in zip(("query", "key", "value"),
+                        np.split(sd[head + "attention.in_proj_weight"], 3),
                         np.split(sd[head + "attention.in_proj_bias"], 3)):
     out[f"{mha}{part}/kernel"], out[f"{mha}{part}/bias"] = _heads(w, heads), b.reshape(heads, -1)
   out[f"{mha}out/kernel"] = sd[head + "attention.out_proj.weight"].T.reshape(heads, -1, 64)
@@ -266,13 +267,19 @@ def test_bad_big_vision_files_are_refused_naming_the_key(tmp_path):
                            r"checkpoint \(64, 32\) vs model \(64, 64\)"):
     big_vision.to_params(wrong, config)
   missing = {k: v for k, v in arrays.items() if k != "img/MAPHead_0/probe"}
-  with pytest.raises(mapping.CheckpointMismatchError, match="missing: visual/trunk/attn_pool/latent"):
+  with pytest.raises(mapping.CheckpointMismatchError,
+                     match="missing: visual/trunk/attn_pool/latent"):
     big_vision.to_params(missing, config)
   bad_heads = dict(arrays, **{"img/MAPHead_0/MultiHeadDotProductAttention_0/out/kernel":
                               np.zeros((3, 5, 64), np.float32)})
   with pytest.raises(mapping.CheckpointMismatchError, match="visual/trunk/attn_pool/proj/kernel "
                                                             r"\(from img/MAPHead_0/"):
     big_vision.to_params(bad_heads, config)
+  odd = {"logit_bias": np.zeros(1, np.float32),
+         "vision_model.head.attention.in_proj_weight": np.zeros((97, 32), np.float32)}
+  with pytest.raises(ValueError, match=r"vision_model.head.attention.in_proj_weight \(shape "
+                                       r"\(97, 32\)\) does not split into the \['q', 'kv'\]"):
+    hf.hf_to_openclip(odd)
   pickled = tmp_path / "pickled.npz"
   np.savez(pickled, t=np.array([object()], dtype=object))
   with pytest.raises(ValueError, match="allow_pickle=False"):

@@ -20,7 +20,8 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored
   big_vision SigLIP checkpoint (checkpoints/big_vision.py); another file is an OpenCLIP state
   dict (.safetensors, .bin/.pt, OpenAI TorchScript) or an HF transformers CLIPModel /
   SiglipModel state dict (detected by its `text_model.`/`vision_model.` keys). A file with LoRA
-  adapters (TSVLC / DAC) needs `lora_rank` (and `lora_alpha`): the adapters are merged into the weights (checkpoints/lora.py).
+  adapters (TSVLC / DAC) needs `lora_rank` (and `lora_alpha`): the adapters are merged into the
+  weights (checkpoints/lora.py).
   Keys of parts hpjax does not build (CoCa's `text_decoder.*`) are not loaded: they are logged
   and, with return_ignored, returned as {key: array} (sorted key names for results.json; pass
   the dict to `export_openclip(..., extra=...)` to write a file OpenCLIP loads strictly).

@@ -63,6 +63,13 @@ def _pieces_of(template: str) -> str | None:
   return next((name for name in PIECES if f"{{{name}}}" in template), None)
 
 
+def _apply(change_fn, tensor, context, where: str) -> np.ndarray:
+  try:
+    return np.array(change_fn(np.asarray(tensor), context or {}), order="C")
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{where} (shape {np.shape(tensor)}) cannot be converted: {e}") from e
+
+
 class RuleTable:
   """Rules (a template, b template, Change), read in either direction; the first match wins."""
 
@@ -84,30 +91,24 @@ class RuleTable:
         continue
       groups, template, change = rule
       change_fn = change.to_b if to_b else change.to_a
-
-      def changed(tensor, key=key, change_fn=change_fn):
-        try:
-          return np.array(change_fn(np.asarray(tensor), context or {}), order="C")
-        except (ValueError, KeyError) as e:
-          raise ValueError(f"{source}: {key} (shape {np.shape(tensor)}) cannot be converted: "
-                           f"{e}") from e
-
+      where = f"{source}: {key}"
       held = next((name for name in PIECES if name in groups), None)
       if held:  # This side holds one piece of the other side's fused tensor.
         name = template.format(**groups)
-        pieces.setdefault((name, held), {})[groups[held]] = changed(value)
+        pieces.setdefault((name, held), {})[groups[held]] = _apply(change_fn, value, context, where)
         origin.setdefault(name, []).append(key)
       elif (name := _pieces_of(template)):  # The other side holds this tensor's pieces.
-        sizes = np.cumsum([size for _, size in PIECES[name]])
-        value = np.asarray(value)
+        value, sizes = np.asarray(value), np.cumsum([size for _, size in PIECES[name]])
+        if value.ndim == 0 or value.shape[self.fuse_axis] % sizes[-1]:
+          raise ValueError(f"{where} (shape {value.shape}) does not split into the "
+                           f"{[part for part, _ in PIECES[name]]} pieces of {template}")
         bounds = (value.shape[self.fuse_axis] * sizes[:-1]) // sizes[-1]
-        chunks = np.split(value, bounds, axis=self.fuse_axis)
-        for (part, _), chunk in zip(PIECES[name], chunks):
+        for (part, _), chunk in zip(PIECES[name], np.split(value, bounds, axis=self.fuse_axis)):
           new = template.format(**groups, **{name: part})
-          out[new], origin[new] = changed(chunk), [key]
+          out[new], origin[new] = _apply(change_fn, chunk, context, where), [key]
       else:
         new = template.format(**groups)
-        out[new], origin[new] = changed(value), [key]
+        out[new], origin[new] = _apply(change_fn, value, context, where), [key]
     for (name, held), parts in pieces.items():
       want = [part for part, _ in PIECES[held]]
       if sorted(parts) != sorted(want):
