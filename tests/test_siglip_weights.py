@@ -9,6 +9,7 @@ import functools
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -18,7 +19,7 @@ from PIL import Image
 
 import hpjax
 from hpjax import preprocess
-from hpjax.checkpoints import big_vision, hf, mapping
+from hpjax.checkpoints import big_vision, convert, hf, mapping
 from hpjax.models.clip import CLIP
 from hpjax import tokenizer as tokenizer_lib
 from helpers import assert_same_tree, train_sentencepiece
@@ -243,9 +244,14 @@ def test_big_vision_npz_forms_load_to_the_hf_params_and_export_bit_identically(p
   np.testing.assert_array_equal(loaded["positional_embedding"],
                                 (double["txt/pos_embedding"] + extra)[0])
   _assert_same_outputs(hf_model, apply, loaded)
-  # Export: hpjax params -> the very arrays big_vision stores, per block or stacked.
-  for form, stacked in (("params", False), ("stacked", True)):
-    saved = big_vision.save(params, config, tmp_path / f"export-{form}.npz", stacked=stacked)
+  # Export: hpjax params -> the very arrays big_vision stores, per block or stacked (the
+  # convert program's to_big_vision writes the first).
+  convert.run(ml_collections.ConfigDict(dict(
+      src=str(tmp_path / "flat.npz"), model=name, direction="to_big_vision",
+      dst=str(tmp_path / "export-params.npz"))), tmp_path)
+  big_vision.save(params, config, tmp_path / "export-stacked.npz", stacked=True)
+  for form in ("params", "stacked"):
+    saved = tmp_path / f"export-{form}.npz"
     with np.load(saved, allow_pickle=False) as npz:
       got = {k: npz[k] for k in npz.files}
     assert sorted(got) == sorted(forms[form])
