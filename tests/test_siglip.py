@@ -246,3 +246,15 @@ def test_runner_decodes_siglip_and_clip_models_of_one_size_in_separate_passes():
       ["hpjax-tiny:random-init", "hpjax-tiny:random-init#2"], ["hpjax-tiny-siglip:random-init"]]
   assert [group[0].preprocess_key for group in passes] == [
       ("eval", 64), ("eval", 64, "squash", (0.5,) * 3, (0.5,) * 3)]
+
+
+def test_scorer_refuses_ids_outside_the_vocabulary():
+  """CLIP BPE ids (up to 49407) fed to a 1000-id SigLIP tower would give NaN features."""
+  from hpjax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from hpjax.evaluate import scorer as scorer_lib  # pylint: disable=g-import-not-at-top
+  config = get_model_config(TINY_SIGLIP[0])
+  clip_ids = tokenizer_lib.get_tokenizer(context_length=CONTEXT)
+  scorer = scorer_lib.Scorer(CLIP(config), clip_ids, num_workers=1)
+  with pytest.raises(ValueError, match=r"hpjax-tiny-siglip: token ids span \[0, 49407\], outside "
+                                       r"its vocabulary of 1000"):
+    scorer.encode_tokens(None, clip_ids(["a red dog"]))

@@ -262,6 +262,13 @@ class Scorer:
 
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
     """Features of (N, 77) token rows, encoded by length bucket (normalised unless fp16)."""
+    text = self.model.config.text
+    vocab = text.vocab_size if text.hf is None else text.hf.vocab_size
+    if len(tokens) and not 0 <= tokens.min() <= tokens.max() < vocab:
+      # An embedding lookup out of range gives NaN features, hence silently wrong figures.
+      raise ValueError(f"{self.model.config.name}: token ids span [{tokens.min()}, "
+                       f"{tokens.max()}], outside its vocabulary of {vocab}: the tokenizer does "
+                       "not belong to this model")
     if len(self.buckets) == 1:  # Full length only: ids need no EOT (SigLIP's pad = EOS).
       bucket_of = np.full(len(tokens), self.buckets[0])
     else:
