@@ -8,8 +8,8 @@
     --config=configs/convert.py:src=/tmp/run/checkpoints,model=ViT-B-32-quickgelu,direction=to_hf,dst=/tmp/hf_clip
 
 `dst` defaults to WORKDIR/params (to_hpjax), WORKDIR/open_clip_model.safetensors (to_openclip;
-a `.bin` dst writes a torch state dict instead) or WORKDIR/hf_model (to_hf, a transformers
-CLIPModel folder).
+a `.bin` dst writes a torch state dict instead), WORKDIR/hf_model (to_hf, a transformers
+CLIPModel or SiglipModel folder) or WORKDIR/big_vision.npz (to_big_vision, SigLIP models).
 """
 
 import ml_collections

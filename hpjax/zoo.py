@@ -1,4 +1,5 @@
-"""The study's models: every row of the paper's Table 1 (and the authors' script-only names).
+"""The study's models: every row of the paper's Table 1 (and the authors' script-only names), and
+SigLIP / SigLIP 2 models hpjax scores beside them (marked `extra`: not rows of the study).
 
 Each entry says how to build the model in hpjax (an hpjax config name), where its weights are
 published and what file a `weights_dir` should hold, and how the authors' evaluation built and
@@ -37,7 +38,8 @@ class Settings:
   activation: str  # 'quick_gelu' | 'gelu' (the towers' MLP activation)
   dtype: str  # compute dtype of the towers
   score_dtype: str  # dtype of normalisation and dot products
-  tokenizer: str  # 'clip' (OpenAI's BPE, 77 ids) | 'roberta' (the HF tokenizer folder)
+  tokenizer: str  # 'clip' (OpenAI's BPE, 77 ids) | 'roberta' | 'siglip' | 'gemma' (the model's
+  # own tokenizer, from a local tokenizer folder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Entry:
     image_size: eval resolution.
     openclip_tag / hf_hub: OpenCLIP pretrained tag and HF hub repository, for public weights.
     recipe: `configs/<recipe>.py[:args]` for the rows hpjax trains itself.
-    table1: a row of Table 1 (False: only in the authors' script).
+    table1: a row of Table 1 (False: only in the authors' script, or extra).
+    extra: not a model of the study (SigLIP).
   """
   name: str
   architecture: str | None
@@ -73,6 +76,7 @@ class Entry:
   hf_hub: str | None = None
   recipe: str | None = None
   table1: bool = True
+  extra: bool = False
 
   def settings(self, mode: str) -> Settings:
     if mode == PAPER:
@@ -118,6 +122,14 @@ def _coco(name: str, recipe: str, note: str = "", table1: bool = True) -> Entry:
   return _finetuned(name, HPJAX, name,
                     f"not released; train with configs/{recipe}{note} (WORKDIR/checkpoints, "
                     f"or an exported {name}.pt)", recipe=recipe, table1=table1)
+
+
+def _siglip(arch: str, size: int, hub: str | None = None) -> Entry:
+  """An OpenCLIP SigLIP model (its `webli` tag; weights in the timm/ hub repository), scored as
+  trained in both parity modes: the authors never scored it."""
+  tokenizer = "gemma" if "SigLIP2" in arch else "siglip"
+  return _laion(f"siglip:{arch}", arch, arch, "webli", f"timm/{hub or arch}", image_size=size,
+                tokenizer=tokenizer, paper_tokenizer=tokenizer, table1=False, extra=True)
 
 
 _NEGCLIP = ("NegCLIP release (ARO repository, Google Drive id 1ooVVPxB-tvptgmHlIMMFGV3Cg-IrhbRZ); "
@@ -181,6 +193,19 @@ ENTRIES: tuple[Entry, ...] = (
     _coco("coco_crepe_negs_hard_pos_v2", "hnhp.py", table1=False),
     _coco("coco_crepe_negs_hard_pos_v2_replace_only", "hnhp.py", " on a file built with REPLACE "
           "hard positives only", table1=False),
+    # Not in the study: SigLIP and SigLIP 2 (OpenCLIP's names; the i18n and gopt ones are not
+    # ported). OpenCLIP's So400m/14-378 config loads the 384 px weights.
+    *(_siglip(f"ViT-B-16-SigLIP{v}{f'-{s}' if s != 224 else ''}", s)
+      for v in ("", "2") for s in (224, 256, 384, 512)),
+    _siglip("ViT-B-32-SigLIP2-256", 256),
+    *(_siglip(f"ViT-L-16-SigLIP-{s}", s) for s in (256, 384)),
+    *(_siglip(f"ViT-L-16-SigLIP2-{s}", s) for s in (256, 384, 512)),
+    _siglip("ViT-SO400M-14-SigLIP", 224),
+    _siglip("ViT-SO400M-14-SigLIP-378", 378, hub="ViT-SO400M-14-SigLIP-384"),
+    _siglip("ViT-SO400M-14-SigLIP-384", 384),
+    _siglip("ViT-SO400M-14-SigLIP2", 224),
+    _siglip("ViT-SO400M-14-SigLIP2-378", 378),
+    *(_siglip(f"ViT-SO400M-16-SigLIP2-{s}", s) for s in (256, 384, 512)),
 )
 BY_NAME = {e.name: e for e in ENTRIES}
 ORDER = {e.name: i for i, e in enumerate(ENTRIES)}

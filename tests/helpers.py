@@ -11,6 +11,8 @@ import collections
 import json
 import os
 import pathlib
+import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from jax.extend import core as jax_core
 import numpy as np
 import open_clip
 import orbax.checkpoint as ocp
+import sentencepiece
 import torch
 from PIL import Image
 
@@ -164,13 +167,15 @@ def run_main_on_processes(config_arg: str, workdir, num_processes: int = 2,
   return logs
 
 
-def per_record_scores(records, image_root, image_size: int, encode_image, encode_text) -> np.ndarray:
+def per_record_scores(records, image_root, image_size: int, encode_image, encode_text,
+                      transform=None, tokenizer=None) -> np.ndarray:
   """(num_records, max_captions) cosines, one record at a time as the straightforward loop
   would, without the scorer or hpjax's preprocessing: PIL crop, open_clip's eval transform and
-  tokenizer (77 tokens). `encode_image` (1, 3, H, W) torch tensor -> (1, D) and `encode_text`
-  (N, 77) int64 torch tensor -> (N, D) return normalised features as numpy arrays."""
-  transform = open_clip.image_transform(image_size, is_train=False)
-  tokenizer = open_clip.get_tokenizer("ViT-B-32")
+  tokenizer (77 tokens) unless others are given. `encode_image` (1, 3, H, W) torch tensor ->
+  (1, D) and `encode_text` (N, L) int64 torch tensor -> (N, D) return normalised features as
+  numpy arrays."""
+  transform = transform or open_clip.image_transform(image_size, is_train=False)
+  tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-32")
   out = np.full((len(records), max(len(r.captions) for r in records)), np.nan, np.float32)
   for i, r in enumerate(records):
     with Image.open(os.path.join(image_root or "", r.image)) as image:
@@ -281,3 +286,34 @@ def write_fixture_suites(root, num=10):
   stand_in_images.write_stand_in_images(
       [r for s in loaded.values() for r in s.records], os.path.join(root, "images"))
   return loaded
+
+
+# SentencePiece models with the layouts of SigLIP's c4_en (unigram, NFKC, a dummy prefix; pad 0,
+# EOS 1, unk 2, no BOS) and SigLIP 2's Gemma (BPE with byte fallback, no normalisation, no dummy
+# prefix; pad 0, EOS 1, BOS 2, unk 3), in the file names of their HF repositories.
+_SPM_COMMON = dict(pad_id=0, eos_id=1, pad_piece="<pad>", minloglevel=2)
+SENTENCEPIECE_LAYOUTS = {
+    "t5": ("spiece.model", dict(model_type="unigram", vocab_size=300, unk_id=2, bos_id=-1,
+                                eos_piece="</s>", **_SPM_COMMON)),
+    "gemma": ("tokenizer.model", dict(
+        model_type="bpe", vocab_size=600, byte_fallback=True, bos_id=2, unk_id=3,
+        eos_piece="<eos>", bos_piece="<bos>", add_dummy_prefix=False,
+        normalization_rule_name="identity", **_SPM_COMMON)),
+}
+
+
+def train_sentencepiece(folder, layout: str) -> pathlib.Path:
+  """Trains a small SentencePiece model of `layout` on random words (seconds); returns its file
+  in `folder` (created)."""
+  rng = random.Random(0)
+  words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123") for _ in range(rng.randint(1, 7)))
+           for _ in range(300)]
+  lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  name, options = SENTENCEPIECE_LAYOUTS[layout]
+  sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines),
+                                           model_prefix=str(folder / layout), **options)
+  shutil.move(folder / f"{layout}.model", folder / name)
+  (folder / f"{layout}.vocab").unlink()
+  return folder / name

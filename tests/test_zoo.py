@@ -16,16 +16,22 @@ from hpjax.models import get_model_config
 # their registry rows cannot run here.
 # roberta-ViT-B-32's shapes are checked in test_hf_text.py with roberta-base's config given
 # offline; open_clip.create_model would download it.
-_ARCHITECTURES = sorted({e.architecture for e in zoo.ENTRIES if e.architecture}
-                        - {"roberta-ViT-B-32"})
+# Of the 22 SigLIP architectures, which share one key layout, two run (~5 s each): B/16 and
+# SigLIP 2's B/32 (tanh GELU); test_siglip.py checks every timm tower name against timm.
+_ARCHITECTURES = sorted({e.architecture for e in zoo.ENTRIES if e.architecture and not e.extra}
+                        - {"roberta-ViT-B-32"}) + ["ViT-B-16-SigLIP", "ViT-B-32-SigLIP2-256"]
 
 
 def test_table1_has_the_studys_35_rows_in_order_then_the_script_only_names():
   rows = [e.name for e in zoo.ENTRIES if e.table1]
   assert len(rows) == len(set(rows)) == 35
   assert rows[0] == "openai-clip:ViT-B/32" and rows[-1] == "xvlm-pretrained-16m"
-  assert [e.name for e in zoo.ENTRIES if not e.table1] == [
+  assert [e.name for e in zoo.ENTRIES if not e.table1 and not e.extra] == [
       "coco_crepe_negs_hard_pos_v2", "coco_crepe_negs_hard_pos_v2_replace_only"]
+  # SigLIP entries come after the study's names and are none of its rows.
+  extra = [e for e in zoo.ENTRIES if e.extra]
+  assert len(extra) == 22 and zoo.ENTRIES[-22:] == tuple(extra)
+  assert not any(e.table1 for e in extra)
   assert all(name in zoo.BY_NAME for name in zoo.PAPER_FIGURES)
 
 
@@ -73,7 +79,7 @@ def test_command_prints_the_table_and_which_files_are_present(tmp_path, capsys):
   assert rows["laion-clip:ViT-H-14"].endswith(
       "| CLIP-ViT-H-14-laion2B-s32B-b79K/open_clip_pytorch_model.bin |")
   assert rows["dac_llm"].endswith("| missing |")
-  assert "2 of 37 models have a file" in out
+  assert "2 of 59 models have a file" in out
   assert "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in rows["laion-clip:ViT-H-14"]
   assert "configs/hnhp.py:hn_frac=0.25" in rows["coco_crepe_negs_hard_pos_25"]
 
@@ -108,3 +114,13 @@ def test_every_registry_architecture_has_open_clips_parameter_shapes(architectur
                or open_clip.get_model_config(arch).get("quick_gelu", False))
       assert (entry.activation == "quick_gelu") == quick, entry.name
 
+
+def test_siglip_entries_are_open_clips_webli_weights():
+  for entry in (e for e in zoo.ENTRIES if e.extra):
+    config = get_model_config(entry.architecture)
+    pretrained = open_clip.get_pretrained_cfg(entry.architecture, "webli")
+    assert pretrained["hf_hub"].rstrip("/") == entry.hf_hub, entry.name
+    assert entry.image_size == config.vision.image_size and config.vision.timm is not None
+    # SigLIP's SentencePiece vocabulary (32k) or SigLIP 2's Gemma one (256k).
+    assert config.text.vocab_size == {"siglip": 32000, "gemma": 256000}[entry.tokenizer]
+    assert entry.settings(zoo.PAPER) == entry.settings(zoo.AS_TRAINED)

@@ -1,17 +1,22 @@
-"""The `convert` program: OpenCLIP/OpenAI/HF files <-> hpjax orbax params <-> HF folders.
+"""The `convert` program: OpenCLIP/OpenAI/HF/big_vision files <-> hpjax orbax params <-> HF
+folders and big_vision files.
 
   python -m hpjax.main --workdir=/tmp/conv \
     --config=configs/convert.py:src=ViT-B-32.safetensors,model=ViT-B-32,direction=to_hpjax
 
 Directions:
-  to_hpjax:    src is an OpenCLIP (.safetensors/.bin/.pt), OpenAI TorchScript or HF CLIPModel
-               file; dst (default WORKDIR/params) becomes an orbax params directory.
+  to_hpjax:    src is an OpenCLIP (.safetensors/.bin/.pt), OpenAI TorchScript, HF CLIPModel or
+               SiglipModel file (or HF folder) or big_vision SigLIP .npz; dst (default
+               WORKDIR/params) becomes an orbax params directory.
   to_openclip: src is an orbax params directory or any file to_hpjax reads; dst (default
                WORKDIR/open_clip_model.safetensors) is an OpenCLIP state dict that
                `open_clip.create_model(model, pretrained=dst)` loads strictly.
   to_hf:       src as for to_openclip; dst (default WORKDIR/hf_model) is a new Hugging Face
                CLIPModel folder (config.json, model.safetensors, tokenizer files) that
-               `transformers.CLIPModel.from_pretrained(dst)` loads.
+               `transformers.CLIPModel.from_pretrained(dst)` loads (a SiglipModel folder for
+               SigLIP).
+  to_big_vision: src as for to_openclip, a SigLIP model; dst (default WORKDIR/big_vision.npz)
+               is a big_vision .npz (keys under params/, one per block).
 A summary (tensor count, parameter count, bytes, seconds, the keys of parts hpjax does not
 build, e.g. CoCa's decoder) is logged and written to WORKDIR/convert_summary.json. to_openclip
 from a file carries those parts through; to_hpjax leaves them out of the orbax directory.
@@ -27,13 +32,13 @@ from etils import epath
 import jax
 import numpy as np
 
-from hpjax.checkpoints import loading, orbax_params
+from hpjax.checkpoints import big_vision, loading, orbax_params
 from hpjax.models.clip import num_params
 from hpjax.models.config import get_model_config
 
-DIRECTIONS = ("to_hpjax", "to_openclip", "to_hf")
+DIRECTIONS = ("to_hpjax", "to_openclip", "to_hf", "to_big_vision")
 _DEFAULT_DST = {"to_hpjax": "params", "to_openclip": "open_clip_model.safetensors",
-                "to_hf": "hf_model"}
+                "to_hf": "hf_model", "to_big_vision": "big_vision.npz"}
 
 
 def run(config, workdir) -> dict:
@@ -58,6 +63,8 @@ def run(config, workdir) -> dict:
     orbax_params.save_params(dst, params)  # Ignored parts (CoCa's decoder) are not kept.
   elif config.direction == "to_hf":
     loading.export_hf(params, model_config, dst)
+  elif config.direction == "to_big_vision":
+    big_vision.save(params, model_config, dst)
   else:
     loading.export_openclip(params, model_config, dst, extra=ignored)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from hpjax import checkpoints as checkpoints_lib
 from hpjax import factory
 from hpjax import sharding
+from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax import zoo
 from hpjax.data import suites as suites_lib
@@ -56,7 +57,10 @@ class ModelSpec:
     """Models with equal keys share a decode pass (a plug-in decodes on its own)."""
     if self.plugin is not None:
       return ("plugin", self.label)
-    return ("eval", _model_config(self).vision.image_size)
+    transform = preprocess.model_transform(_model_config(self))
+    if transform == preprocess.eval_transform(transform.image_size):
+      return ("eval", transform.image_size)
+    return ("eval", transform.image_size, transform.resize_mode, transform.mean, transform.std)
 
 
 def _unique(labels: list[str]) -> list[str]:
