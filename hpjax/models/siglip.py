@@ -17,20 +17,17 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hpjax.models.clip import MLP, TIMM_NAMES, Transformer, _layer_norm, attention
-from hpjax.models.config import TimmViTConfig, VisionConfig
+from hpjax.models.clip import (MLP, TIMM_NAMES, Transformer, VisionTransformer, _layer_norm,
+                               attention)
+from hpjax.models.config import TimmViTConfig
 
 Dtype = Any
 
 
-class TimmModel(nn.Module):
-  """OpenCLIP's timm adapter around the SigLIP trunk (no extra pooling or projection)."""
-  cfg: VisionConfig
-  output_dim: int
-  activation: Callable
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+class TimmModel(VisionTransformer):
+  """OpenCLIP's timm adapter around the SigLIP trunk (no extra pooling or projection): the
+  image tower's fields (output_dim equals the trunk's width, models/config.py checks), other
+  parameters."""
 
   @nn.compact
   def __call__(self, images):
