@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 MAX_LOGIT_SCALE = math.log(100.0)
 POSITIVE_MODES = ("multi", "per_positive")
+KINDS = ("contrastive", "sigmoid")
 
 
 def _masked_logsumexp(logits, mask):

@@ -7,6 +7,8 @@ for every field.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import signal
 
@@ -18,6 +20,7 @@ from jax.experimental import multihost_utils
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
+from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
@@ -70,7 +73,16 @@ def _training_data(config, workdir: str, resuming: bool = False):
   return source, val, eval_root, image_root
 
 
-def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
+def _model_config(config):
+  """The architecture of model.name; with the sigmoid loss, SigLIP's init t = ln 10, b = -10
+  (as OpenCLIP's trainer sets them for --siglip; pretrained weights replace both)."""
+  model_config = get_model_config(config.model.name)
+  if config.loss.kind != "sigmoid":
+    return model_config
+  return dataclasses.replace(model_config, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
+
+
+def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_root: str):
   if not config.eval.hard_positive:
     return None
   if not eval_root:
@@ -80,7 +92,8 @@ def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
   suites = hard_positive.load_suites(eval_root, None,
                                      tfds_data_dir=config.data.tfds_data_dir or None)
   return hard_positive.HardPositiveEvaluator(
-      model, suites, image_root=image_root or None, batch_size=config.eval.batch_size)
+      model, suites, image_root=image_root or None, tokenizer=tokenizer,
+      batch_size=config.eval.batch_size)
 
 
 def _headline(metrics: dict) -> str:
@@ -138,11 +151,13 @@ def run(config, workdir: str) -> dict:
   source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
-      config.model.name, pretrained=config.model.pretrained or None,
+      _model_config(config), pretrained=config.model.pretrained or None,
       dtype=run_config.DTYPES[config.model.dtype], remat=config.model.remat,
       rng=jax.random.key(config.seed))
+  tokenizer = tokenizer_lib.get_tokenizer(model.config,
+                                          tokenizer_dir=config.model.tokenizer or None)
   transform = data_lib.ExampleTransform(
-      tokenizer=tokenizer_lib.get_tokenizer(model.config),
+      tokenizer=tokenizer,
       image_size=model.config.vision.image_size,
       num_hard_negatives=config.data.num_hard_negatives,
       num_hard_positives=config.data.num_hard_positives, hn_frac=config.data.hn_frac,
@@ -163,16 +178,17 @@ def run(config, workdir: str) -> dict:
   groups = mesh.shape[sharding.DATA] // jax.process_count()  # this host's data shards
   train_step = step_lib.jit_train_step(
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
-      positives=config.loss.positives, local_weight=config.loss.local_weight)
+      positives=config.loss.positives, local_weight=config.loss.local_weight,
+      kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight)
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
   state, iterator = ckpt.restore(state, iterator, model_name=config.model.name)
   first_step = int(state.step)
 
   # -- evaluators --------------------------------------------------------------------------------
-  evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh,
+  evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh, tokenizer=tokenizer,
                                              batch_size=config.eval.batch_size)]
-  hard_positive = _hard_positive_evaluator(config, model, eval_root, image_root)
+  hard_positive = _hard_positive_evaluator(config, model, tokenizer, eval_root, image_root)
   if hard_positive is not None:
     evaluators.append(hard_positive)
 
@@ -201,7 +217,9 @@ def run(config, workdir: str) -> dict:
     if first_step == 0 and config.eval.every_steps:
       evaluate(0)
     for step in range(first_step + 1, config.total_steps + 1):
-      batch = text_packing.pack_batch(next(iterator), groups, model.config.text.context_length)
+      batch = next(iterator)
+      if model.config.text.causal_eot_pooled:
+        batch = text_packing.pack_batch(batch, groups, model.config.text.context_length)
       state, metrics = train_step(state, sharding.put_batch(batch, mesh))
       if pending is not None:
         check(*pending)
@@ -239,7 +257,7 @@ def run(config, workdir: str) -> dict:
         logging.info("final: %s", _headline(hard_positive.last_metrics))
         logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
-      factory.export_openclip(jax.device_get(state.params), config.model.name,
+      factory.export_openclip(jax.device_get(state.params), model.config,
                               config.export_openclip)
       logging.info("exported OpenCLIP weights to %s", config.export_openclip)
   finally:
