@@ -73,13 +73,13 @@ def _training_data(config, workdir: str, resuming: bool = False):
   return source, val, eval_root, image_root
 
 
-def _model_config(config):
-  """The architecture of model.name; with the sigmoid loss, SigLIP's init t = ln 10, b = -10
+def model_config(name: str, loss_kind: str):
+  """The architecture of model `name`; with the sigmoid loss, SigLIP's init t = ln 10, b = -10
   (as OpenCLIP's trainer sets them for --siglip; pretrained weights replace both)."""
-  model_config = get_model_config(config.model.name)
-  if config.loss.kind != "sigmoid":
-    return model_config
-  return dataclasses.replace(model_config, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
+  cfg = get_model_config(name)
+  if loss_kind != "sigmoid":
+    return cfg
+  return dataclasses.replace(cfg, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
 
 
 def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_root: str):
@@ -151,9 +151,9 @@ def run(config, workdir: str) -> dict:
   source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
-      _model_config(config), pretrained=config.model.pretrained or None,
-      dtype=run_config.DTYPES[config.model.dtype], remat=config.model.remat,
-      rng=jax.random.key(config.seed))
+      model_config(config.model.name, config.loss.kind),
+      pretrained=config.model.pretrained or None, dtype=run_config.DTYPES[config.model.dtype],
+      remat=config.model.remat, rng=jax.random.key(config.seed))
   tokenizer = tokenizer_lib.get_tokenizer(model.config,
                                           tokenizer_dir=config.model.tokenizer or None)
   transform = data_lib.ExampleTransform(
