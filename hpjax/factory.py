@@ -18,11 +18,12 @@ def create_model(name: str | CLIPConfig | None, pretrained=None, dtype=jnp.float
   Args:
     name: e.g. 'ViT-B-32-quickgelu' (see `list_models()`), a path to a JSON config, a
       `CLIPConfig` (e.g. a shipped one with another activation, as the evaluator's parity modes
-      build them), or None to infer the architecture from the tensor shapes of `pretrained`, a
-      file in OpenAI's layout such as OpenAI's TorchScript `RN50.pt` (QuickGELU, as OpenAI's
-      loader builds it).
+      build them), or None to infer the architecture of `pretrained`: from the config.json of
+      an HF SiglipModel folder, or from the tensor shapes of a file in OpenAI's layout such as
+      OpenAI's TorchScript `RN50.pt` (QuickGELU, as OpenAI's loader builds it).
     pretrained: None for random init (from `rng`, default key 0), an OpenCLIP/OpenAI/HF
-      checkpoint file, or an hpjax orbax params directory.
+      checkpoint file, an HF folder (config.json + model.safetensors), or an hpjax orbax
+      params directory.
     dtype: compute dtype (bfloat16 for speed; features come back in float32).
     param_dtype: storage dtype of the params.
     remat: recompute each residual block in the backward pass.
@@ -34,7 +35,11 @@ def create_model(name: str | CLIPConfig | None, pretrained=None, dtype=jnp.float
   if pretrained is None and (name is None or lora_rank is not None):
     raise ValueError("create_model: a model name of None and lora_rank both need a `pretrained` "
                      "checkpoint file")
-  if name is None:
+  if name is None and checkpoints.is_hf_folder(pretrained):
+    if lora_rank is not None:
+      raise ValueError(f"{pretrained} is an HF folder; LoRA adapters are read from OpenCLIP files")
+    config, params = checkpoints.load_hf(pretrained)
+  elif name is None:
     config, params = checkpoints.load_openai(pretrained, **lora)
   else:
     config = name if isinstance(name, CLIPConfig) else get_model_config(name)
@@ -62,7 +67,10 @@ def export_openclip(params, name: str | CLIPConfig, path, extra=None):
   return checkpoints.export_openclip(params, config, path, extra)
 
 
-def export_hf(params, name: str, folder):
-  """Writes `params` of model `name` as a folder that `transformers.CLIPModel.from_pretrained`
-  and `CLIPTokenizer.from_pretrained` read (config.json, model.safetensors, vocab and merges)."""
-  return checkpoints.export_hf(params, get_model_config(name), folder)
+def export_hf(params, name: str | CLIPConfig, folder):
+  """Writes `params` of model `name` (or of a config, e.g. an inferred `model.config`) as a
+  folder that `transformers.CLIPModel.from_pretrained` and `CLIPTokenizer.from_pretrained` read
+  (config.json, model.safetensors, vocab and merges); a SigLIP model as a folder
+  `transformers.SiglipModel.from_pretrained` reads (config.json, model.safetensors)."""
+  config = name if isinstance(name, CLIPConfig) else get_model_config(name)
+  return checkpoints.export_hf(params, config, folder)

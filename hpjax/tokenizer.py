@@ -11,7 +11,9 @@ bulk of OpenCLIP's time, change nothing there, and the pattern reduces to an ASC
 the standard `re` module runs faster.
 
 Configs with an HF text tower name an HF tokenizer instead (`hf_tokenizer_name`): `HFTokenizer`
-reads it from a local folder through `transformers`, with open_clip's HFTokenizer's ids.
+reads it from a local folder through `transformers`, with open_clip's HFTokenizer's ids. SigLIP
+configs (OpenCLIP's text tower, an HF tokenizer name) get `SentencePieceTokenizer`: the
+SentencePiece model file itself (c4_en for SigLIP, Gemma's for SigLIP 2), as OpenCLIP tokenizes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import itertools
 import json
 import pathlib
 import re
+import string
 from collections.abc import Iterable, Sequence
 
 import ftfy
@@ -96,6 +99,17 @@ def clean_text(text: str) -> str:
   return clean_whitespace(text).lower()
 
 
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def canonicalize(text: str) -> str:
+  """OpenCLIP's 'canonicalize' cleaning (SigLIP's, big_vision's prompt canonicalisation after
+  ftfy and html unescaping): `_` to space, ASCII punctuation removed, lower case, whitespace runs
+  collapsed."""
+  return " ".join(clean_whitespace(text).replace("_", " ").translate(_NO_PUNCTUATION)
+                  .lower().split())
+
+
 def split_words(text: str) -> list[str]:
   """The words OpenCLIP's BPE sees: `_WORD_RE` matches of the cleaned text."""
   # ftfy's fixes act only on non-ASCII text, control characters, line breaks and entities, and
@@ -155,6 +169,7 @@ def pack(ids: np.ndarray, lengths: np.ndarray, context_length: int) -> np.ndarra
 class Tokenizer:
   """Callable like `open_clip.get_tokenizer(name)`, returning numpy int32 (N, context_length)."""
 
+  default_clean = "lower"  # OpenCLIP's `tokenizer_kwargs.clean` that these ids follow.
   sot_token_id = SOT_ID
   eot_token_id = EOT_ID
   vocab_size = VOCAB_SIZE
@@ -179,6 +194,8 @@ class HFTokenizer(Tokenizer):
   truncated and padded (with its pad id: 1 for RoBERTa) to context_length.
   """
 
+  default_clean = "whitespace"
+
   def __init__(self, folder, context_length: int = DEFAULT_CONTEXT_LENGTH):
     super().__init__(context_length)
     import transformers  # pylint: disable=g-import-not-at-top  (only HF-text models need it)
@@ -198,6 +215,60 @@ class HFTokenizer(Tokenizer):
                           return_tensors="np").input_ids.astype(np.int32)
 
 
+SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model")  # SigLIP's c4_en, SigLIP 2's Gemma.
+
+
+def sentencepiece_file(path) -> pathlib.Path:
+  """The SentencePiece model: `path` itself (a `.model` file) or the one in folder `path` (an HF
+  or timm repository: `spiece.model`, or Gemma's `tokenizer.model`)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    found = [path / n for n in SENTENCEPIECE_FILES if (path / n).is_file()]
+    if len(found) != 1:
+      raise FileNotFoundError(f"tokenizer folder {path} must hold one SentencePiece model of "
+                              f"{SENTENCEPIECE_FILES}; found {[f.name for f in found]}")
+    return found[0]
+  if not path.is_file():
+    raise FileNotFoundError(f"SentencePiece model {path} does not exist (pass the .model file or "
+                            f"a folder holding one of {SENTENCEPIECE_FILES})")
+  return path
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """SigLIP / SigLIP 2 ids as OpenCLIP's HFTokenizer gives them for the timm repositories.
+
+  'canonicalize' cleaning, the SentencePiece pieces, EOS appended (and kept when the ids are cut
+  to context_length), no BOS, padded to context_length. The pad id is the vocabulary's: SigLIP's
+  T5 vocabularies (c4_en, mc4), which have no BOS piece, pad with EOS (1), as big_vision
+  trained; Gemma's, which has one, pads with its `<pad>` (0). The text tower pools the last
+  position with no mask, so the pad id is part of every feature.
+  """
+
+  default_clean = "canonicalize"
+  sot_token_id = None
+
+  def __init__(self, path, context_length: int = 64):
+    super().__init__(context_length)
+    import sentencepiece  # pylint: disable=g-import-not-at-top  (only SigLIP needs it)
+    self.model_file = sentencepiece_file(path)
+    self.processor = sentencepiece.SentencePieceProcessor(model_file=str(self.model_file))
+    self.eot_token_id = self.processor.eos_id()
+    if self.eot_token_id < 0:
+      raise ValueError(f"SentencePiece model {self.model_file} defines no EOS piece")
+    self.pad_token_id = (self.eot_token_id if self.processor.bos_id() < 0
+                         else self.processor.pad_id())
+    self.vocab_size = self.processor.get_piece_size()
+
+  def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> np.ndarray:
+    length = context_length or self.context_length
+    pieces = self.processor.encode([canonicalize(t) for t in _text_list(texts)])
+    out = np.full((len(pieces), length), self.pad_token_id, np.int32)
+    for row, ids in zip(out, pieces):
+      ids = ids[:length - 1] + [self.eot_token_id]
+      row[:len(ids)] = ids
+    return out
+
+
 def _text_list(texts: str | Iterable[str]) -> list[str]:
   texts = [texts] if isinstance(texts, str) else list(texts)
   for i, t in enumerate(texts):
@@ -212,15 +283,17 @@ def _tokenizer(context_length: int) -> Tokenizer:
   return Tokenizer(context_length)
 
 
-def _require_default_tokenizer(name_or_path: str) -> None:
-  """OpenCLIP configs may pass tokenizer arguments (other cleaning): refuse, not ignore."""
+def _check_tokenizer_kwargs(name_or_path: str, tokenizer_class: type[Tokenizer]) -> None:
+  """OpenCLIP configs may pass tokenizer arguments (another cleaning): accept the cleaning the
+  chosen tokenizer applies, refuse anything else rather than ignore it."""
   path = pathlib.Path(name_or_path)
   if not (path.suffix == ".json" and path.is_file()):
     path = config_lib.CONFIG_DIR / f"{name_or_path}.json"
-  text_cfg = json.loads(path.read_text()).get("text_cfg", {})
-  if text_cfg.get("tokenizer_kwargs"):
-    raise ValueError(f"{path}: text_cfg asks for tokenizer_kwargs {text_cfg['tokenizer_kwargs']};"
-                     " hpjax provides the CLIP tokenizer and HF tokenizers without arguments")
+  kwargs = json.loads(path.read_text()).get("text_cfg", {}).get("tokenizer_kwargs") or {}
+  if kwargs and kwargs != {"clean": tokenizer_class.default_clean}:
+    raise ValueError(f"{path}: text_cfg asks for tokenizer_kwargs {kwargs}; hpjax's "
+                     f"{tokenizer_class.__name__} takes none but clean="
+                     f"{tokenizer_class.default_clean!r}")
 
 
 def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
@@ -228,24 +301,31 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
   """The tokenizer for a model name, JSON config path or config (context length from its text_cfg:
   `config.text.input_length`, 77 for CoCa with coca_legacy).
 
-  A config whose text_cfg names an HF tokenizer (`hf_tokenizer_name`, e.g. roberta-ViT-B-32)
-  gets an `HFTokenizer` read from `tokenizer_dir`, a local folder holding that tokenizer (e.g.
-  written by `save_pretrained`); hpjax downloads nothing. Every other config gets the CLIP BPE
-  tokenizer.
+  A config whose text_cfg names an HF tokenizer (`hf_tokenizer_name`) reads it from
+  `tokenizer_dir`; hpjax downloads nothing. With an HF text tower (roberta-ViT-B-32) that is a
+  folder holding the transformers tokenizer (e.g. written by `save_pretrained`): an
+  `HFTokenizer`. With OpenCLIP's own text tower (SigLIP, SigLIP 2) it is the SentencePiece model
+  (`spiece.model`, Gemma's `tokenizer.model`) or a folder holding it: a
+  `SentencePieceTokenizer`. Every other config gets the CLIP BPE tokenizer.
   """
+  config = (config_lib.get_model_config(name_or_config) if isinstance(name_or_config, str)
+            else name_or_config)
+  text = None if config is None else config.text
+  hf_name = None if text is None else text.hf_tokenizer_name
+  tokenizer_class = (Tokenizer if hf_name is None
+                     else HFTokenizer if text.hf_model_name else SentencePieceTokenizer)
   if isinstance(name_or_config, str):
-    config = config_lib.get_model_config(name_or_config)
-    _require_default_tokenizer(name_or_config)
-    name_or_config = config
+    _check_tokenizer_kwargs(name_or_config, tokenizer_class)
   if context_length is None:
-    context_length = (DEFAULT_CONTEXT_LENGTH if name_or_config is None
-                      else name_or_config.text.input_length)
-  hf_name = None if name_or_config is None else name_or_config.text.hf_tokenizer_name
+    context_length = DEFAULT_CONTEXT_LENGTH if text is None else text.input_length
   if hf_name is not None:
     if tokenizer_dir is None:
-      raise ValueError(f"{name_or_config.name}: text_cfg names the HF tokenizer {hf_name!r}; pass "
-                       "tokenizer_dir=, a local folder holding it (hpjax downloads nothing)")
-    return HFTokenizer(tokenizer_dir, context_length)
+      needed = ("a local folder holding it" if tokenizer_class is HFTokenizer else
+                f"its SentencePiece model file or a local folder holding one of "
+                f"{SENTENCEPIECE_FILES}")
+      raise ValueError(f"{config.name}: text_cfg names the HF tokenizer {hf_name!r}; pass "
+                       f"tokenizer_dir=, {needed} (hpjax downloads nothing)")
+    return tokenizer_class(tokenizer_dir, context_length)
   if tokenizer_dir is not None:
     raise ValueError(f"tokenizer_dir={tokenizer_dir} is given, but the config names no HF "
                      "tokenizer (hf_tokenizer_name): it uses the CLIP BPE tokenizer")

@@ -1,11 +1,13 @@
-"""HF transformers `CLIPModel` <-> OpenCLIP keys: one rule set, read in both directions.
+"""HF transformers `CLIPModel` / `SiglipModel` <-> OpenCLIP keys: rule sets read both ways.
 
 HF splits attention into q/k/v projections (OpenCLIP's fused `in_proj_weight` is their
 concatenation), stores the projections as bias-free Linear layers ((out, in), where OpenCLIP
 keeps (in, out) matrices) and names the rest differently. An HF file is renamed into OpenCLIP
 keys and then goes through the same OpenCLIP <-> Flax table and checks as an OpenCLIP
 checkpoint (`hf_to_openclip`); an export runs the same rules backwards (`openclip_to_hf`) and
-writes a folder that `transformers.CLIPModel`, `CLIPTokenizer` and `CLIPImageProcessor` read.
+writes a folder that `transformers.CLIPModel`, `CLIPTokenizer` and `CLIPImageProcessor` read
+(for SigLIP: `SiglipModel` and `SiglipImageProcessor`; the architecture of a SiglipModel folder
+is inferred from its config.json, `infer_siglip_config`).
 
 Equivalences to know (checked by tests/test_hf_import.py and tests/test_hf_export.py):
 * Activation: HF's `hidden_act='quick_gelu'` is OpenCLIP's `quick_gelu: true` (OpenAI weights);
@@ -25,29 +27,30 @@ Equivalences to know (checked by tests/test_hf_import.py and tests/test_hf_expor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import re
 import uuid
 from typing import Mapping
 
+from absl import logging
 from etils import epath
 import numpy as np
 import safetensors.numpy
 
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
+from hpjax.checkpoints import renaming
+from hpjax.checkpoints.renaming import ADD_AXIS, DROP_AXIS, SAME, TRANSPOSE
+from hpjax.models import config as config_lib
 from hpjax.models.config import CLIPConfig
 
-# How a tensor changes between the two sides: kept, transposed, or q/k/v split <-> fused.
-SAME, TRANSPOSE, QKV = "same", "transpose", "qkv"
-_TOWERS = (("text", ""), ("vision", "visual."))
-_PLACEHOLDERS = {"n": r"\d+", "p": "weight|bias", "i": r"\d", "qkv": "[qkv]"}
-
-# (HF key, OpenCLIP key, how): `{T}` is HF's tower (text/vision), `{P}` OpenCLIP's prefix for it.
+# (HF key, OpenCLIP key, change) rules (checkpoints/renaming.py): `{qkv}` on the HF side only
+# fuses q/k/v into OpenCLIP's in_proj; `{T}` is HF's tower (text/vision), `{P}` OpenCLIP's
+# prefix for it.
 _TOWER_RULES = (
     ("{T}_model.encoder.layers.{n}.self_attn.{qkv}_proj.{p}",
-     "{P}transformer.resblocks.{n}.attn.in_proj_{p}", QKV),
+     "{P}transformer.resblocks.{n}.attn.in_proj_{p}", SAME),
     ("{T}_model.encoder.layers.{n}.self_attn.out_proj.{p}",
      "{P}transformer.resblocks.{n}.attn.out_proj.{p}", SAME),
     ("{T}_model.encoder.layers.{n}.layer_norm{i}.{p}", "{P}transformer.resblocks.{n}.ln_{i}.{p}",
@@ -56,12 +59,19 @@ _TOWER_RULES = (
     ("{T}_model.encoder.layers.{n}.mlp.fc2.{p}", "{P}transformer.resblocks.{n}.mlp.c_proj.{p}",
      SAME),
 )
-RULES = tuple(
-    (hf.replace("{T}", tower), oc.replace("{P}", prefix), how)
-    for tower, prefix in _TOWERS for hf, oc, how in _TOWER_RULES) + (
+
+
+def _tower(tower: str, prefix: str) -> tuple:
+  return tuple((hf.replace("{T}", tower), oc.replace("{P}", prefix), change)
+               for hf, oc, change in _TOWER_RULES)
+
+
+_TEXT_RULES = _tower("text", "") + (
     ("text_model.embeddings.token_embedding.weight", "token_embedding.weight", SAME),
     ("text_model.embeddings.position_embedding.weight", "positional_embedding", SAME),
     ("text_model.final_layer_norm.{p}", "ln_final.{p}", SAME),
+)
+RULES = _TEXT_RULES + _tower("vision", "visual.") + (
     ("vision_model.embeddings.class_embedding", "visual.class_embedding", SAME),
     ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight", SAME),
     ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding", SAME),
@@ -71,97 +81,175 @@ RULES = tuple(
     ("visual_projection.weight", "visual.proj", TRANSPOSE),
     ("logit_scale", "logit_scale", SAME),
 )
+# HF SiglipModel <-> OpenCLIP's SigLIP (timm trunk `visual.trunk.*`, CLIP's text tower with a
+# biased head). HF's MAP head keeps torch's fused in_proj where timm has q and kv (`{q_kv}`);
+# HF's vision positions lack timm's leading axis, its logit scale and bias are (1,), not ().
+_TRUNK, _LAYER = "visual.trunk.", "vision_model.encoder.layers.{n}."
+SIGLIP_RULES = _TEXT_RULES + (
+    ("text_model.head.{p}", "text_projection.{p}", SAME),
+    ("vision_model.embeddings.patch_embedding.{p}", _TRUNK + "patch_embed.proj.{p}", SAME),
+    ("vision_model.embeddings.position_embedding.weight", _TRUNK + "pos_embed", ADD_AXIS),
+    (_LAYER + "self_attn.{qkv}_proj.{p}", _TRUNK + "blocks.{n}.attn.qkv.{p}", SAME),
+    (_LAYER + "self_attn.out_proj.{p}", _TRUNK + "blocks.{n}.attn.proj.{p}", SAME),
+    (_LAYER + "layer_norm{i}.{p}", _TRUNK + "blocks.{n}.norm{i}.{p}", SAME),
+    (_LAYER + "mlp.fc{i}.{p}", _TRUNK + "blocks.{n}.mlp.fc{i}.{p}", SAME),
+    ("vision_model.post_layernorm.{p}", _TRUNK + "norm.{p}", SAME),
+    ("vision_model.head.probe", _TRUNK + "attn_pool.latent", SAME),
+    ("vision_model.head.attention.in_proj_{p}", _TRUNK + "attn_pool.{q_kv}.{p}", SAME),
+    ("vision_model.head.attention.out_proj.{p}", _TRUNK + "attn_pool.proj.{p}", SAME),
+    ("vision_model.head.layernorm.{p}", _TRUNK + "attn_pool.norm.{p}", SAME),
+    ("vision_model.head.mlp.fc{i}.{p}", _TRUNK + "attn_pool.mlp.fc{i}.{p}", SAME),
+    ("logit_scale", "logit_scale", DROP_AXIS),
+    ("logit_bias", "logit_bias", DROP_AXIS),
+)
+_TABLES = {False: renaming.RuleTable(RULES), True: renaming.RuleTable(SIGLIP_RULES)}
 
 HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"
-
-
-def _regex(template: str) -> re.Pattern:
-  parts = re.split(r"\{(\w+)\}", template)
-  return re.compile("".join(
-      re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_PLACEHOLDERS[part]})"
-      for i, part in enumerate(parts)))
-
-
-_COMPILED = tuple((_regex(hf), _regex(oc), hf, oc, how) for hf, oc, how in RULES)
-
-
-def _match(key: str, side: int):
-  """(groups, the other side's template, how) of the first rule whose `side` matches `key`."""
-  for rule in _COMPILED:
-    found = rule[side].fullmatch(key)
-    if found:
-      return found.groupdict(), rule[3 - side], rule[4]
-  return None
 
 
 def is_hf_state_dict(state_dict: Mapping[str, object]) -> bool:
   return any(k.startswith(("text_model.", "vision_model.")) for k in state_dict)
 
 
-def hf_to_openclip(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Renames an HF CLIPModel state dict into OpenCLIP keys; unknown keys pass through unchanged
-  so that the shape/key check reports them."""
-  out, qkv = {}, {}
-  for key, value in state_dict.items():
-    if key.endswith("position_ids"):
-      continue
-    rule = _match(key, 0)
-    if rule is None:
-      out[key] = value
-      continue
-    groups, template, how = rule
-    name = template.format(**groups)
-    if how == QKV:
-      qkv.setdefault(name, {})[groups["qkv"]] = value
-    else:
-      out[name] = np.array(np.asarray(value).T, order="C") if how == TRANSPOSE else value
-  for name, parts in qkv.items():
-    if set(parts) != {"q", "k", "v"}:
-      raise ValueError(f"HF checkpoint: {name} has only the {sorted(parts)} projections, "
-                       "expected q, k and v")
-    out[name] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
-  return out
+def is_hf_siglip(state_dict: Mapping[str, object]) -> bool:
+  """SiglipModel rather than CLIPModel: it has a logit bias and a MAP head (`head.probe`)."""
+  return "logit_bias" in state_dict or "vision_model.head.probe" in state_dict
 
 
-def openclip_to_hf(state_dict: Mapping[str, np.ndarray], source: str = "params"
+def hf_to_openclip(state_dict: Mapping[str, np.ndarray], source: str = "HF checkpoint"
                    ) -> dict[str, np.ndarray]:
-  """The same rules backwards; an OpenCLIP key without an HF CLIPModel counterpart (LayerScale,
-  a text projection bias, ...) is an error listing every such key."""
-  out, unmapped = {}, []
-  for key, value in state_dict.items():
-    rule = _match(key, 1)
-    if rule is None:
-      unmapped.append(key)
-      continue
-    groups, template, how = rule
-    value = np.asarray(value)
-    if how == QKV:
-      for part, chunk in zip("qkv", np.split(value, 3, axis=0)):
-        out[template.format(**groups, qkv=part)] = np.array(chunk, order="C")
-    else:
-      out[template.format(**groups)] = np.array(value.T if how == TRANSPOSE else value, order="C")
-  if unmapped:
-    raise ValueError(f"{source}: {len(unmapped)} key(s) have no HF CLIPModel counterpart: "
-                     f"{sorted(unmapped)}")
+  """Renames an HF CLIPModel or SiglipModel state dict into OpenCLIP keys; unknown keys pass
+  through unchanged so that the shape/key check reports them."""
+  state_dict = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}
+  out, unmatched, _ = _TABLES[is_hf_siglip(state_dict)].convert(state_dict, True, source)
+  return {**out, **{k: state_dict[k] for k in unmatched}}
+
+
+def openclip_to_hf(state_dict: Mapping[str, np.ndarray], source: str = "params",
+                   siglip: bool = False) -> dict[str, np.ndarray]:
+  """The same rules backwards (SiglipModel's with `siglip`); an OpenCLIP key without an HF
+  counterpart (LayerScale, a text projection bias in a CLIPModel, ...) is an error listing
+  every such key."""
+  out, unmatched, _ = _TABLES[siglip].convert(state_dict, False, source)
+  if unmatched:
+    model = "SiglipModel" if siglip else "CLIPModel"
+    raise ValueError(f"{source}: {len(unmatched)} key(s) have no HF {model} counterpart: "
+                     f"{sorted(unmatched)}")
   return out
+
+
+def is_siglip(config: CLIPConfig) -> bool:
+  """Whether `config` exports as an HF SiglipModel (a timm SigLIP image tower) or a CLIPModel."""
+  return config.vision.timm is not None
+
+
+def _refuse(config: CLIPConfig, model: str, unsupported: dict) -> None:
+  unsupported = {k: v for k, v in unsupported.items() if v is not None}
+  if unsupported:
+    raise ValueError(f"model {config.name!r} cannot be exported as an HF {model}: "
+                     f"{unsupported} have no {model} equivalent")
+
+
+def _gelu(approximate: bool) -> str:
+  return "gelu_pytorch_tanh" if approximate else "gelu"
+
+
+def siglip_config(config: CLIPConfig) -> dict:
+  """The `SiglipModel` config.json of an hpjax SigLIP config (each tower's GELU as hpjax computes
+  it); refuses what SiglipModel cannot compute."""
+  vision, text = config.vision.timm, config.text
+  wanted = {"text_cfg.no_causal_mask": (text.no_causal_mask, True),
+            "text_cfg.pool_type": (text.pool_type, "last"),
+            "text_cfg.proj_bias": (text.proj_bias, True),
+            "text_cfg.ls_init_value": (text.ls_init_value, None),
+            "text_cfg.hf_model_name": (text.hf_model_name, None),
+            "text_cfg.embed_cls": (text.embed_cls, False), "quick_gelu": (config.quick_gelu, False)}
+  _refuse(config, "SiglipModel", {
+      **{k: got for k, (got, want) in wanted.items() if got != want},
+      "init_logit_bias": "null" if config.init_logit_bias is None else None})
+  return {
+      "architectures": ["SiglipModel"], "model_type": "siglip", "initializer_factor": 1.0,
+      "torch_dtype": "float32",
+      "text_config": {
+          "model_type": "siglip_text_model", "vocab_size": text.vocab_size,
+          "hidden_size": text.width, "intermediate_size": int(text.width * text.mlp_ratio),
+          "num_hidden_layers": text.layers, "num_attention_heads": text.heads,
+          "max_position_embeddings": text.context_length, "projection_size": config.embed_dim,
+          "hidden_act": _gelu(text.gelu_approximate == "tanh"), "layer_norm_eps": text.norm_eps,
+          "attention_dropout": 0.0},
+      "vision_config": {
+          "model_type": "siglip_vision_model", "hidden_size": vision.width,
+          "intermediate_size": vision.mlp_dim, "num_hidden_layers": vision.layers,
+          "num_attention_heads": vision.heads, "image_size": vision.image_size,
+          "patch_size": vision.patch_size, "num_channels": 3, "hidden_act": _gelu(vision.gelu_tanh),
+          "layer_norm_eps": 1e-6, "attention_dropout": 0.0, "vision_use_head": True},
+  }
+
+
+_TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
+
+
+def infer_siglip_config(hf: Mapping, source: str) -> CLIPConfig:
+  """The hpjax config of an HF `SiglipModel` config.json: the text tower as HF computes it; the
+  image tower the timm SigLIP tower of the same sizes (`TIMM_SIGLIP_MODELS`), whose GELU is
+  timm's (as in OpenCLIP: exact for SigLIP's B/16, L/16-256/384 and So400m/14, where HF and
+  big_vision compute the tanh form). Named after the shipped config it equals, if any;
+  `hf_tokenizer_name` is the folder `source` (its spiece.model / tokenizer.model)."""
+  if hf.get("model_type") != "siglip":
+    raise ValueError(f"{source}: config.json has model_type {hf.get('model_type')!r}; hpjax "
+                     "infers the architecture of SiglipModel ('siglip') folders only (for a "
+                     "CLIPModel, name the matching hpjax config)")
+  text, vision = hf["text_config"], hf["vision_config"]
+  sizes = (vision["hidden_size"], vision["num_hidden_layers"], vision["num_attention_heads"],
+           vision["patch_size"], vision["image_size"], vision["intermediate_size"])
+  towers = sorted((t.gelu_tanh != (vision.get("hidden_act") in _TANH_GELUS), name)
+                  for name, t in config_lib.TIMM_SIGLIP_MODELS.items()
+                  if (t.width, t.layers, t.heads, t.patch_size, t.image_size, t.mlp_dim) == sizes)
+  if not towers:
+    raise ValueError(f"{source}: no known timm SigLIP tower has the vision_config sizes (width, "
+                     f"layers, heads, patch, image size, mlp) {sizes}")
+  (activation_differs, timm_name), hidden = towers[0], text["hidden_size"]
+  if activation_differs:
+    logging.warning("%s: vision hidden_act %r; hpjax computes %s with timm's GELU, as OpenCLIP "
+                    "does", source, vision.get("hidden_act"), timm_name)
+  text_cfg = {"context_length": text["max_position_embeddings"],
+              "vocab_size": text["vocab_size"], "width": hidden,
+              "heads": text["num_attention_heads"], "layers": text["num_hidden_layers"],
+              "mlp_ratio": text["intermediate_size"] / hidden, "no_causal_mask": True,
+              "proj_bias": True, "pool_type": "last", "hf_tokenizer_name": source,
+              "norm_kwargs": {"eps": text.get("layer_norm_eps", 1e-6)}}
+  if text.get("hidden_act") in _TANH_GELUS:
+    text_cfg["act_kwargs"] = {"approximate": "tanh"}
+  config = CLIPConfig.from_dict({
+      "embed_dim": text.get("projection_size", hidden), "init_logit_bias": -10,
+      "custom_text": True, "text_cfg": text_cfg,
+      "vision_cfg": {"image_size": vision["image_size"], "timm_model_name": timm_name,
+                     "timm_pool": "map", "timm_proj": "none"}}, name="hf-siglip-inferred")
+  bare = lambda c: dataclasses.replace(c, name="", text=dataclasses.replace(
+      c.text, hf_tokenizer_name=None))
+  for name in config_lib.list_models():
+    shipped = config_lib.get_model_config(name)
+    if bare(shipped) == bare(config):
+      return dataclasses.replace(shipped, text=dataclasses.replace(shipped.text,
+                                                                  hf_tokenizer_name=source))
+  return config
 
 
 def hf_config(config: CLIPConfig) -> dict:
   """The `CLIPModel` config.json of an hpjax config; refuses what CLIPModel cannot compute."""
+  if is_siglip(config):
+    return siglip_config(config)
   vision, text = config.vision, config.text
   unsupported = {
       "vision_cfg.ls_init_value": vision.ls_init_value, "text_cfg.ls_init_value":
       text.ls_init_value, "init_logit_bias": config.init_logit_bias}
-  unsupported = {k: v for k, v in unsupported.items() if v is not None}
   for field, value, want in (("vision_cfg.pool_type", vision.pool_type, "tok"),
                              ("text_cfg.pool_type", text.pool_type, "argmax"),
                              ("vision_cfg.no_ln_pre", vision.no_ln_pre, False),
                              ("text_cfg.proj_bias", text.proj_bias, False)):
     if value != want:
       unsupported[field] = value
-  if unsupported:
-    raise ValueError(f"model {config.name!r} cannot be exported as an HF CLIPModel: "
-                     f"{unsupported} have no CLIPModel equivalent")
+  _refuse(config, "CLIPModel", unsupported)
   act = "quick_gelu" if config.quick_gelu else "gelu"
   common = {"hidden_act": act, "layer_norm_eps": 1e-5, "projection_dim": config.embed_dim,
             "attention_dropout": 0.0, "dropout": 0.0, "initializer_factor": 1.0,
@@ -185,9 +273,15 @@ def hf_config(config: CLIPConfig) -> dict:
   }
 
 
-def image_processor_config(image_size: int) -> dict:
+def image_processor_config(image_size: int, siglip: bool = False) -> dict:
   """`CLIPImageProcessor` settings of hpjax's (= OpenCLIP's) eval transform: bicubic resize of
-  the shorter side, centre crop, OpenAI mean and std."""
+  the shorter side, centre crop, OpenAI mean and std. SigLIP: `SiglipImageProcessor`'s bicubic
+  square resize and mean = std = 0.5 (OpenCLIP's SigLIP transform)."""
+  if siglip:
+    return {"image_processor_type": "SiglipImageProcessor", "do_convert_rgb": True,
+            "do_resize": True, "size": {"height": image_size, "width": image_size},
+            "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
   return {"image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True,
           "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
           "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
@@ -213,17 +307,19 @@ def tokenizer_files(context_length: int) -> dict[str, str]:
 def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, folder
                  ) -> epath.Path:
   """Writes an HF CLIPModel folder (config.json, model.safetensors, tokenizer and image processor
-  files) from an
-  OpenCLIP-keyed fp32 state dict. The folder must not exist; it appears complete or not at
-  all (written under a temporary name, then renamed)."""
+  files), or for SigLIP a SiglipModel folder (no tokenizer: its SentencePiece model is not
+  hpjax's to ship), from an OpenCLIP-keyed fp32 state dict (`text.` prefixes stripped). The
+  folder must not exist; it appears complete or not at all (written under a temporary name,
+  then renamed)."""
   folder = epath.Path(folder)
   if folder.exists():
     raise FileExistsError(f"{folder} exists; remove it or choose another folder")
+  siglip = is_siglip(config)
   files = {"config.json": json.dumps(hf_config(config), indent=2) + "\n",
            "preprocessor_config.json": json.dumps(
-               image_processor_config(config.vision.image_size), indent=2) + "\n",
-           **tokenizer_files(config.text.context_length)}
-  weights = openclip_to_hf(openclip_state, f"model {config.name!r}")
+               image_processor_config(config.vision.image_size, siglip), indent=2) + "\n",
+           **({} if siglip else tokenizer_files(config.text.context_length))}
+  weights = openclip_to_hf(openclip_state, f"model {config.name!r}", siglip)
   tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   tmp.mkdir(parents=True)
   try:

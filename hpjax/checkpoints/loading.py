@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from absl import logging
 from etils import epath
 import numpy as np
 
-from hpjax.checkpoints import files, hf, lora, mapping, orbax_params
+from hpjax.checkpoints import big_vision, files, hf, lora, mapping, orbax_params
 from hpjax.models.config import CLIPConfig, infer_openai_config
 
 
@@ -14,16 +16,22 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored
                 *, lora_rank: int | None = None, lora_alpha: float = 1.0):
   """Params of `config` from `path`; with return_ignored, (params, ignored tensors).
 
-  A directory is an hpjax orbax checkpoint; a file is an OpenCLIP state dict (.safetensors,
-  .bin/.pt, OpenAI TorchScript) or an HF transformers CLIPModel state dict (detected by its
-  `text_model.`/`vision_model.` keys). A file with LoRA adapters (TSVLC / DAC) needs
-  `lora_rank` (and `lora_alpha`): the adapters are merged into the weights (checkpoints/lora.py).
+  A directory is an hpjax orbax checkpoint or an HF folder (`is_hf_folder`); a `.npz` file is a
+  big_vision SigLIP checkpoint (checkpoints/big_vision.py); another file is an OpenCLIP state
+  dict (.safetensors, .bin/.pt, OpenAI TorchScript) or an HF transformers CLIPModel /
+  SiglipModel state dict (detected by its `text_model.`/`vision_model.` keys). A file with LoRA
+  adapters (TSVLC / DAC) needs `lora_rank` (and `lora_alpha`): the adapters are merged into the weights (checkpoints/lora.py).
   Keys of parts hpjax does not build (CoCa's `text_decoder.*`) are not loaded: they are logged
   and, with return_ignored, returned as {key: array} (sorted key names for results.json; pass
   the dict to `export_openclip(..., extra=...)` to write a file OpenCLIP loads strictly).
   """
   path = epath.Path(path)
-  if path.is_dir():
+  if path.suffix == ".npz":
+    if lora_rank is not None:
+      raise ValueError(f"{path} is a big_vision file, which holds no LoRA adapters; load it "
+                       f"without lora_rank={lora_rank}")
+    params, ignored = big_vision.load(path, config, param_dtype), {}
+  elif path.is_dir() and not is_hf_folder(path):
     if lora_rank is not None:
       raise ValueError(f"{path} is an hpjax params directory, whose weights hold no LoRA "
                        f"adapters; load it without lora_rank={lora_rank}")
@@ -47,8 +55,29 @@ def load_openai(path, param_dtype=np.float32, *, lora_rank: int | None = None,
   return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
 
 
+def is_hf_folder(path) -> bool:
+  """An HF model folder: config.json and model.safetensors (what `save_pretrained` writes)."""
+  path = epath.Path(path)
+  return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def load_hf(path, param_dtype=np.float32) -> tuple[CLIPConfig, dict]:
+  """(config, params) of an HF SiglipModel folder, the architecture inferred from its config.json
+  (`hf.infer_siglip_config`); the folder is the config's tokenizer folder too."""
+  path = epath.Path(path)
+  if not is_hf_folder(path):
+    raise FileNotFoundError(f"{path} is not an HF model folder: it needs config.json and "
+                            "model.safetensors")
+  config = hf.infer_siglip_config(json.loads((path / "config.json").read_text()), str(path))
+  state_dict, source = _read_openclip(path, None, 1.0)
+  return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
+
+
 def _read_openclip(path: epath.Path, lora_rank, lora_alpha):
-  """The OpenCLIP-keyed state dict of a checkpoint file, adapters merged, and its description."""
+  """The OpenCLIP-keyed state dict of a checkpoint file (an HF folder's model.safetensors),
+  adapters merged, and its description."""
+  if path.is_dir():
+    path = path / "model.safetensors"
   state_dict = files.read_state_dict(path)
   source = f"checkpoint {path}"
   if hf.is_hf_state_dict(state_dict):
@@ -65,5 +94,7 @@ def export_openclip(params, config: CLIPConfig, path, extra=None) -> epath.Path:
 
 
 def export_hf(params, config: CLIPConfig, folder) -> epath.Path:
-  """Writes `params` as a Hugging Face `CLIPModel` folder (config, weights, tokenizer), fp32."""
-  return hf.write_folder(mapping.params_to_openclip(params, config), config, folder)
+  """Writes `params` as a Hugging Face `CLIPModel` folder (config, weights, tokenizer) or, for
+  SigLIP, a `SiglipModel` folder (config, weights), fp32."""
+  state = files.normalize_keys(mapping.params_to_openclip(params, config))
+  return hf.write_folder(state, config, folder)
