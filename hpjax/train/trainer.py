@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
+from hpjax.data import world_tokenizer
 from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
@@ -30,6 +31,10 @@ RETRIEVAL_HEADLINE = "retrieval/mean_recall@1"
 
 class NonFiniteLossError(FloatingPointError):
   """The loss, gradient or update became NaN/inf; nothing from that step on is saved."""
+
+
+def _world_dir(workdir: str) -> str:
+  return os.path.join(workdir, "world")
 
 
 def _training_data(config, workdir: str, resuming: bool = False):
@@ -44,7 +49,7 @@ def _training_data(config, workdir: str, resuming: bool = False):
   source_path = data.source
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
-    world_dir = os.path.join(workdir, "world")
+    world_dir = _world_dir(workdir)
     rebuild = not resuming or run_config.allowed(config, "data.synthetic")
     try:
       # One writer; the other hosts then find it cached (a second call re-hashes every file).
@@ -80,6 +85,23 @@ def model_config(name: str, loss_kind: str):
   if loss_kind != "sigmoid":
     return cfg
   return dataclasses.replace(cfg, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
+
+
+def _tokenizer(config, model_cfg, workdir: str, resuming: bool):
+  """The tokenizer of model.tokenizer (a local file or folder, for configs that name one). A
+  SentencePiece model (SigLIP's) on the synthetic world without one gets a small model trained on
+  the world's texts, WORKDIR/spiece.model (kept for resumes)."""
+  path, text = config.model.tokenizer, model_cfg.text
+  if not path and config.data.source == "synthetic" and text.hf_tokenizer_name and \
+      text.hf_model_name is None:
+    path = os.path.join(workdir, world_tokenizer.FILE)
+    train_jsonl = os.path.join(_world_dir(workdir), "train.jsonl")
+    if jax.process_index() == 0 and not (resuming and os.path.exists(path)):
+      world_tokenizer.train_sentencepiece(train_jsonl, path, text.vocab_size)
+    multihost_utils.sync_global_devices("world tokenizer written")
+    if not os.path.exists(path):  # a host that does not share process 0's workdir
+      world_tokenizer.train_sentencepiece(train_jsonl, path, text.vocab_size)
+  return tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
 
 
 def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_root: str):
@@ -154,8 +176,7 @@ def run(config, workdir: str) -> dict:
       model_config(config.model.name, config.loss.kind),
       pretrained=config.model.pretrained or None, dtype=run_config.DTYPES[config.model.dtype],
       remat=config.model.remat, rng=jax.random.key(config.seed))
-  tokenizer = tokenizer_lib.get_tokenizer(model.config,
-                                          tokenizer_dir=config.model.tokenizer or None)
+  tokenizer = _tokenizer(config, model.config, workdir, resuming)
   transform = data_lib.ExampleTransform(
       tokenizer=tokenizer,
       image_size=model.config.vision.image_size,

@@ -1,0 +1,66 @@
+"""SigLIP finetuning from the front door: configs/hnhp.py:model=...,loss=sigmoid on the synthetic
+world (its own SentencePiece model), checkpoint and evaluation; two processes train to the same
+parameters as one."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from configs import coco_control, hn, hnhp, hp
+from helpers import assert_same_tree, final_params, run_main_on_processes, train_args
+from hpjax import tokenizer as tokenizer_lib
+from hpjax.data import world_tokenizer
+from hpjax.train import run_config, trainer
+
+MODEL = "hpjax-tiny-siglip"
+STEPS = 3
+
+
+@pytest.mark.parametrize("recipe", [hnhp, hn, hp, coco_control])
+def test_every_variant_takes_a_siglip_model_and_the_sigmoid_loss(recipe):
+  config = recipe.get_config("model=ViT-B-16-SigLIP,loss=sigmoid,hn_weight=2.0")
+  assert (config.model.name, config.loss.kind, config.loss.hard_negative_weight) == (
+      "ViT-B-16-SigLIP", "sigmoid", 2.0)
+  run_config.check_values(config, num_devices=8, process_count=1)
+  built = trainer.model_config(config.model.name, config.loss.kind)
+  assert (built.init_logit_scale, built.init_logit_bias) == (math.log(10.0), -10.0)
+  assert not built.text.causal_eot_pooled  # trained at full context length, not packed
+
+
+def test_the_world_tokenizer_is_a_siglip_sentencepiece_model(train_source, tmp_path):
+  path = world_tokenizer.train_sentencepiece(train_source, str(tmp_path / "spiece.model"), 200)
+  tok = tokenizer_lib.SentencePieceTokenizer(path, context_length=12)
+  assert (tok.pad_token_id, tok.eot_token_id) == (1, 1) and tok.vocab_size <= 200
+  ids = tok(["A red block, on the LEFT", "on the left there is a red block"])
+  assert 2 not in ids  # every word of the fixture's texts is in the vocabulary (2 is unk)
+  # canonicalised: case and punctuation do not change the ids
+  np.testing.assert_array_equal(ids[0], tok(["a red block on the left"])[0])
+
+
+@pytest.mark.slow
+def test_siglip_runs_from_the_front_door_and_two_processes_match_one(tmp_path):
+  args = train_args("synthetic", model=MODEL, loss="sigmoid", hn_weight=2.0, total_steps=STEPS,
+                    **{"checkpoint.every_steps": STEPS, "eval.every_steps": STEPS,
+                       "eval.hard_positive": True, "eval.batch_size": 16, "data.val_size": 16,
+                       "data.synthetic.num_train": 64, "data.synthetic.num_eval": 8})
+  one = tmp_path / "one"
+  metrics = trainer.run(hnhp.get_config(args + ",mesh.num_devices=4"), str(one))
+  assert 0 <= metrics["retrieval/mean_recall@1"] <= 100 and "replace/augmented" in metrics
+  assert (one / "reports" / "results.json").is_file()
+  lines = [json.loads(l) for l in open(one / "metrics.jsonl")]
+  assert [l["step"] for l in lines if "loss" in l] == list(range(1, STEPS + 1))
+  assert lines[0]["logit_bias"] == -10.0 and lines[0]["logit_scale"] == pytest.approx(10.0)
+
+  two = tmp_path / "two"
+  logs = run_main_on_processes(f"configs/hnhp.py:{args}", two)
+  assert "process 0 of 2; 2 local of 4 devices" in logs[0]
+  step_one, params_one = final_params(one)
+  step_two, params_two = final_params(two)
+  assert step_one == step_two == STEPS
+  # (the tolerance of test_multihost: the hosts' rows are summed in another order)
+  assert_same_tree(params_two, params_one, rtol=1e-4, atol=2e-5)
+  assert params_one["logit_bias"] != -10.0, "the bias is a trained parameter"
+  assert os.path.getsize(one / world_tokenizer.FILE) == os.path.getsize(two / world_tokenizer.FILE)
