@@ -31,7 +31,8 @@ def test_every_variant_takes_a_siglip_model_and_the_sigmoid_loss(recipe):
 
 
 def test_the_world_tokenizer_is_a_siglip_sentencepiece_model(train_source, tmp_path):
-  path = world_tokenizer.train_sentencepiece(train_source, str(tmp_path / "spiece.model"), 200)
+  path = world_tokenizer.train_sentencepiece(world_tokenizer.jsonl_texts(train_source),
+                                             str(tmp_path / "spiece.model"), 200)
   tok = tokenizer_lib.SentencePieceTokenizer(path, context_length=12)
   assert (tok.pad_token_id, tok.eot_token_id) == (1, 1) and tok.vocab_size <= 200
   ids = tok(["A red block, on the LEFT", "on the left there is a red block"])

@@ -1,4 +1,4 @@
-"""A SentencePiece model trained on a training JSONL's texts, for SigLIP runs on the synthetic world.
+"""A SentencePiece model trained on a few texts, for SigLIP runs on the synthetic world.
 
 SigLIP tokenizes with a SentencePiece model file (c4_en, 32k pieces) that hpjax never downloads;
 the synthetic world's few dozen words need only a small one, trained here offline in well under a
@@ -17,23 +17,24 @@ from hpjax import tokenizer as tokenizer_lib
 FILE = "spiece.model"
 
 
-def _texts(train_jsonl: str) -> list[str]:
+def jsonl_texts(train_jsonl: str) -> list[str]:
+  """Every caption, hard negative and hard positive of a training JSONL."""
   texts = []
   with open(train_jsonl, encoding="utf-8") as f:
     for line in filter(str.strip, f):
       record = json.loads(line)
       texts += [record["caption"], *record.get("hard_negatives", []),
                 *record.get("hard_positives", [])]
-  return [tokenizer_lib.canonicalize(t) for t in texts]
+  return texts
 
 
-def train_sentencepiece(train_jsonl: str, path: str, vocab_size: int) -> str:
+def train_sentencepiece(texts, path: str, vocab_size: int) -> str:
   """Writes a SentencePiece model of at most `vocab_size` pieces (the text tower's embedding
-  rows) trained on every text of `train_jsonl` to `path`, atomically; returns `path`."""
+  rows) trained on `texts` to `path`, atomically; returns `path`."""
   import sentencepiece  # pylint: disable=g-import-not-at-top  (only SigLIP runs need it)
   model = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(_texts(train_jsonl)), model_writer=model, vocab_size=vocab_size,
+      sentence_iterator=iter([tokenizer_lib.canonicalize(t) for t in texts]), model_writer=model, vocab_size=vocab_size,
       hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       num_threads=1, minloglevel=2)
   tmp = path + ".partial"

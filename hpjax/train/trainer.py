@@ -95,12 +95,13 @@ def _tokenizer(config, model_cfg, workdir: str, resuming: bool):
   if not path and config.data.source == "synthetic" and text.hf_tokenizer_name and \
       text.hf_model_name is None:
     path = os.path.join(workdir, world_tokenizer.FILE)
-    train_jsonl = os.path.join(_world_dir(workdir), "train.jsonl")
+    train = lambda: world_tokenizer.train_sentencepiece(world_tokenizer.jsonl_texts(
+        os.path.join(_world_dir(workdir), "train.jsonl")), path, text.vocab_size)
     if jax.process_index() == 0 and not (resuming and os.path.exists(path)):
-      world_tokenizer.train_sentencepiece(train_jsonl, path, text.vocab_size)
+      train()
     multihost_utils.sync_global_devices("world tokenizer written")
     if not os.path.exists(path):  # a host that does not share process 0's workdir
-      world_tokenizer.train_sentencepiece(train_jsonl, path, text.vocab_size)
+      train()
   return tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
 
 
