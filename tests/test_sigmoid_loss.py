@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from open_clip.loss import SigLipLoss
 
 from hpjax.train import losses
-from test_losses import _features
+from test_losses import _features, assert_same_on_1_2_4_8_devices
 
 
 def _reference(img, cap, hp, hp_mask, hn, hn_mask, logit_scale, logit_bias, hn_weight, xp):
@@ -101,23 +100,5 @@ def test_without_hard_texts_equals_big_vision_and_openclip():
 def test_value_and_gradients_do_not_depend_on_device_count():
   """The loss is written on global arrays: under jit with the batch sharded over 1, 2, 4 and 8
   devices the partitioner's collectives must give one value and gradient."""
-  feats = _features(4)
-  results = []
-  for n in (1, 2, 4, 8):
-    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
-    on_mesh = [jax.device_put(np.asarray(x), NamedSharding(mesh, P("data"))) for x in feats]
-
-    def loss_fn(img, cap, hp, hn, scale, bias, hp_mask, hn_mask):
-      return losses.sigmoid_loss(img, cap, hp, hp_mask, hn, hn_mask, scale, bias,
-                                 hard_negative_weight=2.0)[0]
-
-    with jax.default_matmul_precision("highest"):
-      step = jax.jit(jax.value_and_grad(loss_fn, argnums=range(6)))
-      value, grads = step(on_mesh[0], on_mesh[1], on_mesh[2], on_mesh[4], jnp.float32(2.3),
-                          jnp.float32(-10.0), on_mesh[3], on_mesh[5])
-    assert grads[0].sharding.num_devices == n
-    results.append((np.asarray(value), [np.asarray(g) for g in grads]))
-  for value, grads in results[1:]:
-    np.testing.assert_allclose(value, results[0][0], rtol=1e-6)
-    for g, g0 in zip(grads, results[0][1]):
-      np.testing.assert_allclose(g, g0, rtol=1e-5, atol=1e-7)
+  assert_same_on_1_2_4_8_devices(
+      lambda *a: losses.sigmoid_loss(*a, hard_negative_weight=2.0)[0], _features(4), [2.3, -10.0])
