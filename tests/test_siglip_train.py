@@ -13,6 +13,7 @@ from configs import coco_control, hn, hnhp, hp
 from helpers import assert_same_tree, final_params, run_main_on_processes, train_args
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import world_tokenizer
+from hpjax.models.config import CONFIG_DIR
 from hpjax.train import run_config, trainer
 
 MODEL = "hpjax-tiny-siglip"
@@ -39,6 +40,16 @@ def test_the_world_tokenizer_is_a_siglip_sentencepiece_model(train_source, tmp_p
   assert 2 not in ids  # every word of the fixture's texts is in the vocabulary (2 is unk)
   # canonicalised: case and punctuation do not change the ids
   np.testing.assert_array_equal(ids[0], tok(["a red block on the left"])[0])
+
+
+def test_a_tokenizer_with_more_ids_than_the_text_tower_stops_the_run(train_source, tmp_path):
+  config = json.loads((CONFIG_DIR / "hpjax-tiny.json").read_text())
+  config["text_cfg"]["vocab_size"] = 1000
+  path = tmp_path / "small-vocab.json"
+  path.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="Tokenizer has 49408 ids, more than the text tower's "
+                                       "vocab_size 1000"):
+    trainer.run(hnhp.get_config(train_args(train_source, model=str(path))), str(tmp_path / "w"))
 
 
 @pytest.mark.slow

@@ -102,7 +102,14 @@ def _tokenizer(config, model_cfg, workdir: str, resuming: bool):
     multihost_utils.sync_global_devices("world tokenizer written")
     if not os.path.exists(path):  # a host that does not share process 0's workdir
       train()
-  return tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
+  tokenizer = tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
+  vocab = text.hf.vocab_size if text.hf else text.vocab_size
+  if tokenizer.vocab_size > vocab:  # (an id past the embedding would be a NaN feature)
+    raise ValueError(f"model.name={config.model.name!r}: its {type(tokenizer).__name__}"
+                     f"{' ' + path if path else ''} has {tokenizer.vocab_size} ids, more than "
+                     "the text tower's "
+                     f"vocab_size {vocab}; give model.tokenizer the tokenizer of this model")
+  return tokenizer
 
 
 def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_root: str):
