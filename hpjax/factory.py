@@ -56,7 +56,7 @@ def create_model_and_transforms(name: str | None, pretrained=None, **kwargs):
   """Returns (model, params, preprocess): preprocess maps a PIL image to a (H, W, 3) array."""
   from hpjax import preprocess  # pylint: disable=g-import-not-at-top  (owned by another module)
   model, params = create_model(name, pretrained, **kwargs)
-  return model, params, preprocess.eval_transform(model.config.vision.image_size)
+  return model, params, preprocess.model_transform(model.config)
 
 
 def export_openclip(params, name: str | CLIPConfig, path, extra=None):

@@ -5,7 +5,9 @@ OpenCLIP's eval transform is torchvision `Resize(size)` (shorter side, bicubic) 
 OpenAI mean/std `Normalize`. The same PIL calls with torchvision's size and offset rounding
 are made here, so the pixels are bit-identical and only the layout differs (HWC, not CHW).
 Resizing before the RGB conversion matters: PIL resizes palette images with NEAREST and RGBA
-ones with premultiplied alpha.
+ones with premultiplied alpha. SigLIP's weights in OpenCLIP use another eval transform (their
+pretrained cfg): `Resize((size, size))`, a squash without crop, bicubic, mean = std = 0.5
+(`model_transform` picks it for a timm SigLIP tower).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from PIL import Image
 
 OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)  # OpenCLIP's SigLIP pretrained cfg
+RESIZE_MODES = ("shortest", "squash")
 
 
 def load_image(source: str | os.PathLike | bytes,
@@ -94,17 +98,27 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB"), np.uint8)
 
 
-def normalize(pixels: np.ndarray) -> np.ndarray:
-  """uint8 RGB (..., 3) -> float32 OpenAI-normalised, in ToTensor + Normalize's float32 order.
+def normalize(pixels: np.ndarray, mean: Sequence[float] = OPENAI_MEAN,
+              std: Sequence[float] = OPENAI_STD) -> np.ndarray:
+  """uint8 RGB (..., 3) -> float32 normalised (OpenAI's mean/std unless given), in ToTensor +
+  Normalize's float32 order.
 
   Also traces under jax.jit on a jax array, so a pipeline can ship uint8 `eval_pixels` (4x
   fewer bytes) and normalise on the device (equal to within 1e-6 there).
   """
-  return (pixels.astype(np.float32) / np.float32(255) - OPENAI_MEAN) / OPENAI_STD
+  return ((pixels.astype(np.float32) / np.float32(255) - np.asarray(mean, np.float32))
+          / np.asarray(std, np.float32))
 
 
-def eval_pixels(image: Image.Image, image_size: int) -> np.ndarray:
-  """uint8 (image_size, image_size, 3): the eval geometry before normalisation."""
+def eval_pixels(image: Image.Image, image_size: int, resize_mode: str = "shortest") -> np.ndarray:
+  """uint8 (image_size, image_size, 3): the eval geometry before normalisation ('shortest':
+  shorter side resized, centre crop; 'squash': both sides resized, aspect ratio not kept)."""
+  if resize_mode == "squash":
+    size = (image_size, image_size)
+    return rgb_pixels(image if image.size == size else
+                      image.resize(size, Image.Resampling.BICUBIC))
+  if resize_mode != "shortest":
+    raise ValueError(f"resize_mode {resize_mode!r}: expected one of {RESIZE_MODES}")
   return rgb_pixels(center_crop(resize_shorter_side(image, image_size), image_size))
 
 
@@ -113,16 +127,32 @@ class EvalTransform:
   """PIL image -> float32 (image_size, image_size, 3), as OpenCLIP's eval transform.
 
   A class rather than a closure so that it pickles into data-loader worker processes; equal
-  sizes compare equal, so the scorer can tell that two models share a preprocessing.
+  settings compare equal, so the scorer can tell that two models share a preprocessing.
   """
   image_size: int
+  resize_mode: str = "shortest"
+  mean: tuple[float, ...] = tuple(OPENAI_MEAN.tolist())
+  std: tuple[float, ...] = tuple(OPENAI_STD.tolist())
+
+  def __post_init__(self):
+    if self.resize_mode not in RESIZE_MODES:
+      raise ValueError(f"resize_mode {self.resize_mode!r}: expected one of {RESIZE_MODES}")
 
   def __call__(self, image: Image.Image) -> np.ndarray:
-    return normalize(eval_pixels(image, self.image_size))
+    return normalize(eval_pixels(image, self.image_size, self.resize_mode), self.mean, self.std)
 
 
 def eval_transform(image_size: int) -> EvalTransform:
   return EvalTransform(image_size)
+
+
+def model_transform(config) -> EvalTransform:
+  """The eval transform OpenCLIP gives the weights of `config` (a `CLIPConfig`): SigLIP's for a
+  timm SigLIP tower, the OpenAI one otherwise."""
+  size = config.vision.image_size
+  if config.vision.timm_model_name is not None:
+    return EvalTransform(size, "squash", INCEPTION_MEAN, INCEPTION_STD)
+  return EvalTransform(size)
 
 
 def preprocess_batch(images: Sequence[Image.Image], image_size: int) -> np.ndarray:

@@ -10,16 +10,44 @@ import pathlib
 
 import numpy as np
 import open_clip
+import timm
+from timm.models import vision_transformer
 import torch
 import transformers
 
-TINY_JSON = pathlib.Path(__file__).parents[1] / "hpjax" / "models" / "configs" / "hpjax-tiny.json"
+from hpjax.models.config import TIMM_SIGLIP_MODELS
+
+CONFIG_DIR = pathlib.Path(__file__).parents[1] / "hpjax" / "models" / "configs"
+TINY_JSON = CONFIG_DIR / "hpjax-tiny.json"
+TINY_SIGLIP = ("hpjax-tiny-siglip", "hpjax-tiny-siglip2")  # exact / tanh GELU
 SOT, EOT = 49406, 49407
 
 
 @functools.cache
 def _register_tiny():
   open_clip.add_model_config(str(TINY_JSON))
+
+
+@functools.cache
+def register_tiny_siglip() -> None:
+  """Makes timm build hpjax's tiny SigLIP trunks (`hpjax_tiny_siglip`, `..._siglip2`: the
+  shapes of models.config.TIMM_SIGLIP_MODELS, built as timm builds its SigLIP ViTs) and
+  open_clip know the two tiny SigLIP configs."""
+  for name in TINY_SIGLIP:
+    timm_name = name.replace("-", "_")
+    arch = TIMM_SIGLIP_MODELS[timm_name]
+
+    def build(pretrained=False, _name=timm_name, _arch=arch, **kwargs):
+      args = dict(img_size=_arch.image_size, patch_size=_arch.patch_size, embed_dim=_arch.width,
+                  depth=_arch.layers, num_heads=_arch.heads, mlp_ratio=_arch.mlp_ratio,
+                  class_token=False, global_pool="map",
+                  act_layer="gelu_tanh" if _arch.gelu_tanh else "gelu")
+      return vision_transformer._create_vision_transformer(  # pylint: disable=protected-access
+          _name, pretrained=pretrained, **dict(args, **kwargs))
+
+    build.__name__ = timm_name
+    timm.models.register_model(build)
+    open_clip.add_model_config(str(CONFIG_DIR / f"{name}.json"))
 
 
 def openclip_model(name: str, seed: int = 0) -> torch.nn.Module:

@@ -50,9 +50,9 @@ RULES = (
     (r"(.*)", r"\1", SAME),  # class/positional embeddings, proj, text_projection, ls gamma, logits
 )
 
-# Flax names `resblocks_3`, `layer1_0`, `downsample_1`, HF's `layer_3` and the projection's
-# `proj_0` are PyTorch's Sequential / ModuleList items `.3`.
-_SEQUENCE_ITEM = re.compile(r"\b(resblocks|layer\d?|downsample|proj)_(\d+)\b")
+# Flax names `resblocks_3`, timm's `blocks_3`, `layer1_0`, `downsample_1`, HF's `layer_3` and the
+# projection's `proj_0` are PyTorch's Sequential / ModuleList items `.3`.
+_SEQUENCE_ITEM = re.compile(r"\b(resblocks|blocks|layer\d?|downsample|proj)_(\d+)\b")
 
 # BatchNorm's step counter: no weight; dropped on import, and PyTorch's loader restores it as 0
 # when a file lacks it, so strict loading needs none on export.

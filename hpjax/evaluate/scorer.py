@@ -10,7 +10,8 @@ features in fp32 on the host.
   results are fetched one batch late, so the device is busy while the host assembles the next.
 * Text: captions are sorted into length buckets (16/32/77 tokens) and each bucket is encoded at
   its own length. Under the causal mask the pooled EOT feature only sees the tokens before it,
-  so this is exact, and each bucket compiles once.
+  so this is exact, and each bucket compiles once. A text tower that sees every position
+  (SigLIP's, CoCa's, HF's) is always given its full input length.
 * Several models: `score_models` feeds every model that shares a preprocessing from one decode
   pass (each distinct (image, crop) is decoded once and encoded by each model in turn).
 * Score dtype: 'float32' normalises on the device and forms fp32 dot products; 'float16' copies
@@ -178,8 +179,8 @@ class Scorer:
     model: an `hpjax.models.CLIP`.
     tokenizer: an `hpjax.tokenizer.Tokenizer` (or any callable list[str] -> int32 (N, 77)).
     image_root: relative record image paths are resolved against it.
-    transform: PIL image -> float32 (H, W, 3); default `preprocess.eval_transform` at the
-      model's image size.
+    transform: PIL image -> float32 (H, W, 3); default `preprocess.model_transform`, the eval
+      transform OpenCLIP gives the model's weights (SigLIP's for a SigLIP tower).
     image_batch_size / text_batch_size: global batch sizes (rounded up to a multiple of the
       device count).
     buckets: text lengths to encode at; the last must be the model's context length.
@@ -207,13 +208,15 @@ class Scorer:
     self.tokenizer = tokenizer
     self.image_root = image_root
     image_size = model.config.vision.image_size
-    self.transform = transform or preprocess.eval_transform(image_size)
+    self.transform = transform or preprocess.model_transform(model.config)
     self.image_shape = (image_size, image_size, 3)
     self.mesh = data_mesh(devices)
     n = self.mesh.devices.size
     self.image_batch_size = -(-image_batch_size // n) * n
     self.text_batch_size = -(-text_batch_size // n) * n
     context = model.config.text.input_length
+    if not model.config.text.causal_eot_pooled:
+      buckets = ()  # Shorter rows would change (or be refused by) such a tower.
     self.buckets = tuple(sorted(b for b in buckets if b < context)) + (context,)
     self.num_workers, self.prefetch = num_workers, prefetch
     self.skip_missing_images = skip_missing_images
@@ -259,8 +262,11 @@ class Scorer:
 
   def encode_tokens(self, params, tokens: np.ndarray) -> np.ndarray:
     """Features of (N, 77) token rows, encoded by length bucket (normalised unless fp16)."""
-    lengths = tokenizer_lib.token_lengths(tokens)
-    bucket_of = np.array([tokenizer_lib.bucket_length(int(n), self.buckets) for n in lengths])
+    if len(self.buckets) == 1:  # Full length only: ids need no EOT (SigLIP's pad = EOS).
+      bucket_of = np.full(len(tokens), self.buckets[0])
+    else:
+      lengths = tokenizer_lib.token_lengths(tokens)
+      bucket_of = np.array([tokenizer_lib.bucket_length(int(n), self.buckets) for n in lengths])
     feats = _OneStepLate(np.zeros((len(tokens), self.model.config.embed_dim), np.float32))
     batch, local = self.text_batch_size, self._local_slice(self.text_batch_size)
     progress, done = _Progress("captions", len(tokens)), 0

@@ -13,11 +13,17 @@ Text of any length L <= context_length is accepted: under the causal mask the po
 depends only on the tokens before it, so encoding at a shorter length with the first L positional
 embeddings gives the same features as padding to 77 (see `tokenizer.bucket_length`). For the same
 reason several texts can share a row (`hpjax.train.text_packing`): attention masked to each
-text's own tokens, positions restarting per text, pooling at each text's EOT.
+text's own tokens, positions restarting per text, pooling at each text's EOT. SigLIP's text tower
+(`no_causal_mask`, pooled at the last position) sees every id, pads included: it takes exactly
+context_length ids.
+
+The blocks are shared with SigLIP's timm image tower (models/siglip.py): timm's ViT block is the
+same pre-LN block under other names (`BlockNames`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -40,10 +46,43 @@ def exact_gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
-def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-  # PyTorch's eps and two-pass variance: the parity traps of design.md.
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype,
+def tanh_gelu(x):
+  """torch's GELU(approximate='tanh'), timm's 'gelu_tanh' (SigLIP 2)."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, eps: float = 1e-5) -> nn.LayerNorm:
+  # PyTorch's eps (unless the config sets one) and two-pass variance: the parity traps of
+  # design.md.
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype,
                       param_dtype=param_dtype, name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockNames:
+  """Submodule names of a pre-LN block as its PyTorch source keys them, and its LayerNorm eps."""
+  blocks: str = "resblocks"
+  ln_1: str = "ln_1"
+  ln_2: str = "ln_2"
+  in_proj: str = "in_proj"
+  out_proj: str = "out_proj"
+  fc: str = "c_fc"
+  proj: str = "c_proj"
+  eps: float = 1e-5
+
+
+OPENCLIP_NAMES = BlockNames()
+TIMM_NAMES = BlockNames("blocks", "norm1", "norm2", "qkv", "proj", "fc1", "fc2", 1e-6)
+
+
+def attention(q, k, v, mask=None, is_causal: bool = False):
+  """jax.nn.dot_product_attention on (N, L, heads, head_dim), in the inputs' dtype."""
+  dtype = q.dtype
+  if dtype == jnp.float16:
+    # fp16 products accumulated in fp32 (as cuBLAS does), written as an fp32 attention:
+    # XLA:CPU has no fp16 x fp16 -> fp32 dot. The paper's fp16 rows (hpjax.zoo) need it.
+    q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal).astype(dtype)
 
 
 class MultiheadAttention(nn.Module):
@@ -51,6 +90,7 @@ class MultiheadAttention(nn.Module):
   width: int
   heads: int
   causal: bool = False
+  names: BlockNames = OPENCLIP_NAMES
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -61,17 +101,11 @@ class MultiheadAttention(nn.Module):
     head_dim = self.width // self.heads
     init = nn.initializers.normal(self.width ** -0.5)
     qkv = nn.Dense(3 * self.width, kernel_init=init, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="in_proj")(x.reshape(-1, self.width))
+                   param_dtype=self.param_dtype, name=self.names.in_proj)(x.reshape(-1, self.width))
     q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.heads, head_dim), 3, axis=2)
-    if qkv.dtype == jnp.float16:
-      # fp16 products accumulated in fp32 (as cuBLAS does), written as an fp32 attention:
-      # XLA:CPU has no fp16 x fp16 -> fp32 dot. The paper's fp16 rows (hpjax.zoo) need it.
-      q, k, v = (t.astype(jnp.float32) for t in (q, k, v))
-    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask,
-                                       is_causal=self.causal)
-    out = out.astype(qkv.dtype)
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask, is_causal=self.causal)
     out = nn.Dense(self.width, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name="out_proj")(out.reshape(-1, self.width))
+                   name=self.names.out_proj)(out.reshape(-1, self.width))
     return out.reshape(batch, length, self.width)
 
 
@@ -79,6 +113,7 @@ class MLP(nn.Module):
   width: int
   hidden: int
   activation: Callable
+  names: BlockNames = OPENCLIP_NAMES
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -87,11 +122,11 @@ class MLP(nn.Module):
     shape = x.shape
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                  kernel_init=nn.initializers.normal((2 * self.width) ** -0.5),
-                 name="c_fc")(x.reshape(-1, shape[-1]))
+                 name=self.names.fc)(x.reshape(-1, shape[-1]))
     x = self.activation(x)
     return nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=nn.initializers.normal(self.hidden ** -0.5),
-                    name="c_proj")(x).reshape(shape)
+                    name=self.names.proj)(x).reshape(shape)
 
 
 class LayerScale(nn.Module):
@@ -112,19 +147,22 @@ class ResidualAttentionBlock(nn.Module):
   activation: Callable
   causal: bool = False
   ls_init_value: float | None = None
+  names: BlockNames = OPENCLIP_NAMES
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    names = self.names
     scale = (lambda name: LayerScale(self.ls_init_value, self.param_dtype, name=name)
              if self.ls_init_value is not None else (lambda y: y))
-    y = _layer_norm("ln_1", **kw)(x)
-    y = MultiheadAttention(self.width, self.heads, self.causal, name="attn", **kw)(y, mask)
+    y = _layer_norm(names.ln_1, eps=names.eps, **kw)(x)
+    y = MultiheadAttention(self.width, self.heads, self.causal, names, name="attn", **kw)(y, mask)
     x = x + scale("ls_1")(y)
-    y = _layer_norm("ln_2", **kw)(x)
-    y = MLP(self.width, int(self.width * self.mlp_ratio), self.activation, name="mlp", **kw)(y)
+    y = _layer_norm(names.ln_2, eps=names.eps, **kw)(x)
+    y = MLP(self.width, int(self.width * self.mlp_ratio), self.activation, names, name="mlp",
+            **kw)(y)
     return x + scale("ls_2")(y)
 
 
@@ -137,6 +175,7 @@ class Transformer(nn.Module):
   causal: bool = False
   ls_init_value: float | None = None
   remat: bool = False
+  names: BlockNames = OPENCLIP_NAMES
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -145,7 +184,8 @@ class Transformer(nn.Module):
     block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
       x = block(self.width, self.heads, self.mlp_ratio, self.activation, self.causal,
-                self.ls_init_value, self.dtype, self.param_dtype, name=f"resblocks_{i}")(x, mask)
+                self.ls_init_value, self.names, self.dtype, self.param_dtype,
+                name=f"{self.names.blocks}_{i}")(x, mask)
     return x
 
 
@@ -271,19 +311,25 @@ class TextTransformer(nn.Module):
     length = tokens.shape[1]
     if length > cfg.context_length:
       raise ValueError(f"token length {length} exceeds context_length {cfg.context_length}")
+    if not cfg.causal_eot_pooled and (length != cfg.context_length or segments is not None):
+      raise ValueError(f"this text tower (no_causal_mask={cfg.no_causal_mask}, pool_type "
+                       f"{cfg.pool_type!r}) sees every position: it takes {cfg.context_length} "
+                       f"ids per text, unpacked; got rows of {length}"
+                       f"{' (packed)' if segments is not None else ''}")
     x = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02),
                  name="token_embedding", **kw)(tokens)
     pos = self.param("positional_embedding", nn.initializers.normal(0.01),
                      (cfg.context_length, cfg.width), self.param_dtype)
     x = x + (pos[:length] if positions is None else pos[positions]).astype(x.dtype)
     mask = None if segments is None else (segments[:, None, :, None] == segments[:, None, None, :])
-    x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation, causal=True,
-                    ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer",
-                    **kw)(x, mask)
-    ln_final = _layer_norm("ln_final", **kw)
-    if cfg.pool_type != "argmax":
-      raise ValueError(f"text pool_type {cfg.pool_type!r} is not supported (use 'argmax')")
-    if eot is None:
+    names = dataclasses.replace(OPENCLIP_NAMES, eps=cfg.norm_eps)
+    x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation,
+                    causal=not cfg.no_causal_mask, ls_init_value=cfg.ls_init_value,
+                    remat=self.remat, names=names, name="transformer", **kw)(x, mask)
+    ln_final = _layer_norm("ln_final", eps=cfg.norm_eps, **kw)
+    if eot is None and cfg.pool_type == "last":
+      eot = jnp.full((tokens.shape[0], 1), length - 1)
+    elif eot is None:
       # EOT has the largest id, so argmax finds it (the first one on ties, as torch does).
       eot = jnp.argmax(tokens, axis=-1)[:, None]
     rows = x.reshape(eot.shape[0], -1, cfg.width)
@@ -300,8 +346,12 @@ class TextTransformer(nn.Module):
 
 
 def vision_tower(cfg: VisionConfig, output_dim: int, activation: Callable, **kw) -> nn.Module:
-  """The image tower `cfg` describes: a list of stage depths is OpenAI's ModifiedResNet (ReLU
-  throughout), anything else a ViT."""
+  """The image tower `cfg` describes: a timm name is SigLIP's timm ViT (GELU as timm builds the
+  name, whatever the config's activation, as in OpenCLIP), a list of stage depths is OpenAI's
+  ModifiedResNet (ReLU throughout), anything else a ViT."""
+  if cfg.timm is not None:
+    from hpjax.models.siglip import TimmModel  # pylint: disable=g-import-not-at-top (uses blocks)
+    return TimmModel(cfg, output_dim, tanh_gelu if cfg.timm.gelu_tanh else exact_gelu, **kw)
   if cfg.is_resnet:
     return ModifiedResNet(cfg, output_dim, **kw)
   return VisionTransformer(cfg, output_dim, activation, **kw)
@@ -324,11 +374,13 @@ class CLIP(nn.Module):
   def setup(self):
     cfg = self.config
     act = quick_gelu if cfg.quick_gelu else exact_gelu
-    kw = dict(activation=act, remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.visual = vision_tower(cfg.vision, cfg.embed_dim, **kw)
+    kw = dict(remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.visual = vision_tower(cfg.vision, cfg.embed_dim, act, **kw)
+    if cfg.text.gelu_approximate == "tanh":
+      act = tanh_gelu
     # share_scope puts the text tower's parameters at CLIP's top level, as OpenCLIP keys them
     # (CustomTextCLIP's `text.` prefix is the converter's business: mapping.py).
-    self.text = _text_tower(cfg)(cfg.text, cfg.embed_dim, **kw)
+    self.text = _text_tower(cfg)(cfg.text, cfg.embed_dim, activation=act, **kw)
     nn.share_scope(self, self.text)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(cfg.init_logit_scale),
                                   (), jnp.float32)

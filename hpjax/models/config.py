@@ -4,10 +4,13 @@ Configs ship as package data under `models/configs/`; a user may also pass the p
 file of their own. Only the fields the Flax towers implement are accepted: an unknown or
 unsupported field is an error rather than a silently different model.
 
-Three text towers exist: OpenCLIP's causal TextTransformer, CoCa's (`embed_cls`: a class token
+Three text towers exist: OpenCLIP's TextTransformer (causal and EOT-pooled as in CLIP, or
+bidirectional and pooled at the last position as in SigLIP), CoCa's (`embed_cls`: a class token
 appended at the end) and an HF RoBERTa encoder (`hf_model_name`). The HF architecture (widths,
 depth, vocabulary) is not in OpenCLIP's JSON: it is derived from `hf_model_name`, either a
-known HF name (`HF_TEXT_MODELS`) or a local folder holding the HF `config.json`.
+known HF name (`HF_TEXT_MODELS`) or a local folder holding the HF `config.json`. Likewise a
+timm image tower (`timm_model_name`, SigLIP's) takes its architecture from the known-name
+table `TIMM_SIGLIP_MODELS`, as timm's model registry builds it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,60 @@ CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 
 # OpenCLIP fields that do not change the architecture we build (tokenizer hints, whether
 # token features are also returned, whether HF weights are downloaded at build time).
-_IGNORED_VISION_FIELDS = {"output_tokens"}
+_IGNORED_VISION_FIELDS = {"output_tokens", "timm_model_pretrained"}
 _IGNORED_TEXT_FIELDS = {"tokenizer_kwargs", "output_tokens", "hf_model_pretrained"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmViTConfig:
+  """What timm's registered SigLIP ViT of one name builds: no class token, learned positions,
+  biased patch conv, pre-LN blocks, final norm, MAP head; LayerNorm eps 1e-6 throughout."""
+  width: int
+  layers: int
+  heads: int
+  patch_size: int
+  image_size: int
+  mlp_ratio: float = 4.0
+  gelu_tanh: bool = False  # timm's act_layer='gelu_tanh' (the SigLIP 2 B/32, L/16-512, So400m/16)
+
+  @property
+  def mlp_dim(self) -> int:
+    return int(self.width * self.mlp_ratio)
+
+
+def _sizes(prefix: str, family: dict[str, Any], sizes: tuple[int, ...], gelu_tanh: bool = False
+           ) -> dict[str, TimmViTConfig]:
+  return {f"{prefix}_{size}": TimmViTConfig(image_size=size, gelu_tanh=gelu_tanh, **family)
+          for size in sizes}
+
+
+_B = dict(width=768, layers=12, heads=12, patch_size=16)
+_L = dict(width=1024, layers=24, heads=16, patch_size=16)
+_SO400M = dict(width=1152, layers=27, heads=16, mlp_ratio=3.7362)
+# timm_model_name -> architecture, as timm 1.0's vision_transformer.py registers each name; a
+# name may carry a pretrained tag after a dot (`vit_base_patch16_siglip_224.v2_webli`), which
+# timm strips too.
+TIMM_SIGLIP_MODELS: dict[str, TimmViTConfig] = {
+    **_sizes("vit_base_patch16_siglip", _B, (224, 256, 384, 512)),
+    **_sizes("vit_base_patch32_siglip", dict(_B, patch_size=32), (256,), gelu_tanh=True),
+    **_sizes("vit_large_patch16_siglip", _L, (256, 384)),
+    **_sizes("vit_large_patch16_siglip", _L, (512,), gelu_tanh=True),
+    **_sizes("vit_so400m_patch14_siglip", dict(_SO400M, patch_size=14), (224, 378, 384)),
+    **_sizes("vit_so400m_patch16_siglip", dict(_SO400M, patch_size=16), (256, 384, 512),
+             gelu_tanh=True),
+    # hpjax's tiny towers for tests and the synthetic world (tests register them with timm).
+    "hpjax_tiny_siglip": TimmViTConfig(64, 2, 2, 8, 64),
+    "hpjax_tiny_siglip2": TimmViTConfig(64, 2, 2, 8, 64, gelu_tanh=True),
+}
+
+
+def timm_vit_config(name: str) -> TimmViTConfig:
+  """The architecture of a known timm SigLIP tower name (a `.tag` suffix is ignored)."""
+  base = name.split(".", 1)[0]
+  if base not in TIMM_SIGLIP_MODELS:
+    raise ValueError(f"vision_cfg.timm_model_name {name!r} is not a known timm SigLIP tower; "
+                     f"known: {', '.join(sorted(TIMM_SIGLIP_MODELS))}")
+  return TIMM_SIGLIP_MODELS[base]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,25 +103,53 @@ class VisionConfig:
   attentional_pool: bool = False
   attn_pooler_queries: int = 256
   attn_pooler_heads: int = 8
+  # OpenCLIP's timm tower (SigLIP): architecture from the name; the other ViT fields are unused,
+  # as in OpenCLIP. Only the MAP-pooled trunk without an extra projection is ported.
+  timm_model_name: str | None = None
+  timm_pool: str = "avg"
+  timm_proj: str = "linear"
 
   def __post_init__(self):
+    if self.timm_model_name is not None:
+      self._check_timm()
     if self.is_resnet and len(self.layers) != 4:
       raise ValueError(f"vision_cfg.layers {list(self.layers)}: a ResNet has four stages")
     if not self.is_resnet and self.patch_size is None:
       raise ValueError("vision_cfg.patch_size is null, which only a ResNet (layers given as a "
                        "list of four stage depths) may have")
 
+  def _check_timm(self):
+    timm = timm_vit_config(self.timm_model_name)
+    where = f"vision_cfg (timm_model_name {self.timm_model_name!r})"
+    if self.timm_pool != "map":
+      raise ValueError(f"{where}: timm_pool {self.timm_pool!r} is not supported (SigLIP's 'map')")
+    if self.timm_proj != "none":
+      raise ValueError(f"{where}: timm_proj {self.timm_proj!r} is not supported ('none': the "
+                       "MAP head's output is the feature)")
+    if self.image_size != timm.image_size:
+      raise ValueError(f"{where}: image_size {self.image_size} differs from the {timm.image_size} "
+                       "px that timm builds this tower for")
+
   @property
   def is_resnet(self) -> bool:
     return isinstance(self.layers, tuple)
 
   @property
+  def timm(self) -> TimmViTConfig | None:
+    """The timm tower's architecture (None for hpjax's own ViT and ResNet)."""
+    return None if self.timm_model_name is None else timm_vit_config(self.timm_model_name)
+
+  @property
   def heads(self) -> int:
+    if self.timm is not None:
+      return self.timm.heads
     return (self.width * 32 if self.is_resnet else self.width) // self.head_width
 
   @property
   def grid_size(self) -> int:
     """Tokens per side: patches of a ViT, the 32x-downsampled feature map of a ResNet."""
+    if self.timm is not None:
+      return self.image_size // self.timm.patch_size
     return self.image_size // (32 if self.is_resnet else self.patch_size)
 
 
@@ -82,6 +165,12 @@ class TextConfig:
   final_ln_after_pool: bool = False
   pool_type: str = "argmax"
   proj_bias: bool = False
+  # SigLIP: bidirectional attention (pool_type 'last'); OpenCLIP's LayerNorm / GELU arguments,
+  # kept as sorted (key, value) pairs so configs stay hashable ({"eps": 1e-6}, {"approximate":
+  # "tanh"}).
+  no_causal_mask: bool = False
+  norm_kwargs: tuple[tuple[str, Any], ...] | None = None
+  act_kwargs: tuple[tuple[str, Any], ...] | None = None
   # CoCa: a class embedding appended after the tokens, pooled at the last position; pad_id
   # marks the padding its class token may not attend to.
   embed_cls: bool = False
@@ -96,12 +185,36 @@ class TextConfig:
   hf_pooler_type: str = "mean_pooler"
   hf_proj_type: str = "mlp"
 
+  def __post_init__(self):
+    if self.pool_type not in ("argmax", "last"):
+      raise ValueError(f"text_cfg.pool_type {self.pool_type!r} is not supported ('argmax': CLIP, "
+                       "'last': SigLIP)")
+    for field, allowed in (("norm_kwargs", {"eps"}), ("act_kwargs", {"approximate"})):
+      unknown = sorted(set(dict(getattr(self, field) or ())) - allowed)
+      if unknown:
+        raise ValueError(f"text_cfg.{field}: unsupported keys {unknown} (supported: "
+                         f"{sorted(allowed)})")
+    if self.gelu_approximate not in ("none", "tanh"):
+      raise ValueError(f"text_cfg.act_kwargs.approximate {self.gelu_approximate!r}: expected "
+                       "'none' or 'tanh'")
+
+  @property
+  def norm_eps(self) -> float:
+    """LayerNorm epsilon: PyTorch's 1e-5 unless norm_kwargs.eps (SigLIP's 1e-6)."""
+    return dict(self.norm_kwargs or ()).get("eps", 1e-5)
+
+  @property
+  def gelu_approximate(self) -> str:
+    """torch GELU's `approximate` argument from act_kwargs ('tanh' in SigLIP 2's text tower)."""
+    return dict(self.act_kwargs or ()).get("approximate", "none")
+
   @property
   def causal_eot_pooled(self) -> bool:
     """CLIP's own text tower: causal, pooled at EOT, so a text's feature depends only on its own
-    tokens (what length buckets and packing rely on). CoCa's appended CLS and the bidirectional
-    HF towers see every position."""
-    return self.hf_model_name is None and not self.embed_cls and self.pool_type == "argmax"
+    tokens (what length buckets and packing rely on). CoCa's appended CLS, SigLIP's
+    bidirectional tower pooled at the last position and the HF towers see every position."""
+    return (self.hf_model_name is None and not self.embed_cls and self.pool_type == "argmax"
+            and not self.no_causal_mask)
 
   @property
   def input_length(self) -> int:
@@ -202,6 +315,13 @@ class CLIPConfig:
       raise ValueError(f"{name}: unsupported top-level config fields {unknown}; known: {sorted(top)}")
     if "embed_dim" not in d:
       raise ValueError(f"{name}: config has no 'embed_dim'")
+    if vision.timm is not None and d["embed_dim"] != vision.timm.width:
+      raise ValueError(f"{name}: embed_dim {d['embed_dim']} differs from the width "
+                       f"{vision.timm.width} of {vision.timm_model_name!r}, whose MAP head's "
+                       "output is the image feature (timm_proj 'none')")
+    if d.get("quick_gelu") and text.act_kwargs:
+      raise ValueError(f"{name}: quick_gelu and text_cfg.act_kwargs exclude each other "
+                       "(OpenCLIP's QuickGELU takes no arguments)")
     return cls(vision=vision, text=text, name=name, **d)
 
   def to_dict(self) -> dict[str, Any]:
@@ -231,9 +351,17 @@ def _check_hf_text(text: TextConfig, where: str) -> None:
                      "(use 'mlp' or 'linear')")
 
 
+def _hashable(value):
+  """JSON lists -> tuples, objects -> sorted (key, value) pairs: frozen configs stay hashable."""
+  if isinstance(value, list):
+    return tuple(value)
+  if isinstance(value, dict):
+    return tuple(sorted(value.items()))
+  return value
+
+
 def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
-  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
-            if k not in ignored}
+  fields = {k: _hashable(v) for k, v in fields.items() if k not in ignored}
   known = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
@@ -243,11 +371,16 @@ def _build(cls, fields: dict[str, Any], where: str, ignored: set[str]):
   return cls(**fields)
 
 
+_PAIR_FIELDS = ("norm_kwargs", "act_kwargs")  # JSON objects, kept as (key, value) pairs
+
+
 def _non_default(cfg) -> dict[str, Any]:
   out = {}
   for f in dataclasses.fields(cfg):
     value = getattr(cfg, f.name)
-    if isinstance(value, tuple):
+    if f.name in _PAIR_FIELDS and value is not None:
+      value = dict(value)
+    elif isinstance(value, tuple):
       value = list(value)
     if value != f.default or f.name in ("image_size", "layers", "width", "patch_size",
                                         "context_length", "vocab_size", "heads"):
