@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import coco_control, hn, hnhp, hp
-from helpers import assert_same_tree, final_params, run_main_on_processes, train_args
+from helpers import assert_two_processes_match_one, train_args
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import world_tokenizer
 from hpjax.models.config import CONFIG_DIR
@@ -71,12 +71,6 @@ def test_siglip_runs_from_the_front_door_and_two_processes_match_one(tmp_path):
   assert steps[0]["loss/own_hard_negatives"] > 0
 
   two = tmp_path / "two"
-  logs = run_main_on_processes(f"configs/hnhp.py:{args}", two)
-  assert "process 0 of 2; 2 local of 4 devices" in logs[0]
-  step_one, params_one = final_params(one)
-  step_two, params_two = final_params(two)
-  assert step_one == step_two == STEPS
-  # (the tolerance of test_multihost: the hosts' rows are summed in another order)
-  assert_same_tree(params_two, params_one, rtol=1e-4, atol=2e-5)
+  params_one = assert_two_processes_match_one(args, one, two, STEPS)
   assert params_one["logit_bias"] != -10.0, "the bias is a trained parameter"
   assert os.path.getsize(one / world_tokenizer.FILE) == os.path.getsize(two / world_tokenizer.FILE)
