@@ -392,6 +392,8 @@ def main(argv):
     _layout_tokens()
     return
   if not _DEVICES_ONLY.value:
+    from hpjax.models import get_model_config  # pylint: disable=g-import-not-at-top
+    context = get_model_config(_MODEL.value).text.context_length
     workers = [_Worker(ROWS[name], "torch" if name == "torch" else "hpjax", layout=name)
                for name in _SIDES.value]
     _interleave(workers, _STEPS.value)
@@ -404,7 +406,7 @@ def main(argv):
     for w in workers:
       ratio = _median([r / t for r, t in zip(reference, w.times)])
       tokens = (f"{w.info['text_tokens_encoded']} ({w.info['text_tokens_needed']})"
-                if "text_tokens_encoded" in w.info else "77 per text")
+                if "text_tokens_encoded" in w.info else f"{context} per text")
       print(f"| {w.name} | {tokens} | {_median(w.times):.3f} | "
             f"{_BATCH.value / _median(w.times):.1f} | {ratio:.2f}x | "
             f"{w.info['peak_rss_mb']:.0f} | {w.info['first_step_s']:.1f} |", flush=True)
