@@ -108,8 +108,8 @@ def main():
       config.vision.image_size, is_train=False,
       **(dict(mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="squash")
          if siglip else {}))
-  params = checkpoints.openclip_to_params(
-      {k: v.numpy() for k, v in torch_model.state_dict().items()}, config)
+  params = checkpoints.openclip_to_params(checkpoints.files.normalize_keys(
+      {k: v.numpy() for k, v in torch_model.state_dict().items()}), config)
   print(f"{args.model}, {len(records)} records ({args.num_records} per file), {num_images} "
         f"distinct images, {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"torch threads {torch.get_num_threads()}")
