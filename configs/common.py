@@ -24,7 +24,8 @@ SHORTCUTS = {
     "hn_frac": "data.hn_frac", "hp_frac": "data.hp_frac", "source": "data.source",
     "num_hard_negatives": "data.num_hard_negatives", "num_hard_positives": "data.num_hard_positives",
     "model": "model.name", "pretrained": "model.pretrained", "lr": "optim.lr",
-    "positives": "loss.positives", "local_weight": "loss.local_weight",
+    "positives": "loss.positives", "local_weight": "loss.local_weight", "loss": "loss.kind",
+    "hn_weight": "loss.hard_negative_weight", "tokenizer": "model.tokenizer",
 }
 
 
@@ -75,6 +76,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.model.pretrained = ""  # OpenCLIP/HF file or hpjax params dir; "" = random init.
   c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators (params stay fp32).
   c.model.remat = False
+  c.model.tokenizer = ""  # a local tokenizer file or folder, for models whose text_cfg names one.
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # or a training .jsonl, '+'-separated .array_record files, or
@@ -100,7 +102,10 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.2
   c.optim.grad_clip_norm = 0.0
 
-  c.loss = ml_collections.ConfigDict({"positives": "multi", "local_weight": 0.0})
+  # kind: "contrastive" (paper.md; positives, local_weight) or "sigmoid" (SigLIP's, over the
+  # same hard texts; hard_negative_weight on each image's own hard negatives).
+  c.loss = ml_collections.ConfigDict({"kind": "contrastive", "positives": "multi",
+                                      "local_weight": 0.0, "hard_negative_weight": 1.0})
 
   c.mesh = ml_collections.ConfigDict({"model_parallel": 1, "num_devices": 0})  # 0: all devices
   c.distributed = ml_collections.ConfigDict(

@@ -167,6 +167,22 @@ def run_main_on_processes(config_arg: str, workdir, num_processes: int = 2,
   return logs
 
 
+def assert_two_processes_match_one(config_arg: str, one, two, steps: int) -> dict:
+  """Trains `configs/hnhp.py:<config_arg>` as 2 processes x 2 CPU devices in `two` and asserts
+  it ends at `steps` with the params that one process with 4 devices wrote in `one`; returns
+  those params."""
+  logs = run_main_on_processes(f"configs/hnhp.py:{config_arg}", two)
+  assert "process 0 of 2; 2 local of 4 devices" in logs[0]
+  step_one, params_one = final_params(one)
+  step_two, params_two = final_params(two)
+  assert step_one == step_two == steps
+  # The hosts' rows sit in another order in the global batch, so sums run in another order;
+  # Adam's first steps move every weight by about +-lr whatever its gradient's size, so an entry
+  # whose gradient is ~0 can differ by a few 1e-6 (lr is 1e-3).
+  assert_same_tree(params_two, params_one, rtol=1e-4, atol=2e-5)
+  return params_one
+
+
 def per_record_scores(records, image_root, image_size: int, encode_image, encode_text,
                       transform=None, tokenizer=None) -> np.ndarray:
   """(num_records, max_captions) cosines, one record at a time as the straightforward loop

@@ -130,21 +130,27 @@ def test_value_and_gradients_do_not_depend_on_device_count(positives):
   """Guards the partitioner, not the loss formula (the loss is written on global arrays, so no
   edit of losses.py changes its device count dependence): sharding propagation and the
   collectives jit inserts must give one value and gradient on 1, 2, 4 and 8 devices."""
-  feats = _features(4)
+  assert_same_on_1_2_4_8_devices(
+      lambda *a: losses.contrastive_loss(*a, positives=positives, local_weight=0.5)[0],
+      _features(4), [2.5])
+
+
+def assert_same_on_1_2_4_8_devices(loss, feats, scalars):
+  """`loss(img, cap, hp, hp_mask, hn, hn_mask, *scalars)` and its gradients (features and
+  scalars) under jit with the features and masks sharded on the batch over 1, 2, 4, 8 devices."""
   results = []
   for n in (1, 2, 4, 8):
     mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
-    batch_sharded = NamedSharding(mesh, P("data"))
-    on_mesh = [jax.device_put(np.asarray(x), batch_sharded) for x in feats]
+    img, cap, hp, hp_mask, hn, hn_mask = [
+        jax.device_put(np.asarray(x), NamedSharding(mesh, P("data"))) for x in feats]
 
-    def loss_fn(img, cap, hp, hn, scale, hp_mask, hn_mask):
-      return losses.contrastive_loss(img, cap, hp, hp_mask, hn, hn_mask, scale,
-                                     positives=positives, local_weight=0.5)[0]
+    def loss_fn(img, cap, hp, hn, hp_mask, hn_mask, *scalars):
+      return loss(img, cap, hp, hp_mask, hn, hn_mask, *scalars)
 
     with jax.default_matmul_precision("highest"):
-      step = jax.jit(jax.value_and_grad(loss_fn, argnums=range(5)))
-      value, grads = step(on_mesh[0], on_mesh[1], on_mesh[2], on_mesh[4], jnp.float32(2.5),
-                          on_mesh[3], on_mesh[5])
+      differentiated = (0, 1, 2, 3) + tuple(range(6, 6 + len(scalars)))
+      step = jax.jit(jax.value_and_grad(loss_fn, argnums=differentiated))
+      value, grads = step(img, cap, hp, hn, hp_mask, hn_mask, *map(jnp.float32, scalars))
     assert grads[0].sharding.num_devices == n
     results.append((np.asarray(value), [np.asarray(g) for g in grads]))
   for value, grads in results[1:]:

@@ -26,7 +26,12 @@ from hpjax.train import run_config, trainer
     ("model.dtype='float16'", r"model.dtype='float16' must be one of \['float32', 'bfloat16'\]"),
     ("positives='all'", "loss.positives='all' must be one of"),
     ("optim.lr=-0.1", "optim.lr=-0.1 must be >= 0"),
-    ("model=coca_ViT-B-32", "model.name='coca_ViT-B-32' has a text tower the trainer does not"),
+    ("loss=hinge", r"loss.kind='hinge' must be one of \['contrastive', 'sigmoid'\]"),
+    ("loss=sigmoid,positives='per_positive'",
+     "loss.positives='per_positive' is an option of loss.kind='contrastive'"),
+    ("loss=sigmoid,local_weight=0.5", "loss.local_weight=0.5 is an option of loss.kind='contr"),
+    ("hn_weight=2.0", "loss.hard_negative_weight=2.0 is an option of loss.kind='sigmoid'"),
+    ("loss=sigmoid,hn_weight=-1.0", "loss.hard_negative_weight=-1.0 must be >= 0"),
     ("model=no-such-model", "model.name: unknown model 'no-such-model'"),
 ])
 def test_a_bad_value_stops_the_run_before_any_work(arg, message, tmp_path):

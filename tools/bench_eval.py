@@ -10,6 +10,12 @@ its captions encoded, the data/ pass and the swapped_data/ pass run separately. 
 records of both files in one Scorer call (dedup, length buckets, jitted sharded batches), timed
 cold (compiles included) and warm. Prints wall and CPU seconds (CPU is the steadier figure on a
 shared machine), images/s, captions/s, the max |score difference| and whether the metrics agree.
+
+A SigLIP model (`--model ViT-B-16-SigLIP`) needs its SentencePiece file (`--tokenizer`); without
+one, a small one is trained on the records' captions (hpjax.data.world_tokenizer): the ids then
+differ from c4_en's, but both sides get the same ids, and the towers' cost does not depend on
+them (every text is encoded at the full context length). The reference then uses OpenCLIP's
+SigLIP eval transform (squash resize, bicubic, mean = std = 0.5).
 """
 
 import argparse
@@ -25,7 +31,7 @@ from PIL import Image
 
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.data import suites
+from hpjax.data import suites, world_tokenizer
 from hpjax.evaluate import metrics
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.evaluate import stand_in_images
@@ -56,12 +62,24 @@ def reference_pass(model, preprocess, tokenizer, records, image_root, true_role)
   return out
 
 
-def reference_scores(model, preprocess, records, image_root):
+def reference_scores(model, preprocess, tokenizer, records, image_root):
   """(N, 3) scores in (c, c_n, c_p) order from the two separate passes."""
-  tokenizer = open_clip.get_tokenizer("ViT-B-32")
   orig = reference_pass(model, preprocess, tokenizer, records, image_root, "c")
   swapped = reference_pass(model, preprocess, tokenizer, records, image_root, "c_p")
   return np.stack([orig[:, 1], orig[:, 0], swapped[:, 1]], axis=1)
+
+
+def _tokenizers(args, config, records):
+  """(hpjax's tokenizer, the reference's: open_clip's for CLIP, the same ids for SigLIP)."""
+  if config.text.hf_tokenizer_name is None:
+    return tokenizer_lib.get_tokenizer(args.model), open_clip.get_tokenizer(args.model)
+  path = args.tokenizer
+  if not path:
+    path = world_tokenizer.train_sentencepiece(
+        [t for r in records for t in r.captions],
+        os.path.join(args.image_root, world_tokenizer.FILE), config.text.vocab_size)
+  tokenizer = tokenizer_lib.get_tokenizer(args.model, tokenizer_dir=path)
+  return tokenizer, lambda texts: torch.from_numpy(tokenizer(texts)).long()
 
 
 def main():
@@ -73,6 +91,8 @@ def main():
   parser.add_argument("--image_batch_size", type=int, default=64)
   parser.add_argument("--text_batch_size", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side (median)")
+  parser.add_argument("--tokenizer", default="", help="SentencePiece model of a SigLIP config "
+                      "(default: one trained on the records' captions, beside --image_root)")
   args = parser.parse_args()
 
   loaded = suites.load_replace(args.root)
@@ -82,17 +102,23 @@ def main():
   config = get_model_config(args.model)
   torch.manual_seed(0)
   torch_model = open_clip.create_model(args.model).eval()
-  preprocess = open_clip.image_transform(config.vision.image_size, is_train=False)
-  params = checkpoints.openclip_to_params(
-      {k: v.numpy() for k, v in torch_model.state_dict().items()}, config)
+  tokenizer, torch_tokenizer = _tokenizers(args, config, records)
+  siglip = config.vision.timm_model_name is not None
+  preprocess = open_clip.image_transform(
+      config.vision.image_size, is_train=False,
+      **(dict(mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="squash")
+         if siglip else {}))
+  params = checkpoints.openclip_to_params(checkpoints.files.normalize_keys(
+      {k: v.numpy() for k, v in torch_model.state_dict().items()}), config)
   print(f"{args.model}, {len(records)} records ({args.num_records} per file), {num_images} "
         f"distinct images, {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"torch threads {torch.get_num_threads()}")
 
-  ref_runs = [timed(lambda: reference_scores(torch_model, preprocess, records, args.image_root))
+  ref_runs = [timed(lambda: reference_scores(torch_model, preprocess, torch_tokenizer, records,
+                                             args.image_root))
               for _ in range(args.repeats)]
   expected = ref_runs[0][0]
-  scorer = scorer_lib.Scorer(CLIP(config), tokenizer_lib.get_tokenizer(args.model),
+  scorer = scorer_lib.Scorer(CLIP(config), tokenizer,
                              image_root=args.image_root, image_batch_size=args.image_batch_size,
                              text_batch_size=args.text_batch_size)
   cold = timed(lambda: scorer.score(params, records))

@@ -1,12 +1,16 @@
 """Training-step throughput: hpjax against an equivalent OpenCLIP PyTorch step, and vs devices.
 
 Both sides: the same architecture (random init), batch, text columns per example (caption,
-hard negatives, hard positives), the same contrastive loss and AdamW (0.9, 0.98, 1e-6, wd 0.2).
+hard negatives, hard positives), the same loss (`--loss`: the contrastive one, or SigLIP's
+sigmoid loss over the hard texts, with SigLIP's init t = ln 10, b = -10) and AdamW (0.9, 0.98,
+1e-6, wd 0.2).
 Texts (`--texts=coco`, the default): the real COCO captions and first hard negatives of NegCLIP's
 valid_neg_clip.tsv in a random order, and per caption one hard positive of the same length (the
 two words around its first "and" swapped, else one word of a small synonym table replaced);
 images are random pixels (the COCO images are not on this machine; the step does not care).
 `--texts=template` is the old 14-token template caption (every text in the 16-token bucket).
+A text tower that is not causal and EOT-pooled (SigLIP's) encodes every text at its full context
+length whatever its ids, so both sides get the same random ids (`--sides=torch,77`).
 Each side runs in its own resident worker process (so peak RSS is that side's alone); after
 setup and `--warmup` untimed steps, the workers take turns, one step each per round, for
 `--steps` rounds. Interleaving makes the machine's noise (this VM's neighbours, turbo) fall on
@@ -16,6 +20,7 @@ every side alike, so the per-round ratios are paired; medians are quoted.
   .venv/bin/python tools/bench_train.py --batch=64 --steps=3 --warmup=1 --steps_per_visit=2 --devices=
   .venv/bin/python tools/bench_train.py --text_layouts --batch=64
   .venv/bin/python tools/bench_train.py --devices_only --model=hpjax-tiny --batch=64
+  .venv/bin/python tools/bench_train.py --model=ViT-B-16-SigLIP --loss=sigmoid --sides=torch,77
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 _MODEL = flags.DEFINE_string("model", "ViT-B-32-quickgelu", "model config name")
+_LOSS = flags.DEFINE_enum("loss", "contrastive", ["contrastive", "sigmoid"], "the loss (loss.kind)")
 _BATCH = flags.DEFINE_integer("batch", 8, "global batch (examples)")
 _NEG = flags.DEFINE_integer("hard_negatives", 1, "hard negatives per example")
 _POS = flags.DEFINE_integer("hard_positives", 1, "hard positives per example")
@@ -102,9 +108,9 @@ def _hpjax_side():
   import jax  # pylint: disable=g-import-not-at-top (after XLA_FLAGS are set)
   from configs import common  # pylint: disable=g-import-not-at-top
   from hpjax import factory, sharding  # pylint: disable=g-import-not-at-top
-  from hpjax.train import optim, step as step_lib  # pylint: disable=g-import-not-at-top
+  from hpjax.train import optim, trainer, step as step_lib  # pylint: disable=g-import-not-at-top
 
-  model, params = factory.create_model(_MODEL.value)
+  model, params = factory.create_model(trainer.model_config(_MODEL.value, _LOSS.value))
   mesh = sharding.make_mesh()
   batch, info = _hpjax_batch(model, mesh, _LAYOUT.value)
   tx, schedule = optim.make_optimizer(common.get_config(None).optim, 1000)
@@ -112,7 +118,8 @@ def _hpjax_side():
   shardings = sharding.param_sharding(mesh, state_shapes)
   state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=shardings)(params)
   del params
-  train_step = step_lib.jit_train_step(model, tx, schedule, shardings, sharding.replicated(mesh))
+  train_step = step_lib.jit_train_step(model, tx, schedule, shardings, sharding.replicated(mesh),
+                                       kind=_LOSS.value)
   on_mesh = sharding.put_batch(batch, mesh)
   holder = {"state": state}
 
@@ -123,6 +130,14 @@ def _hpjax_side():
   return step, {"side": "hpjax", "devices": jax.device_count(), **info}
 
 
+def _random_ids(text_cfg) -> list[np.ndarray]:
+  """Captions, hard negatives, hard positives as random ids at the full context length."""
+  b, k_n, k_p = _BATCH.value, _NEG.value, _POS.value
+  rng = np.random.default_rng(0)
+  return [rng.integers(1, text_cfg.vocab_size, (n, text_cfg.context_length)).astype(np.int32)
+          for n in (b, b * k_n, b * k_p)]
+
+
 def _hpjax_batch(model, mesh, layout: str):
   """The host batch under `layout` (packed: the trainer's; longest: every text cut to the bucket
   of the batch's longest text, the trainer before packing; 77: no cut) and its text tokens."""
@@ -130,13 +145,24 @@ def _hpjax_batch(model, mesh, layout: str):
   from hpjax.train import text_packing  # pylint: disable=g-import-not-at-top
   b, k_n, k_p = _BATCH.value, _NEG.value, _POS.value
   size = model.config.vision.image_size
-  tok = tokenizer_lib.get_tokenizer()
-  caps, negs, poss = _texts(b, k_n, k_p)
+  text_cfg = model.config.text
+  if text_cfg.causal_eot_pooled:
+    tok = tokenizer_lib.get_tokenizer()
+    caps, negs, poss = (tok(t) for t in _texts(b, k_n, k_p))
+  else:
+    if layout != "77":
+      raise ValueError(f"{_MODEL.value}'s text tower takes every text at its full context "
+                       "length: time it with --sides=torch,77")
+    caps, negs, poss = _random_ids(text_cfg)
+  length = caps.shape[1]
   batch = {"image": np.random.default_rng(0).normal(size=(b, size, size, 3)).astype(np.float32),
-           "caption": tok(caps), "hard_negatives": tok(negs).reshape(b, k_n, 77),
-           "hard_positives": tok(poss).reshape(b, k_p, 77),
+           "caption": caps, "hard_negatives": negs.reshape(b, k_n, length),
+           "hard_positives": poss.reshape(b, k_p, length),
            "hard_negative_mask": np.ones((b, k_n), bool),
            "hard_positive_mask": np.ones((b, k_p), bool)}
+  if not text_cfg.causal_eot_pooled:
+    return batch, {"layout": layout, "text_tokens_needed": int(length * b * (1 + k_n + k_p)),
+                   "text_tokens_encoded": int(length * b * (1 + k_n + k_p))}
   lengths = np.concatenate([tokenizer_lib.token_lengths(batch[k]).ravel()
                             for k in ("caption", "hard_negatives", "hard_positives")])
   if layout == "packed":
@@ -158,40 +184,53 @@ def _torch_side():
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
+  from hpjax.models import get_model_config  # pylint: disable=g-import-not-at-top
+
   b, k_n, k_p = _BATCH.value, _NEG.value, _POS.value
+  sigmoid = _LOSS.value == "sigmoid"
   torch.manual_seed(0)
-  model = open_clip.create_model(_MODEL.value)
+  model = open_clip.create_model(
+      _MODEL.value, **(dict(init_logit_scale=np.log(10), init_logit_bias=-10) if sigmoid else {}))
   model.train()
-  size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else \
-      model.visual.image_size
-  tok = open_clip.get_tokenizer(_MODEL.value)
+  size = get_model_config(_MODEL.value).vision.image_size
   images = torch.randn(b, 3, size, size)
-  caps, negs, poss = _texts(b, k_n, k_p)
-  texts = torch.cat([tok(caps), tok(poss), tok(negs)])
-  decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-  no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
+  text_cfg = get_model_config(_MODEL.value).text
+  if text_cfg.causal_eot_pooled:
+    tok = open_clip.get_tokenizer(_MODEL.value)
+    caps, negs, poss = (tok(t) for t in _texts(b, k_n, k_p))
+  else:
+    caps, negs, poss = (torch.from_numpy(t) for t in _random_ids(text_cfg))
+  texts = torch.cat([caps, poss, negs])
+  decays = lambda n, p: p.ndim >= 2 and "logit_scale" not in n and "logit_bias" not in n
+  decay = [p for n, p in model.named_parameters() if decays(n, p)]
+  no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2},
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
   owner_hp = torch.arange(b).repeat_interleave(k_p)
 
+  positive = torch.zeros((b, len(texts)), dtype=torch.bool)
+  positive[torch.arange(b), torch.arange(b)] = True
+  positive[owner_hp, b + torch.arange(b * k_p)] = True
+
   def step():
     img = F.normalize(model.encode_image(images), dim=-1)
     txt = F.normalize(model.encode_text(texts), dim=-1)
-    scale = model.logit_scale.clamp(max=4.6052).exp()
-    logits = scale * img @ txt.T  # (B, B + B*K_p + B*K_n)
-    positive = torch.zeros_like(logits, dtype=torch.bool)
-    positive[torch.arange(b), torch.arange(b)] = True
-    positive[owner_hp, b + torch.arange(b * k_p)] = True
-    i2t = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e9), 1))
-    rows = logits[:, :b * (1 + k_p)].T
-    labels = torch.cat([torch.arange(b), owner_hp])
-    loss = 0.5 * (i2t.mean() + F.cross_entropy(rows, labels))
+    if sigmoid:  # every (image, text) a binary term, summed over texts, mean over images
+      logits = model.logit_scale.exp() * img @ txt.T + model.logit_bias
+      loss = -F.logsigmoid(torch.where(positive, logits, -logits)).sum() / b
+    else:
+      logits = model.logit_scale.clamp(max=4.6052).exp() * img @ txt.T  # (B, B(1 + K_p + K_n))
+      i2t = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e9), 1)
+      rows = logits[:, :b * (1 + k_p)].T
+      labels = torch.cat([torch.arange(b), owner_hp])
+      loss = 0.5 * (i2t.mean() + F.cross_entropy(rows, labels))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    with torch.no_grad():
-      model.logit_scale.clamp_(0, 4.6052)
+    if not sigmoid:
+      with torch.no_grad():
+        model.logit_scale.clamp_(0, 4.6052)
     return float(loss.detach())
 
   return step, {"side": "torch", "threads": torch.get_num_threads()}
@@ -226,7 +265,7 @@ class _Worker:
                          f"--xla_force_host_platform_device_count={devices}")}
     args = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--model={_MODEL.value}",
             f"--batch={_BATCH.value}", f"--hard_negatives={_NEG.value}",
-            f"--hard_positives={_POS.value}", f"--warmup={_WARMUP.value}",
+            f"--hard_positives={_POS.value}", f"--warmup={_WARMUP.value}", f"--loss={_LOSS.value}",
             f"--layout={layout}", f"--texts={_TEXTS.value}", f"--tsv={_TSV.value}"]
     self.name, self.times = name, []
     self._proc = subprocess.Popen(args, env=env, cwd=repo, stdin=subprocess.PIPE,
@@ -252,7 +291,8 @@ class _Worker:
 
 
 ROWS = {"torch": "OpenCLIP (PyTorch)", "packed": "hpjax (packed rows)",
-        "longest": "hpjax (longest-text bucket, before packing)", "77": "hpjax (text at 77)"}
+        "longest": "hpjax (longest-text bucket, before packing)",
+        "77": "hpjax (text at its full context length)"}
 
 
 def _text_layouts():
@@ -369,7 +409,8 @@ def main(argv):
     _serve(_SIDE.value)
     return
   texts = 1 + _NEG.value + _POS.value
-  print(f"model {_MODEL.value}, batch {_BATCH.value}, {texts} texts per example, "
+  print(f"model {_MODEL.value}, {_LOSS.value} loss, batch {_BATCH.value}, {texts} texts per "
+        "example, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
         f"{_STEPS.value} interleaved rounds", flush=True)
   if _TEXT_LAYOUTS.value:
@@ -379,6 +420,8 @@ def main(argv):
     _layout_tokens()
     return
   if not _DEVICES_ONLY.value:
+    from hpjax.models import get_model_config  # pylint: disable=g-import-not-at-top
+    context = get_model_config(_MODEL.value).text.context_length
     side = lambda name: "torch" if name == "torch" else "hpjax"
     if _VISIT.value:
       workers = [_Visits(ROWS[name], side(name), name, _VISIT.value) for name in _SIDES.value]
@@ -394,7 +437,7 @@ def main(argv):
     for w in workers:
       ratio = _median([r / t for r, t in zip(reference, w.times)])
       tokens = (f"{w.info['text_tokens_encoded']} ({w.info['text_tokens_needed']})"
-                if "text_tokens_encoded" in w.info else "77 per text")
+                if "text_tokens_encoded" in w.info else f"{context} per text")
       print(f"| {w.name} | {tokens} | {_median(w.times):.3f} | "
             f"{_BATCH.value / _median(w.times):.1f} | {ratio:.2f}x | "
             f"{w.info['peak_rss_mb']:.0f} | {w.info['first_step_s']:.1f} |", flush=True)

@@ -19,6 +19,9 @@ text->image: caption rows and valid hard-positive rows against all images (hard 
 image of their own and are not rows, as in NegCLIP).
 local: optionally, each image against only its own texts ((1+K)-way), same positive rule,
 averaged over the images that carry at least one hard negative.
+
+`sigmoid_loss` is SigLIP's loss over the same columns: every (image, valid column) pair is a
+binary term, +1 for the image's positives, -1 for every other text.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 
 MAX_LOGIT_SCALE = math.log(100.0)
 POSITIVE_MODES = ("multi", "per_positive")
+KINDS = ("contrastive", "sigmoid")
 
 
 def _masked_logsumexp(logits, mask):
@@ -64,6 +68,26 @@ def _positive_terms(positive_logits, positive_mask, lse_neg, positives):
   raise ValueError(f"positives={positives!r}; expected one of {POSITIVE_MODES}")
 
 
+def _columns(caption, hard_positives, hp_mask, hard_negatives, hn_mask):
+  """The gathered text columns [captions; hard positives; hard negatives] (T, D) and, per
+  (image, column), (B, T) bool: is one of the image's positives (its caption or own hard
+  positive), is one of its own hard negatives; and (1, T) whether the column is a valid text."""
+  batch, k_p, dim = hard_positives.shape
+  k_n = hard_negatives.shape[1]
+  texts = jnp.concatenate([caption, hard_positives.reshape(batch * k_p, dim),
+                           hard_negatives.reshape(batch * k_n, dim)], axis=0)
+  row = jnp.arange(batch)[:, None]
+  owner = lambda k: (jnp.arange(batch * k) // max(k, 1))[None, :]
+  before_hn = jnp.zeros((batch, batch * (1 + k_p)), bool)
+  is_positive = jnp.concatenate([
+      jnp.arange(batch)[None, :] == row, owner(k_p) == row,
+      jnp.zeros((batch, batch * k_n), bool)], axis=1)
+  is_own_hn = jnp.concatenate([before_hn, owner(k_n) == row], axis=1)
+  column_valid = jnp.concatenate([jnp.ones((batch,), bool), hp_mask.reshape(-1),
+                                  hn_mask.reshape(-1)])[None, :]
+  return texts, is_positive, is_own_hn, column_valid
+
+
 def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_negatives,
                      hard_negative_mask, logit_scale, *, positives: str = "multi",
                      local_weight: float = 0.0):
@@ -82,7 +106,6 @@ def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_ne
     (loss, metrics dict of scalars).
   """
   batch, k_p = hard_positive_mask.shape
-  k_n = hard_negative_mask.shape[1]
   dim = image.shape[-1]
   scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
   hp_mask = hard_positive_mask.astype(bool)
@@ -96,16 +119,9 @@ def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_ne
   positive_mask = jnp.concatenate([jnp.ones((batch, 1), bool), hp_mask], axis=1)
 
   # image -> text over every gathered column; an image's own positives leave its negative set.
-  texts = jnp.concatenate([caption, hard_positives.reshape(batch * k_p, dim),
-                           hard_negatives.reshape(batch * k_n, dim)], axis=0)
+  texts, is_positive, _, column_valid = _columns(caption, hard_positives, hp_mask,
+                                                 hard_negatives, hn_mask)
   logits = scale * image @ texts.T
-  row = jnp.arange(batch)[:, None]
-  cap_col = jnp.arange(batch)[None, :]
-  hp_owner = (jnp.arange(batch * k_p) // max(k_p, 1))[None, :]
-  is_positive = jnp.concatenate([
-      cap_col == row, hp_owner == row, jnp.zeros((batch, batch * k_n), bool)], axis=1)
-  column_valid = jnp.concatenate([jnp.ones((batch,), bool), hp_mask.reshape(-1),
-                                  hn_mask.reshape(-1)])[None, :]
   lse_neg = _masked_logsumexp(logits, column_valid & ~is_positive)
   i2t_terms, i2t_weights = _positive_terms(positive_logits, positive_mask, lse_neg, positives)
   image_to_text = _mean(i2t_terms, i2t_weights)
@@ -131,4 +147,34 @@ def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_ne
     loss = loss + local_weight * local
     metrics["loss/local"] = local
   metrics["loss"] = loss
+  return loss, metrics
+
+
+def sigmoid_loss(image, caption, hard_positives, hard_positive_mask, hard_negatives,
+                 hard_negative_mask, logit_scale, logit_bias, *, hard_negative_weight: float = 1.0):
+  """SigLIP's loss of one global batch over its hard texts (arguments as `contrastive_loss`).
+
+  Every (image i, valid column j) of the gathered columns is the binary term
+  -log sigmoid(z_ij * (t * <x_i, y_j> + b)) with z_ij = +1 for i's caption and its own hard
+  positives and -1 for everything else (other images' texts, i's own hard negatives); i's own
+  hard-negative terms are weighted by `hard_negative_weight`. As big_vision (and OpenCLIP's
+  SigLipLoss), terms are summed over texts and averaged over images. t = exp(logit_scale) is not
+  clamped (big_vision does not; pretrained SigLIP's t is above CLIP's clamp of 100).
+
+  Returns:
+    (loss, metrics dict of scalars).
+  """
+  batch = image.shape[0]
+  texts, is_positive, is_own_hn, column_valid = _columns(
+      caption, hard_positives, hard_positive_mask.astype(bool), hard_negatives,
+      hard_negative_mask.astype(bool))
+  scale = jnp.exp(logit_scale)
+  logits = scale * image @ texts.T + logit_bias
+  terms = -jax.nn.log_sigmoid(jnp.where(is_positive, logits, -logits))
+  weights = jnp.where(is_own_hn, hard_negative_weight, 1.0) * column_valid
+  per_image = lambda mask: jnp.sum(jnp.where(mask, terms * weights, 0.0)) / batch
+  loss = per_image(column_valid)
+  metrics = {"loss": loss, "loss/positives": per_image(is_positive),
+             "loss/own_hard_negatives": per_image(is_own_hn & column_valid),
+             "logit_scale": scale, "logit_bias": logit_bias}
   return loss, metrics

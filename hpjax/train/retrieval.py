@@ -3,7 +3,8 @@
 Every image is scored against every held-out caption; image->text counts a hit when the image's
 own caption is among its top K, text->image when the caption's image is among the caption's top K.
 Features are encoded in fixed-shape, padded batches sharded over the mesh (one compile); the
-captions of a batch are packed several to a row (`text_packing`), one row count for every batch.
+captions of a batch are packed several to a row (`text_packing`), one row count for every batch,
+when the text tower allows it (`causal_eot_pooled`), else encoded at the full context length.
 """
 
 from __future__ import annotations
@@ -33,25 +34,36 @@ def recall_at_k(similarity: np.ndarray, ks=(1, 5)) -> dict[str, float]:
 
 
 class RetrievalEvaluator:
-  """recall@1/5 over `records` (dicts with an image path or bytes and a caption)."""
+  """recall@1/5 over `records` (dicts with an image path or bytes and a caption); `tokenizer`
+  defaults to `get_tokenizer(model.config)`."""
 
-  def __init__(self, model, records, mesh, *, batch_size: int = 128):
+  def __init__(self, model, records, mesh, *, tokenizer=None, batch_size: int = 128):
     self.model = model
     self.records = list(records)
     self.mesh = mesh
     n = mesh.devices.size
     self.batch_size = -(-batch_size // n) * n
     self.transform = preprocess.eval_transform(model.config.vision.image_size)
-    self.tokens = tokenizer_lib.get_tokenizer(model.config)([r["caption"] for r in self.records])
+    tokenizer = tokenizer or tokenizer_lib.get_tokenizer(model.config)
+    self.tokens = tokenizer([r["caption"] for r in self.records])
     self._groups = mesh.shape[sharding.DATA] // jax.process_count()
-    self._text_rows = max(text_packing.rows_needed(self.tokens[ids], self._groups,
-                                                   self.tokens.shape[1])
-                          for ids in self._local_ids())
+    self._packed = model.config.text.causal_eot_pooled
+    if self._packed:
+      self._text_rows = max(text_packing.rows_needed(self.tokens[ids], self._groups,
+                                                     self.tokens.shape[1])
+                            for ids in self._local_ids())
     replicated = sharding.replicated(mesh)
     encode = lambda method: jax.jit(
         lambda p, x: model.apply({"params": p}, **x, normalize=True, method=method),
         out_shardings=replicated)
-    self._encode_image, self._encode_text = encode("encode_image"), encode("encode_text_packed")
+    self._encode_image = encode("encode_image")
+    self._encode_text = encode("encode_text_packed" if self._packed else "encode_text")
+
+  def _text_rows_of(self, ids) -> dict:
+    if not self._packed:
+      return {"tokens": self.tokens[ids]}
+    return text_packing.pack_texts(self.tokens[ids], self._groups, self.tokens.shape[1],
+                                   self._text_rows)
 
   def _local_ids(self):
     """This host's record ids of each batch (the last batch padded with a repeat)."""
@@ -73,8 +85,7 @@ class RetrievalEvaluator:
     """Normalised (image, caption) features of every record, in record order."""
     images = self._batched(self._encode_image, params, lambda ids: {"images": np.stack(
         [self.transform(preprocess.load_image(self.records[i]["image"])) for i in ids])})
-    texts = self._batched(self._encode_text, params, lambda ids: text_packing.pack_texts(
-        self.tokens[ids], self._groups, self.tokens.shape[1], self._text_rows))
+    texts = self._batched(self._encode_text, params, self._text_rows_of)
     return images, texts
 
   def run(self, params) -> dict[str, float]:

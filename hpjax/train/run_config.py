@@ -36,7 +36,8 @@ _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negati
                  "data.num_hard_positives", "data.worker_count", "data.val_size",
                  "mesh.num_devices")
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
-_CHOICES = {"model.dtype": tuple(DTYPES), "loss.positives": losses.POSITIVE_MODES,
+_CHOICES = {"model.dtype": tuple(DTYPES), "loss.kind": losses.KINDS,
+            "loss.positives": losses.POSITIVE_MODES,
             "checkpoint.best_mode": ("max", "min")}
 
 
@@ -77,12 +78,9 @@ def check_values(config, num_devices: int, process_count: int) -> None:
                     "0 < low <= high <= 1")
   if not values["optim.lr"] >= 0:
     problems.append(f"optim.lr={values['optim.lr']!r} must be >= 0")
+  problems += _loss_problems(values)
   try:
-    text = get_model_config(values["model.name"]).text
-    if not text.causal_eot_pooled:
-      problems.append(f"model.name={values['model.name']!r} has a text tower the trainer does "
-                      "not train (CoCa or an HF text tower; evaluate it with configs/eval_hp.py): "
-                      "training packs texts, which needs CLIP's causal, EOT-pooled text tower")
+    get_model_config(values["model.name"])
   except ValueError as e:
     problems.append(f"model.name: {e}")
   if not values["data.val_source"] and values["data.val_size"] < 1:
@@ -101,6 +99,21 @@ def check_values(config, num_devices: int, process_count: int) -> None:
                       f"{process_count} hosts")
   if problems:
     raise ValueError("config: " + "; ".join(problems))
+
+
+def _loss_problems(values: dict) -> list[str]:
+  """Each loss kind's options are refused under the other kind, not silently ignored."""
+  if not values["loss.hard_negative_weight"] >= 0:
+    return [f"loss.hard_negative_weight={values['loss.hard_negative_weight']!r} must be >= 0"]
+  if values["loss.kind"] == "sigmoid":
+    return [f"{field}={values[field]!r} is an option of loss.kind='contrastive' (the sigmoid loss "
+            f"has one term per image and text); leave it at {default!r}"
+            for field, default in (("loss.positives", "multi"), ("loss.local_weight", 0.0))
+            if values[field] != default]
+  if values["loss.hard_negative_weight"] != 1.0:
+    return [f"loss.hard_negative_weight={values['loss.hard_negative_weight']!r} is an option of "
+            "loss.kind='sigmoid'; leave it at 1.0 or set loss.kind=sigmoid"]
+  return []
 
 
 def _matches(field: str, names) -> bool:

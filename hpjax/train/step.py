@@ -4,7 +4,9 @@ A batch is a dict of global arrays sharded on the batch axis:
   image (B, H, W, 3) float, caption (B, L) int32, hard_positives (B, K_p, L) int32 +
   hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask.
 The trainer replaces the three token arrays with `text`, the same texts packed several to a row
-(`text_packing.pack_batch`); the step is compiled once per packed row count. Either way all texts
+(`text_packing.pack_batch`), for text towers that allow it (`causal_eot_pooled`; the others,
+e.g. SigLIP's non-causal one, get every text at its full context length); the step is compiled
+once per packed row count. Either way all texts
 of an example are encoded in one call, laid out example by example, so the reshape keeps each
 device's rows local; masked slots are encoded too (fixed shapes) and then ignored by the loss.
 """
@@ -55,28 +57,36 @@ def encode_batch(model, params, batch):
   return image, texts[:, 0], texts[:, 1:1 + k_p], texts[:, 1 + k_p:]
 
 
-def loss_fn(params, model, batch, positives: str, local_weight: float):
+def loss_fn(params, model, batch, positives: str, local_weight: float,
+            kind: str = "contrastive", hard_negative_weight: float = 1.0):
+  """The `kind` loss (losses.KINDS) of the batch; positives and local_weight are the
+  contrastive loss's options, hard_negative_weight the sigmoid loss's."""
   image, caption, hard_positives, hard_negatives = encode_batch(model, params, batch)
-  return losses.contrastive_loss(
-      image, caption, hard_positives, batch["hard_positive_mask"], hard_negatives,
-      batch["hard_negative_mask"], params["logit_scale"], positives=positives,
-      local_weight=local_weight)
+  features = (image, caption, hard_positives, batch["hard_positive_mask"], hard_negatives,
+              batch["hard_negative_mask"], params["logit_scale"])
+  if kind == "sigmoid":
+    return losses.sigmoid_loss(*features, params["logit_bias"],
+                               hard_negative_weight=hard_negative_weight)
+  return losses.contrastive_loss(*features, positives=positives, local_weight=local_weight)
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
-               local_weight: float):
+               local_weight: float, kind: str = "contrastive", hard_negative_weight: float = 1.0):
   """One AdamW step; `metrics['finite']` says whether loss, gradient and update were finite.
 
   The step does not select between the old and new state itself (a select over params and
   both Adam moments cost 14% of a ViT-B-32 CPU step and ~1 GB); the trainer checks the flag
   before every save and stops, so a poisoned state never reaches a checkpoint."""
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, model, batch, positives, local_weight)
+      state.params, model, batch, positives, local_weight, kind, hard_negative_weight)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # OpenCLIP clamps the stored temperature after each step; the loss clamps it as well.
-  params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0, losses.MAX_LOGIT_SCALE)}
+  # OpenCLIP clamps the stored temperature after each step; the contrastive loss clamps it as
+  # well. The sigmoid loss leaves it free, as big_vision (pretrained SigLIP's t is above 100).
+  if kind == "contrastive":
+    params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0,
+                                                 losses.MAX_LOGIT_SCALE)}
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
   new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
@@ -85,8 +95,10 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
 
 
 def jit_train_step(model, tx, schedule, state_shardings, metrics_sharding, *,
-                   positives: str = "multi", local_weight: float = 0.0):
+                   positives: str = "multi", local_weight: float = 0.0,
+                   kind: str = "contrastive", hard_negative_weight: float = 1.0):
   """The step jitted with the state kept in `state_shardings` (and donated)."""
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                           positives=positives, local_weight=local_weight)
+                           positives=positives, local_weight=local_weight, kind=kind,
+                           hard_negative_weight=hard_negative_weight)
   return jax.jit(step, out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))

@@ -7,6 +7,8 @@ for every field.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import signal
 
@@ -18,6 +20,8 @@ from jax.experimental import multihost_utils
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
+from hpjax.data import world_tokenizer
+from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
@@ -27,6 +31,10 @@ RETRIEVAL_HEADLINE = "retrieval/mean_recall@1"
 
 class NonFiniteLossError(FloatingPointError):
   """The loss, gradient or update became NaN/inf; nothing from that step on is saved."""
+
+
+def _world_dir(workdir: str) -> str:
+  return os.path.join(workdir, "world")
 
 
 def _training_data(config, workdir: str, resuming: bool = False):
@@ -41,7 +49,7 @@ def _training_data(config, workdir: str, resuming: bool = False):
   source_path = data.source
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
-    world_dir = os.path.join(workdir, "world")
+    world_dir = _world_dir(workdir)
     rebuild = not resuming or run_config.allowed(config, "data.synthetic")
     try:
       # One writer; the other hosts then find it cached (a second call re-hashes every file).
@@ -70,7 +78,41 @@ def _training_data(config, workdir: str, resuming: bool = False):
   return source, val, eval_root, image_root
 
 
-def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
+def model_config(name: str, loss_kind: str):
+  """The architecture of model `name`; with the sigmoid loss, SigLIP's init t = ln 10, b = -10
+  (as OpenCLIP's trainer sets them for --siglip; pretrained weights replace both)."""
+  cfg = get_model_config(name)
+  if loss_kind != "sigmoid":
+    return cfg
+  return dataclasses.replace(cfg, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
+
+
+def _tokenizer(config, model_cfg, workdir: str, resuming: bool):
+  """The tokenizer of model.tokenizer (a local file or folder, for configs that name one). A
+  SentencePiece model (SigLIP's) on the synthetic world without one gets a small model trained on
+  the world's texts, WORKDIR/spiece.model (kept for resumes)."""
+  path, text = config.model.tokenizer, model_cfg.text
+  if not path and config.data.source == "synthetic" and text.hf_tokenizer_name and \
+      text.hf_model_name is None:
+    path = os.path.join(workdir, world_tokenizer.FILE)
+    train = lambda: world_tokenizer.train_sentencepiece(world_tokenizer.jsonl_texts(
+        os.path.join(_world_dir(workdir), "train.jsonl")), path, text.vocab_size)
+    if jax.process_index() == 0 and not (resuming and os.path.exists(path)):
+      train()
+    multihost_utils.sync_global_devices("world tokenizer written")
+    if not os.path.exists(path):  # a host that does not share process 0's workdir
+      train()
+  tokenizer = tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
+  vocab = text.hf.vocab_size if text.hf else text.vocab_size
+  if tokenizer.vocab_size > vocab:  # (an id past the embedding would be a NaN feature)
+    raise ValueError(f"model.name={config.model.name!r}: its {type(tokenizer).__name__}"
+                     f"{' ' + path if path else ''} has {tokenizer.vocab_size} ids, more than "
+                     "the text tower's "
+                     f"vocab_size {vocab}; give model.tokenizer the tokenizer of this model")
+  return tokenizer
+
+
+def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_root: str):
   if not config.eval.hard_positive:
     return None
   if not eval_root:
@@ -80,7 +122,8 @@ def _hard_positive_evaluator(config, model, eval_root: str, image_root: str):
   suites = hard_positive.load_suites(eval_root, None,
                                      tfds_data_dir=config.data.tfds_data_dir or None)
   return hard_positive.HardPositiveEvaluator(
-      model, suites, image_root=image_root or None, batch_size=config.eval.batch_size)
+      model, suites, image_root=image_root or None, tokenizer=tokenizer,
+      batch_size=config.eval.batch_size)
 
 
 def _headline(metrics: dict) -> str:
@@ -138,11 +181,12 @@ def run(config, workdir: str) -> dict:
   source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
-      config.model.name, pretrained=config.model.pretrained or None,
-      dtype=run_config.DTYPES[config.model.dtype], remat=config.model.remat,
-      rng=jax.random.key(config.seed))
+      model_config(config.model.name, config.loss.kind),
+      pretrained=config.model.pretrained or None, dtype=run_config.DTYPES[config.model.dtype],
+      remat=config.model.remat, rng=jax.random.key(config.seed))
+  tokenizer = _tokenizer(config, model.config, workdir, resuming)
   transform = data_lib.ExampleTransform(
-      tokenizer=tokenizer_lib.get_tokenizer(model.config),
+      tokenizer=tokenizer,
       image_size=model.config.vision.image_size,
       num_hard_negatives=config.data.num_hard_negatives,
       num_hard_positives=config.data.num_hard_positives, hn_frac=config.data.hn_frac,
@@ -163,16 +207,17 @@ def run(config, workdir: str) -> dict:
   groups = mesh.shape[sharding.DATA] // jax.process_count()  # this host's data shards
   train_step = step_lib.jit_train_step(
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
-      positives=config.loss.positives, local_weight=config.loss.local_weight)
+      positives=config.loss.positives, local_weight=config.loss.local_weight,
+      kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight)
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
   state, iterator = ckpt.restore(state, iterator, model_name=config.model.name)
   first_step = int(state.step)
 
   # -- evaluators --------------------------------------------------------------------------------
-  evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh,
+  evaluators = [retrieval.RetrievalEvaluator(model, val_records, mesh, tokenizer=tokenizer,
                                              batch_size=config.eval.batch_size)]
-  hard_positive = _hard_positive_evaluator(config, model, eval_root, image_root)
+  hard_positive = _hard_positive_evaluator(config, model, tokenizer, eval_root, image_root)
   if hard_positive is not None:
     evaluators.append(hard_positive)
 
@@ -201,7 +246,9 @@ def run(config, workdir: str) -> dict:
     if first_step == 0 and config.eval.every_steps:
       evaluate(0)
     for step in range(first_step + 1, config.total_steps + 1):
-      batch = text_packing.pack_batch(next(iterator), groups, model.config.text.context_length)
+      batch = next(iterator)
+      if model.config.text.causal_eot_pooled:
+        batch = text_packing.pack_batch(batch, groups, model.config.text.context_length)
       state, metrics = train_step(state, sharding.put_batch(batch, mesh))
       if pending is not None:
         check(*pending)
@@ -239,7 +286,7 @@ def run(config, workdir: str) -> dict:
         logging.info("final: %s", _headline(hard_positive.last_metrics))
         logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
-      factory.export_openclip(jax.device_get(state.params), config.model.name,
+      factory.export_openclip(jax.device_get(state.params), model.config,
                               config.export_openclip)
       logging.info("exported OpenCLIP weights to %s", config.export_openclip)
   finally:
