@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
-from hpjax.train import checkpointing, optim, retrieval, run_config, text_packing
+from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
 
@@ -136,9 +136,21 @@ def run(config, workdir: str) -> dict:
 
   # -- input -------------------------------------------------------------------------------------
   source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
+  pretrained = config.model.pretrained or None
+  if pretrain.applies(config):  # a resume restores its own params: the stage is not needed
+    stage_dir = pretrain.stage_dir(config, workdir, image_root)
+    try:
+      pretrained = (pretrain.ensure(config, stage_dir, image_root) if not resuming else
+                    pretrain.params_if_complete(stage_dir))
+    finally:
+      if not resuming and pretrained is None:
+        ckpt.close()  # (a crashed or preempted stage)
+    if pretrained is None and not resuming:
+      logging.warning("stopped during pretraining; rerun to resume it, then finetune")
+      return {}
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
-      config.model.name, pretrained=config.model.pretrained or None,
+      config.model.name, pretrained=pretrained,
       dtype=run_config.DTYPES[config.model.dtype], remat=config.model.remat,
       rng=jax.random.key(config.seed))
   transform = data_lib.ExampleTransform(
