@@ -68,7 +68,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.program = "train"
   c.seed = 0
   c.batch_size = 64
-  c.total_steps = 100  # the finetune (synthetic default: about two epochs of the world)
+  c.total_steps = 80  # the finetune (synthetic default: about two epochs of the world)
   c.log_every_steps = 20
   c.compilation_cache_dir = ""  # jax's persistent compilation cache (reused by restarts).
 
@@ -95,7 +95,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
       {"num_train": 3000, "num_eval": 300, "image_size": 64, "seed": 0})
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 2e-4  # finetuning: a fifth of the pretraining stage's
+  c.optim.lr = 5e-4  # finetuning: half the pretraining stage's
   c.optim.warmup_steps = 10
   c.optim.end_factor = 0.0
   c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6
@@ -121,14 +121,14 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.directory = ""  # "" = the workdir; may be gs://bucket/run (orbax, etils.epath).
-  c.checkpoint.every_steps = 50
+  c.checkpoint.every_steps = 40
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
   c.checkpoint.best_metric = "retrieval/mean_recall@1"  # keep-best, as the paper; "" = none
   c.checkpoint.best_mode = "max"
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_steps = 25
+  c.eval.every_steps = 40
   c.eval.batch_size = 128
   c.eval.hard_positive = True  # REPLACE/SWAP scores with hpjax.evaluate's HardPositiveEvaluator.
   c.eval.replace_swap_root = ""  # authors' layout (data/, swapped_data/); synthetic: its own.
