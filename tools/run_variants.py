@@ -308,7 +308,6 @@ def main(argv=None) -> None:
         f"{time.time() - start:.0f}s", flush=True)
   table = aggregate({PRETRAINED: [figures[(PRETRAINED, 0)]],
                      **{v: [figures[(v, s)] for s in seeds] for v in variants}})
-  table = aggregate({v: [figures[(v, s)] for s in seeds] for v in variants})
   suites = sorted({suite for rows in table.values() for suite, _ in rows},
                   key=lambda name: (name.startswith("heldout:"), name))
   text = markdown(table, suites)
