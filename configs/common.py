@@ -8,8 +8,10 @@ afterwards. An unknown field is an error naming it; values are checked when the 
 (hpjax/train/run_config.py), and a resume must keep the run's model, data, batch size, seed and
 host count unless `resume_overrides` names the change.
 
-Without `data.source` (or with `data.source='synthetic'`) a run trains the tiny model from
-scratch on the synthetic world (hpjax.data.synthetic) and finishes in minutes on a CPU; with
+Without `data.source` (or with `data.source='synthetic'`) a run follows the paper's protocol on
+the synthetic world (hpjax.data.synthetic) in minutes on a CPU: the tiny model pretrained on its
+captions alone (the `pretrain` stage, cached and shared by every variant), then finetuned with
+a low learning rate, warm-up and keep-best by retrieval; with
 `data.source` set to a training JSONL or array_record files it follows the paper's recipe:
 ViT-B-32-quickgelu from the OpenCLIP checkpoint in `model.pretrained`, NegCLIP's optimizer.
 """
@@ -67,7 +69,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.program = "train"
   c.seed = 0
   c.batch_size = 64
-  c.total_steps = 300
+  c.total_steps = 80  # the finetune (synthetic default: about two epochs of the world)
   c.log_every_steps = 20
   c.compilation_cache_dir = ""  # jax's persistent compilation cache (reused by restarts).
 
@@ -95,8 +97,8 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
       {"num_train": 3000, "num_eval": 300, "image_size": 64, "seed": 0})
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-3
-  c.optim.warmup_steps = 30
+  c.optim.lr = 5e-4  # finetuning: half the pretraining stage's
+  c.optim.warmup_steps = 10
   c.optim.end_factor = 0.0
   c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6
   c.optim.weight_decay = 0.2
@@ -107,20 +109,31 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict({"kind": "contrastive", "positives": "multi",
                                       "local_weight": 0.0, "hard_negative_weight": 1.0})
 
+  # The synthetic world's pretraining stage (hpjax/train/pretrain.py): captions only, cached in
+  # cache_dir ("" = WORKDIR/pretrain) by its config and the world's digest; every variant
+  # finetunes that model. Runs when steps > 0 and model.pretrained is "".
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.steps = 400
+  c.pretrain.batch_size = 64
+  c.pretrain.lr = 1e-3
+  c.pretrain.warmup_steps = 50
+  c.pretrain.seed = 0  # one pretrained model for every finetuning seed
+  c.pretrain.cache_dir = ""
+
   c.mesh = ml_collections.ConfigDict({"model_parallel": 1, "num_devices": 0})  # 0: all devices
   c.distributed = ml_collections.ConfigDict(
       {"coordinator_address": "", "num_processes": 0, "process_id": 0})
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.directory = ""  # "" = the workdir; may be gs://bucket/run (orbax, etils.epath).
-  c.checkpoint.every_steps = 100
+  c.checkpoint.every_steps = 40
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
-  c.checkpoint.best_metric = ""  # e.g. "replace/augmented" or "retrieval/mean_recall@1".
+  c.checkpoint.best_metric = "retrieval/mean_recall@1"  # keep-best, as the paper; "" = none
   c.checkpoint.best_mode = "max"
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_steps = 100
+  c.eval.every_steps = 40
   c.eval.batch_size = 128
   c.eval.hard_positive = True  # REPLACE/SWAP scores with hpjax.evaluate's HardPositiveEvaluator.
   c.eval.replace_swap_root = ""  # authors' layout (data/, swapped_data/); synthetic: its own.
@@ -144,7 +157,8 @@ def paper_recipe(c: ml_collections.ConfigDict, explicit: set) -> None:
   defaults = {"model.name": "ViT-B-32-quickgelu", "model.dtype": "bfloat16", "batch_size": 256,
               "optim.lr": 1e-6, "optim.warmup_steps": 50, "total_steps": 5 * 591753 // 256,
               "checkpoint.every_steps": 1000, "eval.every_steps": 2311, "log_every_steps": 50,
-              "checkpoint.best_metric": "retrieval/mean_recall@1", "data.val_size": 5000}
+              "checkpoint.best_metric": "retrieval/mean_recall@1", "data.val_size": 5000,
+              "pretrain.steps": 0}
   explicit = {SHORTCUTS.get(k, k) for k in explicit}
   for key, value in defaults.items():
     if key not in explicit:

@@ -85,12 +85,13 @@ def write_train_fixture(folder, num: int = 40, seed: int = 0) -> str:
 
 def train_args(source: str, **overrides) -> str:
   """The config argument (`configs/hnhp.py:<this>`) of a small, fast float32 hpjax-tiny run on
-  `source`; `overrides` replace or add dotted fields."""
+  `source` (on 'synthetic', from random init: no pretraining stage unless `pretrain.steps` is
+  given); `overrides` replace or add dotted fields."""
   args = {"source": source, "compilation_cache_dir": COMPILATION_CACHE, "model": "hpjax-tiny",
           "model.dtype": "float32", "batch_size": 8, "lr": 1e-3, "optim.warmup_steps": 2,
           "total_steps": 6, "log_every_steps": 1, "data.val_size": 8, "eval.every_steps": 0,
           "eval.hard_positive": False, "checkpoint.every_steps": 2, "checkpoint.best_metric": "",
-          "checkpoint.async_save": False, **overrides}
+          "checkpoint.async_save": False, "pretrain.steps": 0, **overrides}
   return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in args.items())
 
 

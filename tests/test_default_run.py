@@ -1,6 +1,6 @@
 """The README's first command, `python -m hpjax.main --config=configs/hnhp.py`, at a reduced size:
-it builds the synthetic world, trains, evaluates REPLACE and SWAP and tells the user where the
-reports are; the reported figures are recomputed here from the final checkpoint."""
+it builds the synthetic world, pretrains, finetunes, evaluates REPLACE and SWAP and tells the
+user where the reports are; the reported figures are recomputed here from the final checkpoint."""
 
 import json
 import os
@@ -14,6 +14,7 @@ from helpers import REPO, final_params, flax_encoders, hard_positive_figures, pe
 from hpjax.data import suites as suites_lib
 from hpjax.data import synthetic
 from hpjax.models import CLIP, get_model_config
+from hpjax.train import pretrain
 
 SUITES = ("replace_attributes", "replace_relations", "replace", "swap")
 FIGURES = ("original", "augmented", "brittleness", "hard_positive")
@@ -23,7 +24,7 @@ FIGURES = ("original", "augmented", "brittleness", "hard_positive")
 def test_default_command_writes_reports_whose_figures_follow_from_its_checkpoint(tmp_path):
   workdir = tmp_path / "run"
   small = ("total_steps=6,batch_size=16,log_every_steps=3,eval.every_steps=0,"
-           "checkpoint.every_steps=3,data.val_size=16,"
+           "checkpoint.every_steps=3,data.val_size=16,pretrain.steps=3,pretrain.batch_size=16,"
            "data.synthetic.num_train=96,data.synthetic.num_eval=24")
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   result = subprocess.run(
@@ -37,6 +38,10 @@ def test_default_command_writes_reports_whose_figures_follow_from_its_checkpoint
   results_file = workdir / "reports" / "results.json"
   assert os.path.relpath(results_file, REPO) in output, "the closing summary must say where the reports are"
   assert "step 6/6" in output
+  # Pretrained first (captions only, cached in WORKDIR/pretrain), then finetuned from it.
+  assert "pretraining: 3 captions-only steps" in output and "step 3/3" in output
+  (stage,) = os.listdir(workdir / "pretrain")
+  assert pretrain.complete(str(workdir / "pretrain" / stage))
   for name in ("results.md", "ordering.png", "gallery.html"):
     assert (workdir / "reports" / name).stat().st_size > 0, name
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from hpjax.data import suites
 from hpjax.data import synthetic
@@ -323,13 +324,35 @@ def test_variant_comparison_reads_results_and_aggregates_over_seeds(tmp_path):
       [(label, metrics)] = tool.read_models(str(path))
       runs[variant].append(tool.suite_metrics(metrics, str(path)))
   table = tool.aggregate(runs)
-  assert table["hn"][("swap", "original")] == (65.0, 5.0, 2)
+  # The 95% Student-t interval over the seeds, as scipy computes it.
+  low, high = stats.t.interval(0.95, 1, loc=65.0, scale=stats.sem([60.0, 70.0]))
+  mean, half, n = table["hn"][("swap", "original")]
+  assert (mean, n) == (65.0, 2) and half == pytest.approx(high - 65.0) and low < 60.0
   assert table["hnhp"][("swap", "augmented")] == (25.0, 0.0, 2)
   assert set(table["hn"]) == {("swap", m) for m in tool.METRICS}
   text = tool.markdown(table, ["swap"])
-  assert "| swap | hn | 65.0 +- 5.0 | 32.5 +- 2.5 | 1.0 +- 0.0 |" in text
+  assert f"| swap | hn | 65.0 +- {high - 65.0:.1f} | 32.5 +- {(high - 65.0) / 2:.1f} | 1.0 +- 0.0 |" in text
+  assert "| swap | hnhp | 50.0 +- 0.0 | 25.0 +- 0.0 | 1.0 +- 0.0 | - / 61.1 / - |" in text
   tool.plot(table, ["swap"], str(tmp_path / "comparison.png"))
   assert Image.open(tmp_path / "comparison.png").size[0] > 0
+
+
+def test_variant_figures_are_the_keep_best_evaluation_by_retrieval(tmp_path):
+  tool = _run_variants_tool()
+  rows = [{"step": 0, tool.RETRIEVAL: 50.0, "swap/original": 1.0},
+          {"step": 10, "loss": 2.0},
+          {"step": 20, tool.RETRIEVAL: 30.0, "swap/original": 2.0},
+          {"step": 40, tool.RETRIEVAL: 40.0, "swap/original": 3.0},
+          {"step": 60, tool.RETRIEVAL: 40.0, "swap/original": 4.0}]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert tool.best_evaluation(str(path))["swap/original"] == 3.0  # not step 0; earliest tie
+  path.write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+  with pytest.raises(ValueError, match="metrics.jsonl: no evaluation rows"):
+    tool.best_evaluation(str(path))
+  with pytest.raises(ValueError, match="unknown variant 'nope'"):
+    tool.variant_args("nope", "")
+  assert tool.variant_args("hnhp_hn0.25", "total_steps=5") == ("hnhp", "hn_frac=0.25,total_steps=5")
 
 
 def test_variant_comparison_names_a_results_file_without_figures(tmp_path):

@@ -140,7 +140,7 @@ def test_synthetic_world_run_moves_replace_swap_metrics_and_keeps_the_best(tmp_p
   """The default data path end to end on a small world: REPLACE/SWAP evaluation, keep-best,
   reports and the OpenCLIP export; hard positives + negatives raise augmented accuracy."""
   config = hnhp.get_config(
-      "total_steps=60,batch_size=32,log_every_steps=20,eval.every_steps=30,"
+      "total_steps=60,batch_size=32,log_every_steps=20,eval.every_steps=30,pretrain.steps=0,"
       "checkpoint.every_steps=30,checkpoint.best_metric='replace/augmented',"
       "data.val_size=32,data.synthetic.num_train=400,data.synthetic.num_eval=40,"
       f"compilation_cache_dir={COMPILATION_CACHE!r},export_openclip={str(tmp_path / 'openclip.pt')!r}")

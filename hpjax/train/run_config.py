@@ -25,16 +25,16 @@ FILE = "run_config.json"
 HOSTS = "hosts"  # the process count, saved beside the config's fields.
 # What a checkpoint means: a change continues the weights on another model, other data or
 # another batch order. (data.worker_count does not change the batches: tested.)
-SAME_RUN = ("model.name", "model.pretrained", "data", "batch_size", "seed", HOSTS)
-FREE = ("data.worker_count",)
+SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS)
+FREE = ("data.worker_count", "pretrain.cache_dir")
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
 _POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_steps",
-             "checkpoint.keep", "eval.batch_size", "mesh.model_parallel")
+             "checkpoint.keep", "eval.batch_size", "mesh.model_parallel", "pretrain.batch_size")
 _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
                  "data.num_hard_positives", "data.worker_count", "data.val_size",
-                 "mesh.num_devices")
+                 "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps")
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
 _CHOICES = {"model.dtype": tuple(DTYPES), "loss.kind": losses.KINDS,
             "loss.positives": losses.POSITIVE_MODES,
@@ -76,8 +76,12 @@ def check_values(config, num_devices: int, process_count: int) -> None:
   if not 0.0 < low <= high <= 1.0:
     problems.append(f"data.crop_scale={values['data.crop_scale']!r} must be (low, high) with "
                     "0 < low <= high <= 1")
-  if not values["optim.lr"] >= 0:
-    problems.append(f"optim.lr={values['optim.lr']!r} must be >= 0")
+  for field in ("optim.lr", "pretrain.lr"):
+    if not values[field] >= 0:
+      problems.append(f"{field}={values[field]!r} must be >= 0")
+  if values["pretrain.steps"] and values["data.source"] != "synthetic":
+    problems.append(f"pretrain.steps={values['pretrain.steps']!r}: the pretraining stage is the "
+                    "synthetic world's; with data.source set, finetune model.pretrained (0 steps)")
   problems += _loss_problems(values)
   try:
     get_model_config(values["model.name"])
@@ -91,12 +95,13 @@ def check_values(config, num_devices: int, process_count: int) -> None:
     if rest:
       problems.append(f"mesh.model_parallel={values['mesh.model_parallel']} must divide the "
                       f"{devices} devices")
-    elif values["batch_size"] % data_parallel:
-      problems.append(f"batch_size={values['batch_size']} must be a multiple of the "
-                      f"{data_parallel} data-parallel devices")
-    if values["batch_size"] % process_count:
-      problems.append(f"batch_size={values['batch_size']} must be a multiple of the "
-                      f"{process_count} hosts")
+    for field in ("batch_size", "pretrain.batch_size")[:1 + bool(values["pretrain.steps"])]:
+      if not rest and values[field] % data_parallel:
+        problems.append(f"{field}={values[field]} must be a multiple of the "
+                        f"{data_parallel} data-parallel devices")
+      if values[field] % process_count:
+        problems.append(f"{field}={values[field]} must be a multiple of the "
+                        f"{process_count} hosts")
   if problems:
     raise ValueError("config: " + "; ".join(problems))
 

@@ -22,7 +22,7 @@ from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
 from hpjax.data import world_tokenizer
 from hpjax.models.config import get_model_config
-from hpjax.train import checkpointing, optim, retrieval, run_config, text_packing
+from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
 
@@ -179,10 +179,22 @@ def run(config, workdir: str) -> dict:
 
   # -- input -------------------------------------------------------------------------------------
   source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
+  pretrained = config.model.pretrained or None
+  if pretrain.applies(config):  # a resume restores its own params: the stage is not needed
+    stage_dir = pretrain.stage_dir(config, workdir, image_root)
+    try:
+      pretrained = (pretrain.ensure(config, stage_dir, image_root) if not resuming else
+                    pretrain.params_if_complete(stage_dir))
+    finally:
+      if not resuming and pretrained is None:
+        ckpt.close()  # (a crashed or preempted stage)
+    if pretrained is None and not resuming:
+      logging.warning("stopped during pretraining; rerun to resume it, then finetune")
+      return {}
   from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
       model_config(config.model.name, config.loss.kind),
-      pretrained=config.model.pretrained or None, dtype=run_config.DTYPES[config.model.dtype],
+      pretrained=pretrained, dtype=run_config.DTYPES[config.model.dtype],
       remat=config.model.remat, rng=jax.random.key(config.seed))
   tokenizer = _tokenizer(config, model.config, workdir, resuming)
   transform = data_lib.ExampleTransform(

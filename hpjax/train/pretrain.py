@@ -1,0 +1,137 @@
+"""The embedded default's pretraining stage: the captions-only CLIP every variant finetunes.
+
+The paper finetunes a CLIP that already matches web captions. On the synthetic world that model
+is trained here, once: the trainer itself runs on the world's captions alone (no hard texts; the
+captions name objects in either order and in every synonym, as web captions do), and the final
+params are exported as an OpenCLIP file. Every variant and seed then starts from that one file,
+so they start from byte-identical params.
+
+The stage lives in `<pretrain.cache_dir or WORKDIR/pretrain>/<key>/`, the key a digest of the
+stage's config and of the world's digest (the world's manifest): a changed config or world is
+another folder, a matching one is reused. `run/` is the stage's trainer workdir (an interrupted
+pretrain resumes from its checkpoints); the stage is complete only once `pretrain.json`, written
+last and atomically, names the params file and its sha256.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from hpjax.train import run_config
+
+VERSION = 1
+MANIFEST = "pretrain.json"
+PARAMS = "params.safetensors"
+# What the pretrained params depend on (besides the world): the rest of the config (logging,
+# checkpoint cadence, evaluation) leaves them unchanged.
+KEY_FIELDS = ("model.name", "model.dtype", "data.synthetic", "data.val_size", "data.crop_scale",
+              "optim", "loss")
+
+
+def applies(config) -> bool:
+  """Whether this run first needs the pretrained model (the synthetic world, no weights given)."""
+  return bool(config.pretrain.steps) and not config.model.pretrained
+
+
+def stage_config(config):
+  """The trainer config of the pretraining run: captions only, the stage's own schedule."""
+  stage = copy.deepcopy(config)
+  p = config.pretrain
+  stage.total_steps, stage.batch_size, stage.seed = p.steps, p.batch_size, p.seed
+  stage.optim.lr, stage.optim.warmup_steps = p.lr, p.warmup_steps
+  stage.data.hn_frac = stage.data.hp_frac = 0.0
+  stage.data.num_hard_negatives = stage.data.num_hard_positives = 0
+  stage.pretrain.steps = 0
+  stage.model.pretrained = ""
+  stage.eval.every_steps = p.steps  # the pretrained model's own figures, once, at the end
+  stage.eval.reports = False
+  stage.checkpoint.directory = stage.checkpoint.best_metric = stage.resume_overrides = ""
+  stage.export_openclip = ""
+  return stage
+
+
+def key(config, world_digest: str) -> str:
+  """A digest of the stage's config fields that shape its params, and of the world."""
+  values = run_config.flatten(stage_config(config))
+  fields = {k: v for k, v in values.items()
+            if any(k == f or k.startswith(f + ".") for f in KEY_FIELDS)}
+  fields.update(steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,
+                seed=config.pretrain.seed, version=VERSION, world=world_digest)
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_dir(config, workdir: str, world_dir: str) -> str:
+  """`<pretrain.cache_dir or WORKDIR/pretrain>/<key>` for the world in `world_dir`."""
+  from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
+  with open(synthetic.WorldPaths("", "", world_dir).manifest) as f:
+    digest = json.load(f)["digest"]
+  root = config.pretrain.cache_dir or os.path.join(workdir, "pretrain")
+  return os.path.join(os.path.abspath(root), key(config, digest))
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def params_if_complete(directory: str) -> str | None:
+  return os.path.join(directory, PARAMS) if complete(directory) else None
+
+
+def complete(directory: str) -> bool:
+  """Whether the stage in `directory` finished: its manifest names params of that sha256."""
+  try:
+    with open(os.path.join(directory, MANIFEST)) as f:
+      manifest = json.load(f)
+    return manifest["sha256"] == _sha256(os.path.join(directory, PARAMS))
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+
+
+def _replace_link(link: str, target: str) -> None:
+  if os.path.islink(link):
+    os.remove(link)
+  elif os.path.exists(link):
+    raise FileExistsError(f"{link} exists and is not a link to the world; move it away")
+  os.symlink(target, link)
+
+
+def ensure(config, directory: str, world_dir: str) -> str | None:
+  """The pretrained params file of `directory` (from `stage_dir`), trained there if missing;
+  None when the stage stopped early (preemption: its checkpoints resume it next time)."""
+  params = os.path.join(directory, PARAMS)
+  if complete(directory):
+    logging.info("pretraining: reusing %s", params)
+    return params
+  from hpjax.train import trainer  # pylint: disable=g-import-not-at-top (a cycle otherwise)
+  stage = stage_config(config)
+  run_dir = os.path.join(directory, "run")
+  partial = os.path.join(directory, "params.partial.safetensors")
+  stage.export_openclip = partial
+  if jax.process_index() == 0:
+    os.makedirs(run_dir, exist_ok=True)
+    _replace_link(os.path.join(run_dir, "world"), world_dir)  # the trainer finds it cached
+  multihost_utils.sync_global_devices("pretraining folder ready")
+  logging.info("pretraining: %d captions-only steps in %s", stage.total_steps, run_dir)
+  trainer.run(stage, run_dir)
+  if not os.path.exists(partial):  # (the export is written by process 0 on a shared disk)
+    return None
+  if jax.process_index() == 0:
+    os.replace(partial, params)
+    manifest = {"version": VERSION, "params": PARAMS, "sha256": _sha256(params),
+                "config": config.pretrain.to_dict(), "world": world_dir}
+    with open(os.path.join(directory, MANIFEST + ".partial"), "w") as f:
+      json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(os.path.join(directory, MANIFEST + ".partial"), os.path.join(directory, MANIFEST))
+  multihost_utils.sync_global_devices("pretraining written")
+  return params
