@@ -6,7 +6,6 @@ learns their trunks from `openclip_reference.register_tiny_siglip`. Every tensor
 so a swapped or dropped key shows.
 """
 
-import dataclasses
 import functools
 import json
 import zlib
