@@ -98,7 +98,7 @@ def test_weight_decay_mask_follows_openclip():
 
 
 def test_schedule_warms_up_then_decays():
-  config = hnhp.get_config("lr=0.1").optim
+  config = hnhp.get_config("lr=0.1,optim.warmup_steps=30").optim
   schedule = optim.learning_rate_schedule(config, total_steps=100)
   values = [float(schedule(s)) for s in (0, 15, 30, 65, 100)]
   assert values[0] == 0 and values[1] == pytest.approx(0.05) and values[2] == pytest.approx(0.1)
