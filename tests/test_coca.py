@@ -130,8 +130,10 @@ def test_decoder_keys_are_ignored_listed_and_carried_through_export(tiny, tmp_pa
   back = checkpoints.read_state_dict(exported)
   written = safetensors.numpy.load_file(str(exported))
   assert sorted(written) == sorted(state_dict)  # text. prefix back, decoder carried through.
-  for key, value in state_dict.items():
-    assert np.array_equal(written[key], value), key
+  for key, value in state_dict.items():  # bit for bit (open_clip leaves some decoder tensors
+    # uninitialised, so they may hold NaNs, which array_equal would call unequal)
+    assert (written[key].dtype, written[key].shape, written[key].tobytes()) == (
+        value.dtype, value.shape, value.tobytes()), key
   assert sorted(back) == sorted(checkpoints.read_state_dict(source))
   open_clip.create_model("coca-tiny", pretrained=str(exported))  # strict key matching
   # The convert program does the same and lists the ignored keys in its summary.
