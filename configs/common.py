@@ -93,6 +93,9 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.9, 1.0)
   c.data.worker_count = 0
   c.data.skip_bad_images = False
+  # The synthetic world's corpus: "finetune" (COCO-style captions with hard texts, train.jsonl)
+  # or "pretrain" (its web captions, pretrain.jsonl: what the pretraining stage trains on).
+  c.data.synthetic_corpus = "finetune"
   c.data.synthetic = ml_collections.ConfigDict(
       {"num_train": 3000, "num_eval": 300, "image_size": 64, "seed": 0})
 

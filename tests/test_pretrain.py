@@ -15,6 +15,7 @@ import pytest
 
 from helpers import assert_same_tree, final_params, train_args
 from hpjax import factory
+from hpjax.data import training as data_lib
 from hpjax.train import checkpointing, pretrain, trainer
 
 STEPS = 4
@@ -35,8 +36,13 @@ class _Spy:
   run's starting params."""
 
   def __init__(self, monkeypatch):
-    self.stage_runs, self.start_params = [], []
+    self.stage_runs, self.start_params, self.sources = [], [], []
     real_create = factory.create_model
+    real_open = data_lib.open_source
+
+    def open_source(paths, *args, **kwargs):
+      self.sources.append([os.path.basename(p) for p in paths])
+      return real_open(paths, *args, **kwargs)
 
     def run(config, workdir):
       self.stage_runs.append(workdir)
@@ -48,6 +54,7 @@ class _Spy:
       return model, params
 
     monkeypatch.setattr(trainer, "run", run)
+    monkeypatch.setattr(data_lib, "open_source", open_source)
     monkeypatch.setattr(factory, "create_model", create_model)
 
 
@@ -91,7 +98,7 @@ def study(tmp_path_factory):
     out["params_mtime"] = os.stat(os.path.join(stage, pretrain.PARAMS)).st_mtime_ns
     REAL_RUN(_config("coco_control", **{"pretrain.cache_dir": cache}), str(root / "control"))
     out.update(stage=stage, root=root, stage_runs=list(spy.stage_runs),
-               start_params=list(spy.start_params))
+               start_params=list(spy.start_params), sources=list(spy.sources))
   return out
 
 
@@ -104,6 +111,12 @@ def test_a_crashed_pretraining_leaves_nothing_that_looks_complete_and_resumes(st
   # Resumed from its step-2 checkpoint: steps 1-4 trained once each, not 1, 2, 1, 2, 3, 4.
   assert _trained_steps(run_dir) == [1, 2, 3, 4]
   assert study["stage_runs"] == [run_dir, run_dir]
+
+
+def test_pretraining_reads_the_web_corpus_and_finetuning_the_coco_style_one(study):
+  # The hnhp run opens its finetuning data, then its stage the web corpus (crashed); the same on
+  # the resume; then coco_control opens its finetuning data and reuses the stage.
+  assert study["sources"] == [["train.jsonl"], ["pretrain.jsonl"]] * 2 + [["train.jsonl"]]
 
 
 def test_the_second_variant_reuses_the_pretrained_model(study):

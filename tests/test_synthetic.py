@@ -109,6 +109,58 @@ def test_every_training_label_is_true_or_false_as_claimed(world):
   assert counts["hn"] > 2 * len(records) and counts["hp"] > 1.5 * len(records), counts
 
 
+def test_web_corpus_describes_the_training_images_in_every_word(world):
+  scenes = _scenes(world)
+  web = _jsonl(world.pretrain_jsonl)
+  train_images = [r["image"] for r in _jsonl(world.train_jsonl)]
+  assert [r["image"] for r in web] == [i for i in train_images for _ in range(3)]
+  assert all(set(r) == {"image", "caption"} for r in web)
+  for r in web:
+    assert sw.holds(r["caption"], scenes[r["image"]]), r
+  words = {w for r in web for w in r["caption"].split()}
+  assert words >= _rare_words() | _plain_words()  # every synonym, in pretraining
+  records = training.read_jsonl(world.pretrain_jsonl)
+  assert len(records) == len(web) and all(os.path.isfile(r["image"]) for r in records)
+
+
+def _plain_words():
+  tables = (sw.COLOURS, sw.SIZES, sw.RELATIONS)
+  return {w for t in tables for words in t.values() for w in words[0].split()}
+
+
+def _rare_words():
+  """Words only a synonym uses ("of" and "the" of "to the left of" are common words)."""
+  tables = (sw.COLOURS, sw.SIZES, sw.RELATIONS)
+  rare = {w for t in tables for words in t.values() for phrase in words[1:] for w in phrase.split()}
+  return rare - _plain_words() - {"the", "a"}
+
+
+def test_finetuning_and_eval_captions_use_plain_words_rare_ones_only_in_edits(world):
+  rare = _rare_words()
+  records = _jsonl(world.train_jsonl)
+  in_negatives = in_positives = 0
+  for r in records:
+    assert not set(r["caption"].split()) & rare, r["caption"]
+    in_negatives += sum(bool(set(t.split()) & rare) for t in r["hard_negatives"])
+    in_positives += sum(bool(set(t.split()) & rare) for t in r["hard_positives"])
+  # The edit generator draws replacement words from the whole vocabulary; the synonym swaps
+  # (positives) always write a rare word.
+  assert in_negatives > 0.2 * len(records) and in_positives > 0.5 * len(records)
+  for name in synthetic.SUITE_NAMES:
+    for orig, swap in zip(*_triples(world, name)):
+      assert not set(orig["true_caption"].split()) & rare, orig
+      if name != "visual_genome_attribution":  # REPLACE's c_p is a synonym swap
+        assert set(swap["true_caption"].split()) & rare, swap
+
+
+def test_caption_words_any_writes_captions_in_random_synonyms(tmp_path):
+  paths = synthetic.write_world(str(tmp_path / "w"), seed=3, caption_words="any", web_captions=1,
+                                **SMALL)
+  captions = [r["caption"] for r in _jsonl(paths.train_jsonl)]
+  assert sum(bool(set(c.split()) & _rare_words()) for c in captions) > 0.3 * len(captions)
+  assert len(_jsonl(paths.pretrain_jsonl)) == SMALL["num_train"]
+
+
 def _edit_kinds(caption, others):
   """How each of `others` was made from `caption`, judged on meanings (concepts, not words)."""
   c_first, c_rel, c_second = sw.meaning(caption)
@@ -203,7 +255,7 @@ def test_same_seed_same_files_other_seed_other_files(world, tmp_path):
   files = _files(world.image_root)
   assert _files(again.image_root) == files
   other_files = _files(other.image_root)
-  for name in ["train.jsonl", "scenes.jsonl", "images/train/000000.png"] + [
+  for name in ["train.jsonl", "pretrain.jsonl", "scenes.jsonl", "images/train/000000.png"] + [
       f"eval/data/{n}.json" for n in synthetic.SUITE_NAMES]:
     assert other_files[name] != files[name], name
 
@@ -240,6 +292,8 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (dict(heldout=[("pink", "circle")]), "held-out"),
     (dict(three_object_frac=1.5), "three_object_frac"),
     (dict(num_eval=0), "num_eval"),
+    (dict(web_captions=0), "web_captions"),
+    (dict(caption_words="fancy"), "caption_words"),
 ])
 def test_rejects_bad_parameters_by_name(tmp_path, bad, message):
   with pytest.raises(ValueError, match=message):

@@ -1,8 +1,10 @@
 """A synthetic compositional world: the study's embedded default when no dataset is at hand.
 
 `write_world(out_dir)` renders scenes of two or three coloured shapes and writes
-- `train.jsonl`: training records `{"image", "caption", "hard_negatives", "hard_positives"}`
-  (image paths relative to the JSONL's folder, PNG files);
+- `train.jsonl`: the finetuning records `{"image", "caption", "hard_negatives",
+  "hard_positives"}` (image paths relative to the JSONL's folder, PNG files);
+- `pretrain.jsonl`: the web corpus of the same images, `web_captions` records `{"image",
+  "caption"}` per image, what the pretraining stage (hpjax/train/pretrain.py) trains on;
 - `eval/data/<suite>.json` + `eval/swapped_data/<suite>.json`: the REPLACE (attributes,
   relations) and SWAP (VG-Attribution) suites in the authors' layout, paired by index, image
   paths relative to `out_dir`;
@@ -12,6 +14,15 @@
   `synthetic_world.holds`;
 - `manifest.json`: the parameters and a digest of every file; a second call with the same
   parameters reuses the world.
+
+The two corpora differ as the paper's do. Web captions say each concept in any of its words
+(crimson as often as red) and name the objects in either order. The finetuning captions, like
+COCO's, use each concept's plain word (`caption_words="plain"`), and so do the evaluation
+captions c. The edit generator that writes the hard negatives draws its replacement words from
+the whole vocabulary, so in the finetuning data a rare word occurs only in a negative, which
+finetuning on negatives alone can learn as a shortcut; the hard positives (synonym swaps,
+reorderings) are exactly the edits that shortcut rejects. `caption_words="any"` writes the
+finetuning and evaluation captions in random words too (the world without that regularity).
 
 Some (colour, shape) combinations are held out: no training image shows them and no training
 caption, hard negative or hard positive names them; the evaluation scenes draw from all
@@ -36,7 +47,7 @@ from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import render
 
 GENERATOR = "hpjax.data.synthetic"
-VERSION = 2
+VERSION = 3
 SUITE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations", "visual_genome_attribution")
 DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond"),
                    ("yellow", "square"))
@@ -49,6 +60,11 @@ class WorldPaths(NamedTuple):
   train_jsonl: str
   eval_root: str
   image_root: str
+
+  @property
+  def pretrain_jsonl(self) -> str:
+    """The web corpus of the training images: what the pretraining stage trains on."""
+    return os.path.join(self.image_root, "pretrain.jsonl")
 
   @property
   def scenes_jsonl(self) -> str:
@@ -96,21 +112,26 @@ def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.O
 # ---------------------------------------------------------------------------------------------
 # Training records.
 
-def _training_caption(rng: np.random.Generator, scene: sw.Scene) -> sw.Caption:
+def scene_caption(rng: np.random.Generator, scene: sw.Scene, plain: bool) -> sw.Caption:
+  """A true caption of two of the scene's objects, in either order, joined by "and" or by a
+  relation that holds; in plain words or in random synonyms."""
   a, b = _ordered_pairs(rng, scene)[0]
   d1, d2 = (_DETAILS[i] for i in np.searchsorted(_DETAIL_CDF, rng.random(2), side="right"))
   if rng.random() < 0.5:
-    return sw.Caption(sw.describe(rng, a, "the", d1), sw.AND, sw.describe(rng, b, "the", d2))
-  return sw.Caption(sw.describe(rng, a, "a", d1), sw.relate(rng, a, b),
-                    sw.describe(rng, b, "a", d2))
+    caption = sw.Caption(sw.describe(rng, a, "the", d1, plain), sw.AND,
+                         sw.describe(rng, b, "the", d2, plain))
+  else:
+    caption = sw.Caption(sw.describe(rng, a, "a", d1, plain), sw.relate(rng, a, b, plain),
+                         sw.describe(rng, b, "a", d2, plain))
+  if not sw.holds(caption.text, scene):
+    raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
+  return caption
 
 
 def training_record(rng: np.random.Generator, scene: sw.Scene, heldout: frozenset,
-                    num_negatives: int, num_positives: int) -> dict:
+                    num_negatives: int, num_positives: int, plain: bool = True) -> dict:
   """A caption of the scene with checked hard negatives (one per edit kind first) and positives."""
-  caption = _training_caption(rng, scene)
-  if not sw.holds(caption.text, scene):
-    raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
+  caption = scene_caption(rng, scene, plain)
   negative_kinds = [sw.attribute_replacements(caption, rng), sw.relation_replacements(caption, rng),
                     sw.attribute_swaps(caption), sw.object_swaps(caption)]
   positive_kinds = [sw.synonym_swaps(caption), sw.reorderings(caption, rng)]
@@ -137,11 +158,11 @@ def _one_per_kind(rng, kinds, scene, truth, heldout, limit, caption_text) -> lis
 # ---------------------------------------------------------------------------------------------
 # Evaluation triples (c, c_n, c_p): each builder returns None when the scene cannot host one.
 
-def _attribute_triple(rng, scene):
+def _attribute_triple(rng, scene, plain):
   """REPLACE-attributes: one colour or size word replaced (c_n) or traded for a synonym (c_p)."""
   for a, b in _ordered_pairs(rng, scene):
-    caption = sw.Caption(sw.describe(rng, a, "a", "both"), sw.relate(rng, a, b),
-                         sw.describe(rng, b, "a", "both"))
+    caption = sw.Caption(sw.describe(rng, a, "a", "both", plain), sw.relate(rng, a, b, plain),
+                         sw.describe(rng, b, "a", "both", plain))
     slots = list(itertools.product(sw.SLOTS, ("colour", "size")))
     for i in rng.permutation(len(slots)):
       slot, feature = slots[i]
@@ -153,12 +174,12 @@ def _attribute_triple(rng, scene):
   return None
 
 
-def _relation_triple(rng, scene):
+def _relation_triple(rng, scene, plain):
   """REPLACE-relations: the relation replaced (c_n) or said with its synonym (c_p)."""
   for a, b in _ordered_pairs(rng, scene):
     detail = ("colour", "both")[rng.integers(2)]
-    caption = sw.Caption(sw.describe(rng, a, "a", detail), sw.relate(rng, a, b),
-                         sw.describe(rng, b, "a", detail))
+    caption = sw.Caption(sw.describe(rng, a, "a", detail, plain), sw.relate(rng, a, b, plain),
+                         sw.describe(rng, b, "a", detail, plain))
     c_n = _one_checked(rng, sw.relation_replacements(caption, rng), scene, False)
     c_p = _one_checked(rng, sw.synonym_swaps(caption, ["relation"]), scene, True)
     if c_n and c_p:
@@ -166,15 +187,15 @@ def _relation_triple(rng, scene):
   return None
 
 
-def _swap_triple(rng, scene):
+def _swap_triple(rng, scene, plain):
   """SWAP: "the A x and the B y"; c_n rebinds the attributes, c_p reorders the conjuncts."""
   for a, b in _ordered_pairs(rng, scene):
     features = [f for f in ("colour", "size") if getattr(a, f) != getattr(b, f)]
     if a.shape == b.shape or not features:
       continue
     feature = features[rng.integers(len(features))]
-    caption = sw.Caption(sw.describe(rng, a, "the", feature), sw.AND,
-                         sw.describe(rng, b, "the", feature))
+    caption = sw.Caption(sw.describe(rng, a, "the", feature, plain), sw.AND,
+                         sw.describe(rng, b, "the", feature, plain))
     c_n = _one_checked(rng, sw.attribute_swaps(caption), scene, False)
     c_p = _one_checked(rng, sw.reorderings(caption, rng), scene, True)
     if c_n and c_p:
@@ -218,7 +239,9 @@ def _save_png(image, path: str) -> None:
 
 def _write_train(root, params, heldout) -> None:
   combos = [c for c in itertools.product(sw.COLOURS, sw.SHAPES) if c not in heldout]
+  plain = params["caption_words"] == "plain"
   with open(os.path.join(root, "train.jsonl"), "w") as train, \
+       open(os.path.join(root, "pretrain.jsonl"), "w") as web, \
        open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
     for i in range(params["num_train"]):
       rng = _scene_rng(params["seed"], "train", i)
@@ -226,13 +249,17 @@ def _write_train(root, params, heldout) -> None:
       image = f"images/train/{i:06d}.png"
       _save_png(render(scene, params["image_size"]), os.path.join(root, image))
       record = training_record(rng, scene, heldout, params["num_hard_negatives"],
-                               params["num_hard_positives"])
+                               params["num_hard_positives"], plain)
       train.write(json.dumps({"image": image, **record}) + "\n")
+      for _ in range(params["web_captions"]):
+        caption = scene_caption(rng, scene, plain=False).text
+        web.write(json.dumps({"image": image, "caption": caption}) + "\n")
       scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
 
 
 def _write_eval(root, params, heldout) -> None:
   combos = list(itertools.product(sw.COLOURS, sw.SHAPES))
+  plain = params["caption_words"] == "plain"
   everything = {name: ([], []) for name in SUITE_NAMES}  # name -> (data/, swapped_data/)
   unseen = {name: ([], []) for name in SUITE_NAMES}
   with open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
@@ -240,7 +267,7 @@ def _write_eval(root, params, heldout) -> None:
       rng = _scene_rng(params["seed"], "eval", i)
       for _ in range(_MAX_TRIES):  # a scene must host a triple of every suite
         scene = sw.sample_scene(rng, combos, _num_objects(rng, params["three_object_frac"]))
-        triples = {name: build(rng, scene) for name, build in _TRIPLES.items()}
+        triples = {name: build(rng, scene, plain) for name, build in _TRIPLES.items()}
         if all(triples.values()):
           break
       else:
@@ -297,6 +324,7 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
                 image_size: int = 64, three_object_frac: float = 0.25,
                 heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
                 num_hard_negatives: int = 3, num_hard_positives: int = 2,
+                caption_words: str = "plain", web_captions: int = 3,
                 rebuild: bool = True) -> WorldPaths:
   """Writes (or reuses, when `out_dir` holds the same world intact) the synthetic world.
 
@@ -309,6 +337,9 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
     three_object_frac: fraction of scenes with three objects instead of two.
     heldout: (colour, shape) combinations kept out of the training split.
     num_hard_negatives, num_hard_positives: most per training record.
+    caption_words: "plain": the finetuning and evaluation captions use each concept's plain
+      word (as COCO's); "any": random synonyms, like the web corpus.
+    web_captions: captions per training image in the web corpus (pretrain.jsonl).
     rebuild: False: only reuse; a missing, other or changed world raises ValueError naming why
       (a run's checkpoints must not continue on a world written anew).
 
@@ -323,15 +354,18 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
                        f"{sorted(sw.COLOURS)} x {sw.SHAPES}")
   if not 0.0 <= three_object_frac <= 1.0:
     raise ValueError(f"three_object_frac={three_object_frac} is not a fraction in [0, 1]")
-  if min(num_train, num_eval) < 1 or image_size < 8:
-    raise ValueError(f"num_train={num_train}, num_eval={num_eval} must be >= 1 and "
-                     f"image_size={image_size} >= 8")
+  if caption_words not in ("plain", "any"):
+    raise ValueError(f"caption_words={caption_words!r}: expected 'plain' or 'any'")
+  if min(num_train, num_eval, web_captions) < 1 or image_size < 8:
+    raise ValueError(f"num_train={num_train}, num_eval={num_eval}, web_captions={web_captions} "
+                     f"must be >= 1 and image_size={image_size} >= 8")
   if len(heldout) >= len(sw.COLOURS) * len(sw.SHAPES):
     raise ValueError("every (colour, shape) combination is held out: nothing left to train on")
   params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_eval": num_eval,
             "image_size": image_size, "three_object_frac": three_object_frac,
             "heldout": sorted(list(c) for c in heldout),
-            "num_hard_negatives": num_hard_negatives, "num_hard_positives": num_hard_positives}
+            "num_hard_negatives": num_hard_negatives, "num_hard_positives": num_hard_positives,
+            "caption_words": caption_words, "web_captions": web_captions}
   out_dir = os.path.abspath(out_dir)
   paths = WorldPaths(os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "eval"), out_dir)
   manifest = _read_manifest(paths.manifest)

@@ -7,7 +7,9 @@ hard negative is kept only when it is false of its scene and a hard positive onl
 true: the labels are checked, never assumed from the edit that made them.
 
 Words map to concepts through small synonym tables (red/crimson, large/big, left of/to the left
-of); a synonym changes the words, never the meaning.
+of); a synonym changes the words, never the meaning. The first word of each table is the plain
+one, the word a COCO-style caption uses; the others are what web captions (the pretraining
+corpus) and the edit generator also write.
 """
 
 from __future__ import annotations
@@ -215,24 +217,26 @@ def sample_scene(rng: np.random.Generator, combos: Sequence[tuple[str, str]],
   return Scene(tuple(objects))
 
 
-def _word(rng: np.random.Generator, table: dict, concept: str) -> str:
+def _word(rng: np.random.Generator, table: dict, concept: str, plain: bool = False) -> str:
   words = table[concept]
-  return words[rng.integers(len(words))]
+  return words[0] if plain else words[rng.integers(len(words))]
 
 
-def describe(rng: np.random.Generator, obj: Obj, det: str, detail: str) -> Phrase:
-  """A phrase for `obj` naming its `detail`: "colour", "size" or "both", in random synonyms."""
-  size = _word(rng, SIZES, obj.size) if detail in ("size", "both") else None
-  colour = _word(rng, COLOURS, obj.colour) if detail in ("colour", "both") else None
+def describe(rng: np.random.Generator, obj: Obj, det: str, detail: str,
+             plain: bool = False) -> Phrase:
+  """A phrase for `obj` naming its `detail`: "colour", "size" or "both", in random synonyms
+  (`plain`: in each concept's plain word)."""
+  size = _word(rng, SIZES, obj.size, plain) if detail in ("size", "both") else None
+  colour = _word(rng, COLOURS, obj.colour, plain) if detail in ("colour", "both") else None
   return Phrase(det, size, colour, obj.shape)
 
 
-def relate(rng: np.random.Generator, a: Obj, b: Obj) -> str:
-  """A relation phrase, in random synonyms, for one relation that holds of (a, b)."""
+def relate(rng: np.random.Generator, a: Obj, b: Obj, plain: bool = False) -> str:
+  """A relation phrase, in random synonyms (or the plain word), for one that holds of (a, b)."""
   true = [r for r in RELATIONS if relation_holds(r, a, b)]
   if not true:
     raise ValueError(f"no relation holds between {a} and {b}")
-  return _word(rng, RELATIONS, true[rng.integers(len(true))])
+  return _word(rng, RELATIONS, true[rng.integers(len(true))], plain)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def stage_config(config):
   p = config.pretrain
   stage.total_steps, stage.batch_size, stage.seed = p.steps, p.batch_size, p.seed
   stage.optim.lr, stage.optim.warmup_steps = p.lr, p.warmup_steps
+  stage.data.synthetic_corpus = "pretrain"  # the world's web captions
   stage.data.hn_frac = stage.data.hp_frac = 0.0
   stage.data.num_hard_negatives = stage.data.num_hard_positives = 0
   stage.pretrain.steps = 0

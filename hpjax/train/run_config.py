@@ -38,7 +38,8 @@ _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negati
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
 _CHOICES = {"model.dtype": tuple(DTYPES), "loss.kind": losses.KINDS,
             "loss.positives": losses.POSITIVE_MODES,
-            "checkpoint.best_mode": ("max", "min")}
+            "checkpoint.best_mode": ("max", "min"),
+            "data.synthetic_corpus": ("finetune", "pretrain")}
 
 
 def flatten(config) -> dict:

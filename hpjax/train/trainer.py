@@ -64,7 +64,9 @@ def _training_data(config, workdir: str, resuming: bool = False):
       raise ValueError(f"{e}: this workdir's checkpoints were trained on the world there; "
                        "restore it, or allow a new one with "
                        "--config.resume_overrides=data.synthetic") from e
-    source_path, eval_root, image_root = world.train_jsonl, world.eval_root, world.image_root
+    source_path = (world.pretrain_jsonl if data.synthetic_corpus == "pretrain" else
+                   world.train_jsonl)
+    eval_root, image_root = world.eval_root, world.image_root
   source = data_lib.open_source(split_list(source_path), data.tfds_data_dir or None)
   if data.val_source:
     held_out = data_lib.open_source(split_list(data.val_source), data.tfds_data_dir or None)
