@@ -69,7 +69,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.program = "train"
   c.seed = 0
   c.batch_size = 64
-  c.total_steps = 80  # the finetune (synthetic default: about two epochs of the world)
+  c.total_steps = 300  # the finetune (synthetic default: about two epochs of the world)
   c.log_every_steps = 20
   c.compilation_cache_dir = ""  # jax's persistent compilation cache (reused by restarts).
 
@@ -97,7 +97,8 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   # or "pretrain" (its web captions, pretrain.jsonl: what the pretraining stage trains on).
   c.data.synthetic_corpus = "finetune"
   c.data.synthetic = ml_collections.ConfigDict(
-      {"num_train": 3000, "num_eval": 300, "image_size": 64, "seed": 0})
+      {"num_train": 10000, "num_eval": 300, "image_size": 64, "seed": 0,
+       "caption_words": "plain", "web_captions": 3})  # hpjax.data.synthetic.write_world
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4  # finetuning: half the pretraining stage's
@@ -116,7 +117,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   # cache_dir ("" = WORKDIR/pretrain) by its config and the world's digest; every variant
   # finetunes that model. Runs when steps > 0 and model.pretrained is "".
   c.pretrain = ml_collections.ConfigDict()
-  c.pretrain.steps = 400
+  c.pretrain.steps = 2000  # about 4 epochs of the web corpus (3 captions per image)
   c.pretrain.batch_size = 64
   c.pretrain.lr = 1e-3
   c.pretrain.warmup_steps = 50
@@ -129,14 +130,14 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.directory = ""  # "" = the workdir; may be gs://bucket/run (orbax, etils.epath).
-  c.checkpoint.every_steps = 40
+  c.checkpoint.every_steps = 100
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
   c.checkpoint.best_metric = "retrieval/mean_recall@1"  # keep-best, as the paper; "" = none
   c.checkpoint.best_mode = "max"
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_steps = 40
+  c.eval.every_steps = 100
   c.eval.batch_size = 128
   c.eval.hard_positive = True  # REPLACE/SWAP scores with hpjax.evaluate's HardPositiveEvaluator.
   c.eval.replace_swap_root = ""  # authors' layout (data/, swapped_data/); synthetic: its own.

@@ -95,11 +95,12 @@ def train_args(source: str, **overrides) -> str:
   return ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in args.items())
 
 
-def final_params(workdir) -> tuple[int, dict]:
-  """(latest step, its params as numpy) of a trainer's workdir, whatever topology wrote them."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+def final_params(workdir, folder: str = "checkpoints") -> tuple[int, dict]:
+  """(latest step, its params as numpy) of a trainer's workdir (its `folder` of saves: "best"
+  for the kept-best one), whatever topology wrote them."""
+  manager = ocp.CheckpointManager(os.path.join(workdir, folder))
   step = manager.latest_step()
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  path = os.path.join(workdir, folder, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)

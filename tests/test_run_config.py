@@ -98,7 +98,7 @@ def test_a_resume_that_changes_the_run_stops_naming_the_fields(tmp_path, caplog)
   _same_run(hnhp.get_config(), tmp_path)  # the same run resumes
   changed = hnhp.get_config("batch_size=32,hn_frac=0.5,data.synthetic.num_train=100")
   with pytest.raises(ValueError, match=r"run_config.json: .*other values of batch_size \(64 -> 32\)"
-                     r", data.hn_frac \(1.0 -> 0.5\), data.synthetic.num_train \(3000 -> 100\);"
+                     r", data.hn_frac \(1.0 -> 0.5\), data.synthetic.num_train \(10000 -> 100\);"
                      r".*resume_overrides=batch_size\+data.hn_frac\+data.synthetic.num_train"):
     _same_run(changed, tmp_path)
   assert json.loads((tmp_path / run_config.FILE).read_text()) == saved  # kept as it was

@@ -391,22 +391,19 @@ def test_variant_comparison_reads_results_and_aggregates_over_seeds(tmp_path):
   assert Image.open(tmp_path / "comparison.png").size[0] > 0
 
 
-def test_variant_figures_are_the_keep_best_evaluation_by_retrieval(tmp_path):
+def test_variant_arguments_put_the_study_config_after_the_variants_own(tmp_path):
   tool = _run_variants_tool()
-  rows = [{"step": 0, tool.RETRIEVAL: 50.0, "swap/original": 1.0},
-          {"step": 10, "loss": 2.0},
-          {"step": 20, tool.RETRIEVAL: 30.0, "swap/original": 2.0},
-          {"step": 40, tool.RETRIEVAL: 40.0, "swap/original": 3.0},
-          {"step": 60, tool.RETRIEVAL: 40.0, "swap/original": 4.0}]
-  path = tmp_path / "metrics.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert tool.best_evaluation(str(path))["swap/original"] == 3.0  # not step 0; earliest tie
-  path.write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
-  with pytest.raises(ValueError, match="metrics.jsonl: no evaluation rows"):
-    tool.best_evaluation(str(path))
   with pytest.raises(ValueError, match="unknown variant 'nope'"):
     tool.variant_args("nope", "")
   assert tool.variant_args("hnhp_hn0.25", "total_steps=5") == ("hnhp", "hn_frac=0.25,total_steps=5")
+  rows = [{"step": 0, tool.RETRIEVAL: 50.0}, {"step": 10, "loss": 2.0},
+          {"step": 20, tool.RETRIEVAL: 30.0, "swap/original": 2.0}]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert [r["step"] for r in tool.evaluations(str(path))] == [0, 20]
+  path.write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+  with pytest.raises(ValueError, match="metrics.jsonl: no evaluation rows"):
+    tool.evaluations(str(path))
 
 
 def test_variant_comparison_names_a_results_file_without_figures(tmp_path):

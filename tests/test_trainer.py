@@ -152,11 +152,18 @@ def test_synthetic_world_run_moves_replace_swap_metrics_and_keeps_the_best(tmp_p
   assert metrics["replace/augmented"] == evals[60]["replace/augmented"]
   best = max((30, 60), key=lambda s: evals[s]["replace/augmented"])
   assert os.listdir(tmp_path / "best") == [str(best)]
-  assert os.path.exists(tmp_path / "reports" / "results.json")
+  # The reports and the export are the kept model's: the best step's, as the paper keeps.
+  with open(tmp_path / "reports" / "results.json") as f:
+    (reported,) = json.load(f)["models"]
+  kept = os.path.join("best", str(best)) if best != 60 else os.path.join("checkpoints", "60")
+  assert reported["checkpoint"].endswith(kept), reported["checkpoint"]
+  for key in ("replace/augmented", "swap/original"):
+    assert reported["metrics"][key] == pytest.approx(evals[best][key], abs=1e-9), key
   import torch  # pylint: disable=g-import-not-at-top (test-only dependency)
   exported = torch.load(tmp_path / "openclip.pt", weights_only=True)
-  np.testing.assert_allclose(exported["logit_scale"].numpy(),
-                             final_params(str(tmp_path))[1]["logit_scale"], rtol=1e-6)
+  step, params = final_params(str(tmp_path), "best")
+  assert step == best
+  np.testing.assert_allclose(exported["logit_scale"].numpy(), params["logit_scale"], rtol=1e-6)
 
 
 def test_param_sharding_splits_large_matrices_over_the_model_axis():

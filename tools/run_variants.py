@@ -8,8 +8,9 @@ seed=<s> --workdir=...`, each in its own process and workdir (a finished run, on
 reports/results.json, is reused). All runs share one synthetic world, built once under
 WORKDIR/world and linked into each run's workdir (the trainer's cache finds it).
 
-Each run's figures are those of its keep-best checkpoint: the evaluation (metrics.jsonl) at the
-step with the highest retrieval R@1 (the earliest on ties), as the paper picks its epoch. The
+Each run's figures are those of its reports (reports/results.json): the trainer's kept model,
+the evaluation step with the highest retrieval R@1 (`checkpoint.best_metric`; step 0 is not a
+candidate), as the paper picks its epoch. The
 tool writes `comparison.md` (original, augmented and brittleness per suite: the mean over seeds
 and its 95% Student-t interval, the paper's own figures beside ours, the pretrained model's
 figures as the starting point) and `comparison.png` (bars, the interval as error bars).
@@ -119,7 +120,7 @@ def hpjax_main(config: str, workdir: str, what: str, cache_dir: str) -> None:
 def run_one(variant: str, seed: int, config_args: str, run_dir: str, world: str,
             cache_dir: str) -> dict[tuple[str, str], float]:
   """Trains and evaluates one (variant, seed) unless its results exist; returns the figures
-  of its keep-best evaluation."""
+  of its kept (best by retrieval) model."""
   results = os.path.join(run_dir, RESULTS)
   if os.path.isfile(results):
     print(f"[variants] {variant} seed {seed}: reusing {results}", flush=True)
@@ -130,8 +131,8 @@ def run_one(variant: str, seed: int, config_args: str, run_dir: str, world: str,
       os.symlink(world, link)
     name, args = variant_args(variant, config_args)
     hpjax_main(f"{REPO}/configs/{name}.py:{args},seed={seed}", run_dir, "train", cache_dir)
-  return suite_metrics(best_evaluation(os.path.join(run_dir, "metrics.jsonl")),
-                       os.path.join(run_dir, "metrics.jsonl"))
+  ((_, metrics),) = read_models(results)
+  return suite_metrics(metrics, results)
 
 
 def evaluations(path: str) -> list[dict]:
@@ -144,14 +145,6 @@ def evaluations(path: str) -> list[dict]:
   if not out:
     raise ValueError(f"{path}: no evaluation rows (with {RETRIEVAL!r})")
   return out
-
-
-def best_evaluation(path: str) -> dict:
-  """The keep-best evaluation: the highest retrieval R@1 after step 0, the earliest on ties."""
-  rows = [r for r in evaluations(path) if r["step"] > 0]
-  if not rows:
-    raise ValueError(f"{path}: no evaluation after step 0 to keep")
-  return max(rows, key=lambda r: (r[RETRIEVAL], -r["step"]))
 
 
 def read_models(path: str) -> list[tuple[str, dict]]:

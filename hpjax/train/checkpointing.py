@@ -135,6 +135,18 @@ class Checkpointer:
                      f"metrics {sorted(metrics)}")
     self.best.save(step, args=self._args(state, iterator), metrics=dict(metrics), force=True)
 
+  def best_state(self, state):
+    """(step, state) of the kept-best save (`state` gives the structure), or None without one."""
+    if self.best is None:
+      return None
+    self.best.wait_until_finished()
+    step = self.best.best_step()
+    if step is None:
+      return None
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_like(state))))
+    return step, restored.state
+
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""
     for manager in (self.last, self.best):

@@ -288,21 +288,26 @@ def run(config, workdir: str) -> dict:
       if stop:
         logging.warning("stopped at step %d for preemption; rerun to resume", step)
         return eval_metrics
-    # -- the end: reports and export -------------------------------------------------------------
+    # -- the end: the kept model (keep-best, as the paper picks its epoch), reports, export ------
+    kept_step, kept_params, kept_dir = config.total_steps, state.params, "checkpoints"
+    best = ckpt.best_state(state)
+    if best is not None and best[0] != config.total_steps:
+      kept_step, kept_params, kept_dir = best[0], best[1].params, "best"
+      logging.info("keeping step %d, the best by %s", kept_step, config.checkpoint.best_metric)
     if hard_positive is not None and config.eval.reports:
-      if not hard_positive.last_metrics:  # (every host evaluates: the scorer is collective)
-        eval_metrics = evaluate(config.total_steps)
-      ckpt.wait()  # the reports name (and hash) the final checkpoint
+      if not hard_positive.last_metrics or kept_step != config.total_steps:
+        # (every host evaluates: the scorer is collective)
+        hard_positive.run(kept_params)
+      ckpt.wait()  # the reports name (and hash) the kept checkpoint
       if jax.process_index() == 0:
         files = hard_positive.write_reports(
             os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
-            checkpoint=os.path.join(checkpoint_dir, "checkpoints", str(config.total_steps)))
-        logging.info("final: %s", _headline(hard_positive.last_metrics))
+            checkpoint=os.path.join(checkpoint_dir, kept_dir, str(kept_step)))
+        logging.info("final (step %d): %s", kept_step, _headline(hard_positive.last_metrics))
         logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
-      factory.export_openclip(jax.device_get(state.params), model.config,
-                              config.export_openclip)
-      logging.info("exported OpenCLIP weights to %s", config.export_openclip)
+      factory.export_openclip(jax.device_get(kept_params), model.config, config.export_openclip)
+      logging.info("exported OpenCLIP weights (step %d) to %s", kept_step, config.export_openclip)
   finally:
     preemption.restore()
     ckpt.close()
