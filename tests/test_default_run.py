@@ -69,5 +69,9 @@ def test_default_command_writes_reports_whose_figures_follow_from_its_checkpoint
   assert f"SWAP original {metrics['swap/original']:.1f}" in output
   # The synthetic world writes one record per eval image and suite.
   assert metrics["replace_attributes/n"] == metrics["swap/n"] == 24
+  # With no evaluation during the run, the final one is still logged (metrics.jsonl).
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  (final,) = [r for r in rows if "replace/original" in r]
+  assert final["step"] == 6 and final["replace/original"] == pytest.approx(metrics["replace/original"])
   # Library INFO lines (orbax writes a dozen per checkpoint) are kept off the terminal.
   assert "checkpoint_manager.py" not in output

@@ -10,10 +10,10 @@ WORKDIR/world and linked into each run's workdir (the trainer's cache finds it).
 
 Each run's figures are those of its reports (reports/results.json): the trainer's kept model,
 the evaluation step with the highest retrieval R@1 (`checkpoint.best_metric`; step 0 is not a
-candidate), as the paper picks its epoch. The
-tool writes `comparison.md` (original, augmented and brittleness per suite: the mean over seeds
-and its 95% Student-t interval, the paper's own figures beside ours, the pretrained model's
-figures as the starting point) and `comparison.png` (bars, the interval as error bars).
+candidate), as the paper picks its epoch. The tool writes `comparison.md` (original, augmented
+and brittleness per suite: the mean over seeds and its 95% Student-t interval, the paper's own
+figures beside ours, the pretrained model's figures as the starting point) and
+`comparison.png` (bars, the interval as error bars).
 
   python tools/run_variants.py --workdir=/tmp/variants --seeds=0,1,2 --heldout
 

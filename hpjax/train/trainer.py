@@ -289,14 +289,16 @@ def run(config, workdir: str) -> dict:
         logging.warning("stopped at step %d for preemption; rerun to resume", step)
         return eval_metrics
     # -- the end: the kept model (keep-best, as the paper picks its epoch), reports, export ------
+    reporting = hard_positive is not None and config.eval.reports
     kept_step, kept_params, kept_dir = config.total_steps, state.params, "checkpoints"
-    best = ckpt.best_state(state)
+    best = ckpt.best_state(state) if reporting or config.export_openclip else None
     if best is not None and best[0] != config.total_steps:
       kept_step, kept_params, kept_dir = best[0], best[1].params, "best"
       logging.info("keeping step %d, the best by %s", kept_step, config.checkpoint.best_metric)
-    if hard_positive is not None and config.eval.reports:
-      if not hard_positive.last_metrics or kept_step != config.total_steps:
-        # (every host evaluates: the scorer is collective)
+    if reporting:  # (every host evaluates: the scorer is collective)
+      if not hard_positive.last_metrics:  # no evaluation ran, so none was kept as best either
+        eval_metrics = evaluate(config.total_steps)
+      elif kept_step != config.total_steps:
         hard_positive.run(kept_params)
       ckpt.wait()  # the reports name (and hash) the kept checkpoint
       if jax.process_index() == 0:
