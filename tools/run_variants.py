@@ -249,8 +249,10 @@ def plot(table: dict, suites: list[str], path: str) -> None:
     ax.set_xticks(x, [s.replace(":", ":\n").replace("_", "\n", 1) for s in suites], fontsize=7)
     ax.set_title(f"{metric} (mean, 95% t-interval over seeds)")
     ax.set_ylabel("%")
-  axes[0].legend(fontsize=8)
-  fig.tight_layout()
+  # One legend above the panels, where it hides no bar.
+  fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=min(len(variants), 8),
+             fontsize=8)
+  fig.tight_layout(rect=(0, 0, 1, 0.96))
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
