@@ -112,17 +112,24 @@ def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.O
 # ---------------------------------------------------------------------------------------------
 # Training records.
 
+def _conjoined(rng, a: sw.Obj, b: sw.Obj, detail_a: str, detail_b: str, plain: bool):
+  """"the A and the B", each object described by its detail ("size", "colour", "both")."""
+  return sw.Caption(sw.describe(rng, a, "the", detail_a, plain), sw.AND,
+                    sw.describe(rng, b, "the", detail_b, plain))
+
+
+def _related(rng, a: sw.Obj, b: sw.Obj, detail_a: str, detail_b: str, plain: bool):
+  """"a A <relation> a B" with a relation that holds of (a, b); the words drawn in this order."""
+  return sw.Caption(sw.describe(rng, a, "a", detail_a, plain), sw.relate(rng, a, b, plain),
+                    sw.describe(rng, b, "a", detail_b, plain))
+
+
 def scene_caption(rng: np.random.Generator, scene: sw.Scene, plain: bool) -> sw.Caption:
   """A true caption of two of the scene's objects, in either order, joined by "and" or by a
   relation that holds; in plain words or in random synonyms."""
   a, b = _ordered_pairs(rng, scene)[0]
   d1, d2 = (_DETAILS[i] for i in np.searchsorted(_DETAIL_CDF, rng.random(2), side="right"))
-  if rng.random() < 0.5:
-    caption = sw.Caption(sw.describe(rng, a, "the", d1, plain), sw.AND,
-                         sw.describe(rng, b, "the", d2, plain))
-  else:
-    caption = sw.Caption(sw.describe(rng, a, "a", d1, plain), sw.relate(rng, a, b, plain),
-                         sw.describe(rng, b, "a", d2, plain))
+  caption = (_conjoined if rng.random() < 0.5 else _related)(rng, a, b, d1, d2, plain)
   if not sw.holds(caption.text, scene):
     raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
   return caption
@@ -161,8 +168,7 @@ def _one_per_kind(rng, kinds, scene, truth, heldout, limit, caption_text) -> lis
 def _attribute_triple(rng, scene, plain):
   """REPLACE-attributes: one colour or size word replaced (c_n) or traded for a synonym (c_p)."""
   for a, b in _ordered_pairs(rng, scene):
-    caption = sw.Caption(sw.describe(rng, a, "a", "both", plain), sw.relate(rng, a, b, plain),
-                         sw.describe(rng, b, "a", "both", plain))
+    caption = _related(rng, a, b, "both", "both", plain)
     slots = list(itertools.product(sw.SLOTS, ("colour", "size")))
     for i in rng.permutation(len(slots)):
       slot, feature = slots[i]
@@ -178,8 +184,7 @@ def _relation_triple(rng, scene, plain):
   """REPLACE-relations: the relation replaced (c_n) or said with its synonym (c_p)."""
   for a, b in _ordered_pairs(rng, scene):
     detail = ("colour", "both")[rng.integers(2)]
-    caption = sw.Caption(sw.describe(rng, a, "a", detail, plain), sw.relate(rng, a, b, plain),
-                         sw.describe(rng, b, "a", detail, plain))
+    caption = _related(rng, a, b, detail, detail, plain)
     c_n = _one_checked(rng, sw.relation_replacements(caption, rng), scene, False)
     c_p = _one_checked(rng, sw.synonym_swaps(caption, ["relation"]), scene, True)
     if c_n and c_p:
@@ -194,8 +199,7 @@ def _swap_triple(rng, scene, plain):
     if a.shape == b.shape or not features:
       continue
     feature = features[rng.integers(len(features))]
-    caption = sw.Caption(sw.describe(rng, a, "the", feature, plain), sw.AND,
-                         sw.describe(rng, b, "the", feature, plain))
+    caption = _conjoined(rng, a, b, feature, feature, plain)
     c_n = _one_checked(rng, sw.attribute_swaps(caption), scene, False)
     c_p = _one_checked(rng, sw.reorderings(caption, rng), scene, True)
     if c_n and c_p:
