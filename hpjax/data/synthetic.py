@@ -109,9 +109,6 @@ def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.O
   return [pairs[i] for i in rng.permutation(len(pairs))]
 
 
-# ---------------------------------------------------------------------------------------------
-# Training records.
-
 def _conjoined(rng, a: sw.Obj, b: sw.Obj, detail_a: str, detail_b: str, plain: bool):
   """"the A and the B", each object described by its detail ("size", "colour", "both")."""
   return sw.Caption(sw.describe(rng, a, "the", detail_a, plain), sw.AND,
@@ -123,6 +120,9 @@ def _related(rng, a: sw.Obj, b: sw.Obj, detail_a: str, detail_b: str, plain: boo
   return sw.Caption(sw.describe(rng, a, "a", detail_a, plain), sw.relate(rng, a, b, plain),
                     sw.describe(rng, b, "a", detail_b, plain))
 
+
+# ---------------------------------------------------------------------------------------------
+# Training records.
 
 def scene_caption(rng: np.random.Generator, scene: sw.Scene, plain: bool) -> sw.Caption:
   """A true caption of two of the scene's objects, in either order, joined by "and" or by a
