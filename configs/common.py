@@ -20,7 +20,7 @@ import ast
 
 import ml_collections
 
-from hpjax import errors
+from hpjax import config_fields
 
 SHORTCUTS = {
     "hn_frac": "data.hn_frac", "hp_frac": "data.hp_frac", "source": "data.source",
@@ -47,7 +47,7 @@ def parse_arg(arg: str | None) -> dict:
 
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   name = SHORTCUTS.get(dotted, dotted)
-  error = errors.field_error(config, name)
+  error = config_fields.field_error(config, name)
   if error:
     raise KeyError(error)
   *parents, leaf = name.split(".")

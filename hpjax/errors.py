@@ -13,25 +13,11 @@ import importlib.util
 import sys
 
 from absl import flags, logging
-import ml_collections
+
+from hpjax import config_fields
 
 USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
 _LIMIT = 400  # characters of a library's message (tensorstore's run to pages)
-
-
-def field_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
-  """Why `dotted` names no value field of `config` (None when it does)."""
-  node, done = config, []
-  for part in dotted.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      where = f"{'.'.join(done)!r}" if done else "the config"
-      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      return f"config has no field {dotted!r}: {where} has {known}"
-    node = node[part]
-    done.append(part)
-  if isinstance(node, ml_collections.ConfigDict):
-    return f"config field {dotted!r} is a group of fields, not a value: {sorted(node.keys())}"
-  return None
 
 
 def first_line(error: BaseException, limit: int = _LIMIT) -> str:
@@ -102,7 +88,7 @@ def _config_problem(argv) -> BaseException | None:
     return e
   for a in argv[1:]:
     if a.startswith("--config."):
-      problem = field_error(config, a[len("--config."):].split("=", 1)[0])
+      problem = config_fields.field_error(config, a[len("--config."):].split("=", 1)[0])
       if problem:
         return KeyError(f"{a.split('=', 1)[0]}: {problem}")
   return None

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import hnhp
-from hpjax import errors
+from hpjax import config_fields
 from hpjax.data import synthetic, train_builders
 from hpjax.train import run_config, trainer
 
@@ -65,8 +65,8 @@ def test_config_argument_errors_name_the_field():
     hnhp.get_config("dat.hn_frac=1")
   with pytest.raises(ValueError, match="config field 'batch_size': 'abc' is not of type int"):
     hnhp.get_config("batch_size=abc")
-  assert errors.field_error(hnhp.get_config(), "data.synthetic.seed") is None
-  assert "group of fields" in errors.field_error(hnhp.get_config(), "data.synthetic")
+  assert config_fields.field_error(hnhp.get_config(), "data.synthetic.seed") is None
+  assert "group of fields" in config_fields.field_error(hnhp.get_config(), "data.synthetic")
 
 
 def test_several_array_record_files_in_the_config_argument(tmp_path):

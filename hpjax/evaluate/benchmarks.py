@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 
 from absl import logging
 
+from hpjax import config_fields
 from hpjax.data import suites as suites_lib
 from hpjax.evaluate import metrics as metrics_lib
 
@@ -299,37 +300,23 @@ def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swa
   return suites
 
 
-def split_list(value) -> list[str]:
-  """'a+b' or ('a', 'b') -> ['a', 'b'] (config arguments are comma-separated, lists use '+')."""
-  if isinstance(value, str):
-    return [v for v in value.split("+") if v]
-  return [v for v in value if v]
-
-
-def _field(config, dotted: str):
-  node = config
-  for key in dotted.split("."):
-    node = node[key]
-  return node
-
-
 def load_config(config) -> dict[str, suites_lib.Suite]:
   """Every suite an eval config (configs/eval_hp.py) names: REPLACE/SWAP from `suite_root` and
   `suites`, and each other benchmark whose folder (`extra.<name>_root`) or file list
   (`extra.<name>_files`) is set."""
   suites: dict[str, suites_lib.Suite] = {}
   if config.suite_root:
-    add_suites(suites, load_hard_positive(config.suite_root, split_list(config.suites),
+    add_suites(suites, load_hard_positive(config.suite_root, config_fields.split_list(config.suites),
                                           swap_image_dir=config.swap_image_dir or None,
                                           tfds_data_dir=config.get("tfds_data_dir") or None))
   for benchmark in BENCHMARKS.values():
     if benchmark.root_field == "suite_root":
       continue
-    root = _field(config, benchmark.root_field) or None
-    files = split_list(_field(config, benchmark.files_field)) if benchmark.files_field else []
+    root = config_fields.get(config, benchmark.root_field) or None
+    files = config_fields.split_list(config_fields.get(config, benchmark.files_field)) if benchmark.files_field else []
     if root or files:
       add_suites(suites, load(benchmark, root, files,
-                              _field(config, benchmark.image_field) or None))
+                              config_fields.get(config, benchmark.image_field) or None))
   if not suites:
     raise ValueError("no suites to evaluate: set suite_root (REPLACE/SWAP) or an extra.* folder "
                      "or file list")

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from hpjax import checkpoints as checkpoints_lib
+from hpjax import config_fields
 from hpjax import factory
 from hpjax import sharding
 from hpjax import preprocess
@@ -97,7 +98,7 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   if parity not in zoo.PARITY_MODES:
     raise ValueError(f"config.parity {parity!r}: expected one of {zoo.PARITY_MODES}")
   own = (zoo.AS_TRAINED, None)
-  items = benchmarks.split_list(config.models)
+  items = config_fields.split_list(config.models)
   raw = []  # (label, architecture, checkpoint, entry)
   if items:
     if config.checkpoints not in ("", RANDOM_INIT):
@@ -121,7 +122,7 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
                          f"holding {entry.files[0]}); or give architecture=path")
       raw.append((item, entry.architecture, zoo.weights_path(entry, config.weights_dir), entry))
   else:
-    checkpoints = benchmarks.split_list(config.checkpoints)
+    checkpoints = config_fields.split_list(config.checkpoints)
     if not checkpoints:
       raise ValueError("config.checkpoints is empty: give paths and/or 'random'")
     for ckpt, label in zip(checkpoints, _labels(checkpoints)):

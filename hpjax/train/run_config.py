@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from hpjax import config_fields
 from hpjax import sharding
 from hpjax.models.config import get_model_config
 from hpjax.train import losses
@@ -127,8 +128,7 @@ def _matches(field: str, names) -> bool:
 
 
 def _overrides(config) -> list[str]:
-  from hpjax.evaluate.benchmarks import split_list  # pylint: disable=g-import-not-at-top
-  return split_list(config.resume_overrides)
+  return config_fields.split_list(config.resume_overrides)
 
 
 def allowed(config, group: str) -> bool:

@@ -17,6 +17,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from hpjax import config_fields
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import training as data_lib
@@ -45,7 +46,6 @@ def _training_data(config, workdir: str, resuming: bool = False):
   """
   data = config.data
   eval_root, image_root = config.eval.replace_swap_root, config.eval.image_root
-  from hpjax.evaluate.benchmarks import split_list  # pylint: disable=g-import-not-at-top
   source_path = data.source
   if data.source == "synthetic":
     from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
@@ -67,9 +67,9 @@ def _training_data(config, workdir: str, resuming: bool = False):
     source_path = (world.pretrain_jsonl if data.synthetic_corpus == "pretrain" else
                    world.train_jsonl)
     eval_root, image_root = world.eval_root, world.image_root
-  source = data_lib.open_source(split_list(source_path), data.tfds_data_dir or None)
+  source = data_lib.open_source(config_fields.split_list(source_path), data.tfds_data_dir or None)
   if data.val_source:
-    held_out = data_lib.open_source(split_list(data.val_source), data.tfds_data_dir or None)
+    held_out = data_lib.open_source(config_fields.split_list(data.val_source), data.tfds_data_dir or None)
     val = [held_out[i] for i in range(len(held_out))]
   else:
     if len(source) <= data.val_size:
