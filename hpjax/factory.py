@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from hpjax import checkpoints
+from hpjax import preprocess
 from hpjax.models.clip import CLIP, init_params, param_shapes
 from hpjax.models.config import CLIPConfig, get_model_config
 
@@ -54,7 +55,6 @@ def create_model(name: str | CLIPConfig | None, pretrained=None, dtype=jnp.float
 
 def create_model_and_transforms(name: str | None, pretrained=None, **kwargs):
   """Returns (model, params, preprocess): preprocess maps a PIL image to a (H, W, 3) array."""
-  from hpjax import preprocess  # pylint: disable=g-import-not-at-top  (owned by another module)
   model, params = create_model(name, pretrained, **kwargs)
   return model, params, preprocess.model_transform(model.config)
 

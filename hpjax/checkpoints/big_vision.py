@@ -138,10 +138,6 @@ def read_npz(path) -> dict[str, np.ndarray]:
     return {k: npz[k] for k in npz.files}
 
 
-def is_big_vision(state: dict) -> bool:
-  return any(k.removeprefix("params/").startswith(("img/", "txt/")) for k in state)
-
-
 def to_params(arrays: dict[str, np.ndarray], config: CLIPConfig, param_dtype=np.float32,
               source: str = "big_vision checkpoint") -> dict:
   """big_vision arrays (as in the .npz) -> the nested Flax params of SigLIP `config`."""

@@ -7,7 +7,12 @@ Their files keep each adapted weight beside its unmerged adapters (loralib's lay
 - a conv `X.weight` (out, in, k, k) with `X.lora_A` (r*k, in*k) and `X.lora_B` (out*k, r*k),
   whose product is viewed row-major as the kernel (loralib's ConvLoRA; TSVLC adapts the patch
   conv and the ResNet convs this way).
-Merged: W += (lora_alpha / r) * (B @ A), computed in fp32. TSVLC and DAC use r = 4, alpha = 1.
+Merged: W += (lora_alpha / r) * (B @ A), computed in fp32. TSVLC and DAC use r = 4, alpha = 1,
+on attention, MLP and conv layers of both towers. The caller names the rank (`lora_rank`, and
+`lora_alpha`, which no file holds, on `create_model` or `checkpoints.load_params`); a file with
+adapters loaded without it is an error naming the rank its shapes show, so adapters are never
+merged or dropped silently. Merging at import leaves a plain OpenCLIP state dict for the one
+rule table: the Flax model never carries adapters.
 """
 
 from __future__ import annotations

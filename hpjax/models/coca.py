@@ -1,5 +1,10 @@
 """CoCa's contrastive text tower: OpenCLIP's TextTransformer with a class token appended.
 
+Only CoCa's contrastive path is built (`coca_ViT-B-32`): the image tower is the ViT of
+models/transformer.py ending in the attentional pooler (`attn_pool`: 256 queries over all tokens,
+`ln_post` and `proj` on query 0). The captioning decoder is not: its `text_decoder.*` keys are
+skipped at load, and `load_params(..., return_ignored=True)` hands them back for export.
+
 The class embedding `cls_emb` follows the tokens, the positional embedding has
 context_length + 1 rows, and the feature is `ln_final` of the last position. Its attention
 mask is causal plus OpenCLIP's legacy pad mask: key j > 0 is hidden when token j - 1 is padding
@@ -9,17 +14,16 @@ fills the context, not itself).
 Where OpenCLIP versions differ (both read from their sources; `coca_legacy` picks 2.19-2.22):
 * 2.19-2.22 (the study's): `encode_text` drops the last of the 77 ids it is given, and only the
   class token's query row carries the pad mask.
-* >= 2.24 (3.3 installed here): no id is dropped (its tokenizer gives context_length = 76 ids),
-  and every query row carries the pad mask.
-The vision path (attentional pooler over all tokens, ln_post, query 0, proj) is the same in
-both. With pads only after the text (as tokenizers lay them out) the two masks give the same class
-feature: a query at a text position never reaches a pad key under the causal mask. They differ
-on ids with padding inside the text, and on texts of 76 or more tokens, whose EOT id is the one
-2.19-2.22 dropped.
+* >= 2.24 (the default): no id is dropped (its tokenizer gives context_length = 76 ids), and
+  every query row carries the pad mask.
+The vision path is the same in both. With pads only after the text (as tokenizers lay them out)
+the two masks give the same class feature: a query at a text position never reaches a pad key
+under the causal mask. They differ on ids with padding inside the text, and on texts of 76 or
+more tokens, whose EOT id is the one 2.19-2.22 dropped.
 
 The class token sits at position context_length whatever the text length, so shorter inputs
 (length buckets) are padded back to the full context here: the feature does not depend on how
-many trailing pads the caller sent.
+many trailing pads the caller sent. Texts are never packed (the tower is not EOT-pooled).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hpjax.models.clip import TextTransformer, Transformer, _layer_norm
+from hpjax.models.transformer import TextTransformer, Transformer, layer_norm
 
 
 def cls_attention_mask(ids, pad_id: int, legacy: bool):
@@ -68,7 +72,7 @@ class CoCaTextTransformer(TextTransformer):
     x = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation,
                     ls_init_value=cfg.ls_init_value, remat=self.remat, name="transformer",
                     **kw)(x, mask)
-    pooled = _layer_norm("ln_final", **kw)(x[:, -1])
+    pooled = layer_norm("ln_final", **kw)(x[:, -1])
     proj = self.param("text_projection", nn.initializers.normal(cfg.width ** -0.5),
                       (cfg.width, self.output_dim), self.param_dtype)
     return pooled @ proj.astype(pooled.dtype)

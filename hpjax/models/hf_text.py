@@ -2,12 +2,17 @@
 
 Submodules mirror the transformers keys under OpenCLIP's `text.transformer.` prefix
 (`embeddings.word_embeddings`, `encoder.layer.3.attention.self.query`, ...), and
-`proj_0` / `proj_2` are `text.proj.0` / `text.proj.2`, so conversion stays a table.
+`proj_0` / `proj_2` are `text.proj.0` / `text.proj.2`, so conversion stays a table. The
+architecture (widths, depth, vocabulary) is not in OpenCLIP's JSON: `text_cfg.hf_model_name`
+names it, a known HF name or a local folder with the HF `config.json` (models/config.py).
 
-RoBERTa specifics: post-LN blocks, exact GELU, LayerNorm eps from the HF config (1e-5);
-position ids count the non-pad tokens from pad_token_id + 1, pads keep position pad_token_id;
-attention and mean pooling use the mask `ids != pad_token_id` (1). Any ids are accepted: the
-study fed CLIP BPE ids (pad 0) to this tower, so every position was attended and pooled.
+RoBERTa specifics: post-LN blocks, exact GELU whatever the CLIP config's activation (that one
+is the image tower's), LayerNorm eps from the HF config (1e-5); position ids count the non-pad
+tokens from pad_token_id + 1, pads keep position pad_token_id; attention and mean pooling use
+the mask `ids != pad_token_id` (1); the projection is OpenCLIP's 'mlp' (or 'linear'), without
+biases. Any ids are accepted: the study fed CLIP BPE ids (pad 0) to this tower, so every
+position was attended and pooled, and such text must be encoded at its full 77 ids; RoBERTa ids
+(pad 1) may be bucketed. Texts are never packed.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hpjax.models.clip import exact_gelu
 from hpjax.models.config import HFTextConfig, TextConfig
+from hpjax.models.transformer import exact_gelu, layer_norm
 
 Dtype = Any
 _INIT = nn.initializers.normal(0.02)  # transformers' initializer_range
@@ -28,11 +33,6 @@ _INIT = nn.initializers.normal(0.02)  # transformers' initializer_range
 def _dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True):
   return nn.Dense(features, use_bias=use_bias, kernel_init=_INIT, dtype=dtype,
                   param_dtype=param_dtype, name=name)
-
-
-def _layer_norm(cfg: HFTextConfig, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=dtype,
-                      param_dtype=param_dtype, name="LayerNorm")
 
 
 class _Part(nn.Module):
@@ -53,7 +53,7 @@ class _DenseLayerNorm(_Part):
   def __call__(self, x, residual):
     kw = self.kw
     y = _dense(self.cfg.hidden_size, "dense", **kw)(x)
-    return _layer_norm(self.cfg, **kw)(y + residual)
+    return layer_norm("LayerNorm", eps=self.cfg.layer_norm_eps, **kw)(y + residual)
 
 
 class _SelfAttention(_Part):
@@ -104,7 +104,7 @@ class _Embeddings(_Part):
     x = (embed("word_embeddings", cfg.vocab_size)(ids)
          + embed("token_type_embeddings", cfg.type_vocab_size)(jnp.zeros_like(ids))
          + embed("position_embeddings", cfg.max_position_embeddings)(positions))
-    return _layer_norm(cfg, **kw)(x)
+    return layer_norm("LayerNorm", eps=cfg.layer_norm_eps, **kw)(x)
 
 
 class _Encoder(_Part):

@@ -2,10 +2,13 @@
 
 `visual.layer2.0.downsample.1.running_var` lives at
 `params['visual']['layer2_0']['downsample_1']['var']`, so checkpoints convert by the rule table
-of checkpoints/mapping.py. The parity traps (zoo.md): every 3x3 conv pads (1, 1) explicitly
-(Flax 'SAME' pads a stride-2 conv (0, 1)); strides are anti-aliased by AvgPool; the attention
-pool prepends the mean token before adding its positional embedding and has separate q/k/v/c
-projections; BatchNorm eps is 1e-5.
+of checkpoints/mapping.py (OpenAI's TorchScript archives too: `config.infer_openai_config` reads
+the architecture from the tensor shapes). The parity traps: every 3x3 conv pads (1, 1)
+explicitly (Flax 'SAME' pads a stride-2 conv (0, 1)); strides are anti-aliased by AvgPool; the
+attention pool prepends the mean token before adding its positional embedding and has separate
+q/k/v/c projections; BatchNorm eps is 1e-5. ReLU throughout: the config's GELU is the text
+tower's. BatchNorm runs in inference mode only, from the checkpoint's running statistics, which
+stay frozen (see `BatchNorm`). The image size is fixed: 32 x the attention pool's grid.
 """
 
 from __future__ import annotations

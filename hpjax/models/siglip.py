@@ -7,7 +7,16 @@ stays a table (checkpoints/mapping.py). The trunk: a biased patch conv, a learne
 embedding with no class token and no norm_pre, pre-LN blocks (OpenCLIP's block under timm's
 names, LayerNorm eps 1e-6), a final `norm`, then the MAP head `attn_pool`: one learned latent
 query attending over the tokens (`q`, fused `kv`, `proj`), then `x + mlp(norm(x))`. The probe's
-output is the image feature.
+output is the image feature (`timm_pool` must be `map`, `timm_proj` `none`).
+
+The architecture comes from `timm_model_name` through the known-name table
+`config.TIMM_SIGLIP_MODELS`, as timm's registry builds it, and so does the GELU (exact, or tanh
+where timm registers 'gelu_tanh': `TimmViTConfig.gelu_tanh`); the config's `quick_gelu` and
+`act_kwargs` do not reach this tower (as in OpenCLIP). The text tower is OpenCLIP's
+TextTransformer (models/transformer.py) with `no_causal_mask`, pooled at the last position,
+a biased `text_projection`, LayerNorm eps 1e-6 (`norm_kwargs`) and, in SigLIP 2, tanh GELU
+(`act_kwargs`); it takes exactly context_length ids, pads included (never bucketed or packed).
+`init_logit_bias` gives the sigmoid loss's `logit_bias`.
 """
 
 from __future__ import annotations
@@ -17,9 +26,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hpjax.models.clip import (MLP, TIMM_NAMES, Transformer, VisionTransformer, _layer_norm,
-                               attention)
 from hpjax.models.config import TimmViTConfig
+from hpjax.models.transformer import (MLP, TIMM_NAMES, Transformer, VisionTransformer, attention,
+                                      layer_norm)
 
 Dtype = Any
 
@@ -54,7 +63,7 @@ class SiglipTrunk(nn.Module):
     self.blocks = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, self.activation,
                               remat=self.remat, names=TIMM_NAMES, **kw)
     nn.share_scope(self, self.blocks)
-    self.norm = _layer_norm("norm", eps=TIMM_NAMES.eps, **kw)
+    self.norm = layer_norm("norm", eps=TIMM_NAMES.eps, **kw)
     self.attn_pool = AttentionPoolLatent(cfg.width, cfg.heads, cfg.mlp_dim, self.activation, **kw)
 
   def __call__(self, images):
@@ -105,5 +114,5 @@ class AttentionPoolLatent(nn.Module):
     kv = kv.reshape(batch, length, 2, self.heads, head_dim)
     out = attention(q, kv[:, :, 0], kv[:, :, 1]).reshape(batch, self.width)
     out = nn.Dense(self.width, name="proj", **kw)(out)
-    y = _layer_norm("norm", eps=TIMM_NAMES.eps, **kw)(out)
+    y = layer_norm("norm", eps=TIMM_NAMES.eps, **kw)(out)
     return out + MLP(self.width, self.mlp_dim, self.activation, TIMM_NAMES, name="mlp", **kw)(y)
