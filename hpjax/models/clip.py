@@ -8,7 +8,8 @@ RoBERTa encoder (models/hf_text.py, `hf_model_name`). The parameters keep OpenCL
 the image tower under `visual`, the text tower's at the top level, then `logit_scale` (and
 `logit_bias`, SigLIP). The activation: QuickGELU when `quick_gelu` (OpenAI's weights were
 trained with it; the `-quickgelu` configs), else exact GELU; tanh GELU in the text tower when
-`text_cfg.act_kwargs.approximate` is 'tanh' (SigLIP 2). The timm and HF towers choose their own.
+`text_cfg.act_kwargs.approximate` is 'tanh' (SigLIP 2). The ResNet (ReLU), timm and HF towers
+fix their own.
 """
 
 from __future__ import annotations
