@@ -1,6 +1,6 @@
 """OpenCLIP state dict <-> Flax CLIP params: a table of renaming rules plus layouts.
 
-The Flax module names mirror OpenCLIP's keys (see models/clip.py), so a Flax path such as
+The Flax module names mirror OpenCLIP's keys (see models/transformer.py), so a Flax path such as
 `visual/transformer/resblocks_3/mlp/c_fc/kernel` becomes the OpenCLIP key
 `visual.transformer.resblocks.3.mlp.c_fc.weight` by the first matching rule below, and the
 tensor changes layout (Linear (out, in) <-> kernel (in, out); conv OIHW <-> HWIO).
