@@ -10,7 +10,7 @@ from scipy import stats
 
 from hpjax.data import suites
 from hpjax.data import synthetic
-from hpjax.data import training
+from hpjax.data import records as records_lib
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import BACKGROUND_RGB, COLOUR_RGB, render
 
@@ -119,7 +119,7 @@ def test_web_corpus_describes_the_training_images_in_every_word(world):
     assert sw.holds(r["caption"], scenes[r["image"]]), r
   words = {w for r in web for w in r["caption"].split()}
   assert words >= _rare_words() | _plain_words()  # every synonym, in pretraining
-  records = training.read_jsonl(world.pretrain_jsonl)
+  records = records_lib.read_jsonl(world.pretrain_jsonl)
   assert len(records) == len(web) and all(os.path.isfile(r["image"]) for r in records)
 
 
@@ -319,7 +319,7 @@ def test_suites_load_with_the_evaluation_loaders(world):
 
 
 def test_training_records_read_with_the_training_reader(world):
-  records = training.read_jsonl(world.train_jsonl)
+  records = records_lib.read_jsonl(world.train_jsonl)
   assert [r["caption"] for r in records] == [r["caption"] for r in _jsonl(world.train_jsonl)]
   assert all(os.path.isfile(r["image"]) for r in records)
 

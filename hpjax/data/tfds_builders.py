@@ -24,8 +24,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hpjax.data import records as records_lib
 from hpjax.data import suites as suites_lib
-from hpjax.data import train_builders, training
+from hpjax.data import synthetic, train_builders
 
 # Split name -> the authors' file name (the paper's names, as the evaluator reports them).
 SUITE_SPLITS = {"replace_attributes": "vl_checklist_attributes",
@@ -35,7 +36,7 @@ _FILE_FORMAT = "array_record"
 
 
 def training_features() -> tfds.features.FeaturesDict:
-  """The schema of `hpjax.data.training` records, the image as its encoded bytes."""
+  """The schema of `hpjax.data.records`, the image as its encoded bytes."""
   texts = tfds.features.Sequence(tfds.features.Text())
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(), "image_name": tfds.features.Text(),
@@ -207,14 +208,13 @@ class SyntheticWorld(_Builder):
     return _info(self, features, "The synthetic world of hard negatives and positives.")
 
   def _split_generators(self, dl_manager):
-    from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (renders with PIL)
     cfg = self.builder_config
     params = {k: getattr(cfg, k) for k in ("num_train", "num_eval", "image_size", "seed")}
     world_dir = os.path.join(os.fspath(dl_manager.download_dir), "synthetic_world",
                              "_".join(f"{k}{v}" for k, v in params.items()))
     world = synthetic.write_world(world_dir, **params)
     if cfg.part == "train":
-      records = training.read_jsonl(world.train_jsonl)
+      records = records_lib.read_jsonl(world.train_jsonl)
       return self._splits(
           {"train": training_examples(records, world.image_root, world.train_jsonl)})
     return self._splits(_suite_splits(world.eval_root, world.image_root, world.image_root))

@@ -16,10 +16,10 @@ import grain
 import tensorflow_datasets as tfds
 
 from hpjax.data import suites as suites_lib
-from hpjax.data import tfds_builders, training
+from hpjax.data import records as records_lib
+from hpjax.data import tfds_builders
 
 PREFIX = "tfds:"
-_TEXT_LISTS = training.TEXT_LISTS
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -60,7 +60,7 @@ class TfdsTrainingSource(grain.sources.RandomAccessDataSource):
     example = self._source[index]
     record = {"caption": _text(example["caption"]), "image_name": _text(example["image_name"]),
               "image": example["image"]}
-    record.update({key: [_text(t) for t in example[key]] for key in _TEXT_LISTS})
+    record.update({key: [_text(t) for t in example[key]] for key in records_lib.TEXT_LISTS})
     return record
 
   def __reduce__(self):  # grain's worker processes reopen the dataset.
