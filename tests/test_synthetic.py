@@ -13,6 +13,7 @@ from hpjax.data import synthetic
 from hpjax.data import records as records_lib
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import BACKGROUND_RGB, COLOUR_RGB, render
+from hpjax.evaluate import benchmarks
 
 SMALL = dict(num_train=240, num_eval=60, three_object_frac=0.5)
 
@@ -302,10 +303,11 @@ def test_rejects_bad_parameters_by_name(tmp_path, bad, message):
 
 
 def test_suites_load_with_the_evaluation_loaders(world):
-  loaded = {**suites.load_replace(world.eval_root, world.image_root),
-            suites.SWAP_NAME: suites.load_swap(world.eval_root, world.image_root)}
+  loaded = {suites.HARD_POSITIVE_FILES[name]: suite for name, suite in
+            benchmarks.load_hard_positive(world.eval_root, image_dir=world.image_root).items()}
   assert sorted(loaded) == sorted(synthetic.SUITE_NAMES)
-  assert len(suites.load_swap(world.heldout_eval_root, world.image_root)) > 0
+  assert len(benchmarks.load_hard_positive(world.heldout_eval_root, ["swap"],
+                                           world.image_root)["swap"]) > 0
   for name, suite in loaded.items():
     data, swapped = _triples(world, name)
     assert len(suite) == len(data)

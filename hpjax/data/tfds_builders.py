@@ -28,10 +28,8 @@ from hpjax.data import records as records_lib
 from hpjax.data import suites as suites_lib
 from hpjax.data import synthetic, train_builders
 
-# Split name -> the authors' file name (the paper's names, as the evaluator reports them).
-SUITE_SPLITS = {"replace_attributes": "vl_checklist_attributes",
-                "replace_relations": "vl_checklist_relations",
-                "swap": suites_lib.SWAP_NAME}
+# One split per REPLACE/SWAP suite, named as the paper (and the evaluator) names it -> its file.
+SUITE_SPLITS = suites_lib.HARD_POSITIVE_FILES
 _FILE_FORMAT = "array_record"
 
 
@@ -84,14 +82,9 @@ def training_examples(records, image_root: str, what: str):
 
 
 def _suite_splits(root: str, image_dir: str, swap_image_dir: str) -> dict:
-  present = {split: file for split, file in SUITE_SPLITS.items()
-             if os.path.isfile(os.path.join(root, "data", f"{file}.json"))}
-  if not present:
-    raise FileNotFoundError(f"no REPLACE/SWAP file under {root}/data/: expected one of "
-                            f"{[f + '.json' for f in SUITE_SPLITS.values()]}")
   return {split: suite_examples(root, file,
                                 swap_image_dir if file == suites_lib.SWAP_NAME else image_dir)
-          for split, file in present.items()}
+          for split, file in suites_lib.present_hard_positive_files(root).items()}
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -119,11 +112,11 @@ class HardPositives(_Builder):
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [HardPositivesConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  manual_dir holds the authors' layout: data/<suite>.json and swapped_data/<suite>.json for
-  vl_checklist_attributes, vl_checklist_relations and/or visual_genome_attribution (SWAP), and
-  the images at the records' image_path relative to manual_dir (or to the config's image_dir /
-  swap_image_dir). Each suite present under data/ becomes a split.
-  """
+  manual_dir holds the authors' layout: data/<file>.json and swapped_data/<file>.json for any of
+  the suites below, and the images at the records' image_path relative to manual_dir (or to the
+  config's image_dir / swap_image_dir). Each suite present under data/ becomes a split:"""
+  MANUAL_DOWNLOAD_INSTRUCTIONS += "".join(
+      f"\n    {file}.json -> split {split}" for split, file in SUITE_SPLITS.items()) + "\n"
 
   def _info(self):
     return _info(self, suite_features(), "REPLACE and SWAP hard-positive suites.")
