@@ -279,7 +279,7 @@ def write_fixture_suites(root, num=10):
   """REPLACE (both files) and SWAP in the authors' layout, with stand-in images shared across
   records; returns the loaded suites."""
   from hpjax.data import suites  # pylint: disable=g-import-not-at-top
-  from hpjax.evaluate import hard_positive, stand_in_images  # pylint: disable=g-import-not-at-top
+  from hpjax.evaluate import benchmarks, stand_in_images  # pylint: disable=g-import-not-at-top
   for name in suites.REPLACE_NAMES:
     data, swapped = [], []
     for i in range(num):
@@ -300,7 +300,7 @@ def write_fixture_suites(root, num=10):
     swapped.append(dict(base, true_caption=f"the {b} {y} and the {a} {x}"))
   write_json(os.path.join(root, "data", "visual_genome_attribution.json"), data)
   write_json(os.path.join(root, "swapped_data", "visual_genome_attribution.json"), swapped)
-  loaded = hard_positive.load_suites(root)
+  loaded = benchmarks.load_hard_positive(root)
   stand_in_images.write_stand_in_images(
       [r for s in loaded.values() for r in s.records], os.path.join(root, "images"))
   return loaded

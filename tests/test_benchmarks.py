@@ -100,7 +100,7 @@ def test_config_walks_roots_and_both_entry_points_share_the_catalog(tmp_path):
       + list(benchmarks.load("vl_checklist", root)))
   assert loaded["aro.vg_relation"].kind == suites.ARO_RELATION
   assert loaded["aro.vg_attribution"].records[0].image == "/aro/1.jpg"
-  assert hard_positive.load_suites(hp, ["replace"]) == {
+  assert benchmarks.load_hard_positive(hp, ["replace"]) == {
       k: loaded[k] for k in ("replace_attributes", "replace_relations")}
   with pytest.raises(ValueError, match="unknown suite 'replace_all'"):
     runner.load_config_suites(eval_hp.get_config(f"suite_root={hp},suites=replace_all"))

@@ -11,8 +11,8 @@ import pytest
 
 from configs import hnhp
 from helpers import REPO, final_params, flax_encoders, hard_positive_figures, per_record_scores
-from hpjax.data import suites as suites_lib
 from hpjax.data import synthetic
+from hpjax.evaluate import benchmarks
 from hpjax.models import CLIP, get_model_config
 from hpjax.train import pretrain
 
@@ -49,10 +49,7 @@ def test_default_command_writes_reports_whose_figures_follow_from_its_checkpoint
   metrics = model["metrics"]
   # Every figure again, from the final checkpoint's scores computed record by record here.
   world = synthetic.write_world(str(workdir / "world"), **hnhp.get_config(small).data.synthetic)
-  replace = suites_lib.load_replace(world.eval_root, world.image_root)
-  loaded = {"replace_attributes": replace["vl_checklist_attributes"],
-            "replace_relations": replace["vl_checklist_relations"],
-            "swap": suites_lib.load_swap(world.eval_root, world.image_root)}
+  loaded = benchmarks.load_hard_positive(world.eval_root, image_dir=world.image_root)
   config = get_model_config("hpjax-tiny")
   encoders = flax_encoders(CLIP(config), final_params(workdir)[1])
   want = {name: hard_positive_figures(per_record_scores(suite.records, None, config.vision.image_size,

@@ -62,7 +62,7 @@ def test_evaluator_from_a_folder_as_the_trainer_calls_it(fixture_root, tiny_pair
 
 def test_evaluator_counts_skipped_records(fixture_root, tiny_pair, tmp_path):
   images = os.path.join(tmp_path, "images")
-  loaded = hard_positive.load_suites(fixture_root)
+  loaded = benchmarks.load_hard_positive(fixture_root)
   stand_in_images.write_stand_in_images([r for s in loaded.values() for r in s.records], images)
   os.remove(os.path.join(images, "aro/0.jpg"))  # 4 of the 10 SWAP records
   _, model, params, _ = tiny_pair
@@ -232,7 +232,7 @@ def test_a_suite_that_scores_nothing_is_an_error_unless_allowed(fixture_root, ti
   skip every record: an error naming the suite and why; with allow_empty_suites the figures
   are null in strict JSON, not NaN."""
   _, model, params, _ = tiny_pair
-  loaded = hard_positive.load_suites(fixture_root, ["swap"])
+  loaded = benchmarks.load_hard_positive(fixture_root, ["swap"])
   wrong = str(tmp_path / "no_images_here")
   evaluator = hard_positive.HardPositiveEvaluator(model, loaded, wrong, batch_size=8,
                                                   skip_missing_images=True)
@@ -265,7 +265,7 @@ def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny_pai
   """SWAP boxes that overrun the image are scored on PIL's black-padded crop, as the authors'
   code does, and counted in the figures and in results.json."""
   _, model, params, _ = tiny_pair
-  swap = hard_positive.load_suites(fixture_root, ["swap"])["swap"]
+  swap = benchmarks.load_hard_positive(fixture_root, ["swap"])["swap"]
   records = list(swap.records)
   for i in (1, 2, 4):  # stand-in images are at most 112 px a side; 1 and 4 share an image
     records[i] = dataclasses.replace(records[i], crop=(50.0, 60.0, 100.0, 90.0))

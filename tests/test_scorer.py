@@ -8,6 +8,7 @@ import pytest
 
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import metrics
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.evaluate import stand_in_images
@@ -113,8 +114,8 @@ def test_real_replace_subset_vit_b32_matches_openclip(hard_positives, tmp_path):
   # ViT-B on a shared 2-core CPU: the per-record PyTorch reference costs ~1.5 s a record, so the
   # test stays small; tools/bench_eval.py compares scores on thousands of records.
   per_file = 8
-  loaded = suites.load_replace(hard_positives)
-  records = [r for name in suites.REPLACE_NAMES for r in loaded[name].records[:per_file]]
+  loaded = benchmarks.load_hard_positive(hard_positives, ["replace"])
+  records = [r for suite in loaded.values() for r in suite.records[:per_file]]
   stand_in_images.write_stand_in_images(records, str(tmp_path))
   config, model, params, torch_model = paired_models("ViT-B-32-quickgelu")
   expected = per_record_scores(records, str(tmp_path), config.vision.image_size, *torch_encoders(torch_model))

@@ -77,13 +77,13 @@ def test_swap_crops_and_checks_box_pairing(tmp_path):
              dict(data[1], true_caption="the green tree and the red car")]
   write_json(os.path.join(tmp_path, "data", "visual_genome_attribution.json"), data)
   write_json(os.path.join(tmp_path, "swapped_data", "visual_genome_attribution.json"), swapped)
-  suite = suites.load_swap(str(tmp_path))
+  suite = suites.load_hard_positive_suite(str(tmp_path), suites.SWAP_NAME)
   assert suite.records[0].crop == (10.0, 5.0, 30.0, 20.0)
   assert suite.records[0].caption("c_p") == "the carpeted floor and the black cat"
   swapped[1]["bbox_w"] = 9
   write_json(os.path.join(tmp_path, "swapped_data", "visual_genome_attribution.json"), swapped)
   with pytest.raises(suites.SuiteFormatError, match="index 1: bbox_w 8 vs 9"):
-    suites.load_swap(str(tmp_path))
+    suites.load_hard_positive_suite(str(tmp_path), suites.SWAP_NAME)
 
 
 def test_empty_crop_box_is_an_error(tmp_path):
@@ -145,12 +145,13 @@ def test_vl_checklist(tmp_path):
 
 def test_missing_file_names_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="data/vl_checklist_attributes.json"):
-    suites.load_replace(str(tmp_path))
+    benchmarks.load_hard_positive(str(tmp_path), ["replace"])
 
 
 @pytest.fixture(scope="module")
 def real_replace(hard_positives):
-  return suites.load_replace(hard_positives)
+  return {name: suites.load_hard_positive_suite(hard_positives, name)
+          for name in suites.REPLACE_NAMES}
 
 
 def test_real_replace_matches_the_measured_facts(real_replace):

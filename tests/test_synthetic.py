@@ -10,9 +10,10 @@ from scipy import stats
 
 from hpjax.data import suites
 from hpjax.data import synthetic
-from hpjax.data import training
+from hpjax.data import records as records_lib
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import BACKGROUND_RGB, COLOUR_RGB, render
+from hpjax.evaluate import benchmarks
 
 SMALL = dict(num_train=240, num_eval=60, three_object_frac=0.5)
 
@@ -119,7 +120,7 @@ def test_web_corpus_describes_the_training_images_in_every_word(world):
     assert sw.holds(r["caption"], scenes[r["image"]]), r
   words = {w for r in web for w in r["caption"].split()}
   assert words >= _rare_words() | _plain_words()  # every synonym, in pretraining
-  records = training.read_jsonl(world.pretrain_jsonl)
+  records = records_lib.read_jsonl(world.pretrain_jsonl)
   assert len(records) == len(web) and all(os.path.isfile(r["image"]) for r in records)
 
 
@@ -302,10 +303,11 @@ def test_rejects_bad_parameters_by_name(tmp_path, bad, message):
 
 
 def test_suites_load_with_the_evaluation_loaders(world):
-  loaded = {**suites.load_replace(world.eval_root, world.image_root),
-            suites.SWAP_NAME: suites.load_swap(world.eval_root, world.image_root)}
+  loaded = {suites.HARD_POSITIVE_FILES[name]: suite for name, suite in
+            benchmarks.load_hard_positive(world.eval_root, image_dir=world.image_root).items()}
   assert sorted(loaded) == sorted(synthetic.SUITE_NAMES)
-  assert len(suites.load_swap(world.heldout_eval_root, world.image_root)) > 0
+  assert len(benchmarks.load_hard_positive(world.heldout_eval_root, ["swap"],
+                                           world.image_root)["swap"]) > 0
   for name, suite in loaded.items():
     data, swapped = _triples(world, name)
     assert len(suite) == len(data)
@@ -319,7 +321,7 @@ def test_suites_load_with_the_evaluation_loaders(world):
 
 
 def test_training_records_read_with_the_training_reader(world):
-  records = training.read_jsonl(world.train_jsonl)
+  records = records_lib.read_jsonl(world.train_jsonl)
   assert [r["caption"] for r in records] == [r["caption"] for r in _jsonl(world.train_jsonl)]
   assert all(os.path.isfile(r["image"]) for r in records)
 

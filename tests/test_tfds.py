@@ -17,7 +17,7 @@ from helpers import final_params, train_args, training_batches, write_random_ima
 from hpjax import factory
 from hpjax.checkpoints import convert
 from hpjax.data import suites, tfds_builders, tfds_sources, train_builders, training
-from hpjax.evaluate import hard_positive
+from hpjax.evaluate import benchmarks
 from hpjax.train import trainer
 from openclip_reference import random_images, random_tokens
 
@@ -77,8 +77,8 @@ def test_hard_positives_keep_every_record_crop_and_image(tfds_hard_positives, tm
       assert open(a.image, "rb").read() == open(b.image, "rb").read()
   assert got["swap"].records[1].crop == (1.0, 2.5, 11.0, 7.0)
   # The evaluator's entry point, one suite by name:
-  only_swap = hard_positive.load_suites("tfds:hard_positives/fixture", ["swap"],
-                                        tfds_data_dir=data_dir)
+  only_swap = benchmarks.load_hard_positive("tfds:hard_positives/fixture", ["swap"],
+                                            tfds_data_dir=data_dir)
   assert list(only_swap) == ["swap"] and len(only_swap["swap"]) == 3
   with pytest.raises(ValueError, match="not a training dataset"):
     tfds_sources.open_training_source("tfds:hard_positives/fixture:swap", data_dir)

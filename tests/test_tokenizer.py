@@ -13,7 +13,7 @@ import open_clip
 import pytest
 
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.data import suites
+from hpjax.evaluate import benchmarks
 from hpjax.models import config as config_lib
 
 EDGE_CASES = [
@@ -90,7 +90,7 @@ def test_random_unicode_strings_match_openclip():
 
 def hard_positive_captions(root):
   """Every caption string of ../shared/data/hard_positives: REPLACE JSONs and the NegCLIP TSV."""
-  replace = {c for suite in suites.load_replace(root).values()
+  replace = {c for suite in benchmarks.load_hard_positive(root, ["replace"]).values()
              for record in suite.records for c in record.captions}
   tsv = os.path.join(root, "temp_data", "valid_neg_clip.tsv")
   with open(tsv, newline="", encoding="utf-8") as f:

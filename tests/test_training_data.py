@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from helpers import example_transform, training_batches, write_random_image
+from hpjax.data import records as records_lib
 from hpjax.data import train_builders, training
 from hpjax.tokenizer import get_tokenizer
 
@@ -35,7 +36,7 @@ CAPTIONS = [f"a shape number {i}" for i in range(12)]
 
 
 def test_jsonl_records_resolve_images_and_keep_texts(jsonl):
-  records = training.read_jsonl(jsonl)
+  records = records_lib.read_jsonl(jsonl)
   assert len(records) == 12
   assert records[1]["image"] == os.path.join(os.path.dirname(jsonl), "im1.png")
   assert records[1]["hard_positives"] == ["positive 1"] and records[0]["hard_positives"] == []
@@ -52,7 +53,7 @@ def test_bad_jsonl_lines_name_file_and_line(tmp_path, line, message):
   path = tmp_path / "bad.jsonl"
   path.write_text('{"image": "a.png", "caption": "fine"}\n' + line + "\n")
   with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{message}"):
-    training.read_jsonl(str(path))
+    records_lib.read_jsonl(str(path))
 
 
 def test_batches_have_fixed_shapes_and_masks(jsonl):
@@ -215,7 +216,7 @@ def test_empty_coco_caption_is_an_error(coco):
 
 def test_array_record_matches_jsonl_pipeline(jsonl, tmp_path):
   out = str(tmp_path / "train.array_record")
-  counts = train_builders.write_array_record(training.read_jsonl(jsonl), out)
+  counts = train_builders.write_array_record(records_lib.read_jsonl(jsonl), out)
   assert counts == {"written": 12, "skipped": 0}
   from_jsonl = training_batches(training.open_source(jsonl), 2)
   from_records = training_batches(training.open_source(out), 2)
@@ -225,7 +226,7 @@ def test_array_record_matches_jsonl_pipeline(jsonl, tmp_path):
 
 
 def test_array_record_writer_missing_image(jsonl, tmp_path):
-  records = training.read_jsonl(jsonl)
+  records = records_lib.read_jsonl(jsonl)
   os.remove(records[3]["image"])
   with pytest.raises(OSError, match="record 3: cannot read image .*im3.png"):
     train_builders.write_array_record(records, str(tmp_path / "a.array_record"))
@@ -249,7 +250,7 @@ def test_a_failed_build_leaves_the_old_output_as_it_was(jsonl, tmp_path, suffix)
   os.makedirs(os.path.dirname(out))
   write = (train_builders.write_jsonl if suffix == ".jsonl"
            else train_builders.write_array_record)
-  records = training.read_jsonl(jsonl)
+  records = records_lib.read_jsonl(jsonl)
   assert write(records, out) == {"written": 12, "skipped": 0}
   good = _stored(out)
   with open(records[5]["image"], "wb") as f:

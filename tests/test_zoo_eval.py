@@ -15,7 +15,7 @@ from configs import eval_hp
 from helpers import write_fixture_suites
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.evaluate import hard_positive
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import metrics
 from hpjax.evaluate import plugin
 from hpjax.evaluate import runner
@@ -209,7 +209,7 @@ def test_fp16_mode_equals_fp16_pytorch_and_keeps_its_ties(world, tmp_path):
         np.spacing(dog.numpy().astype(np.float16)).astype(np.float32))
   config = get_model_config("hpjax-tiny")
   params = checkpoints.openclip_to_params(state_dict_numpy(torch_model), config)
-  suites = hard_positive.load_suites(root)
+  suites = benchmarks.load_hard_positive(root)
   records = [r for s in suites.values() for r in s.records][:12]
   records[0] = type(records[0])(image=records[0].image, captions=(
       "a photo of a dog", "a photo of a cat", "a picture of a dog"), roles=records[0].roles,
@@ -265,7 +265,7 @@ def test_plugin_callable_scores_deduplicated_pairs_like_the_dual_encoder(world, 
   out = runner.run(_config(root, models=f"hpjax-tiny={paths['tiny0']}"), workdir,
                    plugins={"torch-itm": wrapped})
   assert list(out) == ["tiny0.pt", "torch-itm"]
-  suites = hard_positive.load_suites(root)
+  suites = benchmarks.load_hard_positive(root)
   pairs = {((r.image, r.crop), c) for s in suites.values() for r in s.records for c in r.captions}
   assert len(seen) == len(pairs)  # every distinct (image, crop, caption) scored once
   for suite, rows in _scores(workdir, "torch-itm").items():

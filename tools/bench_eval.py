@@ -31,7 +31,8 @@ from PIL import Image
 
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.data import suites, world_tokenizer
+from hpjax.data import world_tokenizer
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import metrics
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.evaluate import stand_in_images
@@ -95,9 +96,9 @@ def main():
                       "(default: one trained on the records' captions, beside --image_root)")
   args = parser.parse_args()
 
-  loaded = suites.load_replace(args.root)
-  per_file = {name: list(loaded[name].records[:args.num_records]) for name in suites.REPLACE_NAMES}
-  records = [r for name in suites.REPLACE_NAMES for r in per_file[name]]
+  loaded = benchmarks.load_hard_positive(args.root, ["replace"])
+  per_file = [list(suite.records[:args.num_records]) for suite in loaded.values()]
+  records = [r for file_records in per_file for r in file_records]
   num_images = stand_in_images.write_stand_in_images(records, args.image_root)
   config = get_model_config(args.model)
   torch.manual_seed(0)
@@ -128,9 +129,7 @@ def main():
   agree = all(
       metrics.hard_positive_metrics(*result.scores[lo:lo + n].T)
       == metrics.hard_positive_metrics(*expected[lo:lo + n].T)
-      for lo, n in ((0, len(per_file[suites.REPLACE_NAMES[0]])),
-                    (len(per_file[suites.REPLACE_NAMES[0]]),
-                     len(per_file[suites.REPLACE_NAMES[1]]))))
+      for lo, n in ((0, len(per_file[0])), (len(per_file[0]), len(per_file[1]))))
 
   def med(runs, i):
     return statistics.median(run[i] for run in runs)

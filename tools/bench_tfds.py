@@ -13,6 +13,7 @@ import time
 from absl import app, flags
 import numpy as np
 
+from hpjax.data import records as records_lib
 from hpjax.data import synthetic, tfds_builders, tfds_sources, train_builders, training
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bench_tfds", "where both datasets are written")
@@ -29,7 +30,7 @@ def main(argv):
   world = synthetic.write_world(os.path.join(_WORKDIR.value, "world"), **params)
   path = os.path.join(_WORKDIR.value, "train.array_record")
   if not os.path.exists(path):
-    train_builders.write_array_record(training.read_jsonl(world.train_jsonl), path)
+    train_builders.write_array_record(records_lib.read_jsonl(world.train_jsonl), path)
   sources = {"tfds": tfds_sources.open_training_source(f"tfds:synthetic_world/bench{_NUM_TRAIN.value}",
                                                         data_dir),
              "array_record": training.open_source(path)}

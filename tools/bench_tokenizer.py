@@ -19,7 +19,7 @@ import numpy as np
 import open_clip
 
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.data import suites
+from hpjax.evaluate import benchmarks
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                             "hard_positives")
@@ -41,7 +41,8 @@ def main():
   parser.add_argument("--batch_sizes", default="0,256")
   args = parser.parse_args()
 
-  captions = sorted({c for suite in suites.load_replace(args.root).values()
+  replace = benchmarks.load_hard_positive(args.root, ["replace"])
+  captions = sorted({c for suite in replace.values()
                      for record in suite.records for c in record.captions})
   print(f"{len(captions)} distinct REPLACE caption strings from {os.path.abspath(args.root)}")
   start = time.perf_counter()

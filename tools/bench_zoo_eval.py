@@ -26,6 +26,7 @@ sys.path[:0] = [REPO]  # `configs` and `hpjax` from this checkout
 from configs import eval_hp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hpjax import factory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hpjax.data import suites
+from hpjax.evaluate import benchmarks
 from hpjax.evaluate import runner
 from hpjax.evaluate import stand_in_images
 
@@ -60,7 +61,7 @@ def main():
   args = parser.parse_args()
 
   root = subset_root(args.root, os.path.join(args.workdir, "suites"), args.num_records)
-  loaded = suites.load_replace(root)
+  loaded = benchmarks.load_hard_positive(root, ["replace"])
   images = os.path.join(args.workdir, "images")
   num_images = stand_in_images.write_stand_in_images(
       [r for s in loaded.values() for r in s.records], images)

@@ -15,7 +15,8 @@ and renamed over it only when the build succeeds, so a failed build leaves the o
 from absl import app, flags
 
 from hpjax import errors
-from hpjax.data import train_builders, training
+from hpjax.data import records as records_lib
+from hpjax.data import train_builders
 
 _TSV = flags.DEFINE_string("negclip_tsv", None, "NegCLIP TSV file")
 _COCO = flags.DEFINE_string("coco_captions", None, "COCO captions_*.json")
@@ -42,7 +43,7 @@ def main(argv):
     records = train_builders.coco_with_hard_texts(
         _COCO.value, _IMAGES.value, hard_positive_files=_HP.value, hard_negative_files=_HN.value)
   else:
-    records = training.read_jsonl(_JSONL.value)
+    records = records_lib.read_jsonl(_JSONL.value)
   write = (train_builders.write_jsonl if _OUT.value.endswith(".jsonl")
            else train_builders.write_array_record)
   counts = write(records, _OUT.value, skip_bad_images=_SKIP.value)

@@ -8,7 +8,9 @@ a scorer knows nothing of file formats.
 The readers here read one file each; `hpjax.evaluate.benchmarks` (the catalog) finds a
 benchmark's files and names its suites by their path below the benchmark root, with a dot for a
 folder or a file (`sugarcrepe.add_att`, `vl_checklist.Attribute.vaw.action`), because figures
-are named `<suite>/<figure>`.
+are named `<suite>/<figure>`. REPLACE and SWAP go by the paper's names, which
+`HARD_POSITIVE_SUITES` maps to the authors' files: the one table of those names, from which the
+catalog, the TFDS builder and reader, the evaluator and the synthetic world derive theirs.
 
 Bad input fails loudly: a missing field, a mismatched data/ and swapped_data/ pair or a bad crop
 box raises `SuiteFormatError` naming the file and the record's index.
@@ -33,8 +35,19 @@ ARO_ATTRIBUTION = "aro_attribution"  # (c, c_n), macro accuracy over attribute p
 SUGARCREPE_PP = "sugarcrepe_pp"  # (c, c_p, c_n): ITT and TOT accuracies.
 KINDS = (HARD_POSITIVE, PAIR, VL_CHECKLIST, ARO_RELATION, ARO_ATTRIBUTION, SUGARCREPE_PP)
 
-REPLACE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations")
-SWAP_NAME = "visual_genome_attribution"
+# REPLACE and SWAP: per benchmark, each suite's name in the paper (and in figures and TFDS
+# splits) -> the authors' file, data/<file>.json paired with swapped_data/<file>.json.
+HARD_POSITIVE_SUITES = {
+    "replace": {"replace_attributes": "vl_checklist_attributes",
+                "replace_relations": "vl_checklist_relations"},
+    "swap": {"swap": "visual_genome_attribution"},
+}
+HARD_POSITIVE_FILES = {name: file for members in HARD_POSITIVE_SUITES.values()
+                       for name, file in members.items()}  # paper name -> file
+PAPER_NAMES = {file: name for name, file in HARD_POSITIVE_FILES.items()}  # file -> paper name
+REPLACE_NAMES = tuple(HARD_POSITIVE_SUITES["replace"].values())  # REPLACE's files
+SWAP_NAME = HARD_POSITIVE_FILES["swap"]  # SWAP's file
+
 SUGARCREPE_FILES = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel",
                     "swap_att", "swap_obj")
 SUGARCREPE_PP_FILES = ("replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
@@ -157,6 +170,37 @@ def _image_path(image_dir: str | None, path: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # REPLACE and SWAP: the authors' data/ + swapped_data/ layout.
 
+def hard_positive_files(names: Iterable[str]) -> dict[str, str]:
+  """Paper name -> file of the suites `names` asks for, in the order asked; a benchmark's name
+  ('replace') stands for all its suites."""
+  wanted: dict[str, str] = {}
+  for name in names:
+    if name in HARD_POSITIVE_SUITES:
+      wanted.update(HARD_POSITIVE_SUITES[name])
+    elif name in HARD_POSITIVE_FILES:
+      wanted[name] = HARD_POSITIVE_FILES[name]
+    else:
+      raise ValueError(f"unknown suite {name!r}; expected one of "
+                       f"{sorted({*HARD_POSITIVE_SUITES, *HARD_POSITIVE_FILES})}")
+  return wanted
+
+
+def hard_positive_paths(root: str, file_name: str) -> tuple[str, str]:
+  """The authors' pair of files (data/, swapped_data/) under `root` ('' gives them relative)."""
+  return tuple(os.path.join(root, folder, f"{file_name}.json")
+               for folder in ("data", "swapped_data"))
+
+
+def present_hard_positive_files(root: str) -> dict[str, str]:
+  """Paper name -> file of each suite whose data/ file is under `root` (at least one)."""
+  present = {name: file for name, file in HARD_POSITIVE_FILES.items()
+             if os.path.isfile(hard_positive_paths(root, file)[0])}
+  if not present:
+    raise FileNotFoundError(f"no REPLACE/SWAP suite file under {root}/data/: expected one of "
+                            f"{[f + '.json' for f in HARD_POSITIVE_FILES.values()]}")
+  return present
+
+
 def load_hard_positive_suite(root: str, name: str, image_dir: str | None = None,
                              crop: bool | None = None) -> Suite:
   """Pairs `root/data/<name>.json` (c, c_n) with `root/swapped_data/<name>.json` (c_p, c_n).
@@ -166,8 +210,7 @@ def load_hard_positive_suite(root: str, name: str, image_dir: str | None = None,
   `crop` defaults to True for SWAP (ARO VG-Attribution boxes) and False for REPLACE.
   """
   crop = (name == SWAP_NAME) if crop is None else crop
-  data_path = os.path.join(root, "data", f"{name}.json")
-  swap_path = os.path.join(root, "swapped_data", f"{name}.json")
+  data_path, swap_path = hard_positive_paths(root, name)
   originals, swapped = _read_list(data_path), _read_list(swap_path)
   if len(originals) != len(swapped):
     raise SuiteFormatError(f"{data_path} has {len(originals)} records but {swap_path} has "
@@ -195,16 +238,6 @@ def load_hard_positive_suite(root: str, name: str, image_dir: str | None = None,
         captions=(c, c_n, c_p), roles=(C, C_N, C_P), source=f"{name}.json", index=index,
         crop=_crop_box(orig, data_path, index) if crop else None))
   return Suite(name, HARD_POSITIVE, tuple(records), data_path)
-
-
-def load_replace(root: str, image_dir: str | None = None) -> dict[str, Suite]:
-  """REPLACE-attributes and REPLACE-relations (uncropped Visual Genome images)."""
-  return {name: load_hard_positive_suite(root, name, image_dir) for name in REPLACE_NAMES}
-
-
-def load_swap(root: str, image_dir: str | None = None) -> Suite:
-  """SWAP: ARO VG-Attribution records, each image cropped to its box."""
-  return load_hard_positive_suite(root, SWAP_NAME, image_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,12 +43,13 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from absl import logging
 
+from hpjax.data import suites as suites_lib
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import render
 
 GENERATOR = "hpjax.data.synthetic"
 VERSION = 3
-SUITE_NAMES = ("vl_checklist_attributes", "vl_checklist_relations", "visual_genome_attribution")
+SUITE_NAMES = tuple(suites_lib.HARD_POSITIVE_FILES.values())  # the files of REPLACE and SWAP
 DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond"),
                    ("yellow", "square"))
 # How often a training caption's phrase names the colour, the size or both.
@@ -207,10 +208,10 @@ def _swap_triple(rng, scene, plain):
   return None
 
 
-_TRIPLES: dict[str, Callable] = {
-    "vl_checklist_attributes": _attribute_triple,
-    "vl_checklist_relations": _relation_triple,
-    "visual_genome_attribution": _swap_triple,
+_TRIPLES: dict[str, Callable] = {  # by the suite's file (eval/data/<file>.json)
+    suites_lib.HARD_POSITIVE_FILES["replace_attributes"]: _attribute_triple,
+    suites_lib.HARD_POSITIVE_FILES["replace_relations"]: _relation_triple,
+    suites_lib.SWAP_NAME: _swap_triple,
 }
 
 
@@ -218,7 +219,7 @@ def _suite_records(name: str, index: int, image_path: str, image_size: int, trip
   """The (data/, swapped_data/) records of one triple, in the suite's file format."""
   c, c_n, c_p = (t.text for t in triple)
   base = {"image_id": str(index), "image_path": image_path, "false_caption": c_n}
-  if name == "visual_genome_attribution":
+  if name == suites_lib.SWAP_NAME:
     attributes = [triple[0].first.colour or triple[0].first.size,
                   triple[0].second.colour or triple[0].second.size]
     base.update(bbox_x=0, bbox_y=0, bbox_w=image_size, bbox_h=image_size, attributes=attributes)

@@ -24,18 +24,17 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hpjax.data import records as records_lib
 from hpjax.data import suites as suites_lib
-from hpjax.data import train_builders, training
+from hpjax.data import synthetic, train_builders
 
-# Split name -> the authors' file name (the paper's names, as the evaluator reports them).
-SUITE_SPLITS = {"replace_attributes": "vl_checklist_attributes",
-                "replace_relations": "vl_checklist_relations",
-                "swap": suites_lib.SWAP_NAME}
+# One split per REPLACE/SWAP suite, named as the paper (and the evaluator) names it -> its file.
+SUITE_SPLITS = suites_lib.HARD_POSITIVE_FILES
 _FILE_FORMAT = "array_record"
 
 
 def training_features() -> tfds.features.FeaturesDict:
-  """The schema of `hpjax.data.training` records, the image as its encoded bytes."""
+  """The schema of `hpjax.data.records`, the image as its encoded bytes."""
   texts = tfds.features.Sequence(tfds.features.Text())
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(), "image_name": tfds.features.Text(),
@@ -83,14 +82,9 @@ def training_examples(records, image_root: str, what: str):
 
 
 def _suite_splits(root: str, image_dir: str, swap_image_dir: str) -> dict:
-  present = {split: file for split, file in SUITE_SPLITS.items()
-             if os.path.isfile(os.path.join(root, "data", f"{file}.json"))}
-  if not present:
-    raise FileNotFoundError(f"no REPLACE/SWAP file under {root}/data/: expected one of "
-                            f"{[f + '.json' for f in SUITE_SPLITS.values()]}")
   return {split: suite_examples(root, file,
                                 swap_image_dir if file == suites_lib.SWAP_NAME else image_dir)
-          for split, file in present.items()}
+          for split, file in suites_lib.present_hard_positive_files(root).items()}
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -118,11 +112,11 @@ class HardPositives(_Builder):
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [HardPositivesConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
-  manual_dir holds the authors' layout: data/<suite>.json and swapped_data/<suite>.json for
-  vl_checklist_attributes, vl_checklist_relations and/or visual_genome_attribution (SWAP), and
-  the images at the records' image_path relative to manual_dir (or to the config's image_dir /
-  swap_image_dir). Each suite present under data/ becomes a split.
-  """
+  manual_dir holds the authors' layout: data/<file>.json and swapped_data/<file>.json for any of
+  the suites below, and the images at the records' image_path relative to manual_dir (or to the
+  config's image_dir / swap_image_dir). Each suite present under data/ becomes a split:"""
+  MANUAL_DOWNLOAD_INSTRUCTIONS += "".join(
+      f"\n    {file}.json -> split {split}" for split, file in SUITE_SPLITS.items()) + "\n"
 
   def _info(self):
     return _info(self, suite_features(), "REPLACE and SWAP hard-positive suites.")
@@ -207,14 +201,13 @@ class SyntheticWorld(_Builder):
     return _info(self, features, "The synthetic world of hard negatives and positives.")
 
   def _split_generators(self, dl_manager):
-    from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (renders with PIL)
     cfg = self.builder_config
     params = {k: getattr(cfg, k) for k in ("num_train", "num_eval", "image_size", "seed")}
     world_dir = os.path.join(os.fspath(dl_manager.download_dir), "synthetic_world",
                              "_".join(f"{k}{v}" for k, v in params.items()))
     world = synthetic.write_world(world_dir, **params)
     if cfg.part == "train":
-      records = training.read_jsonl(world.train_jsonl)
+      records = records_lib.read_jsonl(world.train_jsonl)
       return self._splits(
           {"train": training_examples(records, world.image_root, world.train_jsonl)})
     return self._splits(_suite_splits(world.eval_root, world.image_root, world.image_root))

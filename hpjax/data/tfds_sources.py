@@ -16,10 +16,10 @@ import grain
 import tensorflow_datasets as tfds
 
 from hpjax.data import suites as suites_lib
-from hpjax.data import tfds_builders, training
+from hpjax.data import records as records_lib
+from hpjax.data import tfds_builders
 
 PREFIX = "tfds:"
-_TEXT_LISTS = training.TEXT_LISTS
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -60,7 +60,7 @@ class TfdsTrainingSource(grain.sources.RandomAccessDataSource):
     example = self._source[index]
     record = {"caption": _text(example["caption"]), "image_name": _text(example["image_name"]),
               "image": example["image"]}
-    record.update({key: [_text(t) for t in example[key]] for key in _TEXT_LISTS})
+    record.update({key: [_text(t) for t in example[key]] for key in records_lib.TEXT_LISTS})
     return record
 
   def __reduce__(self):  # grain's worker processes reopen the dataset.
@@ -81,15 +81,7 @@ def _wanted_splits(spec_split: str | None, names: Sequence[str] | None) -> list[
     names = [spec_split]
   if names is None:
     return list(tfds_builders.SUITE_SPLITS)
-  wanted = []
-  for name in names:
-    members = ["replace_attributes", "replace_relations"] if name == "replace" else [name]
-    unknown = [m for m in members if m not in tfds_builders.SUITE_SPLITS]
-    if unknown:
-      raise ValueError(f"unknown suite {name!r}; expected 'replace', 'swap' or one of "
-                       f"{sorted(tfds_builders.SUITE_SPLITS)}")
-    wanted += members
-  return list(dict.fromkeys(wanted))
+  return list(suites_lib.hard_positive_files(names))
 
 
 def load_tfds_suites(spec: str, data_dir: str | None = None,
@@ -97,7 +89,7 @@ def load_tfds_suites(spec: str, data_dir: str | None = None,
                      image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
   """REPLACE/SWAP suites of a hard_positives-schema dataset, keyed by the paper's names.
 
-  `names` as `hard_positive.load_suites` takes them ('replace', 'swap', ...); None loads every
+  `names` as `suites.hard_positive_files` takes them ('replace', 'swap', ...); None loads every
   split the dataset has (a split in `spec` loads only that one). The scorer reads image files,
   so each distinct image is written once to `image_dir` (default: a new temporary folder) at
   its original relative path, and the records point there.

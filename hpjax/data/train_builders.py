@@ -1,6 +1,6 @@
 """Builders of training records from the corpora the paper uses, and the array_record writer.
 
-Every reader yields records in the schema of `hpjax.data.training` (image path, caption,
+Every reader yields records in the schema of `hpjax.data.records` (image path, caption,
 hard_negatives, hard_positives) and names the file and row/line in every error:
 - `negclip_tsv`: NegCLIP's TSV (`title, filepath, neg_caption` as a Python-literal list,
   `neg_image` row ids, which the schema does not use); quoted fields may span lines.
@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 from absl import logging
 
 from hpjax import preprocess
-from hpjax.data import training
+from hpjax.data import records as records_lib
 
 NEGCLIP_COLUMNS = ("title", "filepath", "neg_caption")
 
@@ -49,7 +49,7 @@ def negclip_tsv(path: str, image_root: str) -> Iterator[dict]:
       except (ValueError, SyntaxError) as e:
         raise ValueError(f"{where}: neg_caption is not a Python list literal: "
                          f"{row['neg_caption']!r}") from e
-      yield training.validate_record(
+      yield records_lib.validate_record(
           {"image": os.path.join(image_root, row["filepath"]), "caption": row["title"],
            "hard_negatives": negatives if isinstance(negatives, list) else [negatives],
            "hard_positives": []}, where)
@@ -101,7 +101,7 @@ def coco_with_hard_texts(captions_json: str, image_root: str, *,
     where = f"{captions_json}: annotation {i} (id {annotation.get('id')})"
     if annotation.get("image_id") not in file_of:
       raise ValueError(f"{where}: image_id {annotation.get('image_id')!r} is not in images[]")
-    yield training.validate_record(
+    yield records_lib.validate_record(
         {"image": os.path.join(image_root, file_of[annotation["image_id"]]),
          "caption": annotation.get("caption", ""),
          "hard_negatives": [t for lines in negatives for t in lines[i]],
@@ -191,10 +191,10 @@ def write_jsonl(records: Iterable[dict], path: str, *, skip_bad_images: bool = F
 
 def write_array_record(records: Iterable[dict], path: str, *, skip_bad_images: bool = False
                        ) -> dict[str, int]:
-  """Writes `training.serialize`d records with their image files' bytes embedded; returns
+  """Writes `records.serialize`d records with their image files' bytes embedded; returns
   {'written', 'skipped'}. Images are checked as `checked_images` says."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   return _write(records, path, skip_bad_images,
                 lambda tmp: array_record_module.ArrayRecordWriter(tmp, "group_size:1"),
-                lambda writer, record, image_bytes: writer.write(training.serialize(
+                lambda writer, record, image_bytes: writer.write(records_lib.serialize(
                     {**record, "image": os.path.basename(record["image"])}, image_bytes)))

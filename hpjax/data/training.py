@@ -1,10 +1,8 @@
-"""Training records and the grain input pipeline.
+"""The grain input pipeline over training records (schema: `hpjax.data.records`).
 
-A training record is one JSON object
-  {"image": path, "caption": str, "hard_negatives": [str, ...], "hard_positives": [str, ...]}
-(`image` relative to the JSONL's folder, or absolute). Records come from a plain JSONL file or
-from array_record files written by `hpjax.data.train_builders` (which embed the encoded image,
-so a multi-host job reads one self-contained dataset from any filesystem).
+Records come from a plain JSONL file, from array_record files written by
+`hpjax.data.train_builders` (which embed the encoded image, so a multi-host job reads one
+self-contained dataset from any filesystem), or from a prepared TFDS dataset.
 
 The pipeline: records -> global shuffle (seed; reshuffled every epoch) -> per-example decode,
 RandomResizedCrop and tokenization, with randomness drawn from the *global* example position ->
@@ -16,78 +14,18 @@ per record (seed, record index), so the ablation's 25% means the same 25% of rec
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import struct
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import grain
 import numpy as np
 from absl import logging
 
 from hpjax import preprocess
+from hpjax.data import records as records_lib
+from hpjax.data import tfds_sources
 
-TEXT_LISTS = ("hard_negatives", "hard_positives")
 SKIPPED = "skipped_record"
-
-
-def validate_record(record: Any, where: str) -> dict:
-  """Checks one record against the schema; `where` (file:line) names it in the error."""
-  if not isinstance(record, dict):
-    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-  missing = {"image", "caption"} - set(record)
-  if missing:
-    raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
-  unknown = set(record) - {"image", "caption", *TEXT_LISTS}
-  if unknown:
-    raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected image, caption, "
-                     f"hard_negatives, hard_positives")
-  caption = record["caption"]
-  if not isinstance(caption, str) or not caption.strip():
-    raise ValueError(f"{where}: 'caption' must be a non-empty string, got {caption!r}")
-  out = {"image": record["image"], "caption": caption}
-  for key in TEXT_LISTS:
-    texts = record.get(key, [])
-    if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
-      raise ValueError(f"{where}: {key!r} must be a list of non-empty strings, got {texts!r}")
-    out[key] = texts
-  return out
-
-
-def read_jsonl(path: str) -> list[dict]:
-  """All records of a training JSONL, image paths made absolute."""
-  root = os.path.dirname(os.path.abspath(path))
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_number}"
-      try:
-        raw = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from e
-      record = validate_record(raw, where)
-      if not isinstance(record["image"], str) or not record["image"]:
-        raise ValueError(f"{where}: 'image' must be a path string, got {record['image']!r}")
-      record["image"] = os.path.join(root, record["image"])
-      records.append(record)
-  if not records:
-    raise ValueError(f"{path}: no training records")
-  return records
-
-
-def serialize(record: dict, image_bytes: bytes) -> bytes:
-  """array_record payload: 4-byte length, the record's JSON (image name kept), encoded image."""
-  header = json.dumps(record, ensure_ascii=False).encode("utf-8")
-  return struct.pack("<I", len(header)) + header + image_bytes
-
-
-def deserialize(payload: bytes) -> dict:
-  (size,) = struct.unpack_from("<I", payload)
-  record = json.loads(payload[4:4 + size].decode("utf-8"))
-  return {**record, "image_name": record["image"], "image": payload[4 + size:]}
 
 
 class JsonlSource(grain.sources.RandomAccessDataSource):
@@ -95,7 +33,7 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
 
   def __init__(self, path: str):
     self._path = path
-    self._records = read_jsonl(path)
+    self._records = records_lib.read_jsonl(path)
 
   def __len__(self) -> int:
     return len(self._records)
@@ -108,7 +46,7 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
 
 
 class ArrayRecordSource(grain.sources.RandomAccessDataSource):
-  """Random access over array_record files of `serialize`d records (images embedded)."""
+  """Random access over array_record files of `records.serialize`d records (images embedded)."""
 
   def __init__(self, paths: Sequence[str]):
     self._paths = list(paths)
@@ -118,7 +56,7 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict:
-    return deserialize(self._source[index])
+    return records_lib.deserialize(self._source[index])
 
   def __repr__(self) -> str:
     return f"ArrayRecordSource({self._paths!r})"
@@ -132,7 +70,6 @@ def open_source(paths: str | Sequence[str], tfds_data_dir: str | None = None
   refused."""
   paths = [paths] if isinstance(paths, str) else list(paths)
   if len(paths) == 1 and paths[0].startswith("tfds:"):
-    from hpjax.data import tfds_sources  # pylint: disable=g-import-not-at-top (only when asked)
     return tfds_sources.open_training_source(paths[0], tfds_data_dir)
   if len(paths) == 1 and paths[0].endswith(".jsonl"):
     return JsonlSource(paths[0])
@@ -176,7 +113,7 @@ class ExampleTransform:
       logging.warning("skipping training record %d (%s): %s", index, record["image_name"], e)
       return {SKIPPED: index}  # (not None: grain would drop it before it can be counted)
     texts, example = [record["caption"]], {"image": image}
-    for kind, key in enumerate(TEXT_LISTS):
+    for kind, key in enumerate(records_lib.TEXT_LISTS):
       available = record[key] if keeps(self.seed, index, kind, self.frac[key]) else []
       count = min(self.num[key], len(available))
       chosen = [available[i] for i in np.sort(rng.choice(len(available), count, replace=False))]

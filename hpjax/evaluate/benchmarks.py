@@ -1,9 +1,10 @@
 """The benchmark catalog: per benchmark, how its files are found and read, its official figure
 and how its official report combines files.
 
-Both places that load suites (the eval config via `load_config`, the evaluator and trainer via
-`hard_positive.load_suites`) and the evaluator's combined figures read this one table, as the
-conversion reads the rule table: a new benchmark is one `Benchmark` entry.
+Both ways of loading suites (an eval config via `load_config`; REPLACE and SWAP by the paper's
+names via `load_hard_positive`, the evaluator's and trainer's loader) and the evaluator's
+combined figures read this one table, as the conversion reads the rule table: a new benchmark
+is one `Benchmark` entry. REPLACE's and SWAP's file names come from `suites.HARD_POSITIVE_SUITES`.
 
 Suites are named by their file's path relative to the benchmark root, a dot for each `/`
 (`vl_checklist.Attribute.vaw.action`), so files with the same base name in different folders
@@ -22,6 +23,7 @@ from absl import logging
 
 from hpjax import config_fields
 from hpjax.data import suites as suites_lib
+from hpjax.data import tfds_sources
 from hpjax.evaluate import metrics as metrics_lib
 
 Figures = dict[str, float]
@@ -156,15 +158,24 @@ def _vl_checklist_report(figures: Mapping[str, Figures],
   return out
 
 
-_REPLACE_FILES = {"data/vl_checklist_attributes.json": "replace_attributes",
-                  "data/vl_checklist_relations.json": "replace_relations"}
-_SWAP_FILES = {f"data/{suites_lib.SWAP_NAME}.json": "swap"}
+def _data_file(file_name: str) -> str:
+  """data/<file>.json: a REPLACE/SWAP suite's file relative to the benchmark root."""
+  return suites_lib.hard_positive_paths("", file_name)[0]
+
+
+def _hard_positive_aliases(benchmark: str) -> dict[str, str]:
+  """data/<file>.json -> the paper's name, for each suite of REPLACE or SWAP."""
+  return {_data_file(file): name
+          for name, file in suites_lib.HARD_POSITIVE_SUITES[benchmark].items()}
+
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("replace", _read_hard_positive, "augmented", tuple(_REPLACE_FILES), _REPLACE_FILES,
-              _mean_of_members("replace", tuple(_REPLACE_FILES.values())),
+    Benchmark("replace", _read_hard_positive, "augmented",
+              tuple(_hard_positive_aliases("replace")), _hard_positive_aliases("replace"),
+              _mean_of_members("replace", tuple(suites_lib.HARD_POSITIVE_SUITES["replace"])),
               root_field="suite_root"),
-    Benchmark("swap", _read_hard_positive, "augmented", tuple(_SWAP_FILES), _SWAP_FILES,
+    Benchmark("swap", _read_hard_positive, "augmented",
+              tuple(_hard_positive_aliases("swap")), _hard_positive_aliases("swap"),
               root_field="suite_root", image_field="swap_image_dir"),
     Benchmark("sugarcrepe", suites_lib.load_sugarcrepe_file, "accuracy",
               tuple(f"{f}.json" for f in suites_lib.SUGARCREPE_FILES),
@@ -259,44 +270,30 @@ def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[st
 # ---------------------------------------------------------------------------------------------
 # REPLACE / SWAP selection and the eval config.
 
-# The hard-positive suites a config's `suites` list may name, and the files each one is.
-HARD_POSITIVE_SELECTION = {
-    "replace": ("replace", tuple(_REPLACE_FILES)),
-    "replace_attributes": ("replace", ("data/vl_checklist_attributes.json",)),
-    "replace_relations": ("replace", ("data/vl_checklist_relations.json",)),
-    "swap": ("swap", tuple(_SWAP_FILES)),
-}
-
-
 def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swap"),
                        image_dir: str | None = None,
                        swap_image_dir: str | None = None,
                        tfds_data_dir: str | None = None) -> dict[str, suites_lib.Suite]:
-  """REPLACE and SWAP from the authors' layout under `root`, by the paper's names; `names`
-  picks from `HARD_POSITIVE_SELECTION`, None: whichever of the files `root/data/` holds.
-  A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead."""
-  if root.startswith("tfds:"):
-    from hpjax.data import tfds_sources  # pylint: disable=g-import-not-at-top (only when asked)
+  """REPLACE ('replace' = both files, or 'replace_attributes' / 'replace_relations') and SWAP
+  ('swap') from the authors' layout under `root`, keyed by the paper's names: the one loader
+  of both (the evaluator, the trainer and eval configs use it).
+
+  `names=None` loads whichever of the three suites `root/data/` holds (at least one).
+  A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead.
+  """
+  if root.startswith(tfds_sources.PREFIX):
     return tfds_sources.load_tfds_suites(root, tfds_data_dir, names)
-  if names is None:
-    names = [n for n in ("replace_attributes", "replace_relations", "swap")
-             if os.path.isfile(os.path.join(root, HARD_POSITIVE_SELECTION[n][1][0]))]
-    if not names:
-      raise FileNotFoundError(
-          f"no REPLACE/SWAP suite files under {root}/data/ (expected "
-          f"{[os.path.basename(f) for f in (*_REPLACE_FILES, *_SWAP_FILES)]})")
-  wanted: dict[str, list[str]] = {}
-  for name in names:
-    if name not in HARD_POSITIVE_SELECTION:
-      raise ValueError(f"unknown suite {name!r}; expected one of "
-                       f"{sorted(HARD_POSITIVE_SELECTION)}")
-    benchmark, files = HARD_POSITIVE_SELECTION[name]
-    wanted.setdefault(benchmark, [])
-    wanted[benchmark] += [f for f in files if f not in wanted[benchmark]]
+  files = (suites_lib.present_hard_positive_files(root) if names is None
+           else suites_lib.hard_positive_files(names))
+  wanted: dict[str, list[str]] = {}  # benchmark -> its files, in the order first asked
+  for name, file in files.items():
+    benchmark = next(b for b, members in suites_lib.HARD_POSITIVE_SUITES.items()
+                     if name in members)
+    wanted.setdefault(benchmark, []).append(_data_file(file))
   suites: dict[str, suites_lib.Suite] = {}
-  for benchmark, files in wanted.items():
+  for benchmark, data_files in wanted.items():
     images = (swap_image_dir or image_dir) if benchmark == "swap" else image_dir
-    add_suites(suites, load(benchmark, root, files, images))
+    add_suites(suites, load(benchmark, root, data_files, images))
   return suites
 
 
@@ -306,14 +303,16 @@ def load_config(config) -> dict[str, suites_lib.Suite]:
   (`extra.<name>_files`) is set."""
   suites: dict[str, suites_lib.Suite] = {}
   if config.suite_root:
-    add_suites(suites, load_hard_positive(config.suite_root, config_fields.split_list(config.suites),
-                                          swap_image_dir=config.swap_image_dir or None,
-                                          tfds_data_dir=config.get("tfds_data_dir") or None))
+    add_suites(suites, load_hard_positive(
+        config.suite_root, config_fields.split_list(config.suites),
+        swap_image_dir=config.swap_image_dir or None,
+        tfds_data_dir=config.get("tfds_data_dir") or None))
   for benchmark in BENCHMARKS.values():
     if benchmark.root_field == "suite_root":
       continue
     root = config_fields.get(config, benchmark.root_field) or None
-    files = config_fields.split_list(config_fields.get(config, benchmark.files_field)) if benchmark.files_field else []
+    files = (config_fields.split_list(config_fields.get(config, benchmark.files_field))
+             if benchmark.files_field else [])
     if root or files:
       add_suites(suites, load(benchmark, root, files,
                               config_fields.get(config, benchmark.image_field) or None))

@@ -25,14 +25,6 @@ from hpjax.evaluate import metrics as metrics_lib
 from hpjax.evaluate import reports
 from hpjax.evaluate import scorer as scorer_lib
 
-# The paper's names for the authors' files (suites passed keyed by their loader names).
-SUITE_ALIASES = {
-    "vl_checklist_attributes": "replace_attributes",
-    "vl_checklist_relations": "replace_relations",
-    "visual_genome_attribution": "swap",
-}
-
-
 class EmptySuiteError(ValueError):
   """A suite would be reported with no scored record."""
 
@@ -47,20 +39,8 @@ class SuiteScores:
 
 
 def metric_name(suite_name: str) -> str:
-  return SUITE_ALIASES.get(suite_name, suite_name)
-
-
-def load_suites(root: str, names: Sequence[str] | None = ("replace", "swap"),
-                image_dir: str | None = None,
-                swap_image_dir: str | None = None,
-                tfds_data_dir: str | None = None) -> dict[str, suites_lib.Suite]:
-  """REPLACE ('replace' = both files, or 'replace_attributes' / 'replace_relations') and
-  SWAP ('swap') from the authors' layout under `root`, keyed by their paper names.
-
-  `names=None` loads whichever of the three suites `root/data/` holds (at least one).
-  A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead.
-  """
-  return benchmarks.load_hard_positive(root, names, image_dir, swap_image_dir, tfds_data_dir)
+  """The paper's name of a suite passed under its authors' file name (REPLACE, SWAP)."""
+  return suites_lib.PAPER_NAMES.get(suite_name, suite_name)
 
 
 class HardPositiveEvaluator:
@@ -87,7 +67,7 @@ class HardPositiveEvaluator:
                text_batch_size: int | None = None, allow_empty_suites: bool = False,
                scorer=None, **scorer_kwargs):
     if isinstance(suites, str):
-      suites = load_suites(suites, names=None)
+      suites = benchmarks.load_hard_positive(suites, names=None)
     self.suites: dict[str, suites_lib.Suite] = {}
     for name, suite in suites.items():
       benchmarks.add_suites(self.suites, {metric_name(name): _as_suite(name, suite)})

@@ -120,9 +120,9 @@ def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_roo
   if not eval_root:
     raise ValueError("eval.hard_positive needs eval.replace_swap_root (the suites' folder with "
                      "data/ and swapped_data/) unless data.source is 'synthetic'")
-  from hpjax.evaluate import hard_positive  # pylint: disable=g-import-not-at-top (optional)
-  suites = hard_positive.load_suites(eval_root, None,
-                                     tfds_data_dir=config.data.tfds_data_dir or None)
+  from hpjax.evaluate import benchmarks, hard_positive  # pylint: disable=g-import-not-at-top
+  suites = benchmarks.load_hard_positive(eval_root, None,
+                                         tfds_data_dir=config.data.tfds_data_dir or None)
   return hard_positive.HardPositiveEvaluator(
       model, suites, image_root=image_root or None, tokenizer=tokenizer,
       batch_size=config.eval.batch_size)

@@ -1,0 +1,76 @@
+"""The training-record schema and its two file encodings (JSONL, array_record payloads).
+
+A training record is one JSON object
+  {"image": path, "caption": str, "hard_negatives": [str, ...], "hard_positives": [str, ...]}
+(`image` relative to the JSONL's folder, or absolute). The builders (`train_builders`,
+`tfds_builders`) write it and the readers (`training`, `tfds_sources`) read it, so it sits
+below all of them. An array_record payload embeds the encoded image, so a multi-host job reads
+one self-contained dataset from any filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+TEXT_LISTS = ("hard_negatives", "hard_positives")
+
+
+def validate_record(record: Any, where: str) -> dict:
+  """Checks one record against the schema; `where` (file:line) names it in the error."""
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  missing = {"image", "caption"} - set(record)
+  if missing:
+    raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+  unknown = set(record) - {"image", "caption", *TEXT_LISTS}
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected image, caption, "
+                     f"hard_negatives, hard_positives")
+  caption = record["caption"]
+  if not isinstance(caption, str) or not caption.strip():
+    raise ValueError(f"{where}: 'caption' must be a non-empty string, got {caption!r}")
+  out = {"image": record["image"], "caption": caption}
+  for key in TEXT_LISTS:
+    texts = record.get(key, [])
+    if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+      raise ValueError(f"{where}: {key!r} must be a list of non-empty strings, got {texts!r}")
+    out[key] = texts
+  return out
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """All records of a training JSONL, image paths made absolute."""
+  root = os.path.dirname(os.path.abspath(path))
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      try:
+        raw = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e})") from e
+      record = validate_record(raw, where)
+      if not isinstance(record["image"], str) or not record["image"]:
+        raise ValueError(f"{where}: 'image' must be a path string, got {record['image']!r}")
+      record["image"] = os.path.join(root, record["image"])
+      records.append(record)
+  if not records:
+    raise ValueError(f"{path}: no training records")
+  return records
+
+
+def serialize(record: dict, image_bytes: bytes) -> bytes:
+  """array_record payload: 4-byte length, the record's JSON (image name kept), encoded image."""
+  header = json.dumps(record, ensure_ascii=False).encode("utf-8")
+  return struct.pack("<I", len(header)) + header + image_bytes
+
+
+def deserialize(payload: bytes) -> dict:
+  (size,) = struct.unpack_from("<I", payload)
+  record = json.loads(payload[4:4 + size].decode("utf-8"))
+  return {**record, "image_name": record["image"], "image": payload[4 + size:]}
