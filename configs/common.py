@@ -21,6 +21,7 @@ import ast
 import ml_collections
 
 from hpjax import config_fields
+from hpjax.train import retrieval
 
 SHORTCUTS = {
     "hn_frac": "data.hn_frac", "hp_frac": "data.hp_frac", "source": "data.source",
@@ -133,7 +134,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 100
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
-  c.checkpoint.best_metric = "retrieval/mean_recall@1"  # keep-best, as the paper; "" = none
+  c.checkpoint.best_metric = retrieval.MEAN_RECALL_AT_1  # keep-best, as the paper; "" = none
   c.checkpoint.best_mode = "max"
 
   c.eval = ml_collections.ConfigDict()
@@ -161,7 +162,7 @@ def paper_recipe(c: ml_collections.ConfigDict, explicit: set) -> None:
   defaults = {"model.name": "ViT-B-32-quickgelu", "model.dtype": "bfloat16", "batch_size": 256,
               "optim.lr": 1e-6, "optim.warmup_steps": 50, "total_steps": 5 * 591753 // 256,
               "checkpoint.every_steps": 1000, "eval.every_steps": 2311, "log_every_steps": 50,
-              "checkpoint.best_metric": "retrieval/mean_recall@1", "data.val_size": 5000,
+              "checkpoint.best_metric": retrieval.MEAN_RECALL_AT_1, "data.val_size": 5000,
               "pretrain.steps": 0}
   explicit = {SHORTCUTS.get(k, k) for k in explicit}
   for key, value in defaults.items():

@@ -2,9 +2,9 @@
 SigLIP / SigLIP 2 models hpjax scores beside them (marked `extra`: not rows of the study).
 
 Each entry says how to build the model in hpjax (an hpjax config name), where its weights are
-published and what file a `weights_dir` should hold, and how the authors' evaluation built and
-scored it (`../shared/docs/zoo.md`): the activation, the score dtype and the tokenizer. Two
-parity modes pick the settings of a row:
+published and what file a `weights_dir` should hold, and how the authors' evaluation (Kamath
+et al., ECCV 2024, arXiv 2409.17958, and its released code) built and scored it: the
+activation, the score dtype and the tokenizer. Two parity modes pick the settings of a row:
 
   paper        what the authors' code did: exact GELU for the fine-tuned ViT-B/32 rows (built as
                `ViT-B-32` + file), fp16 towers, normalisation and dot products for the six
@@ -210,8 +210,8 @@ ENTRIES: tuple[Entry, ...] = (
 BY_NAME = {e.name: e for e in ENTRIES}
 ORDER = {e.name: i for i, e in enumerate(ENTRIES)}
 
-# The paper's published figures (../shared/docs/paper.md, secondary: may be off by rounding),
-# keyed as hpjax names its figures.
+# The paper's published figures (Kamath et al., ECCV 2024, arXiv 2409.17958; transcribed, may be
+# off by rounding), keyed by registry name, then as hpjax names its figures ("suite/metric").
 PAPER_FIGURES: dict[str, dict[str, float]] = {
     "openai-clip:ViT-B/32": {"replace/original": 61.6, "replace/augmented": 46.8,
                              "replace/brittleness": 23.2, "swap/augmented": 49.6},

@@ -15,6 +15,7 @@ import pytest
 
 from helpers import assert_same_tree, final_params, train_args
 from hpjax import factory
+from hpjax.data import synthetic
 from hpjax.data import training as data_lib
 from hpjax.train import checkpointing, pretrain, trainer
 
@@ -140,11 +141,12 @@ def test_every_variant_starts_from_the_pretrained_params_byte_for_byte(study):
 
 def test_a_changed_pretraining_config_is_another_stage_trained_anew(study, monkeypatch):
   config = _config(**{"pretrain.cache_dir": study["cache"], "pretrain.lr": 5e-4})
-  world = os.path.join(study["root"], "hnhp", "world")
+  world = synthetic.write_world(os.path.join(study["root"], "hnhp", "world"),
+                                **config.data.synthetic)  # (the first run's, reused)
   directory = pretrain.stage_dir(config, str(study["root"]), world)
   assert directory != study["stage"]
   spy = _Spy(monkeypatch)
-  params = pretrain.ensure(config, directory, world)
+  params = trainer.ensure_pretrained(config, directory, world)
   assert spy.stage_runs == [os.path.join(directory, "run")]
   assert pretrain.complete(directory) and pretrain.complete(study["stage"])
   with open(params, "rb") as new, open(os.path.join(study["stage"], pretrain.PARAMS), "rb") as old:

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import stats
 
 from hpjax.data import suites
 from hpjax.data import synthetic
@@ -353,67 +352,3 @@ def test_written_images_show_their_scenes(world):
     for obj in scene.objects:
       centre = pixels[int(obj.y * 64), int(obj.x * 64)]
       assert tuple(centre) == COLOUR_RGB[obj.colour], (image, obj)
-
-
-# ---------------------------------------------------------------------------------------------
-# tools/run_variants.py: the comparison of finished runs.
-
-def _run_variants_tool():
-  import importlib.util
-  path = os.path.join(os.path.dirname(__file__), "..", "tools", "run_variants.py")
-  spec = importlib.util.spec_from_file_location("run_variants", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_variant_comparison_reads_results_and_aggregates_over_seeds(tmp_path):
-  tool = _run_variants_tool()
-  runs = {}
-  for variant, values in {"hn": (60.0, 70.0), "hnhp": (50.0, 50.0)}.items():
-    runs[variant] = []
-    for seed, value in enumerate(values):
-      path = tmp_path / f"{variant}{seed}.json"
-      path.write_text(json.dumps({"models": [{"label": "model", "metrics": {
-          "swap/original": value, "swap/augmented": value / 2, "swap/brittleness": 1.0,
-          "swap/n": 40.0, "replace/count/ties": 3.0}}]}))
-      [(label, metrics)] = tool.read_models(str(path))
-      runs[variant].append(tool.suite_metrics(metrics, str(path)))
-  table = tool.aggregate(runs)
-  # The 95% Student-t interval over the seeds, as scipy computes it.
-  low, high = stats.t.interval(0.95, 1, loc=65.0, scale=stats.sem([60.0, 70.0]))
-  mean, half, n = table["hn"][("swap", "original")]
-  assert (mean, n) == (65.0, 2) and half == pytest.approx(high - 65.0) and low < 60.0
-  assert table["hnhp"][("swap", "augmented")] == (25.0, 0.0, 2)
-  assert set(table["hn"]) == {("swap", m) for m in tool.METRICS}
-  text = tool.markdown(table, ["swap"])
-  assert f"| swap | hn | 65.0 +- {high - 65.0:.1f} | 32.5 +- {(high - 65.0) / 2:.1f} | 1.0 +- 0.0 |" in text
-  assert "| swap | hnhp | 50.0 +- 0.0 | 25.0 +- 0.0 | 1.0 +- 0.0 | - / 61.1 / - |" in text
-  tool.plot(table, ["swap"], str(tmp_path / "comparison.png"))
-  assert Image.open(tmp_path / "comparison.png").size[0] > 0
-
-
-def test_variant_arguments_put_the_study_config_after_the_variants_own(tmp_path):
-  tool = _run_variants_tool()
-  with pytest.raises(ValueError, match="unknown variant 'nope'"):
-    tool.variant_args("nope", "")
-  assert tool.variant_args("hnhp_hn0.25", "total_steps=5") == ("hnhp", "hn_frac=0.25,total_steps=5")
-  rows = [{"step": 0, tool.RETRIEVAL: 50.0}, {"step": 10, "loss": 2.0},
-          {"step": 20, tool.RETRIEVAL: 30.0, "swap/original": 2.0}]
-  path = tmp_path / "metrics.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert [r["step"] for r in tool.evaluations(str(path))] == [0, 20]
-  path.write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
-  with pytest.raises(ValueError, match="metrics.jsonl: no evaluation rows"):
-    tool.evaluations(str(path))
-
-
-def test_variant_comparison_names_a_results_file_without_figures(tmp_path):
-  tool = _run_variants_tool()
-  path = tmp_path / "results.json"
-  path.write_text(json.dumps({"models": [{"metrics": {"retrieval/mean_recall@1": 3.0}}]}))
-  with pytest.raises(ValueError, match="results.json"):
-    tool.suite_metrics(tool.read_models(str(path))[0][1], str(path))
-  path.write_text(json.dumps({"models": []}))
-  with pytest.raises(ValueError, match="results.json"):
-    tool.read_models(str(path))

@@ -11,6 +11,9 @@ stage's config and of the world's digest (the world's manifest): a changed confi
 another folder, a matching one is reused. `run/` is the stage's trainer workdir (an interrupted
 pretrain resumes from its checkpoints); the stage is complete only once `pretrain.json`, written
 last and atomically, names the params file and its sha256.
+
+This module keeps the stage's config, cache key and bookkeeping (`prepare` before the trainer's
+run, `finish` after it); the trainer runs the stage (`trainer.ensure_pretrained`).
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import json
 import os
 
 import jax
-from absl import logging
 from jax.experimental import multihost_utils
 
+from hpjax.data import synthetic
 from hpjax.train import run_config
 
 VERSION = 1
 MANIFEST = "pretrain.json"
 PARAMS = "params.safetensors"
+_PARTIAL_PARAMS = "params.partial.safetensors"  # the trainer's export, renamed by `finish`
 # What the pretrained params depend on (besides the world): the rest of the config (logging,
 # checkpoint cadence, evaluation) leaves them unchanged.
 KEY_FIELDS = ("model.name", "model.dtype", "data.synthetic", "data.val_size", "data.crop_scale",
@@ -68,10 +72,9 @@ def key(config, world_digest: str) -> str:
   return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def stage_dir(config, workdir: str, world_dir: str) -> str:
-  """`<pretrain.cache_dir or WORKDIR/pretrain>/<key>` for the world in `world_dir`."""
-  from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
-  with open(synthetic.WorldPaths("", "", world_dir).manifest) as f:
+def stage_dir(config, workdir: str, world: synthetic.WorldPaths) -> str:
+  """`<pretrain.cache_dir or WORKDIR/pretrain>/<key>` for the synthetic `world`."""
+  with open(world.manifest) as f:
     digest = json.load(f)["digest"]
   root = config.pretrain.cache_dir or os.path.join(workdir, "pretrain")
   return os.path.join(os.path.abspath(root), key(config, digest))
@@ -107,30 +110,31 @@ def _replace_link(link: str, target: str) -> None:
   os.symlink(target, link)
 
 
-def ensure(config, directory: str, world_dir: str) -> str | None:
-  """The pretrained params file of `directory` (from `stage_dir`), trained there if missing;
-  None when the stage stopped early (preemption: its checkpoints resume it next time)."""
-  params = os.path.join(directory, PARAMS)
-  if complete(directory):
-    logging.info("pretraining: reusing %s", params)
-    return params
-  from hpjax.train import trainer  # pylint: disable=g-import-not-at-top (a cycle otherwise)
+def prepare(config, directory: str, world: synthetic.WorldPaths):
+  """(trainer config, trainer workdir) of the stage in `directory` (from `stage_dir`): the
+  workdir `run/` with `world` linked in (the trainer finds it cached), the export a partial file
+  that only `finish` names complete."""
   stage = stage_config(config)
+  stage.export_openclip = os.path.join(directory, _PARTIAL_PARAMS)
   run_dir = os.path.join(directory, "run")
-  partial = os.path.join(directory, "params.partial.safetensors")
-  stage.export_openclip = partial
   if jax.process_index() == 0:
     os.makedirs(run_dir, exist_ok=True)
-    _replace_link(os.path.join(run_dir, "world"), world_dir)  # the trainer finds it cached
+    _replace_link(os.path.join(run_dir, "world"), world.image_root)
   multihost_utils.sync_global_devices("pretraining folder ready")
-  logging.info("pretraining: %d captions-only steps in %s", stage.total_steps, run_dir)
-  trainer.run(stage, run_dir)
+  return stage, run_dir
+
+
+def finish(config, directory: str, world: synthetic.WorldPaths) -> str | None:
+  """After the stage's trainer run: its params file, renamed into place and then named by the
+  manifest (written last, atomically); None when the run stopped early (preemption: its
+  checkpoints resume it next time)."""
+  partial, params = os.path.join(directory, _PARTIAL_PARAMS), os.path.join(directory, PARAMS)
   if not os.path.exists(partial):  # (the export is written by process 0 on a shared disk)
     return None
   if jax.process_index() == 0:
     os.replace(partial, params)
     manifest = {"version": VERSION, "params": PARAMS, "sha256": _sha256(params),
-                "config": config.pretrain.to_dict(), "world": world_dir}
+                "config": config.pretrain.to_dict(), "world": world.image_root}
     with open(os.path.join(directory, MANIFEST + ".partial"), "w") as f:
       json.dump(manifest, f, indent=1, sort_keys=True)
     os.replace(os.path.join(directory, MANIFEST + ".partial"), os.path.join(directory, MANIFEST))

@@ -18,52 +18,55 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from hpjax import config_fields
+from hpjax import factory
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
+from hpjax.data import synthetic
 from hpjax.data import training as data_lib
 from hpjax.data import world_tokenizer
+from hpjax.evaluate import benchmarks
+from hpjax.evaluate import hard_positive as hard_positive_lib
 from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
-
-RETRIEVAL_HEADLINE = "retrieval/mean_recall@1"
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss, gradient or update became NaN/inf; nothing from that step on is saved."""
 
 
-def _world_dir(workdir: str) -> str:
-  return os.path.join(workdir, "world")
+def _synthetic_world(config, workdir: str, resuming: bool) -> synthetic.WorldPaths:
+  """The world of data.synthetic, written to (or found cached in) WORKDIR/world.
 
-
-def _training_data(config, workdir: str, resuming: bool = False):
-  """(train source, held-out records, REPLACE/SWAP root or '', image root or '').
-
-  When resuming, the synthetic world is only reused, never written anew under the checkpoints
-  (unless resume_overrides allows data.synthetic to change).
+  When resuming, the world is only reused, never written anew under the checkpoints (unless
+  resume_overrides allows data.synthetic to change).
   """
+  world_dir = os.path.join(workdir, "world")
+  rebuild = not resuming or run_config.allowed(config, "data.synthetic")
+  try:
+    # One writer; the other hosts then find it cached (a second call re-hashes every file).
+    world = (synthetic.write_world(world_dir, **config.data.synthetic, rebuild=rebuild)
+             if jax.process_index() == 0 else None)
+    multihost_utils.sync_global_devices("synthetic world written")
+    if world is None:
+      world = synthetic.write_world(world_dir, **config.data.synthetic, rebuild=rebuild)
+  except ValueError as e:
+    if rebuild:
+      raise
+    raise ValueError(f"{e}: this workdir's checkpoints were trained on the world there; "
+                     "restore it, or allow a new one with "
+                     "--config.resume_overrides=data.synthetic") from e
+  return world
+
+
+def _training_data(config, world: synthetic.WorldPaths | None):
+  """(train source, held-out records, REPLACE/SWAP root or '', image root or ''): those of the
+  synthetic `world` when data.source is 'synthetic', else the config's."""
   data = config.data
   eval_root, image_root = config.eval.replace_swap_root, config.eval.image_root
   source_path = data.source
-  if data.source == "synthetic":
-    from hpjax.data import synthetic  # pylint: disable=g-import-not-at-top (only when asked)
-    world_dir = _world_dir(workdir)
-    rebuild = not resuming or run_config.allowed(config, "data.synthetic")
-    try:
-      # One writer; the other hosts then find it cached (a second call re-hashes every file).
-      world = (synthetic.write_world(world_dir, **data.synthetic, rebuild=rebuild)
-               if jax.process_index() == 0 else None)
-      multihost_utils.sync_global_devices("synthetic world written")
-      if world is None:
-        world = synthetic.write_world(world_dir, **data.synthetic, rebuild=rebuild)
-    except ValueError as e:
-      if rebuild:
-        raise
-      raise ValueError(f"{e}: this workdir's checkpoints were trained on the world there; "
-                       "restore it, or allow a new one with "
-                       "--config.resume_overrides=data.synthetic") from e
+  if world is not None:
     source_path = (world.pretrain_jsonl if data.synthetic_corpus == "pretrain" else
                    world.train_jsonl)
     eval_root, image_root = world.eval_root, world.image_root
@@ -89,16 +92,17 @@ def model_config(name: str, loss_kind: str):
   return dataclasses.replace(cfg, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
 
 
-def _tokenizer(config, model_cfg, workdir: str, resuming: bool):
+def _tokenizer(config, model_cfg, workdir: str, resuming: bool,
+               world: synthetic.WorldPaths | None):
   """The tokenizer of model.tokenizer (a local file or folder, for configs that name one). A
   SentencePiece model (SigLIP's) on the synthetic world without one gets a small model trained on
   the world's texts, WORKDIR/spiece.model (kept for resumes)."""
   path, text = config.model.tokenizer, model_cfg.text
-  if not path and config.data.source == "synthetic" and text.hf_tokenizer_name and \
+  if not path and world is not None and text.hf_tokenizer_name and \
       text.hf_model_name is None:
     path = os.path.join(workdir, world_tokenizer.FILE)
-    train = lambda: world_tokenizer.train_sentencepiece(world_tokenizer.jsonl_texts(
-        os.path.join(_world_dir(workdir), "train.jsonl")), path, text.vocab_size)
+    train = lambda: world_tokenizer.train_sentencepiece(
+        world_tokenizer.jsonl_texts(world.train_jsonl), path, text.vocab_size)
     if jax.process_index() == 0 and not (resuming and os.path.exists(path)):
       train()
     multihost_utils.sync_global_devices("world tokenizer written")
@@ -120,10 +124,9 @@ def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_roo
   if not eval_root:
     raise ValueError("eval.hard_positive needs eval.replace_swap_root (the suites' folder with "
                      "data/ and swapped_data/) unless data.source is 'synthetic'")
-  from hpjax.evaluate import benchmarks, hard_positive  # pylint: disable=g-import-not-at-top
   suites = benchmarks.load_hard_positive(eval_root, None,
                                          tfds_data_dir=config.data.tfds_data_dir or None)
-  return hard_positive.HardPositiveEvaluator(
+  return hard_positive_lib.HardPositiveEvaluator(
       model, suites, image_root=image_root or None, tokenizer=tokenizer,
       batch_size=config.eval.batch_size)
 
@@ -136,9 +139,23 @@ def _headline(metrics: dict) -> str:
                for name in ("original", "augmented", "brittleness") if f"{suite}/{name}" in metrics]
     if figures:
       parts.append(f"{suite.upper()} " + ", ".join(figures))
-  if RETRIEVAL_HEADLINE in metrics:
-    parts.append(f"retrieval R@1 {metrics[RETRIEVAL_HEADLINE]:.1f}")
+  if retrieval.MEAN_RECALL_AT_1 in metrics:
+    parts.append(f"retrieval R@1 {metrics[retrieval.MEAN_RECALL_AT_1]:.1f}")
   return " | ".join(parts)
+
+
+def ensure_pretrained(config, directory: str, world: synthetic.WorldPaths) -> str | None:
+  """The pretraining stage's params file in `directory` (`pretrain.stage_dir`), trained there
+  first if missing; None when the stage stopped early (preemption: its checkpoints resume it
+  next time)."""
+  params = pretrain.params_if_complete(directory)
+  if params:
+    logging.info("pretraining: reusing %s", params)
+    return params
+  stage, stage_workdir = pretrain.prepare(config, directory, world)
+  logging.info("pretraining: %d captions-only steps in %s", stage.total_steps, stage_workdir)
+  run(stage, stage_workdir)
+  return pretrain.finish(config, directory, world)
 
 
 class _Preemption:
@@ -180,12 +197,14 @@ def run(config, workdir: str) -> dict:
   run_config.check_same_run(config, workdir, has_checkpoints=resuming)
 
   # -- input -------------------------------------------------------------------------------------
-  source, val_records, eval_root, image_root = _training_data(config, workdir, resuming)
+  world = (_synthetic_world(config, workdir, resuming) if config.data.source == "synthetic"
+           else None)
+  source, val_records, eval_root, image_root = _training_data(config, world)
   pretrained = config.model.pretrained or None
   if pretrain.applies(config):  # a resume restores its own params: the stage is not needed
-    stage_dir = pretrain.stage_dir(config, workdir, image_root)
+    stage_dir = pretrain.stage_dir(config, workdir, world)
     try:
-      pretrained = (pretrain.ensure(config, stage_dir, image_root) if not resuming else
+      pretrained = (ensure_pretrained(config, stage_dir, world) if not resuming else
                     pretrain.params_if_complete(stage_dir))
     finally:
       if not resuming and pretrained is None:
@@ -193,12 +212,11 @@ def run(config, workdir: str) -> dict:
     if pretrained is None and not resuming:
       logging.warning("stopped during pretraining; rerun to resume it, then finetune")
       return {}
-  from hpjax import factory  # pylint: disable=g-import-not-at-top (pulls in the converters)
   model, params = factory.create_model(
       model_config(config.model.name, config.loss.kind),
       pretrained=pretrained, dtype=run_config.DTYPES[config.model.dtype],
       remat=config.model.remat, rng=jax.random.key(config.seed))
-  tokenizer = _tokenizer(config, model.config, workdir, resuming)
+  tokenizer = _tokenizer(config, model.config, workdir, resuming, world)
   transform = data_lib.ExampleTransform(
       tokenizer=tokenizer,
       image_size=model.config.vision.image_size,
