@@ -2,9 +2,9 @@
 
 One mesh axis `data` carries the batch; an optional `model` axis shards the large parameter
 matrices (ViT-H/g/bigG) over devices of a host (training); the scorer uses the `data` axis
-alone (`data_mesh`). Axes are `AxisType.Auto`, so the compiler chooses
-the collectives (jax 0.10's `make_mesh` would default to Explicit axes, where a matmul over a
-sharded contraction needs explicit out_shardings).
+alone (`data_mesh`). Axes are `AxisType.Auto`, so the compiler chooses the collectives (jax
+0.10's `make_mesh` would default to Explicit axes, where a matmul over a sharded contraction
+needs explicit out_shardings).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Paths may be local or remote (`gs://...`, through etils.epath): remote files are
 first, local ones are read in place.
 
 `read_stand_ins` reads what a file says about its tensors (the .safetensors header, the torch
-pickle) and none of their data: each tensor is a zero-byte `stand_in` of its shape, so a
-checkpoint can be checked through the whole loading path before it is loaded, and is read once.
+pickle) and none of their data: each tensor is a `stand_in` of its shape that takes no memory,
+so a checkpoint can be checked through the whole loading path before it is loaded, and is read
+once.
 
 Keys are normalised to OpenCLIP's plain `CLIP` layout: a dict nested under `state_dict` is
 unwrapped, a `module.` prefix (DDP) and a `text.` prefix (CustomTextCLIP) are stripped, and
@@ -63,7 +64,7 @@ def read_stand_ins(path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
       shapes = _safetensors_shapes(path, f)
     elif _is_torchscript(f):
-      shapes = _torchscript_shapes(f)
+      shapes = _torchscript_shapes(path, f)
     else:
       shapes = {k: v.shape for k, v in _read_torch_state_dict(path, f, "meta").items()}
   return normalize_keys({k: stand_in(shape) for k, shape in shapes.items()}, str(path))
@@ -216,12 +217,14 @@ class _TorchScriptShapes(pickle.Unpickler):
     del pid
 
 
-def _torchscript_shapes(f) -> dict[str, tuple[int, ...]]:
+def _torchscript_shapes(path: epath.Path, f) -> dict[str, tuple[int, ...]]:
   """Key -> shape of every tensor attribute of the pickled module tree (a traced module keeps
   its parameters and buffers as attributes: its state dict)."""
   with zipfile.ZipFile(f) as archive:
-    name = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl"))
-    root = _TorchScriptShapes(io.BytesIO(archive.read(name))).load()
+    names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+    if not names:
+      raise ValueError(f"{path} is not a readable TorchScript archive: it has no data.pkl")
+    root = _TorchScriptShapes(io.BytesIO(archive.read(names[0]))).load()
 
   def walk(node, prefix):
     for attribute, value in vars(node).items():

@@ -3,8 +3,8 @@
 Read top to bottom: suites -> the models (registry names resolved against `weights_dir`,
 `architecture=path` entries, or `model` + `checkpoints`; each model's config parsed once) ->
 every checkpoint checked (exists, readable, keys fit) from its header before anything is scored
--> decode passes (each checkpoint read once, when its pass builds it): models sharing a preprocessing
-(image size and transform) are scored together, each distinct image decoded once per pass ->
+-> decode passes: models sharing a preprocessing (image size and transform) are built (each
+checkpoint read once, here) and scored together, each distinct image decoded once per pass ->
 each model's figures and reports written as it finishes -> the plot and the gallery.
 Fields: see configs/eval_hp.py.
 """
