@@ -1,9 +1,10 @@
-"""Meshes, multi-host start-up and putting host-local batches on devices.
+"""Meshes, multi-host start-up, putting host-local batches on devices and reductions over hosts.
 
 One mesh axis `data` carries the batch; an optional `model` axis shards the large parameter
-matrices (ViT-H/g/bigG) over devices of a host. Axes are `AxisType.Auto`, so the compiler chooses
-the collectives (jax 0.10's `make_mesh` would default to Explicit axes, where a matmul over a
-sharded contraction needs explicit out_shardings).
+matrices (ViT-H/g/bigG) over devices of a host (training); the scorer uses the `data` axis
+alone (`data_mesh`). Axes are `AxisType.Auto`, so the compiler chooses the collectives (jax
+0.10's `make_mesh` would default to Explicit axes, where a matmul over a sharded contraction
+needs explicit out_shardings).
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def make_mesh(model_parallel: int = 1, devices=None) -> Mesh:
                        devices=devices)
 
 
+def data_mesh(devices=None) -> Mesh:
+  """A 1-D `data` mesh over `devices` (default: all, across hosts) in their given order: the
+  devices of process i hold rows [i * n, (i + 1) * n) of a global batch, the rows
+  `process_rows` gives it to feed."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  return Mesh(devices, (DATA,), axis_types=(AxisType.Auto,))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
@@ -84,6 +93,12 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
+def process_rows(global_batch_size: int) -> slice:
+  """The rows of a global batch this process feeds (`data_mesh` order)."""
+  n = local_batch_size(global_batch_size)
+  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+
 def put_batch(batch, mesh: Mesh):
   """Host-local numpy arrays (leading axis = this host's examples) -> global arrays on the mesh."""
   sharding = batch_sharding(mesh)
@@ -91,8 +106,23 @@ def put_batch(batch, mesh: Mesh):
                       batch)
 
 
+def _from_every_host(value: np.ndarray) -> np.ndarray:
+  """`value` of every process stacked on a new leading axis (no collective on one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(value)[None]
+  return np.asarray(multihost_utils.process_allgather(value))
+
+
 def host_max(value: int) -> int:
   """The maximum of an integer over all processes (every host must pick the same shapes)."""
-  if jax.process_count() == 1:
-    return int(value)
-  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+  return int(_from_every_host(np.asarray(value, np.int32)).max())
+
+
+def host_sum(value: int) -> int:
+  """The sum of an integer over all processes."""
+  return int(_from_every_host(np.int64(value)).sum())
+
+
+def host_any(mask: np.ndarray) -> np.ndarray:
+  """Elementwise OR of a boolean array over all processes (every host stops, or skips, alike)."""
+  return _from_every_host(mask).any(axis=0)

@@ -1,7 +1,11 @@
 """Checkpoint files: OpenCLIP round trips, the file formats and key variants, orbax dirs, bad input."""
 
+import collections
 import copy
+import io
+import os
 import pickle
+import re
 
 import jax
 import numpy as np
@@ -11,9 +15,11 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 import torch
+from etils import epath
 
 import hpjax
 from hpjax import checkpoints
+from hpjax.checkpoints import big_vision, files
 from hpjax.checkpoints import CheckpointMismatchError
 from hpjax.checkpoints.mapping import key_table
 from hpjax.models import get_model_config, list_models
@@ -92,9 +98,8 @@ def test_custom_text_clip_keys_and_attn_mask_buffers(reference, tmp_path):
   assert_same_tree(_as_openclip(hpjax.create_model(NAME, pretrained=path)[1]), state_dict)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.*deprecated")
-def test_torchscript_archive(reference, tmp_path):
-  torch_model, state_dict = reference
+def _openai_archive(torch_model, path):
+  """`torch_model` saved as OpenAI's TorchScript archives are; returns the traced module."""
   torch_model = copy.deepcopy(torch_model)
   for name, value in (("input_resolution", 64), ("context_length", 77), ("vocab_size", 49408)):
     if hasattr(torch_model, name):  # A plain int attribute in open_clip, a tensor in OpenAI's.
@@ -102,9 +107,16 @@ def test_torchscript_archive(reference, tmp_path):
     torch_model.register_buffer(name, torch.tensor(value))
   images, tokens = torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)
   traced = torch.jit.trace(torch_model, (images, tokens), check_trace=False)
-  assert "input_resolution" in traced.state_dict()
-  path = tmp_path / "openai.pt"
   traced.save(str(path))
+  return traced
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.*deprecated")
+def test_torchscript_archive(reference, tmp_path):
+  torch_model, state_dict = reference
+  path = tmp_path / "openai.pt"
+  traced = _openai_archive(torch_model, path)
+  assert "input_resolution" in traced.state_dict()
   assert_same_tree(_as_openclip(hpjax.create_model(NAME, pretrained=path)[1]), state_dict)
 
 
@@ -246,3 +258,134 @@ def test_trainer_checkpoints_restore_their_params(reference, tmp_path):
   assert_same_tree(_as_openclip(step_1), state_dict)
   latest = hpjax.create_model(NAME, pretrained=tmp_path / "checkpoints")[1]
   np.testing.assert_array_equal(latest["visual"]["proj"], 2 * params["visual"]["proj"])
+
+
+def _count_bytes_read(monkeypatch) -> collections.Counter:
+  """Bytes that readers take from each file opened through etils.epath."""
+  counts = collections.Counter()
+  path_type = type(epath.Path("x"))
+  open_file = path_type.open
+
+  class Counting(io.RawIOBase):
+
+    def __init__(self, f, name):
+      super().__init__()
+      self.f, self.name = f, name
+
+    def readable(self):
+      return True
+
+    def seekable(self):
+      return True
+
+    def readinto(self, buffer):
+      n = self.f.readinto(buffer)
+      counts[self.name] += n
+      return n
+
+    def seek(self, offset, whence=io.SEEK_SET):
+      return self.f.seek(offset, whence)
+
+    def tell(self):
+      return self.f.tell()
+
+    def close(self):
+      self.f.close()
+      super().close()
+
+  monkeypatch.setattr(path_type, "open",
+                      lambda self, mode="r", **kw: Counting(open_file(self, mode, **kw), str(self)))
+  return counts
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.*deprecated")
+def test_stand_ins_have_every_key_and_shape_and_read_no_tensor(reference, tmp_path, monkeypatch):
+  torch_model, state_dict = reference
+  paths = [checkpoints.write_state_dict(state_dict, tmp_path / "a.safetensors"),
+           checkpoints.write_state_dict(state_dict, tmp_path / "a.pt")]
+  paths.append(tmp_path / "openai.pt")
+  _openai_archive(torch_model, paths[-1])
+  torch.save({"state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in state_dict.items()}},
+             tmp_path / "nested.bin")
+  paths.append(tmp_path / "nested.bin")
+  want = {p: {k: v.shape for k, v in checkpoints.read_state_dict(p).items()} for p in paths}
+  np.savez(tmp_path / "bv.npz", **{"params/img/embedding/kernel": np.zeros((4, 4, 3, 32)),
+                                   "params/t": np.zeros(1)})
+  counts = _count_bytes_read(monkeypatch)
+  for path in paths:
+    stand_ins = files.read_stand_ins(path)
+    assert {k: v.shape for k, v in stand_ins.items()} == want[path], path
+    assert all(v.base is not None and v.strides == (0,) * v.ndim for v in stand_ins.values())
+    assert 0 < counts[str(path)] < os.path.getsize(path) / 100, path  # the header, no tensor
+  npz = files.read_npz_stand_ins(tmp_path / "bv.npz")
+  assert {k: v.shape for k, v in npz.items()} == {"params/img/embedding/kernel": (4, 4, 3, 32),
+                                                  "params/t": (1,)}
+
+
+def _lora_file(state_dict, path, rank=2):
+  base = "visual.transformer.resblocks.0.mlp.c_fc"
+  out, inner = state_dict[f"{base}.weight"].shape
+  adapters = {f"{base}.lora_A": np.ones((rank, inner), np.float32),
+              f"{base}.lora_B": np.ones((out, rank), np.float32)}
+  return checkpoints.write_state_dict({**state_dict, **adapters}, path)
+
+
+def test_check_params_raises_what_load_params_raises(reference, tmp_path):
+  torch_model, state_dict = reference
+  config = get_model_config(NAME)
+  broken = dict(state_dict)
+  del broken["visual.proj"]
+  broken["text_projection"] = np.zeros((64, 32), np.float32)
+  hf_broken = checkpoints.hf.openclip_to_hf(state_dict)
+  hf_broken["text_model.encoder.layers.0.self_attn.q_proj.weight"] = np.zeros((8, 32), np.float32)
+  marker = tmp_path / "unpickled.txt"
+  torch.save({"state_dict": _Payload(str(marker))}, tmp_path / "evil.pt")
+  torch.save({"visual.proj": torch.zeros(2), "epoch": 3}, tmp_path / "mixed.bin")
+  params = checkpoints.openclip_to_params(state_dict, config)
+  del params["visual"]["ln_pre"]
+  checkpoints.save_params(tmp_path / "orbax", params)
+  lora = _lora_file(state_dict, tmp_path / "lora.safetensors")
+  cases = [
+      (tmp_path / "nothing.safetensors", {}),
+      (checkpoints.write_state_dict(broken, tmp_path / "broken.safetensors"), {}),
+      (checkpoints.write_state_dict(hf_broken, tmp_path / "hf.safetensors"), {}),
+      (tmp_path / "evil.pt", {}), (tmp_path / "mixed.bin", {}), (tmp_path / "orbax", {}),
+      (lora, {}), (lora, {"lora_rank": 3}),
+      (checkpoints.write_state_dict(state_dict, tmp_path / "plain.pt"), {"lora_rank": 2}),
+      (tmp_path / "nothing.npz", {}),
+  ]
+  for path, kwargs in cases:
+    with pytest.raises(Exception) as loaded:
+      checkpoints.load_params(path, config, **kwargs)
+    with pytest.raises(type(loaded.value)) as checked:
+      checkpoints.check_params(path, config, **kwargs)
+    assert str(checked.value) == str(loaded.value), path
+  assert not marker.exists()
+  assert checkpoints.check_params(lora, config, lora_rank=2) == []
+
+
+def test_check_params_passes_what_load_params_loads(reference, tmp_path):
+  _, state_dict = reference
+  config = get_model_config(NAME)
+  checkpoints.save_params(tmp_path / "orbax", checkpoints.openclip_to_params(state_dict, config))
+  hf = checkpoints.write_state_dict(checkpoints.hf.openclip_to_hf(state_dict),
+                                    tmp_path / "hf.safetensors")
+  siglip, siglip_params = hpjax.create_model("hpjax-tiny-siglip")
+  big_vision.save(siglip_params, siglip.config, tmp_path / "siglip.npz")
+  for path, model_config in ((tmp_path / "orbax", config), (hf, config),
+                             (tmp_path / "siglip.npz", siglip.config)):
+    assert checkpoints.check_params(path, model_config) == []
+    checkpoints.load_params(path, model_config)
+  with pytest.raises(ValueError) as loaded:
+    checkpoints.load_params(tmp_path / "siglip.npz", get_model_config("ViT-B-16-SigLIP"))
+  with pytest.raises(ValueError, match=re.escape(str(loaded.value))):
+    checkpoints.check_params(tmp_path / "siglip.npz", get_model_config("ViT-B-16-SigLIP"))
+
+
+def test_a_truncated_safetensors_file_fails_the_check(reference, tmp_path):
+  _, state_dict = reference
+  path = checkpoints.write_state_dict(state_dict, tmp_path / "full.safetensors")
+  path.write_bytes(path.read_bytes()[:-4])
+  with pytest.raises(ValueError, match="full.safetensors is not a readable .safetensors file: "
+                                       "the tensors do not cover"):
+    checkpoints.check_params(path, get_model_config(NAME))

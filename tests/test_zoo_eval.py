@@ -99,6 +99,25 @@ def test_mixed_architectures_equal_separate_runs_and_decode_once_per_preprocessi
   assert len({json.dumps(_scores(tmp_path / "mixed", label)) for label in mixed}) == 3
 
 
+def test_each_config_is_parsed_once_and_each_checkpoint_read_once(world, tmp_path, monkeypatch):
+  """The pre-check reads headers only; each file's tensors are read once, by its pass."""
+  root, small_json, paths = world
+  reads = collections.Counter()
+  for reader in ("read_state_dict", "read_stand_ins"):
+    read = getattr(checkpoints.files, reader)
+    monkeypatch.setattr(checkpoints.files, reader, lambda path, _read=read, _name=reader: (
+        reads.update([(_name, os.fspath(path))]) or _read(path)))
+  parsed = collections.Counter()
+  parse = runner.config_lib.get_model_config
+  monkeypatch.setattr(runner.config_lib, "get_model_config",
+                      lambda name: parsed.update([name]) or parse(name))
+  models = f"hpjax-tiny={paths['tiny0']}+{small_json}={paths['small']}+hpjax-tiny={paths['tiny1']}"
+  runner.run(_config(root, models=models, models_per_pass=1), str(tmp_path / "w"))
+  assert parsed == {"hpjax-tiny": 2, small_json: 1}  # once per model
+  assert reads == {(reader, path): 1 for path in paths.values()
+                   for reader in ("read_state_dict", "read_stand_ins")}
+
+
 def test_a_bad_later_checkpoint_fails_before_anything_is_scored(world, tmp_path, monkeypatch):
   root, small_json, paths = world
   counts = _count_decodes(monkeypatch)
@@ -179,7 +198,7 @@ def test_paper_mode_builds_negclip_with_gelu_as_open_clips_vit_b_32(tmp_path):
   for parity in ("paper", "as_trained"):
     spec, = runner.model_specs(eval_hp.get_config(
         f"models=NegCLIP,weights_dir={tmp_path},parity={parity}"))
-    config = runner._model_config(spec)
+    config = spec.model_config
     model = CLIP(config)
     params = checkpoints.openclip_to_params(state, config)
     with jax.default_matmul_precision("highest"):

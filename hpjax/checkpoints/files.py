@@ -10,6 +10,11 @@
 Paths may be local or remote (`gs://...`, through etils.epath): remote files are read into memory
 first, local ones are read in place.
 
+`read_stand_ins` reads what a file says about its tensors (the .safetensors header, the torch
+pickle) and none of their data: each tensor is a `stand_in` of its shape that takes no memory,
+so a checkpoint can be checked through the whole loading path before it is loaded, and is read
+once.
+
 Keys are normalised to OpenCLIP's plain `CLIP` layout: a dict nested under `state_dict` is
 unwrapped, a `module.` prefix (DDP) and a `text.` prefix (CustomTextCLIP) are stripped, and
 buffers that are not weights (`attn_mask`, HF's `position_ids`, OpenAI's `input_resolution`,
@@ -20,7 +25,9 @@ architecture has it (mapping.with_text_prefix).
 from __future__ import annotations
 
 import io
+import json
 import pickle
+import struct
 import zipfile
 from typing import Any, Mapping
 
@@ -36,17 +43,64 @@ _BUFFER_SUFFIXES = ("attn_mask", "embeddings.position_ids", "embeddings.token_ty
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
   """Reads a checkpoint file into {key: numpy array} with normalised OpenCLIP keys."""
-  path = epath.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"checkpoint file {path} does not exist")
+  path = _existing(path)
   if path.suffix == ".safetensors":
     raw = (safetensors.numpy.load_file(str(path)) if is_local(path)
            else safetensors.numpy.load(path.read_bytes()))
   else:
     source = str(path) if is_local(path) else io.BytesIO(path.read_bytes())
-    raw = (_read_torchscript(path, source) if _is_torchscript(source)
-           else _read_torch_state_dict(path, source))
+    tensors = (_read_torchscript(path, source) if _is_torchscript(source)
+               else _read_torch_state_dict(path, source))
+    raw = {k: _to_numpy(v) for k, v in tensors.items()}
   return normalize_keys(raw, str(path))
+
+
+def read_stand_ins(path) -> dict[str, np.ndarray]:
+  """`read_state_dict`'s keys, each with a `stand_in` of its tensor's shape, reading no tensor
+  data: only the .safetensors header or the torch pickle (TorchScript's too, unpickled without
+  running anything)."""
+  path = _existing(path)
+  with path.open("rb") as f:
+    if path.suffix == ".safetensors":
+      shapes = _safetensors_shapes(path, f)
+    elif _is_torchscript(f):
+      shapes = _torchscript_shapes(path, f)
+    else:
+      shapes = {k: v.shape for k, v in _read_torch_state_dict(path, f, "meta").items()}
+  return normalize_keys({k: stand_in(shape) for k, shape in shapes.items()}, str(path))
+
+
+def read_npz_stand_ins(path) -> dict[str, np.ndarray]:
+  """A big_vision .npz file's arrays (`big_vision.read_npz`) as `stand_in`s, from the .npy
+  headers of its members: no array data is read."""
+  path = _existing(path, "big_vision checkpoint")
+  readers = {(1, 0): np.lib.format.read_array_header_1_0,
+             (2, 0): np.lib.format.read_array_header_2_0}
+  shapes = {}
+  with path.open("rb") as f, zipfile.ZipFile(f) as archive:
+    for name in archive.namelist():
+      with archive.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in readers:
+          raise ValueError(f"{path}: {name} is a .npy file of version {version}, not 1.0 or 2.0")
+        shape, _, dtype = readers[version](member)
+        if dtype.hasobject:  # What np.load(allow_pickle=False) refuses.
+          raise ValueError(f"{path}: {name} holds Python objects, which are never unpickled")
+        shapes[name.removesuffix(".npy")] = shape
+  return {key: stand_in(shape) for key, shape in shapes.items()}
+
+
+def stand_in(shape) -> np.ndarray:
+  """Zeros of `shape` that take no memory (a read-only broadcast of one fp32 zero): every
+  check of the loading path (keys, shapes, renaming, LoRA merging) runs on it as on the tensor."""
+  return np.broadcast_to(np.float32(0), tuple(shape))
+
+
+def _existing(path, what: str = "checkpoint file") -> epath.Path:
+  path = epath.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{what} {path} does not exist")
+  return path
 
 
 def is_local(path: epath.Path) -> bool:
@@ -78,7 +132,7 @@ def _torch(path):
 
 
 def _is_torchscript(source) -> bool:
-  """Whether `source` (a file name or a BytesIO) is a TorchScript zip archive."""
+  """Whether `source` (a file name or an open file) is a TorchScript zip archive."""
   try:
     if not zipfile.is_zipfile(source):
       return False
@@ -86,20 +140,20 @@ def _is_torchscript(source) -> bool:
       return any(name.endswith("/constants.pkl") or "/code/" in name
                  for name in archive.namelist())
   finally:
-    if isinstance(source, io.BytesIO):
+    if not isinstance(source, str):
       source.seek(0)
 
 
-def _read_torchscript(path: epath.Path, source) -> dict[str, np.ndarray]:
+def _read_torchscript(path: epath.Path, source) -> dict:
   torch = _torch(path)
-  module = torch.jit.load(source, map_location="cpu")
-  return {k: _to_numpy(v) for k, v in module.state_dict().items()}
+  return torch.jit.load(source, map_location="cpu").state_dict()
 
 
-def _read_torch_state_dict(path: epath.Path, source) -> dict[str, np.ndarray]:
+def _read_torch_state_dict(path: epath.Path, source, map_location: str = "cpu") -> dict:
+  """The tensors of a plain torch state dict file (on the meta device: shapes, no data read)."""
   torch = _torch(path)
   try:
-    obj = torch.load(source, map_location="cpu", weights_only=True)
+    obj = torch.load(source, map_location=map_location, weights_only=True)
   except pickle.UnpicklingError as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ValueError(f"{path} is refused: it is not a plain state dict, and hpjax never "
@@ -113,7 +167,73 @@ def _read_torch_state_dict(path: epath.Path, source) -> dict[str, np.ndarray]:
   not_tensors = {k: type(v).__name__ for k, v in obj.items() if not isinstance(v, torch.Tensor)}
   if not_tensors:
     raise ValueError(f"{path} is not a plain state dict: non-tensor entries {not_tensors}")
-  return {k: _to_numpy(v) for k, v in obj.items()}
+  return dict(obj)
+
+
+def _safetensors_shapes(path: epath.Path, f) -> dict[str, tuple[int, ...]]:
+  """Key -> shape from a .safetensors header: 8 bytes of length, then JSON {key: {dtype, shape,
+  data_offsets}}; the offsets must cover the file, as the safetensors reader demands."""
+  size = f.seek(0, io.SEEK_END)
+  f.seek(0)
+  try:
+    (length,) = struct.unpack("<Q", f.read(8))
+    if length > size - 8:
+      raise ValueError(f"a header of {length} bytes in a file of {size}")
+    header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if 8 + length + end != size:
+      raise ValueError(f"the tensors do not cover the file's {size} bytes")
+    return {key: tuple(entry["shape"]) for key, entry in header.items()}
+  except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
+
+
+class _Attributes:
+  """An object of a TorchScript pickle, kept as the attributes it was built with."""
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def __setstate__(self, state):
+    if isinstance(state, dict):
+      self.__dict__.update(state)
+
+
+class _TensorShape(tuple):
+  """A tensor of a TorchScript pickle, kept as its shape."""
+
+
+class _TorchScriptShapes(pickle.Unpickler):
+  """Unpickles a TorchScript archive's data.pkl into `_Attributes` and `_TensorShape`s: no
+  class of the file is looked up, no code is run and no storage is loaded."""
+
+  def find_class(self, module, name):
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return lambda storage, offset, size, *rest: _TensorShape(size)
+    return _Attributes
+
+  def persistent_load(self, pid):
+    del pid
+
+
+def _torchscript_shapes(path: epath.Path, f) -> dict[str, tuple[int, ...]]:
+  """Key -> shape of every tensor attribute of the pickled module tree (a traced module keeps
+  its parameters and buffers as attributes: its state dict)."""
+  with zipfile.ZipFile(f) as archive:
+    names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+    if not names:
+      raise ValueError(f"{path} is not a readable TorchScript archive: it has no data.pkl")
+    root = _TorchScriptShapes(io.BytesIO(archive.read(names[0]))).load()
+
+  def walk(node, prefix):
+    for attribute, value in vars(node).items():
+      if isinstance(value, _TensorShape):
+        yield prefix + attribute, tuple(value)
+      elif isinstance(value, _Attributes):
+        yield from walk(value, f"{prefix}{attribute}.")
+
+  return dict(walk(root, ""))
 
 
 def _to_numpy(tensor) -> np.ndarray:

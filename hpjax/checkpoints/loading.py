@@ -26,32 +26,60 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored
   and, with return_ignored, returned as {key: array} (sorted key names for results.json; pass
   the dict to `export_openclip(..., extra=...)` to write a file OpenCLIP loads strictly).
   """
-  path = epath.Path(path)
+  params, ignored = _load(epath.Path(path), config, param_dtype, lora_rank, lora_alpha,
+                          stand_ins=False)
+  return (params, ignored) if return_ignored else params
+
+
+def check_params(path, config: CLIPConfig, *, lora_rank: int | None = None,
+                 lora_alpha: float = 1.0) -> list[str]:
+  """Raises what `load_params` would (a missing or unreadable file, keys or shapes that do not
+  fit `config`, LoRA adapters that do not fit `lora_rank`) without reading any tensor: the load
+  runs on stand-ins read from the file's header (`files.read_stand_ins`) or an orbax
+  directory's metadata, so a file checked first is still read once, when it is loaded. Returns
+  the sorted keys of parts hpjax does not build. The converted stand-ins take one model's
+  memory for a moment, as a load does.
+  """
+  _, ignored = _load(epath.Path(path), config, np.float32, lora_rank, lora_alpha,
+                     stand_ins=True)
+  return sorted(ignored)
+
+
+def _load(path: epath.Path, config: CLIPConfig, param_dtype, lora_rank, lora_alpha,
+          stand_ins: bool) -> tuple[dict | None, dict]:
+  """`load_params`'s (params, ignored tensors); with stand_ins, those of stand-ins of the
+  tensors (of an orbax directory, only its metadata is checked: params None)."""
   if path.suffix == ".npz":
     if lora_rank is not None:
       raise ValueError(f"{path} is a big_vision file, which holds no LoRA adapters; load it "
                        f"without lora_rank={lora_rank}")
-    params, ignored = big_vision.load(path, config, param_dtype), {}
-  elif path.is_dir() and not is_hf_folder(path):
+    if stand_ins:
+      return big_vision.to_params(files.read_npz_stand_ins(path), config, param_dtype,
+                                  f"big_vision checkpoint {path}"), {}
+    return big_vision.load(path, config, param_dtype), {}
+  if path.is_dir() and not is_hf_folder(path):
     if lora_rank is not None:
       raise ValueError(f"{path} is an hpjax params directory, whose weights hold no LoRA "
                        f"adapters; load it without lora_rank={lora_rank}")
-    params, ignored = orbax_params.restore_params(path, config, param_dtype), {}
-  else:
-    state_dict, source = _read_openclip(path, lora_rank, lora_alpha)
-    state_dict, ignored = mapping.split_ignored(state_dict, config)
-    if ignored:
-      logging.info("%s: %d keys of parts hpjax does not build are ignored: %s", source,
-                   len(ignored), ", ".join(sorted(ignored)))
-    params = mapping.openclip_to_params(state_dict, config, param_dtype, source)
-  return (params, ignored) if return_ignored else params
+    if stand_ins:
+      orbax_params.checked_metadata(path, config)
+      return None, {}
+    return orbax_params.restore_params(path, config, param_dtype), {}
+  read = files.read_stand_ins if stand_ins else files.read_state_dict
+  state_dict, source = _read_openclip(path, lora_rank, lora_alpha, read)
+  state_dict, ignored = mapping.split_ignored(state_dict, config)
+  if ignored and not stand_ins:
+    logging.info("%s: %d keys of parts hpjax does not build are ignored: %s", source,
+                 len(ignored), ", ".join(sorted(ignored)))
+  return mapping.openclip_to_params(state_dict, config, param_dtype, source), ignored
 
 
 def load_openai(path, param_dtype=np.float32, *, lora_rank: int | None = None,
                 lora_alpha: float = 1.0) -> tuple[CLIPConfig, dict]:
   """(config, params) of a file in OpenAI's layout (TorchScript archive or state dict), the
   architecture inferred from its tensor shapes (`models.config.infer_openai_config`)."""
-  state_dict, source = _read_openclip(epath.Path(path), lora_rank, lora_alpha)
+  state_dict, source = _read_openclip(epath.Path(path), lora_rank, lora_alpha,
+                                        files.read_state_dict)
   config = infer_openai_config(state_dict, source)
   return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
 
@@ -70,16 +98,16 @@ def load_hf(path, param_dtype=np.float32) -> tuple[CLIPConfig, dict]:
     raise FileNotFoundError(f"{path} is not an HF model folder: it needs config.json and "
                             "model.safetensors")
   config = hf.infer_siglip_config(json.loads((path / "config.json").read_text()), str(path))
-  state_dict, source = _read_openclip(path, None, 1.0)
+  state_dict, source = _read_openclip(path, None, 1.0, files.read_state_dict)
   return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
 
 
-def _read_openclip(path: epath.Path, lora_rank, lora_alpha):
-  """The OpenCLIP-keyed state dict of a checkpoint file (an HF folder's model.safetensors),
-  adapters merged, and its description."""
+def _read_openclip(path: epath.Path, lora_rank, lora_alpha, read):
+  """The OpenCLIP-keyed state dict of a checkpoint file (an HF folder's model.safetensors) as
+  `read` gives it (tensors or stand-ins), adapters merged, and its description."""
   if path.is_dir():
     path = path / "model.safetensors"
-  state_dict = files.read_state_dict(path)
+  state_dict = read(path)
   source = f"checkpoint {path}"
   if hf.is_hf_state_dict(state_dict):
     state_dict, source = hf.hf_to_openclip(state_dict), f"HF checkpoint {path}"

@@ -40,14 +40,7 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
     param_dtype: cast to this dtype while restoring (default: the stored dtype).
     sharding: a jax Sharding for every leaf (default: the first local device).
   """
-  item, subtree = _resolve(absolute_path(directory))
-  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
-  if subtree:
-    if subtree not in stored:
-      raise ValueError(f"orbax checkpoint {item} has no {subtree!r} entry: {sorted(stored)}")
-    stored = stored[subtree]
-  check_keys(flat_shapes(stored), flat_shapes(param_shapes(CLIP(config))),
-             f"orbax checkpoint {item}", config.name)
+  item, subtree, stored = checked_metadata(directory, config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, param_dtype or m.dtype, sharding=sharding), stored)
@@ -58,6 +51,21 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
   restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
       item=target, restore_args=restore_args, partial_restore=True))
   return restored[subtree] if subtree else restored
+
+
+def checked_metadata(directory, config: CLIPConfig):
+  """(item directory, key of the params inside it or None, the params' stored metadata), the
+  stored tree checked against `config`: what `restore_params` reads before any array (a
+  checkpoint is checked with it alone, `loading.check_params`)."""
+  item, subtree = _resolve(absolute_path(directory))
+  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+  if subtree:
+    if subtree not in stored:
+      raise ValueError(f"orbax checkpoint {item} has no {subtree!r} entry: {sorted(stored)}")
+    stored = stored[subtree]
+  check_keys(flat_shapes(stored), flat_shapes(param_shapes(CLIP(config))),
+             f"orbax checkpoint {item}", config.name)
+  return item, subtree, stored
 
 
 def absolute_path(directory) -> epath.Path:

@@ -35,6 +35,9 @@ from hpjax import zoo
 from hpjax.data import suites as suites_lib
 from hpjax.evaluate import metrics as metrics_lib
 
+# The study whose figures (zoo.PAPER_FIGURES) results.md puts beside ours.
+PAPER = ("Kamath, Hsieh, Chang, Krishna, \"The Hard Positive Truth about Vision-Language "
+         "Compositionality\", ECCV 2024, arXiv:2409.17958")
 # The paper's Table 1 columns: (metric prefix, figure, header).
 TABLE1_COLUMNS = (
     ("replace", "original", "REPLACE orig"), ("replace", "augmented", "REPLACE aug"),
@@ -96,7 +99,7 @@ def table1_order(results: Sequence[ModelResult]) -> list[ModelResult]:
 
 
 def _cell(result: ModelResult, key: str) -> str:
-  """Our figure, with the paper's published one beside it where paper.md gives it."""
+  """Our figure, with the paper's published one beside it where zoo.PAPER_FIGURES has it."""
   ours = _fmt(result.metrics.get(key))
   paper = zoo.PAPER_FIGURES.get(result.registry or "", {}).get(key)
   return ours if paper is None else f"{ours} (paper {paper:.1f})"
@@ -112,8 +115,9 @@ def markdown_table(results: Sequence[ModelResult]) -> str:
     cells = [_cell(r, f"{p}/{f}") for p, f, _ in TABLE1_COLUMNS]
     lines.append(f"| {r.label} | {r.parity} | " + " | ".join(cells) + " |")
   if any(r.registry in zoo.PAPER_FIGURES for r in results):
-    lines += ["", "Paper figures: ../shared/docs/paper.md (secondary sources, may be off by "
-              "rounding). Mode: hpjax.zoo parity mode (paper = as the authors' code scored it)."]
+    lines += ["", f"Paper figures: {PAPER}; taken from summaries of it (secondary, may be off "
+              "by rounding). Mode: hpjax.zoo parity mode (paper = as the authors' code scored "
+              "it)."]
   lines += ["", "| model | suite | N | figures |", "| --- | --- | --- | --- |"]
   for r in results:
     suites = sorted({k.split("/")[0] for k in r.metrics if not k.startswith("eval/")})

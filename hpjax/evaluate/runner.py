@@ -1,9 +1,10 @@
 """`run(config, workdir)`: evaluate several models, of any architectures, on the chosen suites.
 
 Read top to bottom: suites -> the models (registry names resolved against `weights_dir`,
-`architecture=path` entries, or `model` + `checkpoints`) -> every checkpoint checked (exists,
-readable, keys fit) before anything is scored -> decode passes: models sharing a preprocessing
-(image size and transform) are scored together, each distinct image decoded once per pass ->
+`architecture=path` entries, or `model` + `checkpoints`; each model's config parsed once) ->
+every checkpoint checked (exists, readable, keys fit) from its header before anything is scored
+-> decode passes: models sharing a preprocessing (image size and transform) are built (each
+checkpoint read once, here) and scored together, each distinct image decoded once per pass ->
 each model's figures and reports written as it finishes -> the plot and the gallery.
 Fields: see configs/eval_hp.py.
 """
@@ -52,13 +53,15 @@ class ModelSpec:
   settings: zoo.Settings
   entry: zoo.Entry | None = None  # the registry row, if named by one
   plugin: Callable | None = None
+  # The architecture as this parity mode builds it (`_as_scored`); None for a plug-in.
+  model_config: config_lib.CLIPConfig | None = None
 
   @property
   def preprocess_key(self) -> tuple:
     """Models with equal keys share a decode pass (a plug-in decodes on its own)."""
     if self.plugin is not None:
       return ("plugin", self.label)
-    transform = preprocess.model_transform(_model_config(self))
+    transform = preprocess.model_transform(self.model_config)
     if transform == preprocess.eval_transform(transform.image_size):
       return ("eval", transform.image_size)
     return ("eval", transform.image_size, transform.resize_mode, transform.mean, transform.std)
@@ -80,10 +83,10 @@ def _labels(checkpoints: list[str]) -> list[str]:
                   for c in checkpoints])
 
 
-def _own_settings(architecture: str, dtype: str) -> zoo.Settings:
+def _own_settings(model_config: config_lib.CLIPConfig, dtype: str) -> zoo.Settings:
   """as_trained for a model the registry does not know: its config's activation and tokenizer."""
-  config = config_lib.get_model_config(architecture)
-  return zoo.Settings("quick_gelu" if config.quick_gelu else "gelu", dtype, "float32", "clip")
+  return zoo.Settings("quick_gelu" if model_config.quick_gelu else "gelu", dtype, "float32",
+                      "clip")
 
 
 def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[ModelSpec]:
@@ -97,7 +100,6 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   parity = config.parity or zoo.PAPER
   if parity not in zoo.PARITY_MODES:
     raise ValueError(f"config.parity {parity!r}: expected one of {zoo.PARITY_MODES}")
-  own = (zoo.AS_TRAINED, None)
   items = config_fields.split_list(config.models)
   raw = []  # (label, architecture, checkpoint, entry)
   if items:
@@ -129,14 +131,15 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
       raw.append((label, config.model, None if ckpt == RANDOM_INIT else ckpt, None))
   specs = []
   for label, (_, architecture, ckpt, entry) in zip(_unique([r[0] for r in raw]), raw):
+    model_config = config_lib.get_model_config(architecture)
     if entry is None:
-      specs.append(ModelSpec(label, architecture, ckpt, own[0],
-                             _own_settings(architecture, config.dtype)))
+      mode, settings = zoo.AS_TRAINED, _own_settings(model_config, config.dtype)
     else:
-      settings = entry.settings(parity)
+      mode, settings = parity, entry.settings(parity)
       if parity == zoo.AS_TRAINED:
         settings = dataclasses.replace(settings, dtype=config.dtype)
-      specs.append(ModelSpec(label, architecture, ckpt, parity, settings, entry))
+    specs.append(ModelSpec(label, architecture, ckpt, mode, settings, entry,
+                           model_config=_as_scored(model_config, settings, mode)))
   for name, fn in plugins.items():
     entry = zoo.BY_NAME.get(name)
     settings = zoo.Settings("n/a", "n/a", "float32", "n/a")
@@ -144,11 +147,11 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   return specs
 
 
-def _model_config(spec: ModelSpec):
-  """The spec's architecture with the activation its parity mode asks for."""
-  config = config_lib.get_model_config(spec.architecture)
-  config = dataclasses.replace(config, quick_gelu=spec.settings.activation == "quick_gelu")
-  if spec.parity == zoo.PAPER and config.text.embed_cls:  # OpenCLIP 2.19-2.22's CoCa text path
+def _as_scored(model_config: config_lib.CLIPConfig, settings: zoo.Settings, parity: str
+               ) -> config_lib.CLIPConfig:
+  """The architecture with the activation its parity mode asks for."""
+  config = dataclasses.replace(model_config, quick_gelu=settings.activation == "quick_gelu")
+  if parity == zoo.PAPER and config.text.embed_cls:  # OpenCLIP 2.19-2.22's CoCa text path
     config = dataclasses.replace(config, text=dataclasses.replace(config.text, coca_legacy=True))
   return config
 
@@ -162,7 +165,7 @@ def _load_kwargs(spec: ModelSpec) -> dict:
 
 def build(spec: ModelSpec, seed: int = 0):
   """(model, params) of a dual-encoder spec, in its mode's activation and compute dtype."""
-  return factory.create_model(_model_config(spec), pretrained=spec.checkpoint,
+  return factory.create_model(spec.model_config, pretrained=spec.checkpoint,
                               dtype=jnp.dtype(spec.settings.dtype), rng=jax.random.key(seed),
                               **_load_kwargs(spec))
 
@@ -175,17 +178,17 @@ def _tokenizer(spec: ModelSpec, config, tokenizer_dir: str | None):
 
 
 def check_checkpoints(specs: list[ModelSpec]) -> dict[str, list[str]]:
-  """Reads every checkpoint once (exists, readable, keys fit) before anything is scored; one
-  error lists every model that failed. Returns label -> the keys of parts hpjax does not build
-  (CoCa's `text_decoder.*`), for the log and results.json."""
+  """Checks every checkpoint (exists, readable, keys fit) before anything is scored, from its
+  header alone (`checkpoints.check_params`: no tensor is read, so `build` reads each file once);
+  one error lists every model that failed. Returns label -> the keys of parts hpjax does not
+  build (CoCa's `text_decoder.*`), for the log and results.json."""
   problems, ignored = [], {}
   for spec in specs:
     if spec.plugin is not None or spec.checkpoint is None:
       continue
     try:
-      _, keys = checkpoints_lib.load_params(spec.checkpoint, _model_config(spec), return_ignored=True,
-                                        **_load_kwargs(spec))
-      ignored[spec.label] = sorted(keys)
+      ignored[spec.label] = checkpoints_lib.check_params(spec.checkpoint, spec.model_config,
+                                                         **_load_kwargs(spec))
     except Exception as e:  # pylint: disable=broad-except  (reported below, with the model)
       problems.append(f"{spec.label} ({spec.checkpoint}): {type(e).__name__}: {e}")
   if problems:

@@ -15,12 +15,13 @@ features in fp32 on the host.
 * Several models: `score_models` feeds every model that shares a preprocessing from one decode
   pass (each distinct (image, crop) is decoded once and encoded by each model in turn).
 * Score dtype: 'float32' normalises on the device and forms fp32 dot products; 'float16' copies
-  the authors' fp16 rows (zoo.md): unnormalised features rounded to fp16, normalised and dotted
+  the authors' fp16 rows (hpjax.zoo): unnormalised features rounded to fp16, normalised and dotted
   in fp16 with numpy, as their numpy code did, so fp16 ties appear where theirs did.
-* Devices: batches are sharded over a 1-D `data` mesh of all devices (every host feeds its slice
-  via `jax.make_array_from_process_local_data`); params are replicated; outputs come back
-  replicated, so every host gets every score. Hosts OR their unreadable-image masks after each
-  batch (a tiny all-gather), so they all stop, or all skip the same records.
+* Devices: batches are sharded over a 1-D `data` mesh of all devices (`sharding.data_mesh`;
+  every host feeds its slice via `sharding.put_batch`); params are replicated; outputs come
+  back replicated, so every host gets every score. Hosts OR their unreadable-image masks after
+  each batch (`sharding.host_any`, a tiny all-gather), so they all stop, or all skip the same
+  records.
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ from typing import Callable, Sequence
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from hpjax import preprocess
+from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import suites as suites_lib
-
-DATA_AXIS = "data"
 
 
 class ImageError(RuntimeError):
@@ -78,12 +77,6 @@ class ScoreResult:
   stats: dict[str, float]
 
 
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh over `devices` (default: all, across hosts) with classic automatic sharding."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return jax.sharding.Mesh(devices, (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 class _Progress:
   """A log line every few seconds: items done, total and the rate."""
 
@@ -97,10 +90,6 @@ class _Progress:
       self.last = now
       rate = done / max(now - self.start, 1e-9)
       logging.info("scorer: %s %d/%d (%.1f %s/s)", self.what, done, self.total, rate, self.what)
-
-  @property
-  def seconds(self) -> float:
-    return time.perf_counter() - self.start
 
 
 class _OneStepLate:
@@ -119,13 +108,6 @@ class _OneStepLate:
       rows, device_array = self._pending
       self.out[rows] = np.asarray(device_array)[:len(rows)]
       self._pending = None
-
-
-def _union_over_hosts(mask: np.ndarray) -> np.ndarray:
-  """Elementwise OR of a boolean array over all processes."""
-  if jax.process_count() == 1:
-    return mask
-  return np.asarray(multihost_utils.process_allgather(mask)).any(axis=0)
 
 
 def _gathered_dots(a, a_idx, b, b_idx, chunk: int = 4096) -> np.ndarray:
@@ -210,7 +192,7 @@ class Scorer:
     image_size = model.config.vision.image_size
     self.transform = transform or preprocess.model_transform(model.config)
     self.image_shape = (image_size, image_size, 3)
-    self.mesh = data_mesh(devices)
+    self.mesh = sharding.data_mesh(devices)
     n = self.mesh.devices.size
     self.image_batch_size = -(-image_batch_size // n) * n
     self.text_batch_size = -(-text_batch_size // n) * n
@@ -220,9 +202,7 @@ class Scorer:
     self.buckets = tuple(sorted(b for b in buckets if b < context)) + (context,)
     self.num_workers, self.prefetch = num_workers, prefetch
     self.skip_missing_images = skip_missing_images
-    self._replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self._batch_sharding = jax.sharding.NamedSharding(self.mesh,
-                                                      jax.sharding.PartitionSpec(DATA_AXIS))
+    self._replicated = sharding.replicated(self.mesh)
 
     normalize = score_dtype == "float32"
     if jax.numpy.dtype(model.dtype) != jax.numpy.float32:
@@ -242,15 +222,6 @@ class Scorer:
   def image_path(self, image: str) -> str:
     """A record image path resolved against the image root."""
     return os.path.join(self.image_root, image) if self.image_root else image
-
-  def _global_batch(self, local_rows: np.ndarray) -> jax.Array:
-    """This host's rows of a global batch -> one sharded global array."""
-    global_shape = (local_rows.shape[0] * jax.process_count(),) + local_rows.shape[1:]
-    return jax.make_array_from_process_local_data(self._batch_sharding, local_rows, global_shape)
-
-  def _local_slice(self, batch_size: int) -> slice:
-    per_host = batch_size // jax.process_count()
-    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
   def decode_key(self) -> tuple:
     """What decides the decoded pixels and their batches: models with equal keys share a pass."""
@@ -275,7 +246,7 @@ class Scorer:
       lengths = tokenizer_lib.token_lengths(tokens)
       bucket_of = np.array([tokenizer_lib.bucket_length(int(n), self.buckets) for n in lengths])
     feats = _OneStepLate(np.zeros((len(tokens), self.model.config.embed_dim), np.float32))
-    batch, local = self.text_batch_size, self._local_slice(self.text_batch_size)
+    batch, local = self.text_batch_size, sharding.process_rows(self.text_batch_size)
     progress, done = _Progress("captions", len(tokens)), 0
     for length in self.buckets:
       ids = np.flatnonzero(bucket_of == length)
@@ -283,7 +254,7 @@ class Scorer:
         chunk = ids[start:start + batch]
         rows = np.zeros((batch, length), np.int32)
         rows[:len(chunk)] = tokens[chunk, :length]
-        feats.add(chunk, self.encode_texts(params, self._global_batch(rows[local])))
+        feats.add(chunk, self.encode_texts(params, sharding.put_batch(rows[local], self.mesh)))
         done += len(chunk)
         progress.update(done)
     feats.flush()
@@ -305,7 +276,7 @@ def _encode_all_images(models, keys, wheres, skip: set[int]
   lead = models[0][0]
   todo = [i for i in range(len(keys)) if i not in skip]
   batch = lead.image_batch_size
-  local = lead._local_slice(batch)
+  local = sharding.process_rows(batch)
   feats = [_OneStepLate(np.zeros((len(keys), s.model.config.embed_dim), np.float32))
            for s, _ in models]
   failed = np.zeros(len(keys), bool)
@@ -339,7 +310,7 @@ def _encode_all_images(models, keys, wheres, skip: set[int]
         except ImageError as e:
           failed[ids[row + local.start]] = True
           reasons[ids[row + local.start]] = str(e.__cause__)
-      failed = _union_over_hosts(failed)  # every host must stop (or skip) alike
+      failed = sharding.host_any(failed)  # every host must stop (or skip) alike
       if failed.any() and not lead.skip_missing_images:
         for remaining in pending:  # stop early; do not wait for the prefetched batches
           for f in remaining:
@@ -348,13 +319,13 @@ def _encode_all_images(models, keys, wheres, skip: set[int]
         bad = np.flatnonzero(failed)
         raise ImageError("unreadable", [lead.image_path(keys[i][0]) for i in bad],
                          [reasons.get(i, "read by another host") for i in bad])
-      pixels = lead._global_batch(pixels)
+      pixels = sharding.put_batch(pixels, lead.mesh)
       for out, (scorer, params) in zip(feats, models):
         out.add(ids, scorer.encode_images(params, pixels))
       progress.update(min((b + 1) * batch, len(todo)))
   for out in feats:
     out.flush()
-  return ([f.out for f in feats], np.flatnonzero(failed).tolist(), _union_over_hosts(padded),
+  return ([f.out for f in feats], np.flatnonzero(failed).tolist(), sharding.host_any(padded),
           decoded)
 
 
@@ -371,12 +342,6 @@ def index_images(records, path_of: Callable[[str], str], skip_missing_images: bo
   if missing and not skip_missing_images:
     raise ImageError("missing", [path_of(keys[i][0]) for i in missing])
   return keys, image_of, wheres, missing
-
-
-def _global_sum(count: int) -> int:
-  if jax.process_count() == 1:
-    return count
-  return int(np.asarray(multihost_utils.process_allgather(np.int64(count))).sum())
 
 
 def score_models(models: Sequence[tuple[Scorer, object]], records: Sequence[suites_lib.EvalRecord],
@@ -433,7 +398,7 @@ def score_models(models: Sequence[tuple[Scorer, object]], records: Sequence[suit
         distinct_captions=float(len(texts)), distinct_token_rows=float(len(distinct)),
         skipped_images=float(len(skipped)), skipped_records=float((~valid).sum()),
         padded_boxes=float(padded.sum()),
-        images_decoded=float(_global_sum(decoded)), models_in_decode_pass=float(len(models)),
+        images_decoded=float(sharding.host_sum(decoded)), models_in_decode_pass=float(len(models)),
         seconds=seconds, image_seconds=image_seconds, text_seconds=text_seconds,
         images_per_s=(len(keys) - len(skipped)) / seconds,
         captions_per_s=len(texts) / seconds)
