@@ -12,7 +12,6 @@ from hpjax.data import suites
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import metrics
-from hpjax.evaluate import runner
 from hpjax.models import CLIP, get_model_config
 
 # A slice of the official VL-CheckList data/ tree: three files named action.json, SWiG files
@@ -94,7 +93,7 @@ def test_config_walks_roots_and_both_entry_points_share_the_catalog(tmp_path):
   write_json(os.path.join(aro, "visual_genome_attribution.json"), [dict(box, attributes=["x", "y"])])
   config = eval_hp.get_config(f"suite_root={hp},suites=replace,extra.vl_checklist_root={root},"
                               f"extra.aro_root={aro},extra.aro_image_dir=/aro")
-  loaded = runner.load_config_suites(config)
+  loaded = benchmarks.load_config(config)
   assert sorted(loaded) == sorted(
       ["replace_attributes", "replace_relations", "aro.vg_relation", "aro.vg_attribution"]
       + list(benchmarks.load("vl_checklist", root)))
@@ -103,7 +102,7 @@ def test_config_walks_roots_and_both_entry_points_share_the_catalog(tmp_path):
   assert benchmarks.load_hard_positive(hp, ["replace"]) == {
       k: loaded[k] for k in ("replace_attributes", "replace_relations")}
   with pytest.raises(ValueError, match="unknown suite 'replace_all'"):
-    runner.load_config_suites(eval_hp.get_config(f"suite_root={hp},suites=replace_all"))
+    benchmarks.load_config(eval_hp.get_config(f"suite_root={hp},suites=replace_all"))
 
 
 def _record(num_pos, num_neg):

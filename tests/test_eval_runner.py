@@ -210,11 +210,11 @@ def test_config_picks_suites_and_extra_benchmarks(fixture_root, tmp_path):
   config = eval_hp.get_config(f"suite_root={fixture_root},suites=replace_relations+swap,"
                               f"extra.aro_files={vga},extra.vl_checklist_files={vlc},"
                               "extra.aro_image_dir=/aro")
-  loaded = runner.load_config_suites(config)
+  loaded = benchmarks.load_config(config)
   assert sorted(loaded) == ["aro.vga", "replace_relations", "swap", "vl_checklist.color"]
   assert loaded["aro.vga"].records[0].image == "/aro/1.jpg"
   with pytest.raises(ValueError, match="unknown suite 'replace_all'"):
-    runner.load_config_suites(eval_hp.get_config(f"suite_root={fixture_root},suites=replace_all"))
+    benchmarks.load_config(eval_hp.get_config(f"suite_root={fixture_root},suites=replace_all"))
   with pytest.raises(KeyError, match="no field 'suite_dir'"):
     eval_hp.get_config("suite_dir=/x")
 

@@ -26,18 +26,12 @@ from hpjax import sharding
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax import zoo
-from hpjax.data import suites as suites_lib
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import plugin as plugin_lib
 from hpjax.evaluate import reports
 from hpjax.evaluate import scorer as scorer_lib
 from hpjax.models import config as config_lib
-
-
-def load_config_suites(config) -> dict[str, suites_lib.Suite]:
-  """Every suite the config names, by the benchmark catalog (hpjax.evaluate.benchmarks)."""
-  return benchmarks.load_config(config)
 
 
 RANDOM_INIT = "random"
@@ -232,7 +226,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
-  suites = load_config_suites(config)
+  suites = benchmarks.load_config(config)
   logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
   specs = model_specs(config, plugins)
   ignored = check_checkpoints(specs)
