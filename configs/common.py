@@ -46,7 +46,7 @@ def parse_arg(arg: str | None) -> dict:
   return out
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   name = SHORTCUTS.get(dotted, dotted)
   error = config_fields.field_error(config, name)
   if error:
@@ -151,7 +151,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.resume_overrides = ""
 
   for key, value in {**recipe, **parse_arg(arg)}.items():
-    _set(c, key, value)
+    set_field(c, key, value)
   if c.data.source != "synthetic":
     paper_recipe(c, explicit=set(recipe) | set(parse_arg(arg)))
   return c
@@ -167,4 +167,4 @@ def paper_recipe(c: ml_collections.ConfigDict, explicit: set) -> None:
   explicit = {SHORTCUTS.get(k, k) for k in explicit}
   for key, value in defaults.items():
     if key not in explicit:
-      _set(c, key, value)
+      set_field(c, key, value)

@@ -1,6 +1,6 @@
 """The front door: `python -m hpjax.main --config=configs/hnhp.py --workdir=DIR`.
 
-A config names its `program` (train, evaluate, convert); main loads the config file, resolves the
+A config names its `program` (train, evaluate, convert, generate); main loads the config file, resolves the
 workdir and hands both to that program's `run(config, workdir)`. Programs know nothing of flags.
 An error caused by the input ends in one line naming the cause (`--traceback` for the rest).
 """
@@ -18,6 +18,7 @@ PROGRAMS = {
     "train": "hpjax.train.trainer",
     "evaluate": "hpjax.evaluate.runner",
     "convert": "hpjax.checkpoints.convert",
+    "generate": "hpjax.generate.run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
