@@ -110,9 +110,10 @@ def relations(tokens: list[Token]) -> list[Relation]:
         i += size
         break
     else:
-      if words[i] not in _NOT_RELATIONS and tokens[i].tag in VERBS:
+      plain = words[i] not in _NOT_RELATIONS and words[i - 1:i + 1] != ["close", "up"]
+      if plain and tokens[i].tag in VERBS:
         found.append(Relation(i, i + 1, "verb"))
-      elif words[i] not in _NOT_RELATIONS and tokens[i].tag in ("IN", "RP"):
+      elif plain and tokens[i].tag in ("IN", "RP"):
         found.append(Relation(i, i + 1, "preposition"))
       i += 1
   return found

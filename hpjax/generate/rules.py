@@ -157,6 +157,10 @@ def _replace_from_table(text, tokens, rng, family, candidates) -> Edit | str:
     return f"no_{family}_in_table"
   i, j = rng.choice(candidates)
   kind, others = table[tuple(_lower(tokens, i, j).split())]
+  present = f" {_lower(tokens, 0, len(tokens))} "
+  others = [o for o in others if f" {o} " not in present]  # not "a white and white dog"
+  if not others:
+    return f"no_{family}_in_table"
   edit = _apply(text, tokens, [(i, j, rng.choice(others))])
   return dataclasses.replace(edit, rule=f"replace_{family}:{kind}") if isinstance(
       edit, Edit) else edit
@@ -193,20 +197,26 @@ def _and_conjuncts(tokens: list[Token], i: int, nps) -> tuple[tuple[int, int], t
     return "not_two_noun_phrases"
   left_start, right_end = left.start, right.end
   own_determiner = tokens[right.start].tag in phrases_lib.DETERMINERS
+  article = words[left.start] if tokens[left.start].tag in phrases_lib.DETERMINERS else None
+  # "a dog and cat" share the "a"; "a banana and slices of cheese" are two whole phrases
+  shared = not own_determiner and article is not None and not (
+      article in ("a", "an") and tokens[right.noun[1] - 1].tag == "NNS")
   if (left_start >= 2 and words[left_start - 1] == "of" and own_determiner
       and any(p.end == left_start - 1 for p in nps)):
     left_start = next(p.start for p in nps if p.end == left_start - 1)
   if right_end + 1 < len(tokens) and words[right_end] == "of":
     right_end = next((p.end for p in nps if p.start == right_end + 1), right_end)
-  if not own_determiner and right.noun[1] - right.noun[0] > left.noun[1] - left.noun[0]:
+  if left_start and tokens[left_start - 1].tag in phrases_lib.NOUNS | {"JJ"}:
+    return "ambiguous_scope"  # "wood covered wall and floor": where the left phrase starts
+  if (left_start and right_end < len(tokens) and tokens[left_start - 1].tag == "IN"
+      and words[right_end] == words[left_start - 1]):
+    return "ambiguous_scope"  # "animals in the foreground and mountains in the back"
+  if (not own_determiner and (shared or article is None)
+      and right.noun[1] - right.noun[0] > left.noun[1] - left.noun[0]):
     return "shared_head"  # "a mother and son elephant"
-  if not own_determiner and tokens[left_start].tag in phrases_lib.DETERMINERS:
-    left_start = left.modifiers[0]  # "a dog and cat": the determiner stays in front
-    if right_end < len(tokens) and tokens[right_end].text.isalnum():
-      return "ambiguous_scope"  # "animals in the foreground and mountains in the back"
-    article = words[left_start - 1]
-    if article in ("a", "an") and (_article(words[i + 1], False) != article
-                                   or tokens[right.noun[1] - 1].tag != "NN"):
+  if shared:
+    left_start = left.modifiers[0]  # the determiner stays in front
+    if article in ("a", "an") and _article(words[i + 1], False) != article:
       return "shared_article"
   if BACK_REFERENCES & set(words[right.start:right_end]):
     return "refers_back"

@@ -83,7 +83,8 @@ def caption_rules(words: list[str], tags: list[str]) -> list[str]:
           and not (before == "CC" and "VBG" in tags[:i - 1])):  # "looking ... and crossing"
       tags[i] = "JJ"
     elif (low.endswith("ing") and tags[i] in ("NN", "JJ") and after in _OBJECT_STARTS
-          and before not in ("DT", "PRP$", "JJ", "IN") and _is_verb_form(low, "VBG")):
+          and before not in ("DT", "PRP$", "JJ", "IN") and _is_verb_form(low, "VBG")
+          and (after in ("DT", "PRP$", "CD", "PRP") or "VBG" in tags[:i])):
       tags[i] = "VBG"
     elif (tags[i] == "NNS" and before in ("NN", "NNP") and after in ("DT", "PRP$", "IN", "RP")
           and _is_verb_form(low, "VBZ")):
