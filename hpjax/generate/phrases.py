@@ -98,14 +98,19 @@ def table_digest() -> str:
   return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
+def _longest_relation() -> int:
+  return max(len(k) for k in contrasts("relation"))
+
+
 def relations(tokens: list[Token]) -> list[Relation]:
   """Verbs and prepositions; a multi-word relation of the contrast table counts as one."""
   words = [t.text.lower() for t in tokens]
-  longest = max(len(k) for k in contrasts("relation"))
+  table, longest = contrasts("relation"), _longest_relation()
   found, i = [], 0
   while i < len(tokens):
-    for size in range(longest, 1, -1):
-      if i + size <= len(words) and tuple(words[i:i + size]) in contrasts("relation"):
+    for size in range(min(longest, len(words) - i), 1, -1):
+      if tuple(words[i:i + size]) in table:
         found.append(Relation(i, i + size, "preposition"))
         i += size
         break

@@ -27,9 +27,8 @@ import random
 import re
 from typing import Callable, Protocol, Sequence
 
-import lemminflect
-
 from hpjax.generate import phrases as phrases_lib
+from hpjax.generate import tagger as tagger_lib
 from hpjax.generate.tagger import Tagger, Token
 
 HARD_NEGATIVE = "hard_negative"
@@ -251,8 +250,7 @@ def _inflected(synonym: str, tag: str) -> str:
   words = synonym.split()
   at = 0 if tag.startswith("VB") else len(words) - 1
   if tag not in ("NN", "JJ", "VB"):
-    forms = lemminflect.getInflection(words[at], tag)
-    words[at] = forms[0] if forms else words[at]
+    words[at] = tagger_lib.inflection(words[at], tag) or words[at]
   return " ".join(words)
 
 
@@ -265,7 +263,7 @@ def replace_synonym(text, tokens, rng) -> Edit | str:
         phrases_lib.NOUNS):
       continue  # a noun inside a compound ("street sign") keeps its word
     upos = {"noun": "NOUN", "verb": "VERB", "adj": "ADJ"}[pos]
-    lemma = (lemminflect.getLemma(t.text.lower(), upos) or (t.text.lower(),))[0]
+    lemma = tagger_lib.lemma(t.text.lower(), upos) or t.text.lower()
     if (pos, lemma) in table:
       candidates.append((i, table[(pos, lemma)]))
   if not candidates:

@@ -158,14 +158,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       not c.image for i, c in enumerate(captions) if i not in skips):
     raise ValueError(f"{config.input.path}: captions without images cannot make array_record "
                      "training files; give images (image<TAB>caption) or output.formats=jsonl")
-  manifest = shards.open_run(workdir, _settings(config), len(captions), config.output.shard_size)
-  size = manifest["shard_size"]
-  todo = [s for s in range(config.process_index, manifest["num_shards"], config.process_count)
-          if not shards.is_done(workdir, s)]
   g = config.generate
   generator = rules.RuleGenerator(tagger_lib.make_tagger(g.tagger), g.families,
                                   {rules.HARD_NEGATIVE: g.hard_negatives,
                                    rules.HARD_POSITIVE: g.hard_positives})
+  manifest = shards.open_run(workdir, _settings(config), len(captions), config.output.shard_size)
+  size = manifest["shard_size"]
+  todo = [s for s in range(config.process_index, manifest["num_shards"], config.process_count)
+          if not shards.is_done(workdir, s)]
   progress = Progress(sum(len(range(s * size, min((s + 1) * size, len(captions)))) for s in todo),
                       config.progress_every_s)
   logging.info("%s: %d captions in %d shards; process %d of %d has %d shard(s) to do",

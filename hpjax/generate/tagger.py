@@ -19,6 +19,7 @@ Any object with `tag(text) -> list[Token]` is a tagger: a spaCy user wraps a pip
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
 from typing import Protocol
@@ -50,9 +51,22 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
   return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def lemma(word: str, upos: str) -> str | None:
+  """lemminflect's lemma (cached: its lookups deep-copy tables, and captions repeat words)."""
+  lemmas = lemminflect.getLemma(word, upos)
+  return lemmas[0] if lemmas else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def inflection(lemma_: str, tag: str) -> str | None:
+  forms = lemminflect.getInflection(lemma_, tag)
+  return forms[0] if forms else None
+
+
 def _is_verb_form(word: str, tag: str) -> bool:
-  lemma = lemminflect.getLemma(word, "VERB")
-  return bool(lemma) and word in lemminflect.getInflection(lemma[0], tag)
+  base = lemma(word, "VERB")
+  return base is not None and inflection(base, tag) == word
 
 
 def caption_rules(words: list[str], tags: list[str]) -> list[str]:
