@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import html
 import json
-import random
 from typing import Iterable
 
 from hpjax.generate import shards
@@ -59,15 +58,14 @@ def _marked(text: str, start: int, end: int) -> str:
           + html.escape(text[end:]))
 
 
-def write_samples(path: str, records: list[dict], count: int, seed: int) -> None:
-  chosen = sorted(random.Random(seed).sample(range(len(records)), min(count, len(records))))
+def write_samples(path: str, records: list[dict], total: int) -> None:
+  """`records`: the random sample of the run's `total` records."""
   parts = ["<!doctype html><meta charset='utf-8'><title>hpjax: generated hard texts</title>",
            "<style>body{font-family:sans-serif} td{padding:4px 8px;vertical-align:top}"
            " .hard_negative{color:#a00} .hard_positive{color:#060} mark{background:#ffe08a}"
            " .why{color:#777;font-size:small}</style>",
-           f"<h1>{len(chosen)} random captions of {len(records)}</h1><table>"]
-  for i in chosen:
-    r = records[i]
+           f"<h1>{len(records)} random captions of {total}</h1><table>"]
+  for r in records:
     rows = [f"<div>{html.escape(r['caption'])}</div>"]
     if r["skipped"]:
       rows.append(f"<div class='why'>skipped: {html.escape(r['skipped'])}</div>")

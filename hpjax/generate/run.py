@@ -17,6 +17,7 @@ writes the outputs the trainer reads as they are:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,28 +123,35 @@ def training_record(record: dict) -> dict:
           "hard_positives": texts[rules.HARD_POSITIVE]}
 
 
-def _finish(config, workdir: str, manifest: dict) -> None:
-  """Writes the outputs of the module docstring from the committed shards (idempotent)."""
-  records = list(shards.read(workdir, manifest["num_shards"]))
-  used = [training_record(r) for r in records if not r["skipped"]]
-  with_images = all(r["image"] for r in used)
+def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
+  """Writes the outputs of the module docstring from the committed shards, one shard in memory
+  at a time (idempotent: a rerun writes the same bytes)."""
+  count, total = manifest["num_shards"], manifest["num_captions"]
+  chosen = set(random.Random(config.generate.seed).sample(range(total),
+                                                          min(config.output.samples, total)))
+  samples = []
+  jsonl = None
   if "jsonl" in config.output.formats:
-    name = "train.jsonl" if with_images else "hard_texts.jsonl"
-    rows = used if with_images else [{k: v for k, v in r.items() if k != "image"} for r in used]
-    shards.write_atomically(os.path.join(workdir, name), "".join(
-        json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
-  if "array_record" in config.output.formats:
-    size, count = manifest["shard_size"], manifest["num_shards"]
+    jsonl = "train.jsonl" if with_images else "hard_texts.jsonl"
+
+  def records(out):
     for shard in range(count):
+      found = shards.read(workdir, shard)
+      used = [training_record(r) for r in found if not r["skipped"]]
       path = os.path.join(workdir, f"train.array_record-{shard:05d}-of-{count:05d}")
-      if not os.path.exists(path):
-        train_builders.write_array_record(
-            [training_record(r) for r in records[shard * size:(shard + 1) * size]
-             if not r["skipped"]], path, skip_bad_images=config.input.skip_bad)
-  summary = report.summarize(records)
+      if "array_record" in config.output.formats and not os.path.exists(path):
+        train_builders.write_array_record(used, path, skip_bad_images=config.input.skip_bad)
+      for r in used if out else ():
+        row = r if with_images else {k: v for k, v in r.items() if k != "image"}
+        out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+      samples.extend(r for r in found if r["index"] in chosen)
+      yield from found
+
+  with contextlib.ExitStack() as stack:
+    out = stack.enter_context(shards.atomic_file(os.path.join(workdir, jsonl))) if jsonl else None
+    summary = report.summarize(records(out))
   report.write_summary(os.path.join(workdir, "summary.json"), summary)
-  report.write_samples(os.path.join(workdir, "samples.html"), records, config.output.samples,
-                       config.generate.seed)
+  report.write_samples(os.path.join(workdir, "samples.html"), samples, total)
   for line in report.lines(summary):
     logging.info("%s", line)
 
@@ -154,8 +162,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not captions:
     raise ValueError(f"{config.input.path}: no captions")
   skips = _checked(captions, config.input.max_words, config.input.skip_bad)
-  if "array_record" in config.output.formats and any(
-      not c.image for i, c in enumerate(captions) if i not in skips):
+  with_images = all(c.image for i, c in enumerate(captions) if i not in skips)
+  if "array_record" in config.output.formats and not with_images:
     raise ValueError(f"{config.input.path}: captions without images cannot make array_record "
                      "training files; give images (image<TAB>caption) or output.formats=jsonl")
   g = config.generate
@@ -181,4 +189,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     logging.info("%d shard(s) belong to other processes and are not done yet (e.g. %d): the "
                  "process that finishes last writes the outputs", len(missing), missing[0])
     return
-  _finish(config, workdir, manifest)
+  _finish(config, workdir, manifest, with_images)

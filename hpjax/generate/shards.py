@@ -13,31 +13,39 @@ Shard s belongs to process s % process_count: processes (or hosts) share nothing
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import tempfile
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 MANIFEST = "manifest.json"
 _FORMAT = "hpjax-generate/1"
 
 
-def write_atomically(path: str, data: bytes) -> None:
-  """Writes `data` next to `path` and renames it over `path`: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[BinaryIO]:
+  """A file written next to `path` and renamed over it when the block ends without error:
+  readers never see half a file, and a failed or killed writer leaves `path` as it was."""
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
   try:
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the outputs from other users
     with os.fdopen(fd, "wb") as f:
-      f.write(data)
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+  with atomic_file(path) as f:
+    f.write(data)
 
 
 def open_run(workdir: str, fingerprint: dict, num_captions: int, shard_size: int) -> dict:
@@ -104,9 +112,7 @@ def commit(workdir: str, shard: int, records: list[dict]) -> None:
                    json.dumps({"records": len(records), "sha256": _digest(data)}).encode())
 
 
-def read(workdir: str, num_shards: int) -> Iterator[dict]:
-  """Every record of every shard, in caption order."""
-  for shard in range(num_shards):
-    with open(shard_path(workdir, shard), encoding="utf-8") as f:
-      for line in f:
-        yield json.loads(line)
+def read(workdir: str, shard: int) -> list[dict]:
+  """The records of one committed shard, in caption order."""
+  with open(shard_path(workdir, shard), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
