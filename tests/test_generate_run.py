@@ -208,3 +208,18 @@ def test_config_errors_are_one_line(tmp_path):
                      str(tmp_path / "x"))
   with pytest.raises(ValueError, match="process_index 2 is not in \\[0, process_count=2\\)"):
     generate_run.run(_config(FIXTURE, process_index=2, process_count=2), str(tmp_path / "y"))
+
+
+def test_every_input_format_gives_the_same_hard_texts(tmp_path):
+  coco, images = _coco(tmp_path)
+  jsonl = tmp_path / "captions.jsonl"
+  jsonl.write_text("".join(json.dumps({"image": f"{n % 3}.jpg", "caption": t}) + "\n"
+                           for n, t in enumerate(CAPTIONS)))
+  text = tmp_path / "captions.txt"
+  text.write_text("".join(f"{n % 3}.jpg\t{t}\n" for n, t in enumerate(CAPTIONS)))
+  outputs = []
+  for path in (coco, jsonl, text):
+    generate_run.run(_config(path, image_root=images), str(tmp_path / path.suffix[1:]))
+    outputs.append((tmp_path / path.suffix[1:] / "train.jsonl").read_text())
+  assert outputs[0] == outputs[1] == outputs[2]
+  assert sources.read(str(jsonl))[1].where == f"{jsonl}:2"
