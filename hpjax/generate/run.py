@@ -27,6 +27,7 @@ import time
 from absl import logging
 import ml_collections
 
+from hpjax.data import records as records_lib
 from hpjax.data import train_builders
 from hpjax.generate import phrases, report, rules, shards, sources, tagger as tagger_lib
 
@@ -116,11 +117,13 @@ def _records(generator: rules.Generator, captions, indices, skips, seed, batch_s
 
 
 def training_record(record: dict) -> dict:
+  """A shard record as the trainer's schema (hpjax.data.records) has it."""
   texts = {kind: [h["text"] for h in record["hard_texts"] if h["kind"] == kind]
            for kind in (rules.HARD_NEGATIVE, rules.HARD_POSITIVE)}
-  return {"image": os.path.abspath(record["image"]) if record["image"] else "",
-          "caption": record["caption"], "hard_negatives": texts[rules.HARD_NEGATIVE],
-          "hard_positives": texts[rules.HARD_POSITIVE]}
+  return records_lib.validate_record(
+      {"image": os.path.abspath(record["image"]) if record["image"] else "",
+       "caption": record["caption"], "hard_negatives": texts[rules.HARD_NEGATIVE],
+       "hard_positives": texts[rules.HARD_POSITIVE]}, record["where"])
 
 
 def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
