@@ -11,9 +11,10 @@ Hard positives keep it true:
   swap_and           the two noun phrases around "and" trade places, each with its adjectives
                      and determiner (SWAP); none where the order carries meaning: verbs on both
                      sides (a sequence of actions), "and then", a phrase that refers back ("its",
-                     "the other"), a fixed pair ("salt and pepper"), a conjunct that may be the
-                     subject of the verb after it, a shared head ("a mother and son
-                     elephant") or a shared "a" that would not fit the other noun
+                     "the other"), a fixed pair ("salt and pepper"), a conjunct whose extent
+                     is unclear (maybe the subject of the verb after it; "in the foreground and
+                     mountains in the back"), a shared head ("a mother and son elephant") or a
+                     shared "a" that would not fit the other noun
   replace_synonym    one word becomes a synonym from synonyms.tsv, inflected like it (REPLACE)
 Each family returns its outputs as `Edit`s (the text, the changed character span of the
 original, the rule) or the reason it fits nowhere; `RuleGenerator` picks among them per caption
@@ -66,7 +67,8 @@ class Outcome:
 
 
 class Generator(Protocol):
-  """A batch of captions in, one Outcome per caption out (an LLM generator batches them)."""
+  """A batch of captions in, one Outcome per caption out: `RuleGenerator`, and the interface an
+  LLM generator implements (it batches the captions through its sampler)."""
 
   def generate(self, captions: Sequence[str], rngs: Sequence[random.Random]) -> list[Outcome]:
     ...
