@@ -7,7 +7,8 @@
   shards/shard-00003.done    written (aside, renamed) after the shard: its record count and digest
 
 A shard counts only with its `.done` whose digest matches, so a process killed at any moment
-leaves whole shards and at most some `*.partial` files, which the shard's next writer removes.
+leaves whole shards and at most some hidden `*.partial` files, which the shard's next writer
+removes (one beside the final outputs stays, and is never read: training refuses the name).
 Shard s belongs to process s % process_count: processes (or hosts) share nothing but the folder.
 """
 
