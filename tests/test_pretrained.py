@@ -21,9 +21,13 @@ import torch
 from huggingface_hub import constants, file_download
 
 import hpjax
-from hpjax.checkpoints import big_vision, converted, download, loading, pretrained
-from hpjax.models.config import list_models
+from hpjax import checkpoints, zoo
+from hpjax.checkpoints import big_vision, convert, converted, download, loading, pretrained
+from hpjax.evaluate import runner
+from hpjax.models.config import get_model_config, list_models
 from helpers import assert_same_tree, flax_encoders, torch_encoders
+from configs import convert as convert_config
+from configs import eval_hp
 from openclip_reference import (TINY_JSON, openclip_model, perturb_all, random_images,
                                 random_tokens, register_tiny_siglip)
 
@@ -344,3 +348,34 @@ def test_tags_resolve_as_openclip_lists_them():
   with pytest.raises(FileNotFoundError):
     hpjax.create_model("hpjax-tiny", pretrained=os.path.join("no", "such.pt"))
   assert not pretrained.is_name(str(pathlib.Path(__file__)))
+
+
+def test_zoo_download_evaluator_and_convert_fetch_by_name(hub, tmp_path, monkeypatch, capsys):
+  torch_model, state = _tiny_openclip()
+  hub.files["test/tiny", "open_clip_model.safetensors"] = _safetensors(state)
+  _tiny_row(monkeypatch)
+  monkeypatch.setitem(zoo.BY_NAME, "tiny-registry", zoo.Entry(
+      "tiny-registry", "hpjax-tiny", zoo.OPENCLIP, ("tiny.safetensors",), "a hub",
+      activation="quick_gelu", openclip_tag="hpjax-tiny:tinytag"))
+
+  assert zoo.main(["--download", "hpjax-tiny:tinytag", "NegCLIP"]) == 1
+  lines = capsys.readouterr().out.splitlines()
+  cached = lines[0].removeprefix("hpjax-tiny:tinytag: ")
+  assert pathlib.Path(cached).read_bytes() == hub.files["test/tiny", "open_clip_model.safetensors"]
+  assert lines[1].startswith("NegCLIP: not fetched: NegCLIP: not published on a hub; download "
+                             "it from NegCLIP release") and "WEIGHTS_DIR/negclip.pth" in lines[1]
+
+  specs = runner.model_specs(eval_hp.get_config("models=tiny-registry+hpjax-tiny:tinytag"))
+  assert [(s.label, s.architecture, s.checkpoint) for s in specs] == [
+      ("tiny-registry", "hpjax-tiny", cached), ("hpjax-tiny:tinytag", "hpjax-tiny", cached)]
+  model, params = runner.build(specs[1])
+  _assert_same_features(model, params, torch_model)
+  with pytest.raises(ValueError, match="NegCLIP: not published on a hub, so it needs "
+                     "config.weights_dir"):
+    runner.model_specs(eval_hp.get_config("models=NegCLIP"))
+
+  summary = convert.run(convert_config.get_config("src=tinytag,model=hpjax-tiny"), tmp_path / "c")
+  assert summary["src"] == cached
+  assert_same_tree(checkpoints.restore_params(summary["dst"], get_model_config("hpjax-tiny")),
+                   params)
+  assert len(hub.gets("open_clip_model.safetensors")) == 1
