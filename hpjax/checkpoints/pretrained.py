@@ -185,8 +185,8 @@ def load(name: str | CLIPConfig | None, pretrained: str | None,
   digest = download.source_digest(path)
   entry = converted.key(digest, config, (lora_rank, lora_alpha) if lora_rank else None)
   hit = converted.lookup(entry)
-  if hit is not None:
-    return hit
+  if hit is not None:  # The caller's config as given (the key holds all of it).
+    return config or hit[0], hit[1]
   path = fetch(config, pretrained, verify=True)
   if config is None:
     if not loading.is_hf_folder(path):
