@@ -76,7 +76,8 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "hpjax-tiny"
-  c.model.pretrained = ""  # OpenCLIP/HF file or hpjax params dir; "" = random init.
+  c.model.pretrained = ""  # OpenCLIP/HF file, hpjax params dir or a name (openai, hf-hub:org/repo,
+  # gs://...; hpjax.list_pretrained()), fetched once into the Hugging Face cache; "" = random init.
   c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators (params stay fp32).
   c.model.remat = False
   c.model.tokenizer = ""  # a local tokenizer file or folder, for models whose text_cfg names one.

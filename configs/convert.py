@@ -7,6 +7,9 @@
   python -m hpjax.main --workdir=/tmp/convert \
     --config=configs/convert.py:src=/tmp/run/checkpoints,model=ViT-B-32-quickgelu,direction=to_hf,dst=/tmp/hf_clip
 
+`src` may also name weights to fetch (checkpoints/pretrained.py): src=openai (a tag of `model`,
+see hpjax.list_pretrained()), src=hf-hub:org/repo, src=org/repo (transformers), src=gs://...
+
 `dst` defaults to WORKDIR/params (to_hpjax), WORKDIR/open_clip_model.safetensors (to_openclip;
 a `.bin` dst writes a torch state dict instead), WORKDIR/hf_model (to_hf, a transformers
 CLIPModel or SiglipModel folder) or WORKDIR/big_vision.npz (to_big_vision, SigLIP models).

@@ -22,10 +22,12 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.program = "evaluate"
   # Models: either `models` ('+'-separated: registry names of hpjax.zoo, resolved against
-  # `weights_dir`, and/or `architecture=path` entries, path 'random' = random init), or one
+  # `weights_dir`, 'architecture:tag' pairs of hpjax.list_pretrained(), and/or
+  # `architecture=path` entries, path 'random' = random init), or one
   # architecture `model` with `checkpoints` ('+'-separated paths; 'random' = random init).
   c.models = ""
   c.weights_dir = ""  # the folder holding the registry's files (python -m hpjax.zoo --weights_dir)
+  # ("": registry rows with a hub source are fetched into the Hugging Face cache)
   c.parity = ""  # registry rows: 'paper' (default: as the authors scored them) or 'as_trained';
   # a user's own models (architecture=path, model + checkpoints) are always scored as trained.
   c.tokenizer_dir = ""  # local HF tokenizer folder for an HF-text model scored as trained.

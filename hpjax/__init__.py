@@ -2,7 +2,7 @@
 
 The public API follows OpenCLIP's idiom:
 
-  model, params, preprocess = hpjax.create_model_and_transforms('ViT-B-32', pretrained=PATH)
+  model, params, preprocess = hpjax.create_model_and_transforms('ViT-B-32', pretrained='openai')
   tokenizer = hpjax.get_tokenizer('ViT-B-32')
 
 Names are resolved lazily so that `import hpjax.data...` does not pull in jax, flax and orbax.
@@ -17,6 +17,8 @@ _API = {
     "export_hf": "hpjax.factory",
     "get_tokenizer": "hpjax.tokenizer",
     "list_models": "hpjax.models.config",
+    "list_pretrained": "hpjax.checkpoints.pretrained",
+    "list_pretrained_tags_by_model": "hpjax.checkpoints.pretrained",
     "get_model_config": "hpjax.models.config",
 }
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from hpjax import checkpoints
 from hpjax import preprocess
+from hpjax.checkpoints import pretrained as pretrained_lib
 from hpjax.models.clip import CLIP, init_params, param_shapes
 from hpjax.models.config import CLIPConfig, get_model_config
 
@@ -23,8 +24,11 @@ def create_model(name: str | CLIPConfig | None, pretrained=None, dtype=jnp.float
       an HF SiglipModel folder, or from the tensor shapes of a file in OpenAI's layout such as
       OpenAI's TorchScript `RN50.pt` (QuickGELU, as OpenAI's loader builds it).
     pretrained: None for random init (from `rng`, default key 0), an OpenCLIP/OpenAI/HF
-      checkpoint file, an HF folder (config.json + model.safetensors), or an hpjax orbax
-      params directory.
+      checkpoint file, an HF folder (config.json + model.safetensors), an hpjax orbax
+      params directory, or a name fetched and cached (checkpoints/pretrained.py): a tag of
+      `list_pretrained()` ('openai', 'laion2b_s34b_b79k'), 'hf-hub:org/repo', a transformers
+      repository 'org/repo', or a URL (gs://, https://). A name 'hf-hub:org/repo' needs no
+      `pretrained`: the architecture and weights are the repository's.
     dtype: compute dtype (bfloat16 for speed; features come back in float32).
     param_dtype: storage dtype of the params.
     remat: recompute each residual block in the backward pass.
@@ -33,10 +37,13 @@ def create_model(name: str | CLIPConfig | None, pretrained=None, dtype=jnp.float
       into the weights with scale lora_alpha / lora_rank.
   """
   lora = dict(lora_rank=lora_rank, lora_alpha=lora_alpha)
-  if pretrained is None and (name is None or lora_rank is not None):
+  named = isinstance(name, str) and name.startswith(pretrained_lib.HF_HUB_PREFIX)
+  if named or pretrained_lib.is_name(pretrained):
+    config, params = pretrained_lib.load(name, pretrained, **lora)
+  elif pretrained is None and (name is None or lora_rank is not None):
     raise ValueError("create_model: a model name of None and lora_rank both need a `pretrained` "
                      "checkpoint file")
-  if name is None and checkpoints.is_hf_folder(pretrained):
+  elif name is None and checkpoints.is_hf_folder(pretrained):
     if lora_rank is not None:
       raise ValueError(f"{pretrained} is an HF folder; LoRA adapters are read from OpenCLIP files")
     config, params = checkpoints.load_hf(pretrained)

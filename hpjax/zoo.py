@@ -13,6 +13,7 @@ activation, the score dtype and the tokenizer. Two parity modes pick the setting
 
   python -m hpjax.zoo                       # the table
   python -m hpjax.zoo --weights_dir=/ckpt   # plus which files are present
+  python -m hpjax.zoo --download openai-clip:ViT-B/32 ViT-B-32:laion2b_s34b_b79k  # fetch, cache
 """
 
 from __future__ import annotations
@@ -248,6 +249,25 @@ def weights_path(entry: Entry, weights_dir: str) -> str:
   return path
 
 
+def has_public_weights(entry: Entry) -> bool:
+  """Whether the entry's weights are a row of OpenCLIP's table (fetched by name)."""
+  return entry.openclip_tag is not None
+
+
+def fetch_weights(name: str, verify: bool = True) -> str:
+  """The local path of a registry entry's or an 'architecture:tag' pair's weights, downloaded
+  once into the Hugging Face cache (hpjax.checkpoints.pretrained); an entry published elsewhere
+  names its source and the file a weights_dir needs."""
+  from hpjax.checkpoints import pretrained  # pylint: disable=g-import-not-at-top  (jax-free CLI)
+  if name in BY_NAME:
+    entry = BY_NAME[name]
+    if not has_public_weights(entry):
+      raise FileNotFoundError(f"{name}: not published on a hub; download it from {entry.source} "
+                              f"and place it as WEIGHTS_DIR/{entry.files[0]} (weights_dir=...)")
+    name = entry.openclip_tag
+  return str(pretrained.fetch_row(pretrained.row_by_name(name), verify=verify))
+
+
 def table(weights_dir: str | None = None, entries: Sequence[Entry] = ENTRIES) -> str:
   """The registry as a markdown table; with `weights_dir`, which files are present."""
   header = ["#", "name", "architecture", "format", "activation (paper)", "score dtype (paper)",
@@ -273,14 +293,32 @@ def main(argv: Sequence[str]) -> int:
   import argparse  # pylint: disable=g-import-not-at-top  (only the command needs it)
   parser = argparse.ArgumentParser(prog="python -m hpjax.zoo", description=__doc__.split("\n")[0])
   parser.add_argument("--weights_dir", default=None, help="show which files this folder holds")
+  parser.add_argument("--download", nargs="+", metavar="NAME",
+                      help="fetch these registry names or architecture:tag pairs into the "
+                      "Hugging Face cache (HF_HOME) and print their paths")
   args = parser.parse_args(argv)
   if args.weights_dir and not os.path.isdir(args.weights_dir):
     parser.error(f"--weights_dir {args.weights_dir}: not a directory")
+  if args.download:
+    return download(args.download)
   sys.stdout.write(table(args.weights_dir))
   if args.weights_dir:
     present = sum(e.find(args.weights_dir) is not None for e in ENTRIES)
     sys.stdout.write(f"\n{present} of {len(ENTRIES)} models have a file in {args.weights_dir}\n")
   return 0
+
+
+def download(names: Sequence[str]) -> int:
+  """`--download`: one line per name, its cached path or why it was not fetched; 1 if any was
+  not."""
+  failed = 0
+  for name in names:
+    try:
+      sys.stdout.write(f"{name}: {fetch_weights(name)}\n")
+    except (ValueError, OSError) as e:
+      failed += 1
+      sys.stdout.write(f"{name}: not fetched: {e}\n")
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

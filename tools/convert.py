@@ -1,6 +1,7 @@
 """Checkpoint conversion from the shell, without the config syntax of `python -m hpjax.main`.
 
   .venv/bin/python tools/convert.py --src ViT-B-32.safetensors --model ViT-B-32 --dst /tmp/params
+  .venv/bin/python tools/convert.py --src laion2b_s34b_b79k --model ViT-B-32 --dst /tmp/params
   .venv/bin/python tools/convert.py --src /tmp/run/checkpoints --model ViT-B-32 \
       --direction to_openclip --dst /tmp/finetuned.safetensors
   .venv/bin/python tools/convert.py --src /tmp/run/checkpoints --model ViT-B-32 \
@@ -22,7 +23,9 @@ from hpjax.checkpoints import convert
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--src", required=True, help="checkpoint file or orbax directory")
+  parser.add_argument("--src", required=True,
+                      help="checkpoint file, orbax directory, or a pretrained name (a tag of "
+                      "--model such as openai, hf-hub:org/repo, org/repo, gs:// or https:// URL)")
   parser.add_argument("--model", required=True, help="shipped model name or JSON config path")
   parser.add_argument("--dst", required=True, help="output directory (to_hpjax, to_hf) or file")
   parser.add_argument("--direction", choices=convert.DIRECTIONS, default="to_hpjax")

@@ -6,8 +6,10 @@ folders and big_vision files.
 
 Directions:
   to_hpjax:    src is an OpenCLIP (.safetensors/.bin/.pt), OpenAI TorchScript, HF CLIPModel or
-               SiglipModel file (or HF folder) or big_vision SigLIP .npz; dst (default
-               WORKDIR/params) becomes an orbax params directory.
+               SiglipModel file (or HF folder) or big_vision SigLIP .npz, or a name fetched
+               into the Hugging Face cache first (a tag of model such as `openai`,
+               `hf-hub:org/repo`, a transformers repo `org/repo`, a gs:// or https:// URL);
+               dst (default WORKDIR/params) becomes an orbax params directory.
   to_openclip: src is an orbax params directory or any file to_hpjax reads; dst (default
                WORKDIR/open_clip_model.safetensors) is an OpenCLIP state dict that
                `open_clip.create_model(model, pretrained=dst)` loads strictly.
@@ -32,7 +34,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from hpjax.checkpoints import big_vision, loading, orbax_params
+from hpjax.checkpoints import big_vision, loading, orbax_params, pretrained
 from hpjax.models.clip import num_params
 from hpjax.models.config import get_model_config
 
@@ -49,11 +51,12 @@ def run(config, workdir) -> dict:
     raise ValueError("config.src is empty: pass src=PATH (a checkpoint file or orbax directory)")
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  src = epath.Path(config.src)
   dst = epath.Path(config.dst or workdir / _DEFAULT_DST[config.direction])
   if dst.exists():
     raise FileExistsError(f"{dst} exists; remove it or choose another dst")
   model_config = get_model_config(config.model)
+  src = (pretrained.fetch(model_config, config.src) if pretrained.is_name(config.src)
+         else epath.Path(config.src))
   start = time.time()
 
   _progress(1, f"reading {src} as {model_config.name}")

@@ -106,6 +106,9 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
         raw.append((f"{architecture}:{label}" if path == RANDOM_INIT else label, architecture,
                     None if path == RANDOM_INIT else path, None))
         continue
+      if item.rsplit(":", 1)[0] in config_lib.list_models():  # 'ViT-B-32:laion2b_s34b_b79k'
+        raw.append((item, item.rsplit(":", 1)[0], zoo.fetch_weights(item), None))
+        continue
       entry = zoo.get(item)
       if entry.format == zoo.ITM:
         if item not in plugins:
@@ -113,10 +116,12 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
                            f"callable, runner.run(config, workdir, plugins={{{item!r}: fn}}) "
                            "(see README, 'Models that are not dual encoders')")
         continue  # added with the plug-ins below, at its place in the study's order
-      if not config.weights_dir:
-        raise ValueError(f"{item}: a registry name needs config.weights_dir (the folder "
-                         f"holding {entry.files[0]}); or give architecture=path")
-      raw.append((item, entry.architecture, zoo.weights_path(entry, config.weights_dir), entry))
+      if not config.weights_dir and not zoo.has_public_weights(entry):
+        raise ValueError(f"{item}: not published on a hub, so it needs config.weights_dir (the "
+                         f"folder holding {entry.files[0]}); or give architecture=path")
+      path = (zoo.weights_path(entry, config.weights_dir) if config.weights_dir
+              else zoo.fetch_weights(item))  # fetched once into the Hugging Face cache
+      raw.append((item, entry.architecture, path, entry))
   else:
     checkpoints = config_fields.split_list(config.checkpoints)
     if not checkpoints:
