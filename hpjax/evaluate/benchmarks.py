@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 from absl import logging
 
 from hpjax import config_fields
+from hpjax.data import groups as groups_lib
 from hpjax.data import suites as suites_lib
 from hpjax.data import tfds_sources
 from hpjax.evaluate import metrics as metrics_lib
@@ -47,6 +48,8 @@ class Benchmark:
     combine: (figures of its suites, its suites) -> more named figure sets, as the
       benchmark's official report combines files; None: none.
     root_field, files_field, image_field: its eval-config fields ('' where it has none).
+    follows: the published files and code (repository@commit: path) its reader and figures
+      follow ('' for the formats hpjax's own suites document).
   """
   name: str
   read: Callable[[str, str | None, str], suites_lib.Suite]
@@ -58,6 +61,7 @@ class Benchmark:
   root_field: str = ""
   files_field: str = ""
   image_field: str = ""
+  follows: str = ""
 
   def owns(self, suite_name: str) -> bool:
     """Whether a suite (or combined figure set) name is this benchmark's."""
@@ -194,6 +198,38 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("vl_checklist", suites_lib.load_vl_checklist, "accuracy", None,
               combine=_vl_checklist_report, root_field="extra.vl_checklist_root",
               files_field="extra.vl_checklist_files", image_field="extra.vl_checklist_image_dir"),
+    # The image-group suites (hpjax.data.groups).
+    Benchmark("winoground", groups_lib.load_winoground, "group_score", ("examples.jsonl",),
+              {"examples.jsonl": "winoground"}, root_field="extra.winoground_root",
+              files_field="extra.winoground_files", image_field="extra.winoground_image_dir",
+              follows="huggingface.co/datasets/facebook/winoground: data/examples.jsonl and "
+                      "the dataset card's fields (no git commit is published)"),
+    Benchmark("whatsup", groups_lib.load_whatsup, "accuracy",
+              ("controlled_images_dataset.json", "controlled_clevr_dataset.json"),
+              {"controlled_images_dataset.json": "whatsup.controlled_a",
+               "controlled_clevr_dataset.json": "whatsup.controlled_b"},
+              root_field="extra.whatsup_root", files_field="extra.whatsup_files",
+              image_field="extra.whatsup_image_dir",
+              follows="amitakamath/whatsup_vlms@7c1f2550eace32e7b8c77de5a792347c402960d1: "
+                      "dataset_zoo/aro_datasets.py (Controlled_Images, COCO_QA, VG_QA)"),
+    Benchmark("valse", groups_lib.load_valse, "acc_r", None, combine=_mean_of_members("valse"),
+              root_field="extra.valse_root", files_field="extra.valse_files",
+              image_field="extra.valse_image_dir",
+              follows="Heidelberg-NLP/VALSE@2152d90d4aecd11f7f74cf03420abcb63efff9c5: data/*.json, "
+                      "README.md (the valid subset), lxmert_valse_eval.py (acc_r)"),
+    Benchmark("cola", groups_lib.load_cola_multi, "accuracy",
+              ("COLA_multiobjects_matching_benchmark.json",),
+              {"COLA_multiobjects_matching_benchmark.json": "cola.multi_object"},
+              root_field="extra.cola_root", files_field="extra.cola_files",
+              image_field="extra.cola_image_dir",
+              follows="arijitray1993/COLA@1fa52fba9cff4e6ffb7bfcf3550838748347273b: "
+                      "data/COLA_multiobjects_matching_benchmark.json, scripts/eval.py "
+                      "(ColaMultiObjAcc)"),
+    Benchmark("imagecode", groups_lib.load_imagecode, "accuracy", ("valid_data.json",),
+              {"valid_data.json": "imagecode.valid"}, root_field="extra.imagecode_root",
+              files_field="extra.imagecode_files", image_field="extra.imagecode_image_dir",
+              follows="McGill-NLP/imagecode@609f07611aed2599f946c30d730f40a41af1079b: "
+                      "data/valid_data.json, baselines/clip/zero_shot.py"),
 )}
 
 
