@@ -83,6 +83,9 @@ def get_config(arg=None):
   c.extra.imagecode_root = ""  # holds valid_data.json.
   c.extra.imagecode_files = ""
   c.extra.imagecode_image_dir = ""  # the unzipped image-sets/ (needed to read the file).
+  c.extra.bivlc_root = ""  # the dataset's parquet files (every *.parquet below it).
+  c.extra.bivlc_files = ""
+  c.extra.bivlc_image_dir = ""  # where the embedded images are written once ("" = beside).
 
   for key, value in common.parse_arg(arg).items():
     node, *path = [c] + key.split(".")

@@ -1,14 +1,18 @@
-"""Image-group suites (Winoground, What'sUp, VALSE, COLA multi-object, ImageCoDe): each metric
-against a direct reimplementation of its benchmark's official definition, the loaders on the
-real files (VALSE, COLA ship theirs; tests/data holds them with their MIT licences) or on
+"""Image-group suites (Winoground, What'sUp, VALSE, COLA multi-object, ImageCoDe, BiVLC): each
+metric against a direct reimplementation of its benchmark's official definition, the loaders on
+the real files (VALSE, COLA ship theirs; tests/data holds them with their MIT licences) or on
 fixtures in the published format, and the group scorer against a per-record OpenCLIP loop."""
 
+import io
 import json
 import os
 import pathlib
 
 import jax
 import numpy as np
+from PIL import Image
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from configs import eval_hp
@@ -20,6 +24,7 @@ from hpjax.evaluate import benchmarks
 from hpjax.evaluate import group_metrics
 from hpjax.evaluate import group_scorer
 from hpjax.evaluate import hard_positive
+from hpjax.evaluate import runner
 from hpjax.evaluate import scorer as scorer_lib
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -291,7 +296,7 @@ def test_a_group_with_a_missing_image_is_an_error_or_a_counted_skip(tiny_pair, g
 
 def test_eval_config_names_every_group_benchmark_field():
   config = eval_hp.get_config("extra.valse_root=/v,extra.imagecode_image_dir=/i")
-  for name in ("winoground", "whatsup", "valse", "cola", "imagecode"):
+  for name in ("winoground", "whatsup", "valse", "cola", "imagecode", "bivlc"):
     benchmark = benchmarks.BENCHMARKS[name]
     for field in (benchmark.root_field, benchmark.files_field, benchmark.image_field):
       assert field.startswith("extra.") and field.split(".")[1] in config.extra
@@ -312,3 +317,61 @@ def test_valse_pieces_combine_into_their_mean(tmp_path):
              "valse.plurals": {"acc_r": 100.0, "n": 3.0, "skipped_groups": 0.0}}
   combined = benchmarks.combined_figures(figures, loaded)["valse"]
   assert combined == {"acc_r": 75.0, "n": 5.0, "skipped_groups": 1.0}
+
+
+def _bivlc_parquet(path, num=9):
+  """A BiVLC test split as the Hugging Face dataset stores it: images embedded as {bytes, path}
+  structs (here PNGs of random pixels; rows 0 and 3 share their COCO image, as BiVLC's rows
+  built on one COCO image do)."""
+
+  def png(seed):
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+  rows = {"image": [png(k % 3) for k in range(num)],
+          "caption": [f"a caption {k}" for k in range(num)],
+          "negative_caption": [f"a negative caption {k}" for k in range(num)],
+          "negative_image": [png(100 + k) for k in range(num)],
+          "type": [("replace", "swap", "add")[k % 3] for k in range(num)],
+          "subtype": ["obj"] * num}
+  pq.write_table(pa.table(rows), str(path))
+  return rows
+
+
+def test_bivlc_parquet_images_are_written_once_and_t2i_matches_evaluate_bivlc(tmp_path):
+  rows = _bivlc_parquet(tmp_path / "test.parquet")
+  suite = benchmarks.load("bivlc", str(tmp_path), image_dir=str(tmp_path / "img"))["bivlc.test"]
+  assert len(suite.groups) == 9 and len(os.listdir(tmp_path / "img")) == 3 + 9
+  assert suite.groups[0].images[0] == suite.groups[3].images[0]  # one COCO image, one file
+  with open(suite.groups[4].images[1], "rb") as f:
+    assert f.read() == rows["negative_image"][4]["bytes"]
+  assert suite.groups[2].captions == ("a caption 2", "a negative caption 2")
+  assert suite.groups[2].tags == (("type", "add"), ("subtype", "obj"))
+  rng = np.random.default_rng(4)
+  matrices = [rng.integers(0, 3, (2, 2)).astype(np.float32) for _ in range(9)]
+  got = group_metrics.group_figures(groups.BIVLC, suite.groups, matrices)
+  # evaluate_BiVLC with s[i][j] = score(image i, caption j); image 0 / caption 0 the positives.
+  t2i = np.array([s[0][0] > s[1][0] and s[1][1] > s[0][1] for s in matrices])
+  i2t = np.array([s[0][0] > s[0][1] and s[1][1] > s[1][0] for s in matrices])
+  assert got["t2i"] == pytest.approx(100 * t2i.mean())
+  assert got["group_score"] == pytest.approx(100 * (t2i & i2t).mean())
+  assert got["tneg_2i"] == pytest.approx(100 * np.mean([s[1][1] > s[0][1] for s in matrices]))
+  assert got["type.swap.t2i"] == pytest.approx(100 * t2i[1::3].mean())
+
+
+def test_bivlc_file_without_its_columns_is_an_error_naming_it(tmp_path):
+  pq.write_table(pa.table({"caption": ["x"]}), str(tmp_path / "bad.parquet"))
+  with pytest.raises(suites.SuiteFormatError, match=r"bad.parquet: missing columns \['image'"):
+    groups.load_bivlc(str(tmp_path / "bad.parquet"))
+
+
+def test_the_evaluate_program_reports_group_suites_beside_the_others(group_root, tmp_path):
+  config = _config(group_root, model="hpjax-tiny", checkpoints="random", batch_size=4,
+                   num_workers=2)
+  figures = runner.run(config, str(tmp_path))["random-init"]
+  assert figures["winoground/n"] == 6 and figures["imagecode.valid/n"] == 3
+  assert 0 <= figures["winoground/group_score"] <= figures["winoground/text_score"]
+  with open(tmp_path / "results.json") as f:
+    assert "winoground/collapsed_tag.Both.group_score" in f.read()

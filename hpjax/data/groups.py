@@ -18,15 +18,20 @@ Readers (the file and commit each follows are recorded in hpjax.evaluate.benchma
               caption 2]; images are found by the URL's file name.
   ImageCoDe   {valid,train}_data.json: {image set: {image index: description}}; the index is a
               position among the set folder's images sorted by their number (imgN.jpg).
+  BiVLC       the Hugging Face dataset's parquet files: `image`, `caption`, `negative_caption`,
+              `negative_image` (images embedded as {bytes, path}), `type`, `subtype`; each
+              embedded image is written once into the image dir, named by its content.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
-from typing import Any
+
+import pyarrow.parquet as pq
 
 from hpjax.data import suites as suites_lib
 
@@ -36,7 +41,8 @@ WHATSUP = "whatsup"
 VALSE = "valse"
 COLA_MULTI = "cola_multi"
 IMAGECODE = "imagecode"
-GROUP_KINDS = (WINOGROUND, WHATSUP, VALSE, COLA_MULTI, IMAGECODE)
+BIVLC = "bivlc"
+GROUP_KINDS = (WINOGROUND, WHATSUP, VALSE, COLA_MULTI, IMAGECODE, BIVLC)
 
 # VALSE's valid subset: at least two of three annotators chose the caption (its README).
 VALSE_MIN_CAPTION_VOTES = 2
@@ -278,3 +284,54 @@ def load_imagecode(path: str, image_dir: str | None = None,
       groups.append(_checked(ImageGroup(images, (text.strip(),), ((target, 0),), source, where,
                                         (("source", kind),))))
   return group_suite(source, IMAGECODE, groups, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# BiVLC.
+
+BIVLC_FIELDS = ("image", "caption", "negative_caption", "negative_image", "type", "subtype")
+
+
+def _write_embedded_image(cell, image_dir: str, where: str) -> str:
+  """An embedded image ({bytes, path}) as a file of `image_dir` named by its content, written
+  aside and renamed, once; its path."""
+  data = cell.get("bytes") if isinstance(cell, dict) else None
+  if not data:
+    raise suites_lib.SuiteFormatError(f"{where}: expected an embedded image {{bytes, path}}, got "
+                                      f"{type(cell).__name__}")
+  suffix = os.path.splitext(cell.get("path") or "")[1] or ".img"
+  path = os.path.join(image_dir, hashlib.sha256(data).hexdigest()[:32] + suffix)
+  if not os.path.isfile(path):
+    partial = f"{path}.partial.{os.getpid()}"
+    with open(partial, "wb") as f:
+      f.write(data)
+    os.replace(partial, path)
+  return path
+
+
+def load_bivlc(path: str, image_dir: str | None = None, source: str | None = None) -> GroupSuite:
+  """A BiVLC parquet file: per row two images (the COCO one and the generated negative) and two
+  captions, caption k of image k; tagged with its `type` and `subtype`. The embedded images
+  are written into `image_dir` (default: `<file>.images/` beside the file)."""
+  source = source or os.path.basename(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"suite file not found: {path}")
+  image_dir = image_dir or path + ".images"
+  try:
+    table = pq.read_table(path)
+  except Exception as e:  # pylint: disable=broad-except  (pyarrow's errors are many)
+    raise suites_lib.SuiteFormatError(f"{path}: not a readable parquet file ({e})") from e
+  absent = [f for f in BIVLC_FIELDS if f not in table.column_names]
+  if absent:
+    raise suites_lib.SuiteFormatError(f"{path}: missing columns {absent} (has "
+                                      f"{table.column_names})")
+  os.makedirs(image_dir, exist_ok=True)
+  groups = []
+  for index, row in enumerate(table.select(list(BIVLC_FIELDS)).to_pylist()):
+    where = f"{source} [index {index}]"
+    images = tuple(_write_embedded_image(row[f], image_dir, where)
+                   for f in ("image", "negative_image"))
+    captions = tuple(_get(row, f, path, index) for f in ("caption", "negative_caption"))
+    tags = tuple((f, _get(row, f, path, index)) for f in ("type", "subtype"))
+    groups.append(ImageGroup(images, captions, ((0, 0), (1, 1)), source, index, tags))
+  return group_suite(source, BIVLC, groups, path)

@@ -43,11 +43,12 @@ class Benchmark:
     read: (path, image_dir, source) -> Suite: one file's records; `source` is the file's path
       relative to the root, shown in record locations.
     headline: the official figure of each of its suites (`<suite>/<headline>`).
-    files: its files relative to a root (all required); None: every `*.json` below the root.
+    files: its files relative to a root (all required); None: every `*<suffix>` below it.
     aliases: relative path -> suite name, for the paper's names of the authors' files.
     combine: (figures of its suites, its suites) -> more named figure sets, as the
       benchmark's official report combines files; None: none.
     root_field, files_field, image_field: its eval-config fields ('' where it has none).
+    suffix: the ending of its files, when a folder is walked.
     follows: the published files and code (repository@commit: path) its reader and figures
       follow ('' for the formats hpjax's own suites document).
   """
@@ -61,6 +62,7 @@ class Benchmark:
   root_field: str = ""
   files_field: str = ""
   image_field: str = ""
+  suffix: str = ".json"
   follows: str = ""
 
   def owns(self, suite_name: str) -> bool:
@@ -230,18 +232,24 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               files_field="extra.imagecode_files", image_field="extra.imagecode_image_dir",
               follows="McGill-NLP/imagecode@609f07611aed2599f946c30d730f40a41af1079b: "
                       "data/valid_data.json, baselines/clip/zero_shot.py"),
+    Benchmark("bivlc", groups_lib.load_bivlc, "t2i", None, root_field="extra.bivlc_root",
+              files_field="extra.bivlc_files", image_field="extra.bivlc_image_dir",
+              suffix=".parquet",
+              follows="IMirandaM/BiVLC@84f0d1751e7212d97cdeaeb01353862c09908bcb: README.md "
+                      "(the fields of huggingface.co/datasets/imirandam/BiVLC), "
+                      "src/CLIP_fine_tuning/CLIP_utils.py (evaluate_BiVLC)"),
 )}
 
 
 # ---------------------------------------------------------------------------------------------
 # Finding, reading and naming files.
 
-def _walk_json(root: str) -> list[str]:
-  """Every `*.json` below `root`, relative to it, sorted."""
+def _walk(root: str, suffix: str) -> list[str]:
+  """Every `*<suffix>` below `root`, relative to it, sorted."""
   found = sorted(os.path.relpath(os.path.join(d, f), root)
-                 for d, _, files in os.walk(root) for f in files if f.endswith(".json"))
+                 for d, _, files in os.walk(root) for f in files if f.endswith(suffix))
   if not found:
-    raise FileNotFoundError(f"no .json suite files below {root}")
+    raise FileNotFoundError(f"no {suffix} suite files below {root}")
   return found
 
 
@@ -258,7 +266,9 @@ def _files_and_root(benchmark: Benchmark, root: str | None,
         raise ValueError(f"{benchmark.name}: files {outside} are not below the benchmark folder "
                          f"{root}")
       return root, relative
-    return root, list(benchmark.files) if benchmark.files is not None else _walk_json(root)
+    if benchmark.files is not None:
+      return root, list(benchmark.files)
+    return root, _walk(root, benchmark.suffix)
   for f in files:
     if not os.path.isfile(f):
       raise FileNotFoundError(f"{benchmark.name}: suite file not found: {f}")
@@ -280,7 +290,7 @@ def add_suites(into: dict[str, suites_lib.Suite], new: Mapping[str, suites_lib.S
 def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[str] = (),
          image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
   """A benchmark's suites, named by path: `files` below `root` (default: its known files, or
-  every `*.json` below it), or `files` alone (named below their common folder).
+  every file of its kind below it), or `files` alone (named below their common folder).
 
   A file with no records in a walked folder (VL-CheckList ships three empty `swig_place`
   files, which its official configs do not list) is left out with a log line; a named one is

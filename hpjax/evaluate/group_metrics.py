@@ -99,6 +99,17 @@ def group_figures(kind: str, groups: Sequence[groups_lib.ImageGroup],
     for tag in ("collapsed_tag", "num_main_preds"):
       out.update(_by_tag(groups, tag, scores))
     return out
+  if kind == groups_lib.BIVLC:
+    # main_evaluation_BiVLC.py's names: I2T = the text score, T2I = the image score; each
+    # direction also per base (the positive or the negative image / caption).
+    above = lambda a, b: np.array([m[a] > m[b] for m in matrices], bool)
+    bivlc = {"i2t": text, "t2i": image, "group_score": text & image,
+             "ipos_2t": above((0, 0), (0, 1)), "ineg_2t": above((1, 1), (1, 0)),
+             "tpos_2i": above((0, 0), (1, 0)), "tneg_2i": above((1, 1), (0, 1))}
+    out = {name: _pct(mask) for name, mask in bivlc.items()}
+    out.update(n)
+    out.update(_by_tag(groups, "type", bivlc))
+    return out
   raise ValueError(f"no metrics for group kind {kind!r}")
 
 
