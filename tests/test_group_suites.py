@@ -375,3 +375,20 @@ def test_the_evaluate_program_reports_group_suites_beside_the_others(group_root,
   assert 0 <= figures["winoground/group_score"] <= figures["winoground/text_score"]
   with open(tmp_path / "results.json") as f:
     assert "winoground/collapsed_tag.Both.group_score" in f.read()
+
+
+def test_an_imagecode_set_folder_that_is_missing_is_named(tiny_pair, tmp_path):
+  _, model, params, _ = tiny_pair
+  _imagecode_tree(str(tmp_path), {"video-a_1": ((0, 3, 5), (1,)), "video-b_2": ((0, 1), (0,))})
+  absent = tmp_path / "image-sets" / "video-b_2"
+  for name in os.listdir(absent):
+    os.remove(absent / name)
+  os.rmdir(absent)
+  loaded = benchmarks.load("imagecode", str(tmp_path), image_dir=str(tmp_path / "image-sets"))
+  assert loaded["imagecode.valid"].groups[1].images == (str(absent),)
+  with pytest.raises(scorer_lib.ImageError, match="1 missing image") as error:
+    hard_positive.HardPositiveEvaluator(model, loaded, batch_size=4, num_workers=2).run(params)
+  assert str(absent) in str(error.value)
+  figures = hard_positive.HardPositiveEvaluator(model, loaded, batch_size=4, num_workers=2,
+                                                skip_missing_images=True).run(params)
+  assert figures["imagecode.valid/skipped_groups"] == 1 and figures["imagecode.valid/n"] == 1
