@@ -19,8 +19,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.data import suites as suites_lib
 from hpjax.data import groups as groups_lib
+from hpjax.data import suites as suites_lib
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import group_metrics
 from hpjax.evaluate import metrics as metrics_lib
