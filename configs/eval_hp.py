@@ -68,6 +68,26 @@ def get_config(arg=None):
   c.extra.vl_checklist_root = ""  # the official data/ tree: every *.json below it.
   c.extra.vl_checklist_files = ""
   c.extra.vl_checklist_image_dir = ""
+  # Image-group suites (hpjax/data/groups.py); each image dir is the folder its files name
+  # images below.
+  c.extra.winoground_root = ""  # holds examples.jsonl (facebook/winoground's data/).
+  c.extra.winoground_files = ""
+  c.extra.winoground_image_dir = ""  # the unzipped images/ (ex_0_img_0.png, ...).
+  c.extra.whatsup_root = ""  # controlled_{images,clevr}_dataset.json (or list the QA files).
+  c.extra.whatsup_files = ""  # e.g. controlled_images_dataset.json+coco_qa_one_obj.json
+  c.extra.whatsup_image_dir = ""  # holds controlled_images/, controlled_clevr/, val2017/, ...
+  c.extra.valse_root = ""  # VALSE's data/: every piece's *.json.
+  c.extra.valse_files = ""
+  c.extra.valse_image_dir = ""  # every piece's image_file below it.
+  c.extra.cola_root = ""  # holds COLA_multiobjects_matching_benchmark.json.
+  c.extra.cola_files = ""
+  c.extra.cola_image_dir = ""  # the images by their URL's file name.
+  c.extra.imagecode_root = ""  # holds valid_data.json.
+  c.extra.imagecode_files = ""
+  c.extra.imagecode_image_dir = ""  # the unzipped image-sets/ (needed to read the file).
+  c.extra.bivlc_root = ""  # the dataset's parquet files (every *.parquet below it).
+  c.extra.bivlc_files = ""
+  c.extra.bivlc_image_dir = ""  # where the embedded images are written once ("" = beside).
 
   for key, value in common.parse_arg(arg).items():
     node, *path = [c] + key.split(".")

@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 from absl import logging
 
 from hpjax import config_fields
+from hpjax.data import groups as groups_lib
 from hpjax.data import suites as suites_lib
 from hpjax.data import tfds_sources
 from hpjax.evaluate import metrics as metrics_lib
@@ -42,11 +43,14 @@ class Benchmark:
     read: (path, image_dir, source) -> Suite: one file's records; `source` is the file's path
       relative to the root, shown in record locations.
     headline: the official figure of each of its suites (`<suite>/<headline>`).
-    files: its files relative to a root (all required); None: every `*.json` below the root.
+    files: its files relative to a root (all required); None: every `*<suffix>` below it.
     aliases: relative path -> suite name, for the paper's names of the authors' files.
     combine: (figures of its suites, its suites) -> more named figure sets, as the
       benchmark's official report combines files; None: none.
     root_field, files_field, image_field: its eval-config fields ('' where it has none).
+    suffix: the ending of its files, when a folder is walked.
+    follows: the published files and code (repository@commit: path) its reader and figures
+      follow ('' for the formats hpjax's own suites document).
   """
   name: str
   read: Callable[[str, str | None, str], suites_lib.Suite]
@@ -58,6 +62,8 @@ class Benchmark:
   root_field: str = ""
   files_field: str = ""
   image_field: str = ""
+  suffix: str = ".json"
+  follows: str = ""
 
   def owns(self, suite_name: str) -> bool:
     """Whether a suite (or combined figure set) name is this benchmark's."""
@@ -194,18 +200,56 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("vl_checklist", suites_lib.load_vl_checklist, "accuracy", None,
               combine=_vl_checklist_report, root_field="extra.vl_checklist_root",
               files_field="extra.vl_checklist_files", image_field="extra.vl_checklist_image_dir"),
+    # The image-group suites (hpjax.data.groups).
+    Benchmark("winoground", groups_lib.load_winoground, "group_score", ("examples.jsonl",),
+              {"examples.jsonl": "winoground"}, root_field="extra.winoground_root",
+              files_field="extra.winoground_files", image_field="extra.winoground_image_dir",
+              follows="huggingface.co/datasets/facebook/winoground: data/examples.jsonl and "
+                      "the dataset card's fields (no git commit is published)"),
+    Benchmark("whatsup", groups_lib.load_whatsup, "accuracy",
+              ("controlled_images_dataset.json", "controlled_clevr_dataset.json"),
+              {"controlled_images_dataset.json": "whatsup.controlled_a",
+               "controlled_clevr_dataset.json": "whatsup.controlled_b"},
+              root_field="extra.whatsup_root", files_field="extra.whatsup_files",
+              image_field="extra.whatsup_image_dir",
+              follows="amitakamath/whatsup_vlms@7c1f2550eace32e7b8c77de5a792347c402960d1: "
+                      "dataset_zoo/aro_datasets.py (Controlled_Images, COCO_QA, VG_QA)"),
+    Benchmark("valse", groups_lib.load_valse, "acc_r", None, combine=_mean_of_members("valse"),
+              root_field="extra.valse_root", files_field="extra.valse_files",
+              image_field="extra.valse_image_dir",
+              follows="Heidelberg-NLP/VALSE@2152d90d4aecd11f7f74cf03420abcb63efff9c5: data/*.json, "
+                      "README.md (the valid subset), lxmert_valse_eval.py (acc_r)"),
+    Benchmark("cola", groups_lib.load_cola_multi, "accuracy",
+              ("COLA_multiobjects_matching_benchmark.json",),
+              {"COLA_multiobjects_matching_benchmark.json": "cola.multi_object"},
+              root_field="extra.cola_root", files_field="extra.cola_files",
+              image_field="extra.cola_image_dir",
+              follows="arijitray1993/COLA@1fa52fba9cff4e6ffb7bfcf3550838748347273b: "
+                      "data/COLA_multiobjects_matching_benchmark.json, scripts/eval.py "
+                      "(ColaMultiObjAcc)"),
+    Benchmark("imagecode", groups_lib.load_imagecode, "accuracy", ("valid_data.json",),
+              {"valid_data.json": "imagecode.valid"}, root_field="extra.imagecode_root",
+              files_field="extra.imagecode_files", image_field="extra.imagecode_image_dir",
+              follows="McGill-NLP/imagecode@609f07611aed2599f946c30d730f40a41af1079b: "
+                      "data/valid_data.json, baselines/clip/zero_shot.py"),
+    Benchmark("bivlc", groups_lib.load_bivlc, "t2i", None, root_field="extra.bivlc_root",
+              files_field="extra.bivlc_files", image_field="extra.bivlc_image_dir",
+              suffix=".parquet",
+              follows="IMirandaM/BiVLC@84f0d1751e7212d97cdeaeb01353862c09908bcb: README.md "
+                      "(the fields of huggingface.co/datasets/imirandam/BiVLC), "
+                      "src/CLIP_fine_tuning/CLIP_utils.py (evaluate_BiVLC)"),
 )}
 
 
 # ---------------------------------------------------------------------------------------------
 # Finding, reading and naming files.
 
-def _walk_json(root: str) -> list[str]:
-  """Every `*.json` below `root`, relative to it, sorted."""
+def _walk(root: str, suffix: str) -> list[str]:
+  """Every `*<suffix>` below `root`, relative to it, sorted."""
   found = sorted(os.path.relpath(os.path.join(d, f), root)
-                 for d, _, files in os.walk(root) for f in files if f.endswith(".json"))
+                 for d, _, files in os.walk(root) for f in files if f.endswith(suffix))
   if not found:
-    raise FileNotFoundError(f"no .json suite files below {root}")
+    raise FileNotFoundError(f"no {suffix} suite files below {root}")
   return found
 
 
@@ -222,7 +266,9 @@ def _files_and_root(benchmark: Benchmark, root: str | None,
         raise ValueError(f"{benchmark.name}: files {outside} are not below the benchmark folder "
                          f"{root}")
       return root, relative
-    return root, list(benchmark.files) if benchmark.files is not None else _walk_json(root)
+    if benchmark.files is not None:
+      return root, list(benchmark.files)
+    return root, _walk(root, benchmark.suffix)
   for f in files:
     if not os.path.isfile(f):
       raise FileNotFoundError(f"{benchmark.name}: suite file not found: {f}")
@@ -244,7 +290,7 @@ def add_suites(into: dict[str, suites_lib.Suite], new: Mapping[str, suites_lib.S
 def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[str] = (),
          image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
   """A benchmark's suites, named by path: `files` below `root` (default: its known files, or
-  every `*.json` below it), or `files` alone (named below their common folder).
+  every file of its kind below it), or `files` alone (named below their common folder).
 
   A file with no records in a walked folder (VL-CheckList ships three empty `swig_place`
   files, which its official configs do not list) is left out with a log line; a named one is

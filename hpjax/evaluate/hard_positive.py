@@ -19,8 +19,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from hpjax import tokenizer as tokenizer_lib
+from hpjax.data import groups as groups_lib
 from hpjax.data import suites as suites_lib
 from hpjax.evaluate import benchmarks
+from hpjax.evaluate import group_metrics
 from hpjax.evaluate import metrics as metrics_lib
 from hpjax.evaluate import reports
 from hpjax.evaluate import scorer as scorer_lib
@@ -181,6 +183,8 @@ def _as_suite(name: str, suite) -> suites_lib.Suite:
 
 def _valid_metrics(scores: SuiteScores) -> dict[str, float]:
   """Metrics over the records whose image was scored (skipped ones are counted separately)."""
+  if isinstance(scores.suite, groups_lib.GroupSuite):  # per group, not per image record
+    return group_metrics.suite_figures(scores.suite, scores.scores, scores.valid)
   keep = np.flatnonzero(scores.valid)
   suite = dataclasses.replace(scores.suite, records=tuple(scores.suite.records[i] for i in keep))
   sims = None if scores.text_sims is None else scores.text_sims[keep]

@@ -53,7 +53,7 @@ ARO_SYMMETRIC_RELATIONS = frozenset((
 # The official VG-Attribution macro accuracy skips attribute pairs with fewer records.
 ARO_MIN_ATTRIBUTE_COUNT = 25
 # Figures that add up (rather than average) when files are combined.
-_SUMMED = ("n", "skipped_records", "padded_boxes")
+_SUMMED = ("n", "skipped_records", "skipped_groups", "padded_boxes")
 
 
 def _pct(mask: np.ndarray) -> float:

@@ -201,6 +201,8 @@ def worst_rows(suite_scores, count: int) -> np.ndarray:
     if not suite_scores.valid[i]:
       continue
     roles = np.array(record.roles)
+    if (roles == suites_lib.C_N).all() or (roles != suites_lib.C_N).all():
+      continue  # an image of a group with no caption of its own, or none against it
     row = row[:len(roles)]
     margins[i] = row[roles == suites_lib.C_N].max() - row[roles != suites_lib.C_N].min()
   order = np.argsort(-margins, kind="stable")
