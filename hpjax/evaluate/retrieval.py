@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import captions as captions_lib
 from hpjax.evaluate import scorer as scorer_lib
 
@@ -64,8 +63,7 @@ class RetrievalEvaluator:
   def __init__(self, model, caption_set: captions_lib.CaptionSet, name: str = "coco5k", *,
                tokenizer=None, scorer=None, **scorer_kwargs):
     self.caption_set, self.name = caption_set, name
-    self.scorer = scorer or scorer_lib.Scorer(
-        model, tokenizer or tokenizer_lib.get_tokenizer(model.config), **scorer_kwargs)
+    self.scorer = scorer_lib.scorer_for(model, tokenizer, scorer, **scorer_kwargs)
 
   def scores(self, params, scorer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(captions, images) fp32 scores, each caption's image, and which images were read."""

@@ -344,6 +344,15 @@ def index_images(records, path_of: Callable[[str], str], skip_missing_images: bo
   return keys, image_of, wheres, missing
 
 
+def scorer_for(model, tokenizer=None, scorer: Scorer | None = None, **scorer_kwargs
+               ) -> Scorer | None:
+  """`scorer` if given, else one for `model` (its own tokenizer by default); None without a
+  model (the caller then passes a scorer to each run)."""
+  if scorer is not None or model is None:
+    return scorer
+  return Scorer(model, tokenizer or tokenizer_lib.get_tokenizer(model.config), **scorer_kwargs)
+
+
 def image_features(models: Sequence[tuple[Scorer, object]], images: Sequence[str], source: str
                    ) -> tuple[list[np.ndarray], np.ndarray]:
   """Features of image files (one row per entry of `images`, as the dot products use them) for

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import classification
 from hpjax.evaluate import scorer as scorer_lib
 
@@ -56,7 +55,7 @@ class ZeroShotEvaluator:
   """Zero-shot figures of a class set over labelled images.
 
   Args:
-    model: an `hpjax.models.CLIP` (None with `scorer`).
+    model: an `hpjax.models.CLIP`, or None (then `scorer`, or a scorer passed to each run).
     class_set: `classification.ClassSet`; images: `classification.LabelledImages`.
     name: the figures' prefix.
     tokenizer: default `hpjax.tokenizer.get_tokenizer(model.config)`.
@@ -73,8 +72,7 @@ class ZeroShotEvaluator:
     if not len(images.images):
       raise ValueError(f"{images.source}: no image")
     self.class_set, self.images, self.name = class_set, images, name
-    self.scorer = scorer or scorer_lib.Scorer(
-        model, tokenizer or tokenizer_lib.get_tokenizer(model.config), **scorer_kwargs)
+    self.scorer = scorer_lib.scorer_for(model, tokenizer, scorer, **scorer_kwargs)
 
   def classifier(self, params, scorer=None) -> np.ndarray:
     """(classes, D) classifier rows for `params`."""
