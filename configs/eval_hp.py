@@ -68,17 +68,7 @@ def get_config(arg=None):
   c.extra.vl_checklist_image_dir = ""
 
   # What a finetune costs (hpjax.evaluate.zeroshot, retrieval): spectrum.md and tradeoff.png.
-  c.zeroshot = ml_collections.ConfigDict()
-  c.zeroshot.images = ""  # a class-per-folder tree, a .jsonl/.csv of (image, label), tfds:NAME[:SPLIT]
-  c.zeroshot.classes = "imagenet1k"  # the shipped class set, or a class-set JSON file.
-  c.zeroshot.name = "imagenet1k"  # the figures' prefix: imagenet1k/top1, ...
-  c.zeroshot.image_root = ""  # relative paths of a .jsonl/.csv list.
-  c.zeroshot.skip_empty_classes = False  # True: a class folder with no image is counted, not an error.
-  c.retrieval = ml_collections.ConfigDict()
-  c.retrieval.annotations = ""  # Karpathy dataset_*.json, CLIP_benchmark's, or tfds:coco_captions/2014
-  c.retrieval.image_root = ""
-  c.retrieval.split = "test"  # the Karpathy split scored.
-  c.retrieval.name = "coco5k"  # the figures' prefix: coco5k/image_to_text_R@1, ...
+  c.zeroshot, c.retrieval = common.spectrum_fields()
   c.baseline = ""  # a model's label: spectrum.md gives every row's difference to it.
 
   for key, value in common.parse_arg(arg).items():

@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from configs import eval_hp
-from helpers import write_fixture_suites, write_json, write_random_image
+from configs import hnhp
+from helpers import train_args, write_fixture_suites, write_json, write_random_image
 from hpjax.evaluate import reports
 from hpjax.evaluate import runner
+from hpjax.train import trainer
 from openclip_reference import openclip_model
 
 
@@ -88,3 +90,25 @@ def test_runner_writes_one_table_and_one_plot(spectrum_fixture, tmp_path):
   config.baseline = "nope"
   with pytest.raises(ValueError, match="config.baseline 'nope' is not a model of the run"):
     runner.run(config, str(tmp_path / "again"))
+
+
+def test_training_evaluates_zeroshot_and_retrieval_and_keeps_best_by_a_combination(
+    spectrum_fixture, train_source, tmp_path):
+  root, _ = spectrum_fixture
+  combination = "toy/top1+coco/mean_R@1"
+  config = hnhp.get_config(train_args(
+      train_source, total_steps=2, **{
+          "eval.every_steps": 1, "eval.zeroshot.images": f"{root}/classes",
+          "eval.zeroshot.classes": f"{root}/classes.json", "eval.zeroshot.name": "toy",
+          "eval.retrieval.annotations": f"{root}/dataset_coco.json",
+          "eval.retrieval.image_root": f"{root}/coco", "eval.retrieval.name": "coco",
+          "checkpoint.best_metric": combination}))
+  metrics = trainer.run(config, str(tmp_path))
+  assert metrics["toy/n"] == 9 and metrics["coco/captions"] == 20
+  assert metrics[combination] == pytest.approx((metrics["toy/top1"] + metrics["coco/mean_R@1"]) / 2)
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [m["step"] for m in logged if combination in m] == [0, 1, 2]
+  assert os.listdir(tmp_path / "best")
+  config.checkpoint.best_metric = "toy/top1+nope/x"
+  with pytest.raises(KeyError, match=r"\['nope/x'\] are not among the evaluation's figures"):
+    trainer.run(config, str(tmp_path / "again"))

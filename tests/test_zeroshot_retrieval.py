@@ -120,7 +120,8 @@ def test_class_sources_and_their_errors(tmp_path):
   tree = classification.load_image_folder(str(tmp_path / "tree"), 3, skip_empty_classes=True)
   assert [os.path.basename(p) for p in tree.images] == ["1.png", "0.png"]  # a_dog first
   assert tree.labels.tolist() == [0, 1] and tree.skipped == 1
-  (tmp_path / "l.jsonl").write_text('{"image": "x.png", "label": 1}\n{"image": "y.png", "label": 5}\n')
+  (tmp_path / "l.jsonl").write_text('{"image": "x.png", "label": 1}\n'
+                                    '{"image": "y.png", "label": 5}\n')
   with pytest.raises(ValueError, match=r"l.jsonl line 2: label 5 is outside the class list's 3"):
     classification.load_labelled_list(str(tmp_path / "l.jsonl"), 3)
   (tmp_path / "l.csv").write_text("image,label\nx.png,2\ny.png,0\n")

@@ -223,21 +223,26 @@ def decode_passes(specs: list[ModelSpec], models_per_pass: int) -> list[list[Mod
   return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
 
 
-def spectrum_evaluators(config) -> list:
-  """The zero-shot and retrieval evaluators the config asks for (data read once, here); each
-  scores a model with that model's scorer."""
+def spectrum_evaluators(fields, model=None, tokenizer=None, tfds_data_dir: str | None = None,
+                        **scorer_kwargs) -> list:
+  """The zero-shot and retrieval evaluators that `fields.zeroshot` / `fields.retrieval`
+  (configs/common.py:spectrum_fields) ask for, their data read here, once. With a `model`
+  they share one scorer of it; without, each run is given a model's scorer."""
+  scorer = scorer_lib.scorer_for(model, tokenizer, **scorer_kwargs)
   evaluators = []
-  if config.zeroshot.images:
-    class_set = classification.load_class_set(config.zeroshot.classes)
+  if fields.zeroshot.images:
+    class_set = classification.load_class_set(fields.zeroshot.classes)
     images = classification.load_labelled_images(
-        config.zeroshot.images, len(class_set.names), config.zeroshot.image_root or None,
-        config.zeroshot.skip_empty_classes, config.get("tfds_data_dir") or None)
-    evaluators.append(zeroshot.ZeroShotEvaluator(None, class_set, images, config.zeroshot.name))
-  if config.retrieval.annotations:
+        fields.zeroshot.images, len(class_set.names), fields.zeroshot.image_root or None,
+        fields.zeroshot.skip_empty_classes, tfds_data_dir)
+    evaluators.append(zeroshot.ZeroShotEvaluator(None, class_set, images, fields.zeroshot.name,
+                                                 scorer=scorer))
+  if fields.retrieval.annotations:
     data = captions_lib.load_caption_set(
-        config.retrieval.annotations, config.retrieval.image_root or None,
-        config.retrieval.split, config.get("tfds_data_dir") or None)
-    evaluators.append(retrieval.RetrievalEvaluator(None, data, config.retrieval.name))
+        fields.retrieval.annotations, fields.retrieval.image_root or None,
+        fields.retrieval.split, tfds_data_dir)
+    evaluators.append(retrieval.RetrievalEvaluator(None, data, fields.retrieval.name,
+                                                   scorer=scorer))
   return evaluators
 
 
@@ -263,7 +268,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
     raise ValueError(f"config.baseline {config.baseline!r} is not a model of the run; models: "
                      f"{[s.label for s in specs]}")
   ignored = check_checkpoints(specs)
-  spectrum = spectrum_evaluators(config)
+  spectrum = spectrum_evaluators(config, tfds_data_dir=config.get("tfds_data_dir") or None)
   writer = jax.process_index() == 0
   order = {spec.label: i for i, spec in enumerate(specs)}
   results, passes = [], []
