@@ -4,10 +4,12 @@ and a per-query recall loop, 1 vs 8 devices."""
 
 import os
 
+from etils import epath
 import jax
 import numpy as np
 import open_clip
 import pytest
+import tensorflow_datasets as tfds
 import torch
 from PIL import Image
 
@@ -229,3 +231,76 @@ def test_retrieval_equals_a_per_query_openclip_loop_on_1_and_8_devices(tiny_pair
   assert (got["fx/images"], got["fx/captions"]) == (11, 24)
   # The two identical captions of images 3 and 5 tie exactly: it counts against both.
   assert ours_scores[22, 3] == ours_scores[23, 3]
+
+
+# -- TFDS datasets in the schemas of imagenet2012 / cifar100 and coco_captions, no TensorFlow --
+
+def _png(folder, pixels) -> str:
+  """An encoded image file (encoding arrays would need TensorFlow)."""
+  path = os.path.join(folder, f"source_{pixels.shape[1]}_{pixels[0, 0, 0]}.png")
+  Image.fromarray(pixels).save(path)
+  return path
+
+
+class FixtureClassification(tfds.core.GeneratorBasedBuilder, skip_registration=False):
+  """imagenet_v2's / cifar100's schema: image, label (ClassLabel), file_name."""
+  VERSION = tfds.core.Version("1.0.0")
+  pkg_dir_path = epath.Path(__file__).parent  # (a test module is not a package)
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(), "label": tfds.features.ClassLabel(num_classes=3),
+        "file_name": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"test": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(5):
+      yield i, {"image": _png(self.data_dir, np.full((8, 8 + i, 3), 40 * i, np.uint8)),
+                "label": i % 3,
+                "file_name": f"{i}.png"}
+
+
+class FixtureCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=False):
+  """coco_captions' schema: image, image/filename, image/id, captions {id, text}."""
+  VERSION = tfds.core.Version("1.0.0")
+  pkg_dir_path = epath.Path(__file__).parent
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(), "image/filename": tfds.features.Text(),
+        "image/id": np.int64, "captions": tfds.features.Sequence(
+            {"id": np.int64, "text": tfds.features.Text()})}))
+
+  def _split_generators(self, dl_manager):
+    return {"test": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(3):
+      yield i, {"image": _png(self.data_dir, np.full((8, 8, 3), 60 * i, np.uint8)),
+                "image/filename": f"{i}.jpg",
+                "image/id": i, "captions": [{"id": 10 * i + k, "text": f"image {i} caption {k}"}
+                                            for k in range(5)]}
+
+
+def test_tfds_datasets_read_without_tensorflow(tmp_path):
+  for builder in (FixtureClassification, FixtureCaptions):
+    builder(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  labelled = classification.load_labelled_images("tfds:fixture_classification", 3,
+                                                 tfds_data_dir=str(tmp_path))
+  for path, label in zip(labelled.images, labelled.labels):  # (TFDS orders by key hash)
+    with Image.open(path) as image:
+      i = image.getpixel((0, 0))[0] // 40
+      assert image.size == (8 + i, 8) and label == i % 3
+  with pytest.raises(ValueError, match="tfds:fixture_classification: 3 classes, but the class "
+                     "list has 1000"):
+    classification.load_labelled_images("tfds:fixture_classification", 1000,
+                                        tfds_data_dir=str(tmp_path))
+  data = captions_lib.load_caption_set("tfds:fixture_captions:test", tfds_data_dir=str(tmp_path))
+  assert len(data.images) == 3 and len(data.captions) == 15
+  for caption, owner in zip(data.captions, data.caption_image):
+    with Image.open(data.images[owner]) as image:
+      assert caption.startswith(f"image {image.getpixel((0, 0))[0] // 60} caption")
+  with pytest.raises(ValueError, match=r"features \[.*\]; expected \['image', 'captions'\]"):
+    captions_lib.load_caption_set("tfds:fixture_classification", tfds_data_dir=str(tmp_path))
