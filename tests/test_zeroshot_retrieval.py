@@ -195,6 +195,9 @@ def test_zeroshot_equals_openclip_classifier_on_1_and_8_devices(tiny_pair, label
     eight = zeroshot.ZeroShotEvaluator(model, class_set, images, "fx", **kw)
     np.testing.assert_allclose(one.classifier(params), weights.T, atol=1e-4)
     ours = {"one": one.run(params), "eight": eight.run(params)}
+    other = jax.tree.map(lambda x: x * 1.5, params)
+    both = eight.run_models([(eight.scorer, params), (eight.scorer, other)])  # one decode pass
+    assert both == [ours["eight"], eight.run(other)] and both[0] != both[1]
   assert ours["one"] == ours["eight"]
   # The repeated name's two rows are one text's features: equal, as ours are (OpenCLIP encodes
   # them in different batches, a float rounding apart).
@@ -219,9 +222,14 @@ def test_retrieval_equals_a_per_query_openclip_loop_on_1_and_8_devices(tiny_pair
             num_workers=2)
   with jax.default_matmul_precision("highest"):
     one = retrieval.RetrievalEvaluator(model, data, "fx", devices=jax.devices()[:1], **kw)
-    ours_scores = one.scores(params)[0]
+    ours_scores = one.scores(params)
     got = one.run(params)
-    eight = retrieval.RetrievalEvaluator(model, data, "fx", **kw).run(params)
+    eight_evaluator = retrieval.RetrievalEvaluator(model, data, "fx", **kw)
+    eight = eight_evaluator.run(params)
+    other = jax.tree.map(lambda x: x * 1.5, params)
+    both = eight_evaluator.run_models([(eight_evaluator.scorer, params),
+                                       (eight_evaluator.scorer, other)])
+    assert both == [eight, eight_evaluator.run(other)]
   np.testing.assert_allclose(ours_scores, scores, atol=1e-4)
   assert got == eight
   for k in retrieval.KS:

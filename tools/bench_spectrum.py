@@ -183,7 +183,7 @@ def main():
   warm = timed(lambda: evaluator.run(params), args.repeats)
   report(f"retrieval end to end ({args.num_captions} captions x {args.num_retrieval_images} "
          "images)", args.num_captions, "captions", ref, cold, warm)
-  ours_scores = evaluator.scores(params)[0]
+  ours_scores = evaluator.scores(params)
   agree = all(abs(warm[0][f"coco/{k}"] - v) < 1e-3 for k, v in ref[0][1].items())
   print(f"  max |score difference| {np.abs(ours_scores - ref[0][0].numpy()).max():.2e}; "
         f"recall figures agree (to torch's float32 mean): {agree}")

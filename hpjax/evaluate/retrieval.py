@@ -65,22 +65,33 @@ class RetrievalEvaluator:
     self.caption_set, self.name = caption_set, name
     self.scorer = scorer_lib.scorer_for(model, tokenizer, scorer, **scorer_kwargs)
 
-  def scores(self, params, scorer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(captions, images) fp32 scores, each caption's image, and which images were read."""
-    scorer = scorer or self.scorer
+  def scores_of_models(self, models) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per (scorer, params) of `models` (sharing a preprocessing; each image decoded once for
+    all), the (captions, images) fp32 scores; and which images were read."""
     data = self.caption_set
-    (image_feats,), valid = scorer_lib.image_features([(scorer, params)], data.images,
-                                                      data.source)
-    text_feats = scorer_lib.text_features(scorer, params, data.captions)
-    return (text_feats.astype(np.float32) @ image_feats.astype(np.float32).T,
-            data.caption_image, valid)
+    image_feats, valid = scorer_lib.image_features(models, data.images, data.source)
+    return [scorer_lib.text_features(scorer, params, data.captions).astype(np.float32)
+            @ feats.astype(np.float32).T
+            for feats, (scorer, params) in zip(image_feats, models)], valid
+
+  def scores(self, params, scorer=None) -> np.ndarray:
+    """(captions, images) fp32 scores of one model."""
+    return self.scores_of_models([(scorer or self.scorer, params)])[0][0]
+
+  def run_models(self, models) -> list[dict[str, float]]:
+    """`run` for each (scorer, params) of `models`, each image decoded once for all."""
+    all_scores, valid = self.scores_of_models(models)
+    caption_image = self.caption_set.caption_image
+    kept = valid[caption_image]
+    new_index = np.cumsum(valid) - 1
+    out = []
+    for scores in all_scores:
+      figures = recall_metrics(scores[kept][:, valid], new_index[caption_image[kept]])
+      figures.update(images=float(valid.sum()), captions=float(kept.sum()),
+                     skipped_images=float((~valid).sum()))
+      out.append({f"{self.name}/{k}": v for k, v in figures.items()})
+    return out
 
   def run(self, params, scorer=None) -> dict[str, float]:
     """`<name>/<figure>` for `params` (with `scorer`, e.g. another model's, if given)."""
-    scores, caption_image, valid = self.scores(params, scorer)
-    kept = valid[caption_image]
-    new_index = np.cumsum(valid) - 1
-    figures = recall_metrics(scores[kept][:, valid], new_index[caption_image[kept]])
-    figures.update(images=float(valid.sum()), captions=float(kept.sum()),
-                   skipped_images=float((~valid).sum()))
-    return {f"{self.name}/{k}": v for k, v in figures.items()}
+    return self.run_models([(scorer or self.scorer, params)])[0]

@@ -286,11 +286,14 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
       scored = scorer_lib.score_models(scorers, evaluator.records, evaluator.wants_text_sims)
     passes.append({"models": [s.label for s in group], "preprocess": list(group[0].preprocess_key),
                    "images_decoded": scored[0].stats["images_decoded"]})
-    for (spec, _, _), (scorer, params), result in zip(built, scorers, scored):
+    # Zero-shot and retrieval need a model's own encoders (not a plug-in's scores).
+    extra_figures = [{} for _ in group]
+    for extra in spectrum if group[0].plugin is None else []:
+      for figures, more in zip(extra_figures, extra.run_models(scorers)):
+        figures.update(more)
+    for (spec, _, _), result, more in zip(built, scored, extra_figures):
       figures = evaluator.figures(result)
-      if spec.plugin is None:  # zero-shot and retrieval need the model's own encoders
-        for extra in spectrum:
-          figures.update(extra.run(params, scorer))
+      figures.update(more)
       logging.info("%s (%s): %s", spec.label, spec.parity,
                    {k: round(v, 2) for k, v in figures.items()
                     if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})

@@ -80,14 +80,19 @@ class ZeroShotEvaluator:
     feats = scorer_lib.text_features(scorer, params, class_texts(self.class_set))
     return classifier_weights(feats, len(self.class_set.names))
 
+  def run_models(self, models) -> list[dict[str, float]]:
+    """`run` for each (scorer, params) of `models` sharing a preprocessing, each image decoded
+    once for all of them."""
+    feats, valid = scorer_lib.image_features(models, self.images.images, self.images.source)
+    out = []
+    for image_feats, (scorer, params) in zip(feats, models):
+      logits = image_feats[valid].astype(np.float32) @ self.classifier(params, scorer).T
+      figures = classification_metrics(logits, self.images.labels[valid])
+      figures["skipped_images"] = float((~valid).sum())
+      figures["skipped_classes"] = float(self.images.skipped)
+      out.append({f"{self.name}/{k}": v for k, v in figures.items()})
+    return out
+
   def run(self, params, scorer=None) -> dict[str, float]:
     """`<name>/<figure>` for `params` (with `scorer`, e.g. another model's, if given)."""
-    scorer = scorer or self.scorer
-    weights = self.classifier(params, scorer)
-    (feats,), valid = scorer_lib.image_features([(scorer, params)], self.images.images,
-                                                self.images.source)
-    logits = feats[valid].astype(np.float32) @ weights.T
-    figures = classification_metrics(logits, self.images.labels[valid])
-    figures["skipped_images"] = float((~valid).sum())
-    figures["skipped_classes"] = float(self.images.skipped)
-    return {f"{self.name}/{k}": v for k, v in figures.items()}
+    return self.run_models([(scorer or self.scorer, params)])[0]
