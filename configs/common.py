@@ -46,6 +46,25 @@ def parse_arg(arg: str | None) -> dict:
   return out
 
 
+def spectrum_fields() -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """The zero-shot and retrieval fields (hpjax.evaluate.runner.spectrum_evaluators) of the
+  evaluate program and of training's eval group."""
+  zeroshot = ml_collections.ConfigDict()
+  # A class-per-folder tree, a .jsonl/.csv of (image, label), or tfds:NAME[:SPLIT].
+  zeroshot.images = ""
+  zeroshot.classes = "imagenet1k"  # the shipped class set, or a class-set JSON file.
+  zeroshot.name = "imagenet1k"  # the figures' prefix: imagenet1k/top1, ...
+  zeroshot.image_root = ""  # relative paths of a .jsonl/.csv list.
+  zeroshot.skip_empty_classes = False  # True: an image-less class folder is counted, not an error
+  retrieval_fields = ml_collections.ConfigDict()
+  # Karpathy's dataset_*.json, CLIP_benchmark's annotation file, or tfds:coco_captions/2014.
+  retrieval_fields.annotations = ""
+  retrieval_fields.image_root = ""
+  retrieval_fields.split = "test"  # the Karpathy split scored.
+  retrieval_fields.name = "coco5k"  # the figures' prefix: coco5k/image_to_text_R@1, ...
+  return zeroshot, retrieval_fields
+
+
 def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   name = SHORTCUTS.get(dotted, dotted)
   error = config_fields.field_error(config, name)
@@ -145,6 +164,10 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.eval.replace_swap_root = ""  # authors' layout (data/, swapped_data/); synthetic: its own.
   c.eval.image_root = ""
   c.eval.reports = True
+  # Zero-shot classification and standard-protocol retrieval at every evaluation (off while
+  # eval.zeroshot.images / eval.retrieval.annotations are empty); keep-best may pick by one of
+  # their figures or by a '+'-combination (the mean), e.g. imagenet1k/top1+replace/augmented.
+  c.eval.zeroshot, c.eval.retrieval = spectrum_fields()
 
   c.export_openclip = ""  # a path: write the final params as an OpenCLIP state dict there.
   # A resume must be the same run (WORKDIR/run_config.json): '+'-separated fields (or prefixes,

@@ -89,6 +89,10 @@ def get_config(arg=None):
   c.extra.bivlc_files = ""
   c.extra.bivlc_image_dir = ""  # where the embedded images are written once ("" = beside).
 
+  # What a finetune costs (hpjax.evaluate.zeroshot, retrieval): spectrum.md and tradeoff.png.
+  c.zeroshot, c.retrieval = common.spectrum_fields()
+  c.baseline = ""  # a model's label: spectrum.md gives every row's difference to it.
+
   for key, value in common.parse_arg(arg).items():
     node, *path = [c] + key.split(".")
     for name in path[:-1]:

@@ -273,3 +273,90 @@ def write_reports(directory: str, results: Sequence[ModelResult], image_root: st
     written["ordering.png"] = os.path.join(directory, "ordering.png")
   write_gallery(written["gallery.html"], results, image_root, gallery_size)
   return written
+
+
+# -- what a finetune costs: compositional gains beside zero-shot and retrieval ------------------
+
+ZEROSHOT_FIGURE = "top1"  # zero-shot columns: <name>/top1
+RETRIEVAL_FIGURES = ("image_to_text_R@1", "text_to_image_R@1")  # retrieval columns
+
+
+def spectrum_columns(results: Sequence[ModelResult], compositional: Sequence[str]
+                     ) -> tuple[list[str], list[str], list[str]]:
+  """(compositional, zero-shot, retrieval) figure names present in any result, in order."""
+  present = [k for r in results for k in r.metrics]
+  pick = lambda figures: list(dict.fromkeys(k for k in present if k.split("/")[-1] in figures))
+  return ([k for k in compositional if any(k in r.metrics for r in results)],
+          pick((ZEROSHOT_FIGURE,)), pick(RETRIEVAL_FIGURES))
+
+
+def compositional_score(result: ModelResult, compositional: Sequence[str]) -> float:
+  """The unweighted mean of the compositional headline figures (NaN without one)."""
+  values = [result.metrics[k] for k in compositional if k in result.metrics]
+  return float(np.mean(values)) if values else float("nan")
+
+
+def spectrum_table(results: Sequence[ModelResult], compositional: Sequence[str],
+                   baseline: str | None = None) -> str:
+  """One row per model: the compositional headline figures and their mean, zero-shot top-1
+  and retrieval R@1 columns, each with its difference to the `baseline` row in brackets."""
+  comp, zs, ret = spectrum_columns(results, compositional)
+  by_label = {r.label: r for r in results}
+  if baseline and baseline not in by_label:
+    raise ValueError(f"baseline {baseline!r} is not a model of the run; models: "
+                     f"{sorted(by_label)}")
+  base = by_label.get(baseline) if baseline else None
+  value = lambda r, k: (compositional_score(r, comp) if k == "compositional"
+                        else r.metrics.get(k, float("nan")))
+  keys = comp + ["compositional"] + zs + ret
+  lines = ["| model | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+  for r in table1_order(results):
+    cells = []
+    for k in keys:
+      cell = _fmt(value(r, k))
+      if base is not None and r is not base and np.isfinite(value(r, k)):
+        cell += f" ({value(r, k) - value(base, k):+.1f})"
+      cells.append(cell)
+    lines.append(f"| {r.label}{' (baseline)' if r is base else ''} | " + " | ".join(cells) + " |")
+  lines += ["", "compositional: the mean of the compositional columns; brackets: the difference "
+            "to the baseline row (percentage points)."]
+  return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(path: str, results: Sequence[ModelResult], compositional: Sequence[str],
+                  zeroshot_key: str) -> bool:
+  """Per model, the compositional score against zero-shot top-1; the study's rows (registry
+  models) as filled markers, the others hollow. False when no model has both figures."""
+  comp = spectrum_columns(results, compositional)[0]
+  points = [(r, r.metrics.get(zeroshot_key, np.nan), compositional_score(r, comp))
+            for r in results]
+  points = [p for p in points if np.isfinite(p[1]) and np.isfinite(p[2])]
+  if not points:
+    return False
+  fig, ax = plt.subplots(figsize=(6.5, 5))
+  for r, x, y in points:
+    study = r.registry is not None
+    ax.scatter([x], [y], s=50, marker="o", facecolors="#2a9d8f" if study else "none",
+               edgecolors="#2a9d8f" if study else "#e76f51")
+    ax.annotate(r.label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+  ax.set_xlabel(f"zero-shot {zeroshot_key} (%)")
+  ax.set_ylabel("compositional score (%): mean of " + ", ".join(comp))
+  ax.set_title("what a finetune costs (filled: the study's rows)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=110)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+  return True
+
+
+def write_spectrum(directory: str, results: Sequence[ModelResult], compositional: Sequence[str],
+                   baseline: str | None = None) -> dict[str, str]:
+  """spectrum.md (the table) and tradeoff.png (the plot, on the first zero-shot set)."""
+  written = {"spectrum.md": os.path.join(directory, "spectrum.md")}
+  with open(written["spectrum.md"] + ".tmp", "w") as f:
+    f.write(spectrum_table(results, compositional, baseline))
+  os.replace(written["spectrum.md"] + ".tmp", written["spectrum.md"])
+  zs = spectrum_columns(results, compositional)[1]
+  if zs and plot_tradeoff(os.path.join(directory, "tradeoff.png"), results, compositional, zs[0]):
+    written["tradeoff.png"] = os.path.join(directory, "tradeoff.png")
+  return written

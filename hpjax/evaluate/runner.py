@@ -26,11 +26,16 @@ from hpjax import sharding
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
 from hpjax import zoo
+from hpjax.data import captions as captions_lib
+from hpjax.data import classification
+from hpjax.data import suites as suites_lib
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive
 from hpjax.evaluate import plugin as plugin_lib
 from hpjax.evaluate import reports
+from hpjax.evaluate import retrieval
 from hpjax.evaluate import scorer as scorer_lib
+from hpjax.evaluate import zeroshot
 from hpjax.models import config as config_lib
 
 
@@ -223,6 +228,36 @@ def decode_passes(specs: list[ModelSpec], models_per_pass: int) -> list[list[Mod
   return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
 
 
+def spectrum_evaluators(fields, model=None, tokenizer=None, tfds_data_dir: str | None = None,
+                        **scorer_kwargs) -> list:
+  """The zero-shot and retrieval evaluators that `fields.zeroshot` / `fields.retrieval`
+  (configs/common.py:spectrum_fields) ask for, their data read here, once. With a `model`
+  they share one scorer of it; without, each run is given a model's scorer."""
+  scorer = scorer_lib.scorer_for(model, tokenizer, **scorer_kwargs)
+  evaluators = []
+  if fields.zeroshot.images:
+    class_set = classification.load_class_set(fields.zeroshot.classes)
+    images = classification.load_labelled_images(
+        fields.zeroshot.images, len(class_set.names), fields.zeroshot.image_root or None,
+        fields.zeroshot.skip_empty_classes, tfds_data_dir)
+    evaluators.append(zeroshot.ZeroShotEvaluator(None, class_set, images, fields.zeroshot.name,
+                                                 scorer=scorer))
+  if fields.retrieval.annotations:
+    data = captions_lib.load_caption_set(
+        fields.retrieval.annotations, fields.retrieval.image_root or None,
+        fields.retrieval.split, tfds_data_dir)
+    evaluators.append(retrieval.RetrievalEvaluator(None, data, fields.retrieval.name,
+                                                   scorer=scorer))
+  return evaluators
+
+
+def compositional_headlines(figures: Mapping[str, float]) -> list[str]:
+  """The compositional suites' official figures, by name (REPLACE's mean, not its files)."""
+  members = set(suites_lib.HARD_POSITIVE_SUITES["replace"]) if "replace/n" in figures else set()
+  return sorted(k for k in figures if k.count("/") == 1 and k.split("/")[0] not in members
+                and k.split("/")[1] == benchmarks.headline(k.split("/")[0]))
+
+
 def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
         ) -> dict[str, dict[str, float]]:
   """Evaluates every model of the config (see `model_specs`; `plugins` maps a name to a
@@ -234,7 +269,11 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   suites = benchmarks.load_config(config)
   logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
   specs = model_specs(config, plugins)
+  if config.baseline and config.baseline not in [s.label for s in specs]:
+    raise ValueError(f"config.baseline {config.baseline!r} is not a model of the run; models: "
+                     f"{[s.label for s in specs]}")
   ignored = check_checkpoints(specs)
+  spectrum = spectrum_evaluators(config, tfds_data_dir=config.get("tfds_data_dir") or None)
   writer = jax.process_index() == 0
   order = {spec.label: i for i, spec in enumerate(specs)}
   results, passes = [], []
@@ -252,8 +291,14 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
       scored = scorer_lib.score_models(scorers, evaluator.records, evaluator.wants_text_sims)
     passes.append({"models": [s.label for s in group], "preprocess": list(group[0].preprocess_key),
                    "images_decoded": scored[0].stats["images_decoded"]})
-    for (spec, _, _), result in zip(built, scored):
+    # Zero-shot and retrieval need a model's own encoders (not a plug-in's scores).
+    extra_figures = [{} for _ in group]
+    for extra in spectrum if group[0].plugin is None else []:
+      for figures, more in zip(extra_figures, extra.run_models(scorers)):
+        figures.update(more)
+    for (spec, _, _), result, more in zip(built, scored, extra_figures):
       figures = evaluator.figures(result)
+      figures.update(more)
       logging.info("%s (%s): %s", spec.label, spec.parity,
                    {k: round(v, 2) for k, v in figures.items()
                     if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})
@@ -270,5 +315,9 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   if writer:
     written = reports.write_reports(workdir, results, config.image_root or None,
                                     config.gallery_size, passes)
+    if spectrum:
+      compositional = compositional_headlines(results[0].metrics)
+      written.update(reports.write_spectrum(workdir, results, compositional,
+                                            config.baseline or None))
     logging.info("reports: %s", sorted(written.values()))
   return {r.label: r.metrics for r in results}

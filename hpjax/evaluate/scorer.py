@@ -344,6 +344,40 @@ def index_images(records, path_of: Callable[[str], str], skip_missing_images: bo
   return keys, image_of, wheres, missing
 
 
+def scorer_for(model, tokenizer=None, scorer: Scorer | None = None, **scorer_kwargs
+               ) -> Scorer | None:
+  """`scorer` if given, else one for `model` (its own tokenizer by default); None without a
+  model (the caller then passes a scorer to each run)."""
+  if scorer is not None or model is None:
+    return scorer
+  return Scorer(model, tokenizer or tokenizer_lib.get_tokenizer(model.config), **scorer_kwargs)
+
+
+def image_features(models: Sequence[tuple[Scorer, object]], images: Sequence[str], source: str
+                   ) -> tuple[list[np.ndarray], np.ndarray]:
+  """Features of image files (one row per entry of `images`, as the dot products use them) for
+  each (scorer, params) of `models`, each distinct file decoded once (as `score_models`); and
+  which rows are valid (False: missing or unreadable and skipped). `source` names the file
+  listing them, for errors."""
+  lead = models[0][0]
+  models = [(s, jax.device_put(p, s._replicated)) for s, p in models]
+  records = [suites_lib.EvalRecord(image, (), (), source, i) for i, image in enumerate(images)]
+  keys, image_of, wheres, missing = index_images(records, lead.image_path,
+                                                 lead.skip_missing_images)
+  feats, failed, _, _ = _encode_all_images(models, keys, wheres, set(missing))
+  valid = ~np.isin(image_of, sorted(set(missing) | set(failed)))
+  return [host_features(f, s.score_dtype)[image_of] for f, (s, _) in zip(feats, models)], valid
+
+
+def text_features(scorer: Scorer, params, texts: Sequence[str]) -> np.ndarray:
+  """Features of `texts` (as the dot products use them), each distinct token row encoded once."""
+  tokens = np.asarray(scorer.tokenizer(list(texts)), np.int32)
+  distinct, token_of_text = np.unique(tokens, axis=0, return_inverse=True)
+  params = jax.device_put(params, scorer._replicated)
+  feats = scorer.encode_tokens(params, distinct)[token_of_text.reshape(-1)]
+  return host_features(feats, scorer.score_dtype)
+
+
 def score_models(models: Sequence[tuple[Scorer, object]], records: Sequence[suites_lib.EvalRecord],
                  text_sims: bool = False) -> list[ScoreResult]:
   """Scores `records` with every (scorer, params) of `models` in one image decode pass.

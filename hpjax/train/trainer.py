@@ -26,6 +26,7 @@ from hpjax.data import training as data_lib
 from hpjax.data import world_tokenizer
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import hard_positive as hard_positive_lib
+from hpjax.evaluate import runner
 from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, text_packing
 from hpjax.train import step as step_lib
@@ -129,6 +130,16 @@ def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_roo
   return hard_positive_lib.HardPositiveEvaluator(
       model, suites, image_root=image_root or None, tokenizer=tokenizer,
       batch_size=config.eval.batch_size)
+
+
+def combined_figure(metrics: dict, combination: str) -> float:
+  """The mean of the '+'-separated figures of `combination` (keep-best's named combination)."""
+  names = config_fields.split_list(combination)
+  missing = [n for n in names if n not in metrics]
+  if missing:
+    raise KeyError(f"checkpoint.best_metric {combination!r}: {missing} are not among the "
+                   f"evaluation's figures ({sorted(metrics)[:20]}...)")
+  return float(sum(metrics[n] for n in names) / len(names))
 
 
 def _headline(metrics: dict) -> str:
@@ -252,11 +263,17 @@ def run(config, workdir: str) -> dict:
   hard_positive = _hard_positive_evaluator(config, model, tokenizer, eval_root, image_root)
   if hard_positive is not None:
     evaluators.append(hard_positive)
+  evaluators += runner.spectrum_evaluators(  # zero-shot, standard-protocol retrieval
+      config.eval, model, tokenizer, config.data.tfds_data_dir or None,
+      image_batch_size=config.eval.batch_size, devices=list(mesh.devices.flat))
 
   def evaluate(step: int) -> dict:
     metrics = {}
     for evaluator in evaluators:
       metrics.update(evaluator.run(state.params))
+    if "+" in config.checkpoint.best_metric:
+      metrics[config.checkpoint.best_metric] = combined_figure(metrics,
+                                                               config.checkpoint.best_metric)
     log.write(step, metrics)
     logging.info("step %d evaluation: %s (all figures in metrics.jsonl)", step, _headline(metrics))
     return metrics
