@@ -18,6 +18,7 @@ PROGRAMS = {
     "train": "hpjax.train.trainer",
     "evaluate": "hpjax.evaluate.runner",
     "convert": "hpjax.checkpoints.convert",
+    "wise_ft": "hpjax.evaluate.wise_ft",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",
