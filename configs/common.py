@@ -115,7 +115,8 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
 
   # Locked towers, as OpenCLIP's --lock-image* / --lock-text* flags: locked parameters get no
   # update and no optimizer state; the last N layer groups of a locked tower stay trainable.
-  c.lock = ml_collections.ConfigDict(
+  # (Not named `lock`: that is ConfigDict's own method, which `--config.lock.x` flags would hit.)
+  c.locking = ml_collections.ConfigDict(
       {"lock_image": False, "lock_image_unlocked_groups": 0, "lock_text": False,
        "lock_text_unlocked_layers": 0, "lock_text_freeze_layer_norm": True})
 

@@ -21,7 +21,7 @@ from hpjax import checkpoints
 from hpjax.checkpoints import mapping
 from hpjax.train import ema as ema_lib
 from hpjax.train import lora as lora_lib
-from hpjax.train import optim, param_groups, run_config, trainer
+from hpjax.train import optim, param_groups, pretrain, run_config, trainer
 from hpjax.train import step as step_lib
 from openclip_reference import openclip_model, random_images, random_tokens
 
@@ -271,6 +271,34 @@ def test_a_resumed_lora_ema_run_equals_the_uninterrupted_one(lora_run, train_sou
     assert_same_tree(resumed[part], uninterrupted[part])
 
 
+def test_trainer_locked_run_trains_only_the_unlocked_groups(train_source, tmp_path):
+  locking = {"locking.lock_image": True, "locking.lock_image_unlocked_groups": 1,
+             "optim.text_layer_decay": 0.5}
+  trainer.run(hnhp.get_config(train_args(train_source, total_steps=2, **locking)), str(tmp_path))
+  _, state = final_state(tmp_path)
+  _, init = hpjax.create_model(NAME, rng=jax.random.key(0))
+  table = param_groups.build_table(init, lock_image=True, lock_image_unlocked_groups=1,
+                                   text_layer_decay=0.5)
+  after = _flat(state["params"])
+  for path, before in _flat(jax.device_get(init)).items():
+    if _flat(table.trainable)[path]:
+      assert np.abs(after[path] - before).max() > 0, path
+    else:
+      np.testing.assert_array_equal(after[path], before, err_msg=path)
+
+
+def test_the_pretraining_stage_is_shared_by_toolkit_variants():
+  """The synthetic world's pretraining stage trains plainly: its cache key, and so its model,
+  is the same whatever the finetune locks, adapts or averages."""
+  plain = common.get_config(None)
+  toolkit = common.get_config("lora.image_rank=4,ema.decay=0.9,optim.text_layer_decay=0.5")
+  locked = common.get_config("locking.lock_text=True,locking.lock_text_unlocked_layers=1")
+  stage = pretrain.stage_config(toolkit)
+  assert (stage.lora.image_rank, stage.ema.decay, stage.optim.text_layer_decay) == (0, 0.0, 1.0)
+  run_config.check_values(pretrain.stage_config(locked), 1, 1)  # a run the trainer accepts
+  assert pretrain.key(toolkit, "w") == pretrain.key(plain, "w") == pretrain.key(locked, "w")
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arg, message", [
@@ -278,12 +306,13 @@ def test_a_resumed_lora_ema_run_equals_the_uninterrupted_one(lora_run, train_sou
      "lora.text_targets: 'conv1' matches no module of the text tower"),
     ("lora.image_rank=4,lora.image_targets=qkv", "lora.image_targets: 'qkv' is not a LoRA target"),
     ("lora.text_rank=65", "lora.text_rank=65 is larger than the width 64 of transformer"),
-    ("lock.lock_image=True,lock.lock_image_unlocked_groups=5",
-     "lock.lock_image_unlocked_groups=5 is more than the 4 layer groups of the image tower"),
-    ("lock.lock_text_unlocked_layers=1", "applies to a locked tower: set lock.lock_text=True"),
+    ("locking.lock_image=True,locking.lock_image_unlocked_groups=5",
+     "locking.lock_image_unlocked_groups=5 is more than the 4 layer groups of the image tower"),
+    ("locking.lock_text_unlocked_layers=1",
+     "applies to a locked tower: set locking.lock_text=True"),
     ("optim.text_layer_decay=0.0", "optim.text_layer_decay=0.0 must be in (0, 1]"),
     ("ema.decay=1.0", "ema.decay=1.0 must be in [0, 1)"),
-    ("lora.image_rank=4,lock.lock_text=True", "lock.lock_text cannot be combined"),
+    ("lora.image_rank=4,locking.lock_text=True", "locking.lock_text cannot be combined"),
 ])
 def test_bad_toolkit_values_are_refused_before_any_work(arg, message):
   with pytest.raises(ValueError, match=re.escape(message)):

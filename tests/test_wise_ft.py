@@ -47,6 +47,8 @@ def test_each_alpha_scores_the_interpolated_weights(wise_run):
     want = evaluator.run(reference)
     assert results[alpha].keys() == want.keys()
     for key, value in want.items():
+      if key.startswith("eval/"):  # (timings)
+        continue
       assert results[alpha][key] == pytest.approx(value, abs=1e-4, nan_ok=True), (alpha, key)
   assert results[0.0] != results[1.0]  # the two ends are different models
   saved = json.load(open(root / "work" / wise_ft.RESULTS))

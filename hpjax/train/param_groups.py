@@ -98,12 +98,13 @@ def build_table(params, *, lock_image: bool = False, lock_image_unlocked_groups:
   """The table for OpenCLIP's lock and layer-decay options; errors name the field."""
   partial = (lock_image and lock_image_unlocked_groups) or image_layer_decay != 1.0
   if partial and _is_resnet(params):
-    raise ValueError("lock.lock_image_unlocked_groups / optim.image_layer_decay: a ResNet image "
-                     "tower has no layer groups (OpenCLIP locks it only whole)")
+    raise ValueError("locking.lock_image_unlocked_groups / optim.image_layer_decay: a ResNet "
+                     "image tower has no layer groups (OpenCLIP locks it only whole)")
   groups = layer_groups(params)
   sizes = tower_sizes(params)
-  for field, tower, n in (("lock.lock_image_unlocked_groups", IMAGE, lock_image_unlocked_groups),
-                          ("lock.lock_text_unlocked_layers", TEXT, lock_text_unlocked_layers)):
+  for field, tower, n in (
+      ("locking.lock_image_unlocked_groups", IMAGE, lock_image_unlocked_groups),
+      ("locking.lock_text_unlocked_layers", TEXT, lock_text_unlocked_layers)):
     if n > sizes.get(tower, 0):
       raise ValueError(f"{field}={n} is more than the {sizes.get(tower, 0)} layer groups of the "
                        f"{tower} tower")
@@ -132,9 +133,9 @@ def build_table(params, *, lock_image: bool = False, lock_image_unlocked_groups:
 
 
 def options(config) -> dict | None:
-  """`build_table`'s arguments from a run config (its `lock` group and the optimizer's layer
+  """`build_table`'s arguments from a run config (its `locking` group and the optimizer's layer
   decays); None when nothing is locked or decayed."""
-  kwargs = {**config["lock"], "image_layer_decay": config.optim.image_layer_decay,
+  kwargs = {**config.locking, "image_layer_decay": config.optim.image_layer_decay,
             "text_layer_decay": config.optim.text_layer_decay}
   if kwargs["lock_image"] or kwargs["lock_text"] or kwargs["image_layer_decay"] != 1.0 or \
       kwargs["text_layer_decay"] != 1.0:

@@ -29,8 +29,10 @@ FILE = "run_config.json"
 HOSTS = "hosts"  # the process count, saved beside the config's fields.
 # What a checkpoint means: a change continues the weights on another model, other data or
 # another batch order. (data.worker_count does not change the batches: tested.)
-SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS)
-FREE = ("data.worker_count", "pretrain.cache_dir")
+# LoRA, locking and the EMA shape the train state itself.
+SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS,
+            "lora", "locking", "ema")
+FREE = ("data.worker_count", "pretrain.cache_dir", "lora.export_adapters", "ema.use")
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
@@ -39,7 +41,7 @@ _POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_s
 _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
                  "data.num_hard_positives", "data.worker_count", "data.val_size",
                  "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps",
-                 "lock.lock_image_unlocked_groups", "lock.lock_text_unlocked_layers",
+                 "locking.lock_image_unlocked_groups", "locking.lock_text_unlocked_layers",
                  "lora.image_rank", "lora.text_rank", "ema.warmup")
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
 _CHOICES = {"model.dtype": tuple(DTYPES), "loss.kind": losses.KINDS,
@@ -139,14 +141,14 @@ def _toolkit_value_problems(values: dict) -> list[str]:
     problems.append(f"ema.decay={values['ema.decay']!r} must be in [0, 1) (0 = no EMA)")
   if not values["lora.alpha"] > 0:
     problems.append(f"lora.alpha={values['lora.alpha']!r} must be > 0")
-  for lock, count in (("lock.lock_image", "lock.lock_image_unlocked_groups"),
-                      ("lock.lock_text", "lock.lock_text_unlocked_layers")):
+  for lock, count in (("locking.lock_image", "locking.lock_image_unlocked_groups"),
+                      ("locking.lock_text", "locking.lock_text_unlocked_layers")):
     if values[count] and not values[lock]:
       problems.append(f"{count}={values[count]} applies to a locked tower: set {lock}=True")
   lora = values["lora.image_rank"] or values["lora.text_rank"]
   if values["lora.export_adapters"] and not lora:
     problems.append("lora.export_adapters needs LoRA training (lora.image_rank or text_rank > 0)")
-  others = [f for f in ("lock.lock_image", "lock.lock_text") if values[f]] + [
+  others = [f for f in ("locking.lock_image", "locking.lock_text") if values[f]] + [
       f for f in ("optim.image_layer_decay", "optim.text_layer_decay") if values[f] != 1.0]
   if lora and others:
     problems.append(f"LoRA training freezes the base weights: {', '.join(others)} cannot be "

@@ -162,8 +162,8 @@ def ensure_pretrained(config, directory: str, world: synthetic.WorldPaths) -> st
 
 
 def _optimizer(config, params):
-  """(tx, schedule, LoRA adapters or None) as config.lora, config.lock and the optimizer's layer
-  decay say (run_config.check_values has refused what cannot be combined)."""
+  """(tx, schedule, LoRA adapters or None) as config.lora, config.locking and the optimizer's
+  layer decay say (run_config.check_values has refused what cannot be combined)."""
   lora = lora_lib.options(config)
   if lora:
     adapters = lora_lib.init_adapters(params, lora_lib.plan(params, *lora),
