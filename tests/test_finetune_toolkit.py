@@ -19,6 +19,7 @@ from configs import common, hnhp
 from helpers import assert_same_tree, final_state, train_args
 from hpjax import checkpoints
 from hpjax.checkpoints import mapping
+from hpjax.models.clip import CLIP, param_shapes
 from hpjax.train import ema as ema_lib
 from hpjax.train import lora as lora_lib
 from hpjax.train import optim, param_groups, pretrain, run_config, trainer
@@ -211,6 +212,33 @@ def test_merged_export_and_tsvlc_export_give_the_adapted_features(tiny, tmp_path
   _, imported = hpjax.create_model(NAME, pretrained=path, lora_rank=RANK, lora_alpha=ALPHA)
   for g, w in zip(_features(model, imported, images.transpose(0, 2, 3, 1), tokens), want):
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, per_block", [
+    ("ViT-B-32", 4), ("coca_ViT-B-32", 4), ("hpjax-tiny-siglip", 4), ("roberta-ViT-B-32", 6)])
+def test_lora_targets_place_adapters_in_every_tower_family(name, per_block):
+  """Four targets per block (HF's query, key and value are three kernels), the patch embedding
+  once, attention pools never."""
+  shapes = param_shapes(CLIP(hpjax.get_model_config(name)))
+  layers = lora_lib.plan(shapes, {"image": RANK, "text": RANK}, TARGETS)
+  sizes = param_groups.tower_sizes(shapes)
+  blocks = sum(1 for p in _flat(shapes) if re.search(r"(resblocks|blocks|layer)_\d+/", p)
+               and p.endswith(("c_fc/kernel", "fc1/kernel", "intermediate/dense/kernel")))
+  image_blocks = sum(1 for p in layers if p[0] == "visual" and p[-2] in ("c_fc", "fc1"))
+  assert len(layers) == 4 * image_blocks + per_block * (blocks - image_blocks) + 1
+  assert not [p for p in layers if "attn_pool" in p]
+  assert image_blocks == sizes["image"] - 2 + (name == "hpjax-tiny-siglip")
+
+
+def test_tsvlc_export_round_trips_for_a_timm_tower(tmp_path):
+  name = "hpjax-tiny-siglip"
+  model, params = hpjax.create_model(name, rng=jax.random.key(1))
+  adapters = _random_adapters(params)
+  state_dict = lora_lib.tsvlc_state_dict(params, adapters, model.config)
+  assert "visual.trunk.blocks.0.attn.qkv.lora_A" in state_dict
+  path = checkpoints.write_state_dict(state_dict, tmp_path / "tsvlc.safetensors")
+  _, imported = hpjax.create_model(name, pretrained=path, lora_rank=RANK, lora_alpha=ALPHA)
+  assert_same_tree(imported, jax.device_get(lora_lib.merge(params, adapters, ALPHA)), atol=1e-6)
 
 
 # -- EMA -----------------------------------------------------------------------------------------

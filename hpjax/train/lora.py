@@ -21,13 +21,15 @@ import numpy as np
 from hpjax import config_fields
 from hpjax.checkpoints import mapping
 
-# Target name -> the Flax kernel paths it adapts (TSVLC's and DAC's placement).
+# Target name -> the Flax kernel paths it adapts (TSVLC's and DAC's placement), in OpenCLIP's
+# blocks, timm's (SigLIP's trunk) and HF's text encoders alike (attention pools are not adapted).
 TARGETS = {
-    "in_proj": r".*\.attn\.in_proj\.kernel",
-    "out_proj": r".*\.attn\.out_proj\.kernel",
-    "c_fc": r".*\.mlp\.c_fc\.kernel",
-    "c_proj": r".*\.mlp\.c_proj\.kernel",
-    "conv1": r"visual\.conv1\.kernel",  # the patch embedding
+    "in_proj": r".*\.(attn\.in_proj|blocks_\d+\.attn\.qkv|attention\.self\.(query|key|value))"
+               r"\.kernel",
+    "out_proj": r".*\.(attn\.out_proj|blocks_\d+\.attn\.proj|attention\.output\.dense)\.kernel",
+    "c_fc": r".*\.(mlp\.c_fc|blocks_\d+\.mlp\.fc1|layer_\d+\.intermediate\.dense)\.kernel",
+    "c_proj": r".*\.(mlp\.c_proj|blocks_\d+\.mlp\.fc2|layer_\d+\.output\.dense)\.kernel",
+    "conv1": r"visual\.(conv1|trunk\.patch_embed\.proj)\.kernel",  # the patch embedding
 }
 TOWERS = ("image", "text")
 
@@ -74,7 +76,8 @@ def plan(params, ranks: dict[str, int], targets: dict[str, list[str]]) -> dict:
     for name in targets[tower]:
       if name not in TARGETS:
         raise ValueError(f"{field}: {name!r} is not a LoRA target; known: {sorted(TARGETS)}")
-      hits = [p for p in flat if _tower(p) == tower and re.fullmatch(TARGETS[name], ".".join(p))]
+      hits = [p for p in flat if _tower(p) == tower and "attn_pool" not in p
+              and re.fullmatch(TARGETS[name], ".".join(p))]
       if not hits:
         raise ValueError(f"{field}: {name!r} matches no module of the {tower} tower")
       for p in hits:
