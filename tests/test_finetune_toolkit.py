@@ -273,6 +273,7 @@ def lora_run(train_source, tmp_path_factory):
   return folder, final_state(folder)
 
 
+@pytest.mark.slow
 def test_trainer_lora_run_exports_the_ema_of_the_adapters(lora_run):
   folder, (step, state) = lora_run
   assert step == 6
@@ -288,6 +289,7 @@ def test_trainer_lora_run_exports_the_ema_of_the_adapters(lora_run):
   assert_same_tree(imported, jax.device_get(want), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_resumed_lora_ema_run_equals_the_uninterrupted_one(lora_run, train_source):
   folder, (_, uninterrupted) = lora_run
   for step in ("6", "4"):  # as if stopped after the save of step 2
@@ -299,6 +301,7 @@ def test_a_resumed_lora_ema_run_equals_the_uninterrupted_one(lora_run, train_sou
     assert_same_tree(resumed[part], uninterrupted[part])
 
 
+@pytest.mark.slow
 def test_trainer_locked_run_trains_only_the_unlocked_groups(train_source, tmp_path):
   locking = {"locking.lock_image": True, "locking.lock_image_unlocked_groups": 1,
              "optim.text_layer_decay": 0.5}

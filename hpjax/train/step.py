@@ -102,26 +102,24 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
   The step does not select between the old and new state itself (a select over params and
   both Adam moments cost 14% of a ViT-B-32 CPU step and ~1 GB); the trainer checks the flag
   before every save and stops, so a poisoned state never reaches a checkpoint."""
-  as_model = lambda tree: model_params(state.replace(adapters=tree), lora_alpha)
-  if state.adapters is None:
-    as_model = lambda tree: tree
+  tree = trained(state)
+  as_model = (lambda t: t) if state.adapters is None else (
+      lambda t: lora_lib.merge(state.params, t, lora_alpha))
   (loss, metrics), grads = jax.value_and_grad(
-      lambda tree, *args: loss_fn(as_model(tree), *args), has_aux=True)(
-          trained(state), model, batch, positives, local_weight, kind, hard_negative_weight)
+      lambda t, *args: loss_fn(as_model(t), *args), has_aux=True)(
+          tree, model, batch, positives, local_weight, kind, hard_negative_weight)
   grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, trained(state))
-  params = optax.apply_updates(trained(state), updates)
+  updates, opt_state = tx.update(grads, state.opt_state, tree)
+  tree = optax.apply_updates(tree, updates)
   # OpenCLIP clamps the stored temperature after each step; the contrastive loss clamps it as
   # well. The sigmoid loss leaves it free, as big_vision (pretrained SigLIP's t is above 100).
   if kind == "contrastive" and state.adapters is None:
-    params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0,
-                                                 losses.MAX_LOGIT_SCALE)}
+    tree = {**tree, "logit_scale": jnp.clip(tree["logit_scale"], 0.0, losses.MAX_LOGIT_SCALE)}
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-  ema = None if state.ema is None else ema_lib.update(state.ema, params, state.step + 1,
+  ema = None if state.ema is None else ema_lib.update(state.ema, tree, state.step + 1,
                                                       ema_decay, ema_warmup)
-  new = TrainState(step=state.step + 1, opt_state=opt_state, ema=ema,
-                   **({"params": params} if state.adapters is None else
-                      {"params": state.params, "adapters": params}))
+  new = state.replace(step=state.step + 1, opt_state=opt_state, ema=ema,
+                      **{"params" if state.adapters is None else "adapters": tree})
   metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
              "finite": finite}
   return new, metrics
