@@ -128,6 +128,29 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6
   c.optim.weight_decay = 0.2
   c.optim.grad_clip_norm = 0.0
+  # Layer-wise learning-rate decay (OpenCLIP's groups, hpjax/train/param_groups.py): group g of
+  # a tower's n trains at lr * decay ** (n - 1 - g); 1.0 = none.
+  c.optim.image_layer_decay = 1.0
+  c.optim.text_layer_decay = 1.0
+
+  # Locked towers, as OpenCLIP's --lock-image* / --lock-text* flags: locked parameters get no
+  # update and no optimizer state; the last N layer groups of a locked tower stay trainable.
+  # (Not named `lock`: that is ConfigDict's own method, which `--config.lock.x` flags would hit.)
+  c.locking = ml_collections.ConfigDict(
+      {"lock_image": False, "lock_image_unlocked_groups": 0, "lock_text": False,
+       "lock_text_unlocked_layers": 0, "lock_text_freeze_layer_norm": True})
+
+  # LoRA training (hpjax/train/lora.py): rank-r adapters on the named modules of each tower
+  # ('+'-joined from lora.TARGETS; rank 0 = tower not adapted), the base weights frozen.
+  # export_adapters: a path for the base weights with unmerged adapters in TSVLC's layout.
+  c.lora = ml_collections.ConfigDict(
+      {"image_rank": 0, "text_rank": 0, "alpha": 1.0,
+       "image_targets": "in_proj+out_proj+c_fc+c_proj+conv1",
+       "text_targets": "in_proj+out_proj+c_fc+c_proj", "export_adapters": ""})
+
+  # EMA of the trained weights (hpjax/train/ema.py): decay; warmup w > 0 uses
+  # min(decay, (1 + t) / (w + t)) at step t. use: evaluate, keep-best and export the EMA.
+  c.ema = ml_collections.ConfigDict({"decay": 0.0, "warmup": 0, "use": True})
 
   # kind: "contrastive" (paper.md; positives, local_weight) or "sigmoid" (SigLIP's, over the
   # same hard texts; hard_negative_weight on each image's own hard negatives).

@@ -19,6 +19,7 @@ PROGRAMS = {
     "evaluate": "hpjax.evaluate.runner",
     "convert": "hpjax.checkpoints.convert",
     "generate": "hpjax.generate.run",
+    "wise_ft": "hpjax.evaluate.wise_ft",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).",

@@ -98,14 +98,19 @@ def train_args(source: str, **overrides) -> str:
 def final_params(workdir, folder: str = "checkpoints") -> tuple[int, dict]:
   """(latest step, its params as numpy) of a trainer's workdir (its `folder` of saves: "best"
   for the kept-best one), whatever topology wrote them."""
+  step, state = final_state(workdir, folder)
+  return step, state["params"]
+
+
+def final_state(workdir, folder: str = "checkpoints") -> tuple[int, dict]:
+  """(latest step, its whole train state as a dict of numpy trees), as `final_params`."""
   manager = ocp.CheckpointManager(os.path.join(workdir, folder))
   step = manager.latest_step()
   path = os.path.join(workdir, folder, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  return step, state["params"]
+  return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def assert_same_tree(got, want, rtol: float = 0.0, atol: float = 0.0) -> None:

@@ -59,6 +59,13 @@ def stage_config(config):
   stage.eval.reports = False
   stage.checkpoint.directory = stage.checkpoint.best_metric = stage.resume_overrides = ""
   stage.export_openclip = ""
+  # The finetuning toolkit is the finetune's: the stage trains every weight, plainly.
+  stage.locking.lock_image = stage.locking.lock_text = False
+  stage.locking.lock_image_unlocked_groups = stage.locking.lock_text_unlocked_layers = 0
+  stage.optim.image_layer_decay = stage.optim.text_layer_decay = 1.0
+  stage.lora.image_rank = stage.lora.text_rank = 0
+  stage.lora.export_adapters = ""
+  stage.ema.decay = 0.0
   return stage
 
 

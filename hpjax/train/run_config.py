@@ -19,15 +19,20 @@ from absl import logging
 
 from hpjax import config_fields
 from hpjax import sharding
+from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import get_model_config
+from hpjax.train import lora as lora_lib
 from hpjax.train import losses
+from hpjax.train import param_groups
 
 FILE = "run_config.json"
 HOSTS = "hosts"  # the process count, saved beside the config's fields.
 # What a checkpoint means: a change continues the weights on another model, other data or
 # another batch order. (data.worker_count does not change the batches: tested.)
-SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS)
-FREE = ("data.worker_count", "pretrain.cache_dir")
+# LoRA, locking and the EMA shape the train state itself.
+SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS,
+            "lora", "locking", "ema")
+FREE = ("data.worker_count", "pretrain.cache_dir", "lora.export_adapters", "ema.use")
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
@@ -35,7 +40,9 @@ _POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_s
              "checkpoint.keep", "eval.batch_size", "mesh.model_parallel", "pretrain.batch_size")
 _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
                  "data.num_hard_positives", "data.worker_count", "data.val_size",
-                 "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps")
+                 "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps",
+                 "locking.lock_image_unlocked_groups", "locking.lock_text_unlocked_layers",
+                 "lora.image_rank", "lora.text_rank", "ema.warmup")
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
 _CHOICES = {"model.dtype": tuple(DTYPES), "loss.kind": losses.KINDS,
             "loss.positives": losses.POSITIVE_MODES,
@@ -85,10 +92,13 @@ def check_values(config, num_devices: int, process_count: int) -> None:
     problems.append(f"pretrain.steps={values['pretrain.steps']!r}: the pretraining stage is the "
                     "synthetic world's; with data.source set, finetune model.pretrained (0 steps)")
   problems += _loss_problems(values)
+  problems += _toolkit_value_problems(values)
   try:
-    get_model_config(values["model.name"])
+    model_cfg = get_model_config(values["model.name"])
   except ValueError as e:
     problems.append(f"model.name: {e}")
+  if not problems:
+    problems += _toolkit_model_problems(config, param_shapes(CLIP(model_cfg)))
   if not values["data.val_source"] and values["data.val_size"] < 1:
     problems.append("data.val_size must be >= 1 without data.val_source (the retrieval split)")
   if not problems:
@@ -120,6 +130,43 @@ def _loss_problems(values: dict) -> list[str]:
   if values["loss.hard_negative_weight"] != 1.0:
     return [f"loss.hard_negative_weight={values['loss.hard_negative_weight']!r} is an option of "
             "loss.kind='sigmoid'; leave it at 1.0 or set loss.kind=sigmoid"]
+  return []
+
+
+def _toolkit_value_problems(values: dict) -> list[str]:
+  """Layer decay, EMA, locking and LoRA values, and the combinations that make no sense."""
+  problems = [f"{f}={values[f]!r} must be in (0, 1]" for f in
+              ("optim.image_layer_decay", "optim.text_layer_decay") if not 0 < values[f] <= 1]
+  if not 0 <= values["ema.decay"] < 1:
+    problems.append(f"ema.decay={values['ema.decay']!r} must be in [0, 1) (0 = no EMA)")
+  if not values["lora.alpha"] > 0:
+    problems.append(f"lora.alpha={values['lora.alpha']!r} must be > 0")
+  for lock, count in (("locking.lock_image", "locking.lock_image_unlocked_groups"),
+                      ("locking.lock_text", "locking.lock_text_unlocked_layers")):
+    if values[count] and not values[lock]:
+      problems.append(f"{count}={values[count]} applies to a locked tower: set {lock}=True")
+  lora = values["lora.image_rank"] or values["lora.text_rank"]
+  if values["lora.export_adapters"] and not lora:
+    problems.append("lora.export_adapters needs LoRA training (lora.image_rank or text_rank > 0)")
+  others = [f for f in ("locking.lock_image", "locking.lock_text") if values[f]] + [
+      f for f in ("optim.image_layer_decay", "optim.text_layer_decay") if values[f] != 1.0]
+  if lora and others:
+    problems.append(f"LoRA training freezes the base weights: {', '.join(others)} cannot be "
+                    "combined with it")
+  return problems
+
+
+def _toolkit_model_problems(config, shapes) -> list[str]:
+  """What the model's own layers refuse: LoRA targets and ranks, unlocked-group counts."""
+  try:
+    lora = lora_lib.options(config)
+    if lora:
+      lora_lib.plan(shapes, *lora)
+    table_options = param_groups.options(config)
+    if table_options:
+      param_groups.build_table(shapes, **table_options)
+  except ValueError as e:
+    return [str(e)]
   return []
 
 

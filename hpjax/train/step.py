@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hpjax.train import ema as ema_lib
+from hpjax.train import lora as lora_lib
 from hpjax.train import losses
 
 TEXT_KEYS = ("caption", "hard_positives", "hard_negatives")
@@ -27,13 +29,33 @@ TEXT_KEYS = ("caption", "hard_positives", "hard_negatives")
 
 @flax.struct.dataclass
 class TrainState:
+  """`adapters`: LoRA training's trained tree (then `params` stay frozen); `ema`: the moving
+  average of the trained tree (params or adapters). Both None when not used."""
   step: jax.Array
   params: dict
   opt_state: optax.OptState
+  adapters: dict | None = None
+  ema: dict | None = None
 
 
-def init_state(params, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def trained(state: TrainState):
+  """The tree the optimizer updates: the LoRA adapters, else the params."""
+  return state.params if state.adapters is None else state.adapters
+
+
+def init_state(params, tx: optax.GradientTransformation, adapters=None,
+               ema: bool = False) -> TrainState:
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None,
+                     adapters=adapters)
+  return state.replace(opt_state=tx.init(trained(state)),
+                       ema=jax.tree.map(jnp.copy, trained(state)) if ema else None)
+
+
+def model_params(state: TrainState, lora_alpha: float = 1.0, use_ema: bool = False):
+  """The model's weights: the params with the adapters (or their EMA) merged, or the params'
+  EMA when `use_ema`."""
+  tree = state.ema if use_ema and state.ema is not None else trained(state)
+  return tree if state.adapters is None else lora_lib.merge(state.params, tree, lora_alpha)
 
 
 def stacked_texts(batch, xp=jnp):
@@ -71,24 +93,33 @@ def loss_fn(params, model, batch, positives: str, local_weight: float,
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
-               local_weight: float, kind: str = "contrastive", hard_negative_weight: float = 1.0):
+               local_weight: float, kind: str = "contrastive", hard_negative_weight: float = 1.0,
+               lora_alpha: float = 1.0, ema_decay: float = 0.0, ema_warmup: int = 0):
   """One AdamW step; `metrics['finite']` says whether loss, gradient and update were finite.
+  Only `trained(state)` is differentiated and updated (LoRA: the adapters, merged into the
+  frozen params inside the loss); the EMA, when kept, follows it.
 
   The step does not select between the old and new state itself (a select over params and
   both Adam moments cost 14% of a ViT-B-32 CPU step and ~1 GB); the trainer checks the flag
   before every save and stops, so a poisoned state never reaches a checkpoint."""
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, model, batch, positives, local_weight, kind, hard_negative_weight)
+  tree = trained(state)
+  as_model = (lambda t: t) if state.adapters is None else (
+      lambda t: lora_lib.merge(state.params, t, lora_alpha))
+  (loss, metrics), grads = jax.value_and_grad(
+      lambda t, *args: loss_fn(as_model(t), *args), has_aux=True)(
+          tree, model, batch, positives, local_weight, kind, hard_negative_weight)
   grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, tree)
+  tree = optax.apply_updates(tree, updates)
   # OpenCLIP clamps the stored temperature after each step; the contrastive loss clamps it as
   # well. The sigmoid loss leaves it free, as big_vision (pretrained SigLIP's t is above 100).
-  if kind == "contrastive":
-    params = {**params, "logit_scale": jnp.clip(params["logit_scale"], 0.0,
-                                                 losses.MAX_LOGIT_SCALE)}
+  if kind == "contrastive" and state.adapters is None:
+    tree = {**tree, "logit_scale": jnp.clip(tree["logit_scale"], 0.0, losses.MAX_LOGIT_SCALE)}
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-  new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+  ema = None if state.ema is None else ema_lib.update(state.ema, tree, state.step + 1,
+                                                      ema_decay, ema_warmup)
+  new = state.replace(step=state.step + 1, opt_state=opt_state, ema=ema,
+                      **{"params" if state.adapters is None else "adapters": tree})
   metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
              "finite": finite}
   return new, metrics
@@ -96,9 +127,11 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
 
 def jit_train_step(model, tx, schedule, state_shardings, metrics_sharding, *,
                    positives: str = "multi", local_weight: float = 0.0,
-                   kind: str = "contrastive", hard_negative_weight: float = 1.0):
-  """The step jitted with the state kept in `state_shardings` (and donated)."""
+                   kind: str = "contrastive", hard_negative_weight: float = 1.0,
+                   **toolkit):
+  """The step jitted with the state kept in `state_shardings` (and donated); `toolkit`:
+  train_step's lora_alpha, ema_decay and ema_warmup."""
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                            positives=positives, local_weight=local_weight, kind=kind,
-                           hard_negative_weight=hard_negative_weight)
+                           hard_negative_weight=hard_negative_weight, **toolkit)
   return jax.jit(step, out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))

@@ -21,6 +21,7 @@ from hpjax import config_fields
 from hpjax import factory
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
+from hpjax.checkpoints import files as checkpoint_files
 from hpjax.data import synthetic
 from hpjax.data import training as data_lib
 from hpjax.data import world_tokenizer
@@ -29,6 +30,8 @@ from hpjax.evaluate import hard_positive as hard_positive_lib
 from hpjax.evaluate import runner
 from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, text_packing
+from hpjax.train import lora as lora_lib
+from hpjax.train import param_groups
 from hpjax.train import step as step_lib
 from hpjax.train.metrics_log import MetricsLog
 
@@ -169,6 +172,27 @@ def ensure_pretrained(config, directory: str, world: synthetic.WorldPaths) -> st
   return pretrain.finish(config, directory, world)
 
 
+def _optimizer(config, params):
+  """(tx, schedule, LoRA adapters or None) as config.lora, config.locking and the optimizer's
+  layer decay say (run_config.check_values has refused what cannot be combined)."""
+  lora = lora_lib.options(config)
+  if lora:
+    adapters = lora_lib.init_adapters(params, lora_lib.plan(params, *lora),
+                                      jax.random.key(config.seed + 1))
+    return *optim.make_optimizer(config.optim, config.total_steps), adapters
+  table_options = param_groups.options(config)
+  table = table_options and param_groups.build_table(params, **table_options)
+  return *optim.make_optimizer(config.optim, config.total_steps, table), None
+
+
+def _write_adapters(path: str, params, adapters, model_cfg) -> None:
+  """The base weights and unmerged adapters in TSVLC's layout, written aside and renamed."""
+  suffix = os.path.splitext(path)[1]
+  partial = checkpoint_files.write_state_dict(
+      lora_lib.tsvlc_state_dict(params, adapters, model_cfg), path + ".partial" + suffix)
+  os.replace(partial, path)
+
+
 class _Preemption:
   """Remembers a SIGTERM so the loop can save and stop at the next step boundary."""
 
@@ -242,16 +266,21 @@ def run(config, workdir: str) -> dict:
   iterator = iter(dataset)
 
   # -- model + optimizer, sharded ----------------------------------------------------------------
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  state_shapes = jax.eval_shape(lambda p: step_lib.init_state(p, tx), params)
+  tx, schedule, adapters = _optimizer(config, params)
+  init = lambda p, a: step_lib.init_state(p, tx, a, ema=config.ema.decay > 0)
+  state_shapes = jax.eval_shape(init, params, adapters)
   state_shardings = sharding.param_sharding(mesh, state_shapes)
-  state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_shardings)(params)
-  del params
+  state = jax.jit(init, out_shardings=state_shardings)(params, adapters)
+  del params, adapters
+  # The weights evaluated, kept as best and exported: LoRA's merged, the EMA's when asked.
+  weights = lambda s: step_lib.model_params(s, config.lora.alpha,
+                                            use_ema=config.ema.decay > 0 and config.ema.use)
   groups = mesh.shape[sharding.DATA] // jax.process_count()  # this host's data shards
   train_step = step_lib.jit_train_step(
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight,
-      kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight)
+      kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight,
+      lora_alpha=config.lora.alpha, ema_decay=config.ema.decay, ema_warmup=config.ema.warmup)
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
   state, iterator = ckpt.restore(state, iterator, model_name=config.model.name)
@@ -270,7 +299,7 @@ def run(config, workdir: str) -> dict:
   def evaluate(step: int) -> dict:
     metrics = {}
     for evaluator in evaluators:
-      metrics.update(evaluator.run(state.params))
+      metrics.update(evaluator.run(weights(state)))
     if "+" in config.checkpoint.best_metric:
       metrics[config.checkpoint.best_metric] = combined_figure(metrics,
                                                                config.checkpoint.best_metric)
@@ -325,10 +354,13 @@ def run(config, workdir: str) -> dict:
         return eval_metrics
     # -- the end: the kept model (keep-best, as the paper picks its epoch), reports, export ------
     reporting = hard_positive is not None and config.eval.reports
-    kept_step, kept_params, kept_dir = config.total_steps, state.params, "checkpoints"
-    best = ckpt.best_state(state) if reporting or config.export_openclip else None
+    kept_step, kept_state, kept_dir = config.total_steps, state, "checkpoints"
+    exporting = config.export_openclip or config.lora.export_adapters
+    best = ckpt.best_state(state) if reporting or exporting else None
     if best is not None and best[0] != config.total_steps:
-      kept_step, kept_params, kept_dir = best[0], best[1].params, "best"
+      kept_step, kept_state, kept_dir = best[0], best[1], "best"
+    kept_params = weights(kept_state)
+    if kept_dir == "best":
       logging.info("keeping step %d, the best by %s", kept_step, config.checkpoint.best_metric)
     if reporting:  # (every host evaluates: the scorer is collective)
       if not hard_positive.last_metrics:  # no evaluation ran, so none was kept as best either
@@ -345,6 +377,12 @@ def run(config, workdir: str) -> dict:
     if config.export_openclip and jax.process_index() == 0:
       factory.export_openclip(jax.device_get(kept_params), model.config, config.export_openclip)
       logging.info("exported OpenCLIP weights (step %d) to %s", kept_step, config.export_openclip)
+    if config.lora.export_adapters and jax.process_index() == 0:
+      _write_adapters(config.lora.export_adapters, kept_state.params,
+                      kept_state.ema if config.ema.decay > 0 and config.ema.use
+                      else kept_state.adapters, model.config)
+      logging.info("exported the LoRA adapters (step %d) to %s", kept_step,
+                   config.lora.export_adapters)
   finally:
     preemption.restore()
     ckpt.close()
