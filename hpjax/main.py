@@ -1,7 +1,8 @@
 """The front door: `python -m hpjax.main --config=configs/hnhp.py --workdir=DIR`.
 
 A config names its `program` (train, evaluate, convert, generate, wise_ft); main loads the config
-file, resolves the workdir and hands both to that program's `run(config, workdir)`. Programs know nothing of flags.
+file, resolves the workdir and hands both to that program's `run(config, workdir)`. Programs
+know nothing of flags.
 An error caused by the input ends in one line naming the cause (`--traceback` for the rest).
 """
 
