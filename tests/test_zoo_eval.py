@@ -130,22 +130,34 @@ def test_a_bad_later_checkpoint_fails_before_anything_is_scored(world, tmp_path,
   del small_json
 
 
-def test_each_models_results_are_written_as_it_finishes(world, tmp_path):
+def test_each_models_results_are_written_as_it_finishes_beside_the_last_whole_reports(
+    world, tmp_path):
+  """A run that fails on a later model keeps what it scored (results.partial.*) and leaves the
+  previous evaluation's reports, gallery and plot whole and in agreement."""
   root, _, paths = world
 
   def broken(images, captions):
     raise RuntimeError("the plug-in model crashed")
 
   workdir = str(tmp_path / "w")
+  runner.run(_config(root, models=f"hpjax-tiny={paths['tiny1']}"), workdir)
+  before = {name: open(os.path.join(workdir, name), "rb").read()
+            for name in ("results.json", "results.md", "gallery.html", "ordering.png")}
   with pytest.raises(RuntimeError, match="crashed"):
     runner.run(_config(root, models=f"hpjax-tiny={paths['tiny0']}"), workdir,
                plugins={"broken-itm": broken})
-  with open(os.path.join(workdir, "results.json")) as f:
+  assert before == {name: open(os.path.join(workdir, name), "rb").read() for name in before}
+  with open(os.path.join(workdir, "results.partial.json")) as f:
     kept = json.load(f)["models"]
   assert [m["label"] for m in kept] == ["tiny0.pt"]
   assert np.isfinite(kept[0]["metrics"]["replace/augmented"])
-  assert len(_scores(workdir, "tiny0.pt")["swap"]) == 10
-  assert "| tiny0.pt | as_trained |" in open(os.path.join(workdir, "results.md")).read()
+  with open(os.path.join(workdir, "scores.partial", "tiny0.pt", "swap.jsonl")) as f:
+    assert len(f.readlines()) == 10
+  assert "| tiny0.pt | as_trained |" in open(os.path.join(workdir, "results.partial.md")).read()
+  runner.run(_config(root, models=f"hpjax-tiny={paths['tiny0']}"), workdir)  # cleans up
+  assert not any("partial" in name for name in os.listdir(workdir))
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert [m["label"] for m in json.load(f)["models"]] == ["tiny0.pt"]
 
 
 def test_registry_names_resolve_against_weights_dir_with_their_parity(tmp_path, monkeypatch):

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
+import uuid
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from absl import logging
 from etils import epath
 import numpy as np
 import safetensors.numpy
@@ -243,18 +246,79 @@ def _to_numpy(tensor) -> np.ndarray:
   return tensor.numpy()
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> epath.Path:
-  """Writes `.safetensors` (no torch needed) or `.bin`/`.pt` (a plain torch state dict)."""
+STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_ASIDE = ".partial-"  # `.NAME.partial-PID-RANDOM`: a destination being written, beside it
+
+
+def check_destination(path, suffixes: tuple[str, ...] = ()) -> epath.Path:
+  """`path` as a destination: it must not exist (nothing is replaced that the user did not
+  remove) and, given `suffixes`, end in one of them. Called before the work that fills it."""
   path = epath.Path(path)
+  if suffixes and path.suffix not in suffixes:
+    raise ValueError(f"cannot write {path}: use a file name ending in {' or '.join(suffixes)}")
+  if path.exists():
+    raise FileExistsError(f"{path} exists; remove it or choose another name")
+  return path
+
+
+def write_aside(path, write: Callable[[epath.Path], None],
+                suffixes: tuple[str, ...] = ()) -> epath.Path:
+  """Checks `path` (`check_destination`), lets `write` fill a file or folder beside it and
+  renames that into place: after a kill or a full disk, `path` is complete or absent. What a
+  killed writer of the same destination left beside it is removed first (and logged)."""
+  path = check_destination(path, suffixes)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  remove_leftovers(path)
+  aside = path.parent / f".{path.name}{_ASIDE}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  try:
+    write(aside)
+    aside.rename(path)
+  except BaseException:
+    _remove(aside)
+    raise
+  return path
+
+
+def remove_leftovers(path) -> list[str]:
+  """Removes the files or folders a killed `write_aside` of `path` left beside it (those whose
+  writing process is gone on this host); returns their names."""
+  path = epath.Path(path)
+  removed = []
+  for leftover in path.parent.glob(f".{path.name}{_ASIDE}*"):
+    pid = leftover.name[len(f".{path.name}{_ASIDE}"):].split("-")[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      _remove(leftover)
+      removed.append(leftover.name)
+      logging.warning("removed %s, left by a writer of %s that was stopped", leftover, path)
+  return removed
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _remove(path: epath.Path) -> None:
+  if path.is_dir():
+    path.rmtree(missing_ok=True)
+  elif path.exists():
+    path.unlink()
+
+
+def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> epath.Path:
+  """Writes `.safetensors` (no torch needed) or `.bin`/`.pt` (a plain torch state dict), to a
+  new file (`write_aside`)."""
+  path = check_destination(path, STATE_DICT_SUFFIXES)
   if path.suffix == ".safetensors":
     data = safetensors.numpy.save({k: np.array(v, order="C") for k, v in state_dict.items()})
-  elif path.suffix in (".bin", ".pt", ".pth"):
+  else:
     torch = _torch(path)
     buffer = io.BytesIO()
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, buffer)
     data = buffer.getvalue()
-  else:
-    raise ValueError(f"cannot write {path}: use a .safetensors, .bin, .pt or .pth file name")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(data)
-  return path
+  return write_aside(path, lambda aside: aside.write_bytes(data))

@@ -231,6 +231,9 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   specs = model_specs(config, plugins)
   ignored = check_checkpoints(specs)
   writer = jax.process_index() == 0
+  if writer:
+    for path in reports.remove_partial(workdir):
+      logging.info("removed %s, the progress of an evaluation that was stopped", path)
   order = {spec.label: i for i, spec in enumerate(specs)}
   results, passes = [], []
   for group in decode_passes(specs, config.models_per_pass):
@@ -260,7 +263,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
       results.append(entry)
       results.sort(key=lambda r: order[r.label])  # as the user listed them
       if writer:
-        reports.write_model_reports(workdir, results, [entry], passes)
+        reports.write_model_reports(workdir, results, [entry], passes, partial=True)
     del built, scorers
   if writer:
     written = reports.write_reports(workdir, results, config.image_root or None,

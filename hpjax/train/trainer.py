@@ -21,6 +21,7 @@ from hpjax import config_fields
 from hpjax import factory
 from hpjax import sharding
 from hpjax import tokenizer as tokenizer_lib
+from hpjax.checkpoints import files as checkpoint_files
 from hpjax.data import synthetic
 from hpjax.data import training as data_lib
 from hpjax.data import world_tokenizer
@@ -183,6 +184,8 @@ def run(config, workdir: str) -> dict:
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
   run_config.check_values(config, len(jax.devices()), jax.process_count())
+  if config.export_openclip:  # before any work: never replaces a file (the starting one included)
+    checkpoint_files.check_destination(config.export_openclip, checkpoint_files.STATE_DICT_SUFFIXES)
   mesh = sharding.make_mesh(config.mesh.model_parallel,
                             jax.devices()[:config.mesh.num_devices or None])
   os.makedirs(workdir, exist_ok=True)
