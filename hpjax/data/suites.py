@@ -99,6 +99,12 @@ class Suite:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"suite {self.name}: unknown kind {self.kind!r}; expected one of {KINDS}")
+    for r in self.records:  # an empty option would be scored as if it were a caption
+      empty = [f"{i} ({role})" for i, (role, text) in enumerate(zip(r.roles, r.captions))
+               if not text.strip()]
+      if empty:
+        raise SuiteFormatError(f"{self.path or r.source} [index {r.index}]: caption "
+                               f"{', '.join(empty)} is empty")
 
   def __len__(self):
     return len(self.records)

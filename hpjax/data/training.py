@@ -153,6 +153,11 @@ def make_dataset(source, *, global_batch_size: int, seed: int, transform: Exampl
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
   num_records = len(source)
+  if global_batch_size > num_records:
+    raise ValueError(f"training data {source!r}: a global batch of {global_batch_size} is larger "
+                     f"than its {num_records} records; a batch would hold copies of the same "
+                     "records as each other's negatives: use a batch_size of at most "
+                     f"{num_records}")
   # The record's own index (grain passes epoch * num_records + i through repeat).
   ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i % num_records, r))
   ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(transform, seed=seed)

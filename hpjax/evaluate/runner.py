@@ -35,6 +35,20 @@ from hpjax.models import config as config_lib
 
 
 RANDOM_INIT = "random"
+# The config's values checked before any work (`check_values`), as the trainer checks its own.
+_POSITIVE = ("batch_size", "text_batch_size", "num_workers", "models_per_pass")
+_NON_NEGATIVE = ("gallery_size", "seed")
+_CHOICES = {"dtype": ("float32", "bfloat16", "float16"),
+            "matmul_precision": ("default", "high", "highest")}
+
+
+def check_values(config) -> None:
+  """Raises one ValueError naming every field whose value the evaluation cannot use (a
+  text_batch_size of -1 would score nothing and report 0.0)."""
+  values = {f: config_fields.get(config, f) for f in (*_POSITIVE, *_NON_NEGATIVE, *_CHOICES)}
+  problems = config_fields.value_problems(values, _POSITIVE, _NON_NEGATIVE, _CHOICES)
+  if problems:
+    raise ValueError("config: " + "; ".join(problems))
 
 
 @dataclasses.dataclass
@@ -223,6 +237,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   """Evaluates every model of the config (see `model_specs`; `plugins` maps a name to a
   `(images, captions) -> scores` callable or a `PluginScorer`); returns label -> figures and
   writes the reports into `workdir`, each model's as soon as it is scored."""
+  check_values(config)
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)

@@ -61,19 +61,10 @@ def flatten(config) -> dict:
 def check_values(config, num_devices: int, process_count: int) -> None:
   """Raises one ValueError naming every field whose value the run cannot use."""
   values = flatten(config)
-  problems = []
-  for field in _POSITIVE:
-    if not (isinstance(values[field], int) and values[field] > 0):
-      problems.append(f"{field}={values[field]!r} must be a positive integer")
-  for field in _NON_NEGATIVE:
-    if not (isinstance(values[field], int) and values[field] >= 0):
-      problems.append(f"{field}={values[field]!r} must be an integer >= 0")
+  problems = config_fields.value_problems(values, _POSITIVE, _NON_NEGATIVE, _CHOICES)
   for field in _FRACTIONS:
     if not 0.0 <= values[field] <= 1.0:
       problems.append(f"{field}={values[field]!r} must be a fraction in [0, 1]")
-  for field, allowed in _CHOICES.items():
-    if values[field] not in allowed:
-      problems.append(f"{field}={values[field]!r} must be one of {list(allowed)}")
   low, high = values["data.crop_scale"]
   if not 0.0 < low <= high <= 1.0:
     problems.append(f"data.crop_scale={values['data.crop_scale']!r} must be (low, high) with "
