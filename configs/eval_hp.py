@@ -33,6 +33,8 @@ def get_config(arg=None):
   c.model = "ViT-B-32-quickgelu"
   c.checkpoints = "random"  # '+'-separated paths; 'random' = a random-init model.
   c.seed = 0  # random init only.
+  c.lora_rank = 0  # a user's own files with LoRA adapters (TSVLC / DAC: 4), merged at this rank
+  c.lora_alpha = 1.0  # ... with scale lora_alpha / lora_rank (registry rows know their own)
   c.dtype = "float32"  # compute dtype; scores are fp32 either way.
   c.matmul_precision = "highest"  # fp32 matmuls in true fp32 on GPU/TPU; "default" is faster.
   c.suite_root = ""  # authors' layout: data/<name>.json + swapped_data/<name>.json, or tfds:NAME.

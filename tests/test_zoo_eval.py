@@ -173,7 +173,7 @@ def test_registry_names_resolve_against_weights_dir_with_their_parity(tmp_path, 
           for s in paper] == [("quick_gelu", "float16", "clip"), ("gelu", "float32", "clip"),
                               ("quick_gelu", "float32", "clip"), ("gelu", "float32", "clip")]
   assert paper[1].checkpoint == str(tmp_path / "negclip.pth")
-  assert runner._load_kwargs(paper[3]) == {"lora_rank": 4, "lora_alpha": 1.0}
+  assert paper[3].lora == {"lora_rank": 4, "lora_alpha": 1.0} and paper[0].lora == {}
   trained = runner.model_specs(eval_hp.get_config(
       f"models={names},weights_dir={tmp_path},parity=as_trained"))
   assert [s.settings.activation for s in trained][:2] == ["quick_gelu", "quick_gelu"]

@@ -37,7 +37,7 @@ from hpjax.models import config as config_lib
 RANDOM_INIT = "random"
 # The config's values checked before any work (`check_values`), as the trainer checks its own.
 _POSITIVE = ("batch_size", "text_batch_size", "num_workers", "models_per_pass")
-_NON_NEGATIVE = ("gallery_size", "seed")
+_NON_NEGATIVE = ("gallery_size", "seed", "lora_rank")
 _CHOICES = {"dtype": ("float32", "bfloat16", "float16"),
             "matmul_precision": ("default", "high", "highest")}
 
@@ -63,6 +63,7 @@ class ModelSpec:
   plugin: Callable | None = None
   # The architecture as this parity mode builds it (`_as_scored`); None for a plug-in.
   model_config: config_lib.CLIPConfig | None = None
+  lora: dict = dataclasses.field(default_factory=dict)  # lora_rank, lora_alpha of a LoRA file
 
   @property
   def preprocess_key(self) -> tuple:
@@ -140,14 +141,19 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   specs = []
   for label, (_, architecture, ckpt, entry) in zip(_unique([r[0] for r in raw]), raw):
     model_config = config_lib.get_model_config(architecture)
+    lora = {}
     if entry is None:
       mode, settings = zoo.AS_TRAINED, _own_settings(model_config, config.dtype)
+      if config.lora_rank:
+        lora = {"lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha}
     else:
       mode, settings = parity, entry.settings(parity)
       if parity == zoo.AS_TRAINED:
         settings = dataclasses.replace(settings, dtype=config.dtype)
+      if entry.format == zoo.LORA:  # LoRA files (TSVLC / DAC) are merged at import
+        lora = {"lora_rank": zoo.LORA_RANK, "lora_alpha": 1.0}
     specs.append(ModelSpec(label, architecture, ckpt, mode, settings, entry,
-                           model_config=_as_scored(model_config, settings, mode)))
+                           model_config=_as_scored(model_config, settings, mode), lora=lora))
   for name, fn in plugins.items():
     entry = zoo.BY_NAME.get(name)
     settings = zoo.Settings("n/a", "n/a", "float32", "n/a")
@@ -164,18 +170,11 @@ def _as_scored(model_config: config_lib.CLIPConfig, settings: zoo.Settings, pari
   return config
 
 
-def _load_kwargs(spec: ModelSpec) -> dict:
-  """LoRA files (TSVLC / DAC) are merged at import (hpjax.checkpoints, issue 9)."""
-  if spec.entry is not None and spec.entry.format == zoo.LORA:
-    return {"lora_rank": zoo.LORA_RANK, "lora_alpha": 1.0}
-  return {}
-
-
 def build(spec: ModelSpec, seed: int = 0):
   """(model, params) of a dual-encoder spec, in its mode's activation and compute dtype."""
   return factory.create_model(spec.model_config, pretrained=spec.checkpoint,
                               dtype=jnp.dtype(spec.settings.dtype), rng=jax.random.key(seed),
-                              **_load_kwargs(spec))
+                              **spec.lora)
 
 
 def _tokenizer(spec: ModelSpec, config, tokenizer_dir: str | None):
@@ -196,7 +195,7 @@ def check_checkpoints(specs: list[ModelSpec]) -> dict[str, list[str]]:
       continue
     try:
       ignored[spec.label] = checkpoints_lib.check_params(spec.checkpoint, spec.model_config,
-                                                         **_load_kwargs(spec))
+                                                         **spec.lora)
     except Exception as e:  # pylint: disable=broad-except  (reported below, with the model)
       problems.append(f"{spec.label} ({spec.checkpoint}): {type(e).__name__}: {e}")
   if problems:
