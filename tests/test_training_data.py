@@ -303,3 +303,26 @@ def test_training_refuses_a_builders_temporary_file(tmp_path):
     training.open_source(partial)
   with pytest.raises(ValueError, match="expected one .jsonl"):
     training.open_source([str(tmp_path / "a.array_record"), partial])
+
+
+def test_a_truncated_array_record_file_is_one_error_naming_it(jsonl, tmp_path):
+  path = str(tmp_path / "train.array_record")
+  train_builders.write_array_record(records_lib.read_jsonl(jsonl), path)
+  data = open(path, "rb").read()
+  cut = tmp_path / "cut.array_record"
+  cut.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"cut.array_record: not a readable array_record file"):
+    training.open_source(str(cut))
+
+
+def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(jsonl, tmp_path, caplog):
+  from test_writers import dead_pid  # pylint: disable=g-import-not-at-top
+  from hpjax import leftovers  # pylint: disable=g-import-not-at-top
+  host = leftovers.name("").rsplit("-", 2)[0]
+  out = tmp_path / "out"
+  os.makedirs(out)
+  left = out / f".train.jsonl.partial-{host}-{dead_pid()}-0123abcd.partial"
+  left.write_text("half")
+  train_builders.write_jsonl(records_lib.read_jsonl(jsonl), str(out / "train.jsonl"))
+  assert sorted(os.listdir(out)) == ["train.jsonl"]
+  assert f"removed {left}" in caplog.text

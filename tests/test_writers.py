@@ -13,7 +13,7 @@ import pytest
 from configs import hnhp
 from helpers import train_args
 import hpjax
-from hpjax import checkpoints
+from hpjax import checkpoints, leftovers
 from hpjax.checkpoints import big_vision, files
 from hpjax.train import trainer
 
@@ -81,19 +81,27 @@ def test_big_vision_writer_checks_first_and_writes_aside(tmp_path, monkeypatch):
       big_vision.from_params(pair_params, config))
 
 
-def test_leftovers_of_a_killed_writer_are_removed_and_logged(tmp_path, caplog):
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+def dead_pid() -> str:
+  return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True).stdout.strip()
-  left = tmp_path / f".a.safetensors.partial-{dead}-0123abcd"
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_logged(tmp_path, caplog):
+  host, dead = leftovers.name("").rsplit("-", 2)[0], dead_pid()
+  stem = ".a.safetensors.partial-"
+  left = tmp_path / f"{stem}{host}-{dead}-0123abcd"
   left.write_bytes(b"half a file")
-  folder = tmp_path / f".hf.partial-{dead}-0123abcd"
+  kept = [tmp_path / f"{stem}{host}-{os.getpid()}-feedbeef",  # a writer still running
+          tmp_path / f"{stem}otherhost-{dead}-0123abcd"]  # a writer on another host
+  for path in kept:
+    path.write_bytes(b"being written")
+  folder = tmp_path / f".hf.partial-{host}-{dead}-0123abcd"
   folder.mkdir()
-  alive = tmp_path / f".a.safetensors.partial-{os.getpid()}-feedbeef"  # a writer still running
-  alive.write_bytes(b"being written")
   checkpoints.write_state_dict(STATE, tmp_path / "a.safetensors")
-  assert sorted(os.listdir(tmp_path)) == sorted(["a.safetensors", folder.name, alive.name])
-  assert f"removed {left}" in caplog.text
-  assert files.remove_leftovers(tmp_path / "hf") == [folder.name]
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      ["a.safetensors", folder.name] + [p.name for p in kept])
+  assert f"removed {left}, left by a run that was stopped" in caplog.text
+  assert leftovers.remove_stale(tmp_path, ".hf.partial-") == [str(folder)]
   np.testing.assert_array_equal(
       checkpoints.read_state_dict(tmp_path / "a.safetensors")["visual.proj"], STATE["visual.proj"])
 

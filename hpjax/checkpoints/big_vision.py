@@ -134,8 +134,11 @@ def read_npz(path) -> dict[str, np.ndarray]:
   path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"big_vision checkpoint {path} does not exist")
-  with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
-    return {k: npz[k] for k in npz.files}
+  with files.npz_errors(path), np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+  for key, value in arrays.items():
+    files.check_npz_dtype(path, key, value.dtype)
+  return arrays
 
 
 def to_params(arrays: dict[str, np.ndarray], config: CLIPConfig, param_dtype=np.float32,

@@ -24,19 +24,20 @@ architecture has it (mapping.with_text_prefix).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import pickle
 import struct
-import uuid
 import zipfile
+import zlib
 from typing import Any, Callable, Mapping
 
-from absl import logging
 from etils import epath
 import numpy as np
 import safetensors.numpy
+
+from hpjax import leftovers
 
 _NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 # Buffers, not weights: attention masks, and the index buffers older transformers versions
@@ -48,8 +49,11 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
   """Reads a checkpoint file into {key: numpy array} with normalised OpenCLIP keys."""
   path = _existing(path)
   if path.suffix == ".safetensors":
-    raw = (safetensors.numpy.load_file(str(path)) if is_local(path)
-           else safetensors.numpy.load(path.read_bytes()))
+    try:
+      raw = (safetensors.numpy.load_file(str(path)) if is_local(path)
+             else safetensors.numpy.load(path.read_bytes()))
+    except safetensors.SafetensorError as e:  # truncated, or not a .safetensors file at all
+      raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
   else:
     source = str(path) if is_local(path) else io.BytesIO(path.read_bytes())
     tensors = (_read_torchscript(path, source) if _is_torchscript(source)
@@ -80,7 +84,7 @@ def read_npz_stand_ins(path) -> dict[str, np.ndarray]:
   readers = {(1, 0): np.lib.format.read_array_header_1_0,
              (2, 0): np.lib.format.read_array_header_2_0}
   shapes = {}
-  with path.open("rb") as f, zipfile.ZipFile(f) as archive:
+  with path.open("rb") as f, npz_errors(path), zipfile.ZipFile(f) as archive:
     for name in archive.namelist():
       with archive.open(name) as member:
         version = np.lib.format.read_magic(member)
@@ -89,8 +93,26 @@ def read_npz_stand_ins(path) -> dict[str, np.ndarray]:
         shape, _, dtype = readers[version](member)
         if dtype.hasobject:  # What np.load(allow_pickle=False) refuses.
           raise ValueError(f"{path}: {name} holds Python objects, which are never unpickled")
+        check_npz_dtype(path, name, dtype)
         shapes[name.removesuffix(".npy")] = shape
   return {key: stand_in(shape) for key, shape in shapes.items()}
+
+
+@contextlib.contextmanager
+def npz_errors(path):
+  """A truncated or foreign .npz file's zip and .npy errors as one ValueError naming it."""
+  try:
+    yield
+  except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+    raise ValueError(f"{path} is not a readable .npz file (truncated or not a zip of .npy "
+                     f"arrays): {e}") from e
+
+
+def check_npz_dtype(path, name: str, dtype: np.dtype) -> None:
+  """Numbers only: numpy stores what it cannot name (bfloat16) as raw bytes ('|V2')."""
+  if dtype.kind not in "fiub":
+    raise ValueError(f"{path}: {name} is stored as {dtype.str!r}, not as numbers numpy can read "
+                     "(a bfloat16 array is saved as raw 2-byte values); save it as float32")
 
 
 def stand_in(shape) -> np.ndarray:
@@ -247,7 +269,7 @@ def _to_numpy(tensor) -> np.ndarray:
 
 
 STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_ASIDE = ".partial-"  # `.NAME.partial-PID-RANDOM`: a destination being written, beside it
+_ASIDE = ".partial-"  # `.NAME.partial-HOST-PID-RANDOM`: a destination being written, beside it
 
 
 def check_destination(path, suffixes: tuple[str, ...] = ()) -> epath.Path:
@@ -268,46 +290,20 @@ def write_aside(path, write: Callable[[epath.Path], None],
   killed writer of the same destination left beside it is removed first (and logged)."""
   path = check_destination(path, suffixes)
   path.parent.mkdir(parents=True, exist_ok=True)
-  remove_leftovers(path)
-  aside = path.parent / f".{path.name}{_ASIDE}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  stem = f".{path.name}{_ASIDE}"
+  if is_local(path):
+    leftovers.remove_stale(path.parent, stem)
+  aside = path.parent / leftovers.name(stem)
   try:
     write(aside)
     aside.rename(path)
   except BaseException:
-    _remove(aside)
+    if aside.is_dir():
+      aside.rmtree(missing_ok=True)
+    elif aside.exists():
+      aside.unlink()
     raise
   return path
-
-
-def remove_leftovers(path) -> list[str]:
-  """Removes the files or folders a killed `write_aside` of `path` left beside it (those whose
-  writing process is gone on this host); returns their names."""
-  path = epath.Path(path)
-  removed = []
-  for leftover in path.parent.glob(f".{path.name}{_ASIDE}*"):
-    pid = leftover.name[len(f".{path.name}{_ASIDE}"):].split("-")[0]
-    if pid.isdigit() and not _alive(int(pid)):
-      _remove(leftover)
-      removed.append(leftover.name)
-      logging.warning("removed %s, left by a writer of %s that was stopped", leftover, path)
-  return removed
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def _remove(path: epath.Path) -> None:
-  if path.is_dir():
-    path.rmtree(missing_ok=True)
-  elif path.exists():
-    path.unlink()
 
 
 def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> epath.Path:

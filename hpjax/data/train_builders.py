@@ -22,11 +22,11 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from typing import Iterable, Iterator, Sequence
 
 from absl import logging
 
+from hpjax import leftovers
 from hpjax import preprocess
 from hpjax.data import records as records_lib
 
@@ -147,9 +147,9 @@ def _replaced_on_success(path: str):
   """Yields a temporary path next to `path`, renamed to `path` only when the block succeeds:
   a failed or killed build leaves the old `path` as it was, and its temporary file (removed on
   failure; named *.partial, which `training.open_source` refuses) is never mistaken for data."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-  os.close(fd)
+  folder, stem = os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial-"
+  leftovers.remove_stale(folder, stem)  # what a killed build of `path` left
+  tmp = os.path.join(folder, leftovers.name(stem) + ".partial")
   try:
     yield tmp
     os.replace(tmp, path)

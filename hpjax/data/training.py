@@ -50,7 +50,11 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
 
   def __init__(self, paths: Sequence[str]):
     self._paths = list(paths)
-    self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    except RuntimeError as e:  # riegeli's message names the damage, not the file
+      raise ValueError(f"training data {'+'.join(self._paths)}: not a readable array_record file "
+                       f"(truncated or damaged; build it again): {e}") from e
 
   def __len__(self) -> int:
     return len(self._source)
