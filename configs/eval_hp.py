@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.suites = "replace+swap"  # 'replace', 'replace_attributes', 'replace_relations', 'swap'.
   c.image_root = ""  # record image paths are relative to it.
   c.swap_image_dir = ""  # SWAP (ARO) image paths relative to this, if not under image_root.
+  c.allow_paths_outside_root = False  # True: suites may name absolute or '../' image paths.
   c.batch_size = 128  # images per device step (global).
   c.text_batch_size = 512
   c.num_workers = 8  # image decoding threads.

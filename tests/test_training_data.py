@@ -262,7 +262,7 @@ def test_array_record_writer_missing_image(jsonl, tmp_path):
 
 
 def _stored(path):
-  source = training.open_source(path)
+  source = training.open_source(path, allow_outside=True)  # (out/ is beside the images)
   return [source[i] for i in range(len(source))]
 
 

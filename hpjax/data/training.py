@@ -31,9 +31,9 @@ SKIPPED = "skipped_record"
 class JsonlSource(grain.sources.RandomAccessDataSource):
   """Random access over the records of a training JSONL (images read from their paths)."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, allow_outside: bool = False):
     self._path = path
-    self._records = records_lib.read_jsonl(path)
+    self._records = records_lib.read_jsonl(path, allow_outside)
 
   def __len__(self) -> int:
     return len(self._records)
@@ -66,17 +66,17 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
     return f"ArrayRecordSource({self._paths!r})"
 
 
-def open_source(paths: str | Sequence[str], tfds_data_dir: str | None = None
-                ) -> grain.sources.RandomAccessDataSource:
-  """A JSONL file, one or more array_record files (`*.array_record`, or shards named
-  `*.array_record-00000-of-00008`), or a prepared TFDS dataset `tfds:<name>[:<split>]`
-  (hpjax.data.tfds_sources). Other names, such as a builder's `*.partial` temporary file, are
-  refused."""
+def open_source(paths: str | Sequence[str], tfds_data_dir: str | None = None,
+                allow_outside: bool = False) -> grain.sources.RandomAccessDataSource:
+  """A JSONL file (its image paths under its folder unless `allow_outside`), one or more
+  array_record files (`*.array_record`, or shards named `*.array_record-00000-of-00008`), or a
+  prepared TFDS dataset `tfds:<name>[:<split>]` (hpjax.data.tfds_sources). Other names, such as
+  a builder's `*.partial` temporary file, are refused."""
   paths = [paths] if isinstance(paths, str) else list(paths)
   if len(paths) == 1 and paths[0].startswith("tfds:"):
     return tfds_sources.open_training_source(paths[0], tfds_data_dir)
   if len(paths) == 1 and paths[0].endswith(".jsonl"):
-    return JsonlSource(paths[0])
+    return JsonlSource(paths[0], allow_outside)
   if paths and all(re.search(r"\.array_record(-\d+-of-\d+)?$", p) for p in paths):
     return ArrayRecordSource(paths)
   raise ValueError(f"training data {'+'.join(paths)!r}: expected one .jsonl file or "

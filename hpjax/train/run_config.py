@@ -27,7 +27,7 @@ HOSTS = "hosts"  # the process count, saved beside the config's fields.
 # What a checkpoint means: a change continues the weights on another model, other data or
 # another batch order. (data.worker_count does not change the batches: tested.)
 SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS)
-FREE = ("data.worker_count", "pretrain.cache_dir")
+FREE = ("data.worker_count", "pretrain.cache_dir", "data.allow_paths_outside_root")
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 

@@ -71,9 +71,11 @@ def _training_data(config, world: synthetic.WorldPaths | None):
     source_path = (world.pretrain_jsonl if data.synthetic_corpus == "pretrain" else
                    world.train_jsonl)
     eval_root, image_root = world.eval_root, world.image_root
-  source = data_lib.open_source(config_fields.split_list(source_path), data.tfds_data_dir or None)
+  source = data_lib.open_source(config_fields.split_list(source_path), data.tfds_data_dir or None,
+                                data.allow_paths_outside_root)
   if data.val_source:
-    held_out = data_lib.open_source(config_fields.split_list(data.val_source), data.tfds_data_dir or None)
+    held_out = data_lib.open_source(config_fields.split_list(data.val_source),
+                                    data.tfds_data_dir or None, data.allow_paths_outside_root)
     val = [held_out[i] for i in range(len(held_out))]
   else:
     if len(source) <= data.val_size:
