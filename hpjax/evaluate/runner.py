@@ -178,10 +178,13 @@ def build(spec: ModelSpec, seed: int = 0):
 
 
 def _tokenizer(spec: ModelSpec, config, tokenizer_dir: str | None):
-  """CLIP BPE ids (77, as OpenAI's clip.tokenize) or the model's own HF tokenizer."""
-  if spec.settings.tokenizer == "clip":
-    return tokenizer_lib.get_tokenizer(config if spec.parity == zoo.AS_TRAINED else None)
-  return tokenizer_lib.get_tokenizer(config, tokenizer_dir=tokenizer_dir)
+  """CLIP BPE ids (77, as OpenAI's clip.tokenize) for a registry row scored as the paper did,
+  else the model's own tokenizer: the one its config names, from `tokenizer_dir` where that is
+  an HF tokenizer (a user's SigLIP model too; a CLIP model beside it ignores the field)."""
+  if spec.settings.tokenizer == "clip" and spec.parity != zoo.AS_TRAINED:
+    return tokenizer_lib.get_tokenizer(None)
+  return tokenizer_lib.get_tokenizer(
+      config, tokenizer_dir=tokenizer_dir if config.text.hf_tokenizer_name else None)
 
 
 def check_checkpoints(specs: list[ModelSpec]) -> dict[str, list[str]]:

@@ -111,7 +111,8 @@ def _tokenizer(config, model_cfg, workdir: str, resuming: bool,
     multihost_utils.sync_global_devices("world tokenizer written")
     if not os.path.exists(path):  # a host that does not share process 0's workdir
       train()
-  tokenizer = tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
+  tokenizer = tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None,
+                                          field="model.tokenizer")
   vocab = text.hf.vocab_size if text.hf else text.vocab_size
   if tokenizer.vocab_size > vocab:  # (an id past the embedding would be a NaN feature)
     raise ValueError(f"model.name={config.model.name!r}: its {type(tokenizer).__name__}"
