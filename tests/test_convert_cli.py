@@ -97,3 +97,23 @@ def test_non_finite_weights_are_refused_naming_the_parameter(source, tmp_path, b
   config = eval_hp.get_config(f"models=hpjax-tiny={path},suite_root={tmp_path}/absent")
   with pytest.raises(ValueError, match=r"visual/proj"):
     runner.build(runner.model_specs(config)[0])
+
+
+def test_a_damaged_newest_step_names_the_intact_ones(source, tmp_path):
+  """One line instead of orbax's pages: which step is damaged, and which ones read."""
+  from hpjax.checkpoints import orbax_params  # pylint: disable=g-import-not-at-top
+  state_dict, _ = source
+  params = checkpoints.openclip_to_params(state_dict, get_model_config("hpjax-tiny"))
+  steps = tmp_path / "checkpoints"
+  for step in (2, 4, 6):
+    orbax_params.save_params(steps / str(step), params)
+  (steps / "6" / "_METADATA").write_text("{half a json")
+  with pytest.raises(ValueError, match=rf"orbax checkpoint {steps / '6'} is damaged \(.*\); "
+                                       rf"intact step\(s\) of {steps}: 4, 2: give {steps / '4'}$"):
+    convert.run(convert_config.get_config(f"src={steps},model=hpjax-tiny,direction=to_openclip"),
+                tmp_path / "w")
+  assert not (tmp_path / "w" / "open_clip_model.safetensors").exists()
+  done = convert.run(convert_config.get_config(
+      f"src={steps / '4'},model=hpjax-tiny,direction=to_openclip"), tmp_path / "w")
+  np.testing.assert_array_equal(checkpoints.read_state_dict(done["dst"])["visual.proj"],
+                                state_dict["visual.proj"])
