@@ -182,9 +182,10 @@ def test_registry_names_resolve_against_weights_dir_with_their_parity(tmp_path, 
   asked = []
   monkeypatch.setattr(runner.tokenizer_lib, "get_tokenizer",
                       lambda config=None, **kw: asked.append((config, kw)) or "tok")
-  runner._tokenizer(paper[2], "roberta-config", "/tok")
-  runner._tokenizer(trained[2], "roberta-config", "/tok")
-  assert asked == [(None, {}), ("roberta-config", {"tokenizer_dir": "/tok"})]
+  roberta = trained[2].model_config
+  runner._tokenizer(paper[2], roberta, "/tok")
+  runner._tokenizer(trained[2], roberta, "/tok")
+  assert asked == [(None, {}), (roberta, {"tokenizer_dir": "/tok"})]
   with pytest.raises(FileNotFoundError, match=r"crepe_ft_all: no weights file; expected "
                                               r".*crepe_ft_all.pt; published at: SugarCrepe"):
     runner.model_specs(eval_hp.get_config(f"models=crepe_ft_all,weights_dir={tmp_path}"))
