@@ -114,6 +114,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.9, 1.0)
   c.data.worker_count = 0
   c.data.skip_bad_images = False
+  c.data.allow_paths_outside_root = False  # True: a JSONL may name absolute or '../' image paths
   # The synthetic world's corpus: "finetune" (COCO-style captions with hard texts, train.jsonl)
   # or "pretrain" (its web captions, pretrain.jsonl: what the pretraining stage trains on).
   c.data.synthetic_corpus = "finetune"

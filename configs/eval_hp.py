@@ -35,6 +35,8 @@ def get_config(arg=None):
   c.model = "ViT-B-32-quickgelu"
   c.checkpoints = "random"  # '+'-separated paths; 'random' = a random-init model.
   c.seed = 0  # random init only.
+  c.lora_rank = 0  # a user's own files with LoRA adapters (TSVLC / DAC: 4), merged at this rank
+  c.lora_alpha = 1.0  # ... with scale lora_alpha / lora_rank (registry rows know their own)
   c.dtype = "float32"  # compute dtype; scores are fp32 either way.
   c.matmul_precision = "highest"  # fp32 matmuls in true fp32 on GPU/TPU; "default" is faster.
   c.suite_root = ""  # authors' layout: data/<name>.json + swapped_data/<name>.json, or tfds:NAME.
@@ -42,6 +44,7 @@ def get_config(arg=None):
   c.suites = "replace+swap"  # 'replace', 'replace_attributes', 'replace_relations', 'swap'.
   c.image_root = ""  # record image paths are relative to it.
   c.swap_image_dir = ""  # SWAP (ARO) image paths relative to this, if not under image_root.
+  c.allow_paths_outside_root = False  # True: suites may name absolute or '../' image paths.
   c.batch_size = 128  # images per device step (global).
   c.text_batch_size = 512
   c.num_workers = 8  # image decoding threads.

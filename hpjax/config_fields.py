@@ -34,3 +34,19 @@ def field_error(config: ml_collections.ConfigDict, dotted: str) -> str | None:
   if isinstance(node, ml_collections.ConfigDict):
     return f"config field {dotted!r} is a group of fields, not a value: {sorted(node.keys())}"
   return None
+
+
+def value_problems(values: dict, positive=(), non_negative=(), choices=None) -> list[str]:
+  """One line per field of `values` ({'a.b': value}) whose value is not a positive integer,
+  an integer >= 0 or one of its choices, as the programs check their configs before work."""
+  problems = []
+  for field in positive:
+    if not (isinstance(values[field], int) and values[field] > 0):
+      problems.append(f"{field}={values[field]!r} must be a positive integer")
+  for field in non_negative:
+    if not (isinstance(values[field], int) and values[field] >= 0):
+      problems.append(f"{field}={values[field]!r} must be an integer >= 0")
+  for field, allowed in (choices or {}).items():
+    if values[field] not in allowed:
+      problems.append(f"{field}={values[field]!r} must be one of {list(allowed)}")
+  return problems

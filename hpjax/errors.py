@@ -2,8 +2,9 @@
 
 `reported(main)` wraps an absl main: the error types that bad input raises (a bad value, a
 missing, damaged or foreign file, a full disk, a non-finite loss) print `error: <first line of
-the message>` as the last line and exit 1, instead of pages of library traceback. The traceback
-stays available: `--traceback` re-raises, and it is logged at debug level (`--verbosity=1`).
+the message; the first lines of its listing>` as the last line and exit 1, instead of pages of
+library traceback. The traceback stays available: `--traceback` re-raises, and it is logged
+at debug level (`--verbosity=1`).
 `parse_flags` does the same for errors while the flags (and the config file) are read.
 """
 
@@ -18,6 +19,7 @@ from hpjax import config_fields
 
 USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
 _LIMIT = 400  # characters of a library's message (tensorstore's run to pages)
+_LISTED, _LISTED_LIMIT = 6, 200  # lines of a listing under the first, and characters of each
 
 
 def first_line(error: BaseException, limit: int = _LIMIT) -> str:
@@ -25,14 +27,26 @@ def first_line(error: BaseException, limit: int = _LIMIT) -> str:
   both ends, since a library names the file first and the cause last."""
   message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
   lines = [l for l in str(message).splitlines() if l.strip()] or [type(error).__name__]
-  text = lines[0]
-  return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
+  return _cut(lines[0], limit)
 
 
 def summary(error: BaseException) -> str:
-  """The one line printed for a user error."""
-  more = len([l for l in str(error).splitlines() if l.strip()]) - 1
-  return first_line(error) + (f" ({more} more lines with --traceback)" if more > 0 else "")
+  """The one line printed for a user error: the first line, then the first `_LISTED` lines of
+  the listing under it (hpjax's listings are indented: the missing keys, the images that do not
+  read, each model's cause), joined by '; '; a library's unindented continuation (a spec
+  dump) is only counted."""
+  lines = [l for l in str(error).splitlines() if l.strip()][1:]
+  shown = [_cut(l.strip(), _LISTED_LIMIT) for l in lines if l[:1].isspace()][:_LISTED]
+  more = len(lines) - len(shown)
+  first = first_line(error)
+  if shown:
+    first += (" " if first.endswith(":") else "; ") + "; ".join(shown)
+  return first + (
+      f" ({more} more lines with --traceback)" if more > 0 else "")
+
+
+def _cut(text: str, limit: int) -> str:
+  return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
 
 
 def _define_traceback_flag() -> None:

@@ -33,7 +33,8 @@ def load_image(source: str | os.PathLike | bytes,
 
   A box that runs past the image is padded with black, as the authors' and ARO's code crop
   (PIL `Image.crop` after `convert('RGB')`). Raises OSError naming the file when it cannot be
-  read or decoded, and ValueError naming the file and the box when the box is empty.
+  read or decoded (or is over PIL's pixel limit), and ValueError naming the file and the box
+  when the box is empty or wholly outside the image.
   """
   return load_cropped(source, crop_box)[0]
 
@@ -48,6 +49,8 @@ def load_cropped(source: str | os.PathLike | bytes,
       rgb = image.convert("RGB")
   except OSError as e:
     raise type(e)(f"cannot read image {name}: {e}") from e
+  except Image.DecompressionBombError as e:  # over PIL's pixel limit: unreadable, as above
+    raise OSError(f"cannot read image {name}: {e}") from e
   if crop_box is None:
     return rgb, False
   return _crop(rgb, crop_box, name), box_overruns(crop_box, rgb.size)
@@ -70,6 +73,10 @@ def _crop(image: Image.Image, box: Sequence[float], name: str) -> Image.Image:
   if right <= left or lower <= upper:
     raise ValueError(f"{name}: crop box (x, y, w, h) = {tuple(box)} is empty (w and h must "
                      "round to at least one pixel)")
+  if right <= 0 or lower <= 0 or left >= image.width or upper >= image.height:
+    raise ValueError(f"{name}: crop box (x, y, w, h) = {tuple(box)} lies wholly outside the "
+                     f"image of {image.width}x{image.height} pixels (a box that runs past the "
+                     "edge is padded black; one outside is not a crop of the image)")
   return image.crop((left, upper, right, lower))
 
 

@@ -297,7 +297,8 @@ def _check_tokenizer_kwargs(name_or_path: str, tokenizer_class: type[Tokenizer])
 
 
 def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
-                  context_length: int | None = None, tokenizer_dir=None) -> Tokenizer:
+                  context_length: int | None = None, tokenizer_dir=None,
+                  field: str = "tokenizer_dir") -> Tokenizer:
   """The tokenizer for a model name, JSON config path or config (context length from its text_cfg:
   `config.text.input_length`, 77 for CoCa with coca_legacy).
 
@@ -306,7 +307,8 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
   folder holding the transformers tokenizer (e.g. written by `save_pretrained`): an
   `HFTokenizer`. With OpenCLIP's own text tower (SigLIP, SigLIP 2) it is the SentencePiece model
   (`spiece.model`, Gemma's `tokenizer.model`) or a folder holding it: a
-  `SentencePieceTokenizer`. Every other config gets the CLIP BPE tokenizer.
+  `SentencePieceTokenizer`. Every other config gets the CLIP BPE tokenizer. `field` is what
+  the error asking for `tokenizer_dir` calls it (the trainer's `model.tokenizer`).
   """
   config = (config_lib.get_model_config(name_or_config) if isinstance(name_or_config, str)
             else name_or_config)
@@ -324,7 +326,7 @@ def get_tokenizer(name_or_config: str | config_lib.CLIPConfig | None = None,
                 f"its SentencePiece model file or a local folder holding one of "
                 f"{SENTENCEPIECE_FILES}")
       raise ValueError(f"{config.name}: text_cfg names the HF tokenizer {hf_name!r}; pass "
-                       f"tokenizer_dir=, {needed} (hpjax downloads nothing)")
+                       f"{field}=, {needed} (hpjax downloads nothing)")
     tokenizer = tokenizer_class(tokenizer_dir, context_length)
     if tokenizer_class is SentencePieceTokenizer and tokenizer.vocab_size > text.vocab_size:
       raise ValueError(f"{config.name}: the SentencePiece model {tokenizer.model_file} has "

@@ -8,6 +8,7 @@ independent per-record scorer that the evaluator's figures are checked against.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import pathlib
@@ -340,3 +341,29 @@ def train_sentencepiece(folder, layout: str) -> pathlib.Path:
   shutil.move(folder / f"{layout}.model", folder / name)
   (folder / f"{layout}.vocab").unlink()
   return folder / name
+
+
+def other_value(value):
+  """A value of the same type that differs from `value` (None where there is none), to change
+  one config field at a time."""
+  if isinstance(value, bool):
+    return not value
+  if isinstance(value, (int, float)):
+    return value + 1
+  if isinstance(value, str):
+    return value + "x"
+  if isinstance(value, (list, tuple)) and value and other_value(value[-1]) is not None:
+    return type(value)([*value[:-1], other_value(value[-1])])
+  return None
+
+
+def with_field(config, dotted: str, value):
+  """A copy of the ConfigDict `config` with one dotted field set."""
+  import copy  # pylint: disable=g-import-not-at-top
+  from hpjax import config_fields  # pylint: disable=g-import-not-at-top
+  config = copy.deepcopy(config)
+  *parents, leaf = dotted.split(".")
+  node = config_fields.get(config, ".".join(parents)) if parents else config
+  with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+    node[leaf] = value
+  return config

@@ -42,6 +42,22 @@ def test_a_user_error_is_one_last_line(capsys):
   assert line.endswith("xxx: No space left on device") and len(line) < 420
 
 
+def test_a_listing_shows_its_first_lines_in_the_one_line(capsys):
+  """hpjax's own listings (indented) are the cause: the first of them are shown, the rest
+  counted; a mis-shaped key's shapes are visible without --traceback."""
+  listing = ValueError("checkpoint x.safetensors does not fit model 'm': 0 missing, 0 "
+                       "unexpected, 8 mis-shaped keys\n" + "".join(
+                           f"  mis-shaped: blocks.{i}.w: checkpoint (4, 8) vs model (4, 4)\n"
+                           for i in range(8)))
+  line = _fails(capsys, listing)
+  assert line.startswith("error: checkpoint x.safetensors does not fit model 'm'")
+  assert "; mis-shaped: blocks.0.w: checkpoint (4, 8) vs model (4, 4); " in line
+  assert "blocks.5.w" in line and "blocks.6.w" not in line
+  assert line.endswith("(2 more lines with --traceback)")
+  assert errors.summary(ValueError("two models failed:\n  a: no file\n  b: bad key")) == (
+      "two models failed: a: no file; b: bad key")
+
+
 def test_a_programming_error_keeps_its_traceback():
   def main(argv):
     raise TypeError("a bug")

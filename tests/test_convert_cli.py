@@ -16,6 +16,8 @@ from openclip_reference import TINY_JSON, openclip_model, state_dict_numpy
 REPO = pathlib.Path(__file__).parents[1]
 sys.path.insert(0, str(REPO))
 from configs import convert as convert_config  # pylint: disable=wrong-import-position
+from configs import eval_hp  # pylint: disable=wrong-import-position
+from hpjax.evaluate import runner  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +79,41 @@ def test_tools_script_converts_to_hpjax(source, tmp_path):
   assert (tmp_path / "convert_summary.json").exists()
   restored = checkpoints.load_params(dst, get_model_config("hpjax-tiny"))
   np.testing.assert_array_equal(restored["visual"]["proj"], state_dict["visual.proj"])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_naming_the_parameter(source, tmp_path, bad):
+  """Converted without a word, they would score every caption alike; the evaluation (which
+  builds through the same load) stops before any report too."""
+  state_dict, _ = source
+  broken = dict(state_dict)
+  broken["visual.proj"] = state_dict["visual.proj"].copy()
+  broken["visual.proj"][1, 2] = bad
+  path = checkpoints.write_state_dict(broken, tmp_path / "broken.safetensors")
+  with pytest.raises(ValueError, match=r"broken.safetensors: 1 parameter\(s\) hold NaN or "
+                                       r"infinite values:\n  visual/proj \(1 values\)"):
+    convert.run(convert_config.get_config(f"src={path},model=hpjax-tiny"), tmp_path / "w")
+  assert not (tmp_path / "w" / "params").exists()
+  config = eval_hp.get_config(f"models=hpjax-tiny={path},suite_root={tmp_path}/absent")
+  with pytest.raises(ValueError, match=r"visual/proj"):
+    runner.build(runner.model_specs(config)[0])
+
+
+def test_a_damaged_newest_step_names_the_intact_ones(source, tmp_path):
+  """One line instead of orbax's pages: which step is damaged, and which ones read."""
+  from hpjax.checkpoints import orbax_params  # pylint: disable=g-import-not-at-top
+  state_dict, _ = source
+  params = checkpoints.openclip_to_params(state_dict, get_model_config("hpjax-tiny"))
+  steps = tmp_path / "checkpoints"
+  for step in (2, 4, 6):
+    orbax_params.save_params(steps / str(step), params)
+  (steps / "6" / "_METADATA").write_text("{half a json")
+  with pytest.raises(ValueError, match=rf"orbax checkpoint {steps / '6'} is damaged \(.*\); "
+                                       rf"intact step\(s\) of {steps}: 4, 2: give {steps / '4'}$"):
+    convert.run(convert_config.get_config(f"src={steps},model=hpjax-tiny,direction=to_openclip"),
+                tmp_path / "w")
+  assert not (tmp_path / "w" / "open_clip_model.safetensors").exists()
+  done = convert.run(convert_config.get_config(
+      f"src={steps / '4'},model=hpjax-tiny,direction=to_openclip"), tmp_path / "w")
+  np.testing.assert_array_equal(checkpoints.read_state_dict(done["dst"])["visual.proj"],
+                                state_dict["visual.proj"])

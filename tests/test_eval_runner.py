@@ -287,3 +287,21 @@ def test_crop_boxes_past_the_image_are_padded_and_counted(fixture_root, tiny_pai
   evaluator.write_reports(str(tmp_path / "reports"))
   assert _strict_json(tmp_path / "reports" / "results.json")["models"][0]["metrics"][
       "swap/padded_boxes"] == 3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("text_batch_size", -1, "text_batch_size=-1 must be a positive integer"),
+    ("batch_size", 0, "batch_size=0 must be a positive integer"),
+    ("num_workers", 0, "num_workers=0 must be a positive integer"),
+    ("models_per_pass", 0, "models_per_pass=0 must be a positive integer"),
+    ("gallery_size", -1, "gallery_size=-1 must be an integer >= 0"),
+    ("matmul_precision", "fast", "matmul_precision='fast' must be one of"),
+    ("dtype", "float64", "dtype='float64' must be one of"),
+])
+def test_evaluation_config_values_are_checked_before_any_work(tmp_path, field, value, message):
+  """Before the suites are read (suite_root does not even exist) and nothing is written."""
+  config = eval_hp.get_config(f"suite_root={tmp_path}/absent,{field}={value}")
+  with pytest.raises(ValueError, match=f"^config: .*{message}"):
+    runner.run(config, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+  runner.check_values(eval_hp.get_config(f"{field}={eval_hp.get_config()[field]}"))

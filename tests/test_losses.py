@@ -126,7 +126,7 @@ def test_unknown_positive_mode_is_an_error():
 
 
 @pytest.mark.parametrize("positives", ["multi", "per_positive"])
-def test_value_and_gradients_do_not_depend_on_device_count(positives):
+def test_partitioner_gives_one_contrastive_value_and_gradient_on_1_2_4_8_devices(positives):
   """Guards the partitioner, not the loss formula (the loss is written on global arrays, so no
   edit of losses.py changes its device count dependence): sharding propagation and the
   collectives jit inserts must give one value and gradient on 1, 2, 4 and 8 devices."""

@@ -170,6 +170,19 @@ def test_load_image_converts_crops_and_names_the_file(tmp_path):
     preprocess.load_image(tmp_path / "cut.png")
 
 
+def test_a_box_wholly_outside_the_image_and_an_image_over_the_pixel_limit_are_refused(
+    tmp_path, monkeypatch):
+  path = tmp_path / "picture.png"
+  Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+  for box in [(40, 0, 10, 10), (0, 30, 10, 10), (-20, 0, 20, 10), (5, -12.6, 10, 12)]:
+    with pytest.raises(ValueError, match=r"picture\.png: crop box .* wholly outside .* 40x30"):
+      preprocess.load_image(path, crop_box=box)
+  assert preprocess.load_cropped(path, crop_box=(39, 29, 10, 10))[1]  # one pixel in: padded
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1200 pixels: over twice the limit
+  with pytest.raises(OSError, match=r"cannot read image .*picture\.png: .*exceeds limit"):
+    preprocess.load_image(path)
+
+
 @pytest.mark.parametrize("name", ["RGB 97x203", "P", "RGBA", "L"])
 def test_crop_past_the_image_pads_black_as_pil_crop(tmp_path, name):
   """The authors (and ARO) crop with PIL after convert('RGB'): a box past the image is padded

@@ -183,3 +183,30 @@ def test_pretraining_is_refused_with_a_dataset():
   config = _config(**{"data.source": "/data/coco.jsonl", "pretrain.steps": 3})
   with pytest.raises(ValueError, match=r"pretrain.steps=3: the pretraining stage is the synthetic"):
     run_config.check_values(config, 8, 1)
+
+
+def test_each_field_the_pretrained_params_depend_on_changes_the_key():
+  """One field at a time over the whole config: a change that reaches the stage's config under
+  KEY_FIELDS (or its schedule: steps, batch size, seed) is another stage; any other is not."""
+  from helpers import other_value, with_field  # pylint: disable=g-import-not-at-top
+  from hpjax.train import run_config  # pylint: disable=g-import-not-at-top
+  config = _config()
+  stage = run_config.flatten(pretrain.stage_config(config))
+  schedule = ("pretrain.steps", "pretrain.batch_size", "pretrain.seed")
+  keyed = unkeyed = 0
+  for field, value in run_config.flatten(config).items():
+    changed = other_value(value if not isinstance(value, list) else tuple(value))
+    if changed is None:
+      continue
+    other = with_field(config, field, changed)
+    other_stage = run_config.flatten(pretrain.stage_config(other))
+    shapes_params = field in schedule or any(
+        stage[k] != other_stage[k] for k in stage
+        if any(k == f or k.startswith(f + ".") for f in pretrain.KEY_FIELDS))
+    if shapes_params:
+      keyed += 1
+      assert pretrain.key(other, "w") != pretrain.key(config, "w"), field
+    else:
+      unkeyed += 1
+      assert pretrain.key(other, "w") == pretrain.key(config, "w"), field
+  assert keyed > 10 and unkeyed > 10

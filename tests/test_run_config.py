@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_every_bad_value_is_named_at_once_and_good_configs_pass():
 
 
 def test_config_argument_errors_name_the_field():
-  with pytest.raises(KeyError, match=r"no field 'data.nope': 'data' has \['crop_scale'"):
+  with pytest.raises(KeyError, match=r"no field 'data.nope': 'data' has \['allow_paths_outside_root', 'crop_scale'"):
     hnhp.get_config("data.nope=1")
   with pytest.raises(KeyError, match="no field 'dat.hn_frac': the config has"):
     hnhp.get_config("dat.hn_frac=1")
@@ -167,3 +168,28 @@ def test_the_synthetic_world_is_never_rebuilt_under_a_runs_checkpoints(tmp_path)
   with pytest.raises(ValueError, match="world has files changed since the world was written"):
     trainer.run(hnhp.get_config(args), str(tmp_path))
   assert (world / "train.jsonl").read_text() == changed
+
+
+def test_each_field_of_the_same_run_check_alone_stops_a_resume_and_the_others_do_not(tmp_path):
+  """One field at a time, over every field of the config: a check that compared only some of
+  its fields (or matched prefixes wrongly) lets one through."""
+  from helpers import other_value, with_field  # pylint: disable=g-import-not-at-top
+  config = hnhp.get_config()
+  _same_run(config, tmp_path, has_checkpoints=False)
+  saved = (tmp_path / run_config.FILE).read_text()
+  guarded = free = 0
+  for field, value in run_config.flatten(config).items():
+    changed = other_value(config_fields.get(config, field))
+    if changed is None or field.startswith(run_config._PER_LAUNCH):
+      continue
+    config_changed = with_field(config, field, changed)
+    if run_config._matches(field, run_config.SAME_RUN) and not run_config._matches(
+        field, run_config.FREE):
+      guarded += 1
+      with pytest.raises(ValueError, match=rf"other values of {re.escape(field)} \("):
+        _same_run(config_changed, tmp_path)
+    else:
+      free += 1
+      _same_run(config_changed, tmp_path)
+    (tmp_path / run_config.FILE).write_text(saved)
+  assert guarded > 20 and free > 20  # (both kinds reached; not a count to keep in step)

@@ -257,3 +257,19 @@ def test_scorer_refuses_ids_outside_the_vocabulary():
   with pytest.raises(ValueError, match=r"hpjax-tiny-siglip: token ids span \[0, 49407\], outside "
                                        r"its vocabulary of 1000"):
     scorer.encode_tokens(None, clip_ids(["a red dog"]))
+
+
+@pytest.mark.parametrize("name", [n for n in hpjax.list_models() if "SigLIP" in n])
+def test_exported_hf_config_has_each_towers_own_gelu(name):
+  """Every shipped SigLIP / SigLIP 2 name, each tower against its own reference: the vision
+  GELU as timm builds the trunk (meta device), the text GELU as open_clip's config of the name
+  sets it (several names differ between the towers)."""
+  exported = checkpoints.hf.siglip_config(get_model_config(name))
+  trunk = timm.create_model(open_clip.get_model_config(name)["vision_cfg"]["timm_model_name"],
+                            num_classes=0, device="meta")
+  vision = {"GELUTanh": "gelu_pytorch_tanh", "GELU": "gelu"}[type(trunk.blocks[0].mlp.act).__name__]
+  text_cfg = open_clip.get_model_config(name)["text_cfg"]
+  text = ("gelu_pytorch_tanh" if (text_cfg.get("act_kwargs") or {}).get("approximate") == "tanh"
+          else "gelu")
+  assert (exported["vision_config"]["hidden_act"], exported["text_config"]["hidden_act"]) == (
+      vision, text)

@@ -74,3 +74,28 @@ def test_siglip_runs_from_the_front_door_and_two_processes_match_one(tmp_path):
   params_one = assert_two_processes_match_one(args, one, two, STEPS)
   assert params_one["logit_bias"] != -10.0, "the bias is a trained parameter"
   assert os.path.getsize(one / world_tokenizer.FILE) == os.path.getsize(two / world_tokenizer.FILE)
+
+
+def test_siglip_training_without_a_tokenizer_names_the_field_the_trainer_takes(train_source,
+                                                                            tmp_path):
+  from hpjax import config_fields  # pylint: disable=g-import-not-at-top
+  config = hnhp.get_config(train_args(train_source, model=MODEL, loss="sigmoid"))
+  with pytest.raises(ValueError, match=r"pass model\.tokenizer=, its SentencePiece model") as e:
+    trainer.run(config, str(tmp_path / "w"))
+  assert "tokenizer_dir" not in str(e.value)
+  assert config_fields.field_error(config, "model.tokenizer") is None  # advice that can be taken
+
+
+def test_an_own_siglip_model_in_evaluation_reads_tokenizer_dir(tmp_path):
+  """Beside an own CLIP model, which keeps the CLIP BPE tokenizer."""
+  from configs import eval_hp  # pylint: disable=g-import-not-at-top
+  from helpers import train_sentencepiece  # pylint: disable=g-import-not-at-top
+  from hpjax.evaluate import runner  # pylint: disable=g-import-not-at-top
+  spiece = train_sentencepiece(tmp_path / "tok", "t5")
+  models = f"{MODEL}=random+hpjax-tiny=random"
+  siglip, clip = runner.model_specs(eval_hp.get_config(f"models={models},tokenizer_dir={spiece}"))
+  got = runner._tokenizer(siglip, siglip.model_config, str(spiece))
+  assert isinstance(got, tokenizer_lib.SentencePieceTokenizer) and got.model_file == spiece
+  assert type(runner._tokenizer(clip, clip.model_config, str(spiece))) is tokenizer_lib.Tokenizer
+  with pytest.raises(ValueError, match=r"pass tokenizer_dir="):
+    runner._tokenizer(siglip, siglip.model_config, None)

@@ -292,3 +292,33 @@ def test_bad_big_vision_files_are_refused_naming_the_key(tmp_path):
     hpjax.create_model(name, pretrained=pickled)
   with pytest.raises(ValueError, match="'hpjax-tiny' is not a SigLIP model"):
     hpjax.create_model("hpjax-tiny", pretrained=_npz(tmp_path / "ok.npz", arrays))
+
+
+def test_big_vision_stacked_export_and_import_keep_the_block_order_past_ten(tmp_path,
+                                                                           monkeypatch):
+  """12 blocks per tower: as strings, 'encoderblock_10' sorts before 'encoderblock_2'; the
+  stacked axis must follow the block index, both ways."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from hpjax.models import config as config_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(config_lib.TIMM_SIGLIP_MODELS, "hpjax_deep_siglip", dataclasses.replace(
+      config_lib.TIMM_SIGLIP_MODELS["hpjax_tiny_siglip"], layers=12))
+  base = hpjax.get_model_config("hpjax-tiny-siglip")
+  config = dataclasses.replace(
+      base, name="deep", vision=dataclasses.replace(base.vision, timm_model_name="hpjax_deep_siglip"),
+      text=dataclasses.replace(base.text, layers=12))
+  _, params = hpjax.create_model(config)
+  leaves, tree = jax.tree.flatten(params)
+  rng = np.random.default_rng(0)  # every tensor distinct (LayerNorms start as ones)
+  params = jax.tree.unflatten(tree, [np.asarray(l) + rng.standard_normal(l.shape).astype(
+      np.float32) for l in leaves])
+  stacked = big_vision.from_params(params, config, stacked=True)
+  for i in range(12):
+    np.testing.assert_array_equal(
+        stacked["params/img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"][i],
+        params["visual"]["trunk"][f"blocks_{i}"]["mlp"]["fc1"]["kernel"], err_msg=str(i))
+    np.testing.assert_array_equal(
+        stacked["params/txt/Encoder_0/encoderblock/LayerNorm_0/scale"][i],
+        params["transformer"][f"resblocks_{i}"]["ln_1"]["scale"], err_msg=str(i))
+  for form in (True, False):
+    path = big_vision.save(params, config, tmp_path / f"stacked-{form}.npz", stacked=form)
+    assert_same_tree(big_vision.load(path, config), params)

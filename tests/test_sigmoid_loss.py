@@ -97,8 +97,8 @@ def test_without_hard_texts_equals_big_vision_and_openclip():
   np.testing.assert_allclose(ours, openclip, rtol=1e-5)
 
 
-def test_value_and_gradients_do_not_depend_on_device_count():
-  """The loss is written on global arrays: under jit with the batch sharded over 1, 2, 4 and 8
-  devices the partitioner's collectives must give one value and gradient."""
+def test_partitioner_gives_one_sigmoid_value_and_gradient_on_1_2_4_8_devices():
+  """Guards the partitioner, not the loss formula (written on global arrays): under jit with the
+  batch sharded over 1, 2, 4 and 8 devices its collectives must give one value and gradient."""
   assert_same_on_1_2_4_8_devices(
       lambda *a: losses.sigmoid_loss(*a, hard_negative_weight=2.0)[0], _features(4), [2.3, -10.0])

@@ -143,6 +143,25 @@ def test_vl_checklist(tmp_path):
     suites.load_vl_checklist(path)
 
 
+@pytest.mark.parametrize("loader, record, where", [
+    ("sugarcrepe", {"filename": "1.jpg", "caption": "a cat", "negative_caption": "  "},
+     r"add_att.json \[index 0\]: caption 1 \(c_n\) is empty"),
+    ("vl_checklist", ["1.jpg", {"POS": [""], "NEG": ["a dog"]}],
+     r"color.json \[index 0\]: caption 0 \(c\) is empty"),
+])
+def test_an_empty_caption_is_an_error_naming_the_record(tmp_path, loader, record, where):
+  """An empty option would be scored as a caption; every loader builds its Suite, which checks."""
+  if loader == "sugarcrepe":
+    for name in suites.SUGARCREPE_FILES:
+      write_json(os.path.join(tmp_path, f"{name}.json"), [record])
+    load = lambda: benchmarks.load("sugarcrepe", str(tmp_path))
+  else:
+    write_json(os.path.join(tmp_path, "color.json"), [record])
+    load = lambda: suites.load_vl_checklist(os.path.join(tmp_path, "color.json"))
+  with pytest.raises(suites.SuiteFormatError, match=where):
+    load()
+
+
 def test_missing_file_names_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="data/vl_checklist_attributes.json"):
     benchmarks.load_hard_positive(str(tmp_path), ["replace"])

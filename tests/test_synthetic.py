@@ -265,6 +265,17 @@ def test_eval_split_does_not_depend_on_num_train(world, tmp_path):
   assert _files(fewer.eval_root) == _files(world.eval_root)
 
 
+def test_a_killed_writers_temporary_world_is_removed_by_the_next_one(tmp_path, caplog):
+  from test_writers import dead_pid  # pylint: disable=g-import-not-at-top
+  from hpjax import leftovers  # pylint: disable=g-import-not-at-top
+  host = leftovers.name("").rsplit("-", 2)[0]
+  left = tmp_path / f".world-{host}-{dead_pid()}-0123abcd"
+  os.makedirs(left / "images")
+  synthetic.write_world(str(tmp_path / "w"), num_train=8, num_eval=4)
+  assert sorted(os.listdir(tmp_path)) == ["w"]
+  assert f"removed {left}, left by a run that was stopped" in caplog.text
+
+
 def test_world_is_cached_and_rebuilt_when_changed_or_damaged(tmp_path):
   out = str(tmp_path / "w")
   paths = synthetic.write_world(out, num_train=8, num_eval=4)

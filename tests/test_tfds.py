@@ -189,3 +189,29 @@ def test_trainer_runs_resumes_and_exports_hf_from_the_synthetic_world_builder(tm
     out = hf_model(input_ids=torch.from_numpy(tokens).long(), pixel_values=torch.from_numpy(images))
   np.testing.assert_allclose(out.image_embeds.numpy(), image, rtol=0, atol=1e-4)
   np.testing.assert_allclose(out.text_embeds.numpy(), text, rtol=0, atol=1e-4)
+
+
+def test_a_dataset_never_built_is_named_and_nothing_is_written(tmp_path):
+  """tfds would try to build it inside the trainer (with a cause about manual files) and
+  write into the data folder."""
+  data_dir = tmp_path / "tfds"
+  os.makedirs(data_dir)
+  with pytest.raises(FileNotFoundError, match=r"tfds:coco_hard_texts/coco2017 is not prepared .*"
+                                              r"tools/build_tfds.py"):
+    training.open_source("tfds:coco_hard_texts/coco2017:train", str(data_dir))
+  assert not os.listdir(data_dir)
+
+
+def test_temporary_image_folders_of_killed_evaluations_are_removed(tfds_hard_positives,
+                                                                   monkeypatch, tmp_path):
+  from test_writers import dead_pid  # pylint: disable=g-import-not-at-top
+  from hpjax import leftovers  # pylint: disable=g-import-not-at-top
+  _, data_dir, _ = tfds_hard_positives
+  monkeypatch.setattr(tfds_sources.tempfile, "gettempdir", lambda: str(tmp_path))
+  host = leftovers.name("").rsplit("-", 2)[0]
+  stale = tmp_path / f"hpjax-tfds-images-{host}-{dead_pid()}-0123abcd"
+  os.makedirs(stale / "vg")
+  got = tfds_sources.load_tfds_suites("tfds:hard_positives/fixture:swap", data_dir)
+  (folder,) = os.listdir(tmp_path)  # the stale one went; this run's holds the images
+  assert folder.startswith(f"hpjax-tfds-images-{host}-{os.getpid()}-")
+  assert got["swap"].records[0].image.startswith(str(tmp_path / folder))

@@ -81,8 +81,32 @@ def test_fraction_of_records_keeping_hard_negatives_is_fixed_per_record(jsonl):
   assert all(len(v) == 1 for v in kept.values()), "a record changed its hard negatives"
   frac = np.mean([v.pop() for v in kept.values()])
   assert 0.1 < frac < 0.9
-  assert [training.keeps(0, i, 0, 0.5) for i in range(50)] == [
-      training.keeps(0, i, 0, 0.5) for i in range(50)]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.75])
+def test_hn_frac_and_hp_frac_keep_that_share_of_records_each_its_own(jsonl, fraction):
+  """At 0.25 / 0.75 a flipped comparison keeps the complement (at 0.5 it keeps as many)."""
+  for kind in (0, 1):
+    share = np.mean([training.keeps(0, i, kind, fraction) for i in range(4000)])
+    assert share == pytest.approx(fraction, abs=0.03)
+  hn_and_hp = [training.keeps(0, i, 0, 0.25) and training.keeps(0, i, 1, 0.75)
+               for i in range(4000)]  # the two kinds decide independently
+  assert np.mean(hn_and_hp) == pytest.approx(0.25 * 0.75, abs=0.03)
+  transform = example_transform(hn_frac=fraction, hp_frac=1.0 - fraction)
+  for batch in training_batches(training.open_source(jsonl), 3, transform=transform):
+    for caption, hn, hp in zip(_captions(batch, CAPTIONS), batch["hard_negative_mask"],
+                               batch["hard_positive_mask"]):
+      i = int(caption.split()[-1])
+      assert hn.all() == hn.any() == training.keeps(0, i, 0, fraction)
+      assert hp[0] == (training.keeps(0, i, 1, 1.0 - fraction) and i % 3 != 0)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(jsonl):
+  """Copies of a record in one batch would be each other's negatives."""
+  source = training.open_source(jsonl)
+  with pytest.raises(ValueError, match=r"batch of 16 .* 12 records"):
+    training.make_dataset(source, global_batch_size=16, seed=0, transform=example_transform())
+  assert len(training_batches(source, 1, global_batch_size=12)[0]["caption"]) == 12
 
 
 def test_global_shuffle_and_host_shards_cover_the_global_batch(jsonl):
@@ -238,7 +262,7 @@ def test_array_record_writer_missing_image(jsonl, tmp_path):
 
 
 def _stored(path):
-  source = training.open_source(path)
+  source = training.open_source(path, allow_outside=True)  # (out/ is beside the images)
   return [source[i] for i in range(len(source))]
 
 
@@ -279,3 +303,26 @@ def test_training_refuses_a_builders_temporary_file(tmp_path):
     training.open_source(partial)
   with pytest.raises(ValueError, match="expected one .jsonl"):
     training.open_source([str(tmp_path / "a.array_record"), partial])
+
+
+def test_a_truncated_array_record_file_is_one_error_naming_it(jsonl, tmp_path):
+  path = str(tmp_path / "train.array_record")
+  train_builders.write_array_record(records_lib.read_jsonl(jsonl), path)
+  data = open(path, "rb").read()
+  cut = tmp_path / "cut.array_record"
+  cut.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"cut.array_record: not a readable array_record file"):
+    training.open_source(str(cut))
+
+
+def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(jsonl, tmp_path, caplog):
+  from test_writers import dead_pid  # pylint: disable=g-import-not-at-top
+  from hpjax import leftovers  # pylint: disable=g-import-not-at-top
+  host = leftovers.name("").rsplit("-", 2)[0]
+  out = tmp_path / "out"
+  os.makedirs(out)
+  left = out / f".train.jsonl.partial-{host}-{dead_pid()}-0123abcd.partial"
+  left.write_text("half")
+  train_builders.write_jsonl(records_lib.read_jsonl(jsonl), str(out / "train.jsonl"))
+  assert sorted(os.listdir(out)) == ["train.jsonl"]
+  assert f"removed {left}" in caplog.text

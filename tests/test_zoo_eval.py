@@ -130,22 +130,34 @@ def test_a_bad_later_checkpoint_fails_before_anything_is_scored(world, tmp_path,
   del small_json
 
 
-def test_each_models_results_are_written_as_it_finishes(world, tmp_path):
+def test_each_models_results_are_written_as_it_finishes_beside_the_last_whole_reports(
+    world, tmp_path):
+  """A run that fails on a later model keeps what it scored (results.partial.*) and leaves the
+  previous evaluation's reports, gallery and plot whole and in agreement."""
   root, _, paths = world
 
   def broken(images, captions):
     raise RuntimeError("the plug-in model crashed")
 
   workdir = str(tmp_path / "w")
+  runner.run(_config(root, models=f"hpjax-tiny={paths['tiny1']}"), workdir)
+  before = {name: open(os.path.join(workdir, name), "rb").read()
+            for name in ("results.json", "results.md", "gallery.html", "ordering.png")}
   with pytest.raises(RuntimeError, match="crashed"):
     runner.run(_config(root, models=f"hpjax-tiny={paths['tiny0']}"), workdir,
                plugins={"broken-itm": broken})
-  with open(os.path.join(workdir, "results.json")) as f:
+  assert before == {name: open(os.path.join(workdir, name), "rb").read() for name in before}
+  with open(os.path.join(workdir, "results.partial.json")) as f:
     kept = json.load(f)["models"]
   assert [m["label"] for m in kept] == ["tiny0.pt"]
   assert np.isfinite(kept[0]["metrics"]["replace/augmented"])
-  assert len(_scores(workdir, "tiny0.pt")["swap"]) == 10
-  assert "| tiny0.pt | as_trained |" in open(os.path.join(workdir, "results.md")).read()
+  with open(os.path.join(workdir, "scores.partial", "tiny0.pt", "swap.jsonl")) as f:
+    assert len(f.readlines()) == 10
+  assert "| tiny0.pt | as_trained |" in open(os.path.join(workdir, "results.partial.md")).read()
+  runner.run(_config(root, models=f"hpjax-tiny={paths['tiny0']}"), workdir)  # cleans up
+  assert not any("partial" in name for name in os.listdir(workdir))
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert [m["label"] for m in json.load(f)["models"]] == ["tiny0.pt"]
 
 
 def test_registry_names_resolve_against_weights_dir_with_their_parity(tmp_path, monkeypatch):
@@ -161,7 +173,7 @@ def test_registry_names_resolve_against_weights_dir_with_their_parity(tmp_path, 
           for s in paper] == [("quick_gelu", "float16", "clip"), ("gelu", "float32", "clip"),
                               ("quick_gelu", "float32", "clip"), ("gelu", "float32", "clip")]
   assert paper[1].checkpoint == str(tmp_path / "negclip.pth")
-  assert runner._load_kwargs(paper[3]) == {"lora_rank": 4, "lora_alpha": 1.0}
+  assert paper[3].lora == {"lora_rank": 4, "lora_alpha": 1.0} and paper[0].lora == {}
   trained = runner.model_specs(eval_hp.get_config(
       f"models={names},weights_dir={tmp_path},parity=as_trained"))
   assert [s.settings.activation for s in trained][:2] == ["quick_gelu", "quick_gelu"]
@@ -170,9 +182,10 @@ def test_registry_names_resolve_against_weights_dir_with_their_parity(tmp_path, 
   asked = []
   monkeypatch.setattr(runner.tokenizer_lib, "get_tokenizer",
                       lambda config=None, **kw: asked.append((config, kw)) or "tok")
-  runner._tokenizer(paper[2], "roberta-config", "/tok")
-  runner._tokenizer(trained[2], "roberta-config", "/tok")
-  assert asked == [(None, {}), ("roberta-config", {"tokenizer_dir": "/tok"})]
+  roberta = trained[2].model_config
+  runner._tokenizer(paper[2], roberta, "/tok")
+  runner._tokenizer(trained[2], roberta, "/tok")
+  assert asked == [(None, {}), (roberta, {"tokenizer_dir": "/tok"})]
   with pytest.raises(FileNotFoundError, match=r"crepe_ft_all: no weights file; expected "
                                               r".*crepe_ft_all.pt; published at: SugarCrepe"):
     runner.model_specs(eval_hp.get_config(f"models=crepe_ft_all,weights_dir={tmp_path}"))

@@ -19,6 +19,7 @@ or evaluate with `suite_root=tfds:hard_positives,tfds_data_dir=/data/tfds`.
 
 from absl import app, flags
 
+from hpjax import errors
 from hpjax.data import tfds_builders
 
 _NAME = flags.DEFINE_string("name", None, "dataset[/config]", required=True)
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.reported(main))

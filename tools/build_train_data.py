@@ -25,6 +25,9 @@ _IMAGES = flags.DEFINE_string("image_root", "", "folder the image paths are rela
 _HP = flags.DEFINE_list("hard_positives", [], "line-aligned hard-positive files (COCO)")
 _HN = flags.DEFINE_list("hard_negatives", [], "line-aligned hard-negative files (COCO)")
 _OUT = flags.DEFINE_string("out", None, "output .array_record or .jsonl", required=True)
+_OUTSIDE = flags.DEFINE_bool(records_lib.OUTSIDE_ROOT_FIELD, False,
+                             "read image paths that are absolute or leave --image_root (or the "
+                             "--jsonl's folder) through '..'; default: such a path is an error")
 _SKIP = flags.DEFINE_bool("skip_bad_images", False,
                           "skip (and count) records whose image is missing or does not decode; "
                           "default: such a record stops the build, naming it and the file")
@@ -38,12 +41,13 @@ def main(argv):
     raise app.UsageError(f"--out={_OUT.value}: expected a name ending in .jsonl or .array_record "
                          "(the names training reads)")
   if _TSV.value:
-    records = train_builders.negclip_tsv(_TSV.value, _IMAGES.value)
+    records = train_builders.negclip_tsv(_TSV.value, _IMAGES.value, _OUTSIDE.value)
   elif _COCO.value:
     records = train_builders.coco_with_hard_texts(
-        _COCO.value, _IMAGES.value, hard_positive_files=_HP.value, hard_negative_files=_HN.value)
+        _COCO.value, _IMAGES.value, hard_positive_files=_HP.value, hard_negative_files=_HN.value,
+        allow_outside=_OUTSIDE.value)
   else:
-    records = records_lib.read_jsonl(_JSONL.value)
+    records = records_lib.read_jsonl(_JSONL.value, _OUTSIDE.value)
   write = (train_builders.write_jsonl if _OUT.value.endswith(".jsonl")
            else train_builders.write_array_record)
   counts = write(records, _OUT.value, skip_bad_images=_SKIP.value)

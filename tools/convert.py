@@ -15,9 +15,10 @@ import argparse
 import json
 import os
 
-from absl import logging
+from absl import flags, logging
 import ml_collections
 
+from hpjax import errors
 from hpjax.checkpoints import convert
 
 
@@ -30,12 +31,19 @@ def main():
   parser.add_argument("--dst", required=True, help="output directory (to_hpjax, to_hf) or file")
   parser.add_argument("--direction", choices=convert.DIRECTIONS, default="to_hpjax")
   parser.add_argument("--workdir", help="where the summary goes (default: the dst's folder)")
+  parser.add_argument("--lora_rank", type=int, default=0,
+                      help="a file with LoRA adapters (TSVLC / DAC: 4): merged at this rank")
+  parser.add_argument("--lora_alpha", type=float, default=1.0, help="LoRA scale numerator")
+  parser.add_argument("--traceback", action="store_true", help="an error's full traceback")
   args = parser.parse_args()
   logging.set_verbosity(logging.INFO)
   config = ml_collections.ConfigDict(
-      {"src": args.src, "dst": args.dst, "model": args.model, "direction": args.direction})
+      {"src": args.src, "dst": args.dst, "model": args.model, "direction": args.direction,
+       "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha})
   workdir = args.workdir or os.path.dirname(os.path.abspath(args.dst))
-  print(json.dumps(convert.run(config, workdir), indent=2))
+  run = errors.reported(lambda argv: print(json.dumps(convert.run(config, workdir), indent=2)))
+  flags.FLAGS["traceback"].value = args.traceback
+  run([])
 
 
 if __name__ == "__main__":

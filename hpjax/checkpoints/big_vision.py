@@ -25,7 +25,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from hpjax.checkpoints import mapping
+from hpjax.checkpoints import files, mapping
 from hpjax.checkpoints.renaming import DROP_AXIS, SAME, Change, RuleTable
 from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import CLIPConfig
@@ -134,8 +134,11 @@ def read_npz(path) -> dict[str, np.ndarray]:
   path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"big_vision checkpoint {path} does not exist")
-  with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
-    return {k: npz[k] for k in npz.files}
+  with files.npz_errors(path), np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+  for key, value in arrays.items():
+    files.check_npz_dtype(path, key, value.dtype)
+  return arrays
 
 
 def to_params(arrays: dict[str, np.ndarray], config: CLIPConfig, param_dtype=np.float32,
@@ -191,10 +194,9 @@ def from_params(params, config: CLIPConfig, prefix: str = "params/", stacked: bo
 
 
 def save(params, config: CLIPConfig, path, **kwargs) -> epath.Path:
-  """Writes `params` as a big_vision .npz file (see `from_params` for the options)."""
-  path = epath.Path(path)
+  """Writes `params` as a new big_vision .npz file (see `from_params` for the options), aside
+  and renamed (`files.write_aside`)."""
+  files.check_destination(path, (".npz",))
   buffer = io.BytesIO()
   np.savez(buffer, **from_params(params, config, **kwargs))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(buffer.getvalue())
-  return path
+  return files.write_aside(path, lambda aside: aside.write_bytes(buffer.getvalue()), (".npz",))

@@ -60,7 +60,9 @@ def run(config, workdir) -> dict:
   start = time.time()
 
   _progress(1, f"reading {src} as {model_config.name}")
-  params, ignored = loading.load_params(src, model_config, np.float32, return_ignored=True)
+  params, ignored = loading.load_params(src, model_config, np.float32, return_ignored=True,
+                                        lora_rank=config.get("lora_rank") or None,
+                                        lora_alpha=config.get("lora_alpha", 1.0))
   _progress(2, f"writing {config.direction.removeprefix('to_')} checkpoint {dst}")
   if config.direction == "to_hpjax":
     orbax_params.save_params(dst, params)  # Ignored parts (CoCa's decoder) are not kept.

@@ -24,16 +24,20 @@ architecture has it (mapping.with_text_prefix).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 import struct
 import zipfile
-from typing import Any, Mapping
+import zlib
+from typing import Any, Callable, Mapping
 
 from etils import epath
 import numpy as np
 import safetensors.numpy
+
+from hpjax import leftovers
 
 _NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 # Buffers, not weights: attention masks, and the index buffers older transformers versions
@@ -45,8 +49,11 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
   """Reads a checkpoint file into {key: numpy array} with normalised OpenCLIP keys."""
   path = _existing(path)
   if path.suffix == ".safetensors":
-    raw = (safetensors.numpy.load_file(str(path)) if is_local(path)
-           else safetensors.numpy.load(path.read_bytes()))
+    try:
+      raw = (safetensors.numpy.load_file(str(path)) if is_local(path)
+             else safetensors.numpy.load(path.read_bytes()))
+    except safetensors.SafetensorError as e:  # truncated, or not a .safetensors file at all
+      raise ValueError(f"{path} is not a readable .safetensors file: {e}") from e
   else:
     source = str(path) if is_local(path) else io.BytesIO(path.read_bytes())
     tensors = (_read_torchscript(path, source) if _is_torchscript(source)
@@ -77,7 +84,7 @@ def read_npz_stand_ins(path) -> dict[str, np.ndarray]:
   readers = {(1, 0): np.lib.format.read_array_header_1_0,
              (2, 0): np.lib.format.read_array_header_2_0}
   shapes = {}
-  with path.open("rb") as f, zipfile.ZipFile(f) as archive:
+  with path.open("rb") as f, npz_errors(path), zipfile.ZipFile(f) as archive:
     for name in archive.namelist():
       with archive.open(name) as member:
         version = np.lib.format.read_magic(member)
@@ -86,8 +93,26 @@ def read_npz_stand_ins(path) -> dict[str, np.ndarray]:
         shape, _, dtype = readers[version](member)
         if dtype.hasobject:  # What np.load(allow_pickle=False) refuses.
           raise ValueError(f"{path}: {name} holds Python objects, which are never unpickled")
+        check_npz_dtype(path, name, dtype)
         shapes[name.removesuffix(".npy")] = shape
   return {key: stand_in(shape) for key, shape in shapes.items()}
+
+
+@contextlib.contextmanager
+def npz_errors(path):
+  """A truncated or foreign .npz file's zip and .npy errors as one ValueError naming it."""
+  try:
+    yield
+  except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+    raise ValueError(f"{path} is not a readable .npz file (truncated or not a zip of .npy "
+                     f"arrays): {e}") from e
+
+
+def check_npz_dtype(path, name: str, dtype: np.dtype) -> None:
+  """Numbers only: numpy stores what it cannot name (bfloat16) as raw bytes ('|V2')."""
+  if dtype.kind not in "fiub":
+    raise ValueError(f"{path}: {name} is stored as {dtype.str!r}, not as numbers numpy can read "
+                     "(a bfloat16 array is saved as raw 2-byte values); save it as float32")
 
 
 def stand_in(shape) -> np.ndarray:
@@ -243,18 +268,53 @@ def _to_numpy(tensor) -> np.ndarray:
   return tensor.numpy()
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> epath.Path:
-  """Writes `.safetensors` (no torch needed) or `.bin`/`.pt` (a plain torch state dict)."""
+STATE_DICT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_ASIDE = ".partial-"  # `.NAME.partial-HOST-PID-RANDOM`: a destination being written, beside it
+
+
+def check_destination(path, suffixes: tuple[str, ...] = ()) -> epath.Path:
+  """`path` as a destination: it must not exist (nothing is replaced that the user did not
+  remove) and, given `suffixes`, end in one of them. Called before the work that fills it."""
   path = epath.Path(path)
+  if suffixes and path.suffix not in suffixes:
+    raise ValueError(f"cannot write {path}: use a file name ending in {' or '.join(suffixes)}")
+  if path.exists():
+    raise FileExistsError(f"{path} exists; remove it or choose another name")
+  return path
+
+
+def write_aside(path, write: Callable[[epath.Path], None],
+                suffixes: tuple[str, ...] = ()) -> epath.Path:
+  """Checks `path` (`check_destination`), lets `write` fill a file or folder beside it and
+  renames that into place: after a kill or a full disk, `path` is complete or absent. What a
+  killed writer of the same destination left beside it is removed first (and logged)."""
+  path = check_destination(path, suffixes)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  stem = f".{path.name}{_ASIDE}"
+  if is_local(path):
+    leftovers.remove_stale(path.parent, stem)
+  aside = path.parent / leftovers.name(stem)
+  try:
+    write(aside)
+    aside.rename(path)
+  except BaseException:
+    if aside.is_dir():
+      aside.rmtree(missing_ok=True)
+    elif aside.exists():
+      aside.unlink()
+    raise
+  return path
+
+
+def write_state_dict(state_dict: Mapping[str, np.ndarray], path) -> epath.Path:
+  """Writes `.safetensors` (no torch needed) or `.bin`/`.pt` (a plain torch state dict), to a
+  new file (`write_aside`)."""
+  path = check_destination(path, STATE_DICT_SUFFIXES)
   if path.suffix == ".safetensors":
     data = safetensors.numpy.save({k: np.array(v, order="C") for k, v in state_dict.items()})
-  elif path.suffix in (".bin", ".pt", ".pth"):
+  else:
     torch = _torch(path)
     buffer = io.BytesIO()
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, buffer)
     data = buffer.getvalue()
-  else:
-    raise ValueError(f"cannot write {path}: use a .safetensors, .bin, .pt or .pth file name")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(data)
-  return path
+  return write_aside(path, lambda aside: aside.write_bytes(data))

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import uuid
 from typing import Mapping
 
 from absl import logging
@@ -40,7 +38,7 @@ import safetensors.numpy
 
 from hpjax import preprocess
 from hpjax import tokenizer as tokenizer_lib
-from hpjax.checkpoints import renaming
+from hpjax.checkpoints import files, renaming
 from hpjax.checkpoints.renaming import ADD_AXIS, DROP_AXIS, SAME, TRANSPOSE
 from hpjax.models import config as config_lib
 from hpjax.models.config import CLIPConfig
@@ -359,10 +357,8 @@ def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, f
   files), or for SigLIP a SiglipModel folder, with the tokenizer files of `tokenizer` (its
   SentencePiece model or a folder holding it) if given, from an OpenCLIP-keyed fp32 state dict
   (`text.` prefixes stripped). The folder must not exist; it appears complete or not at all
-  (written under a temporary name, then renamed)."""
-  folder = epath.Path(folder)
-  if folder.exists():
-    raise FileExistsError(f"{folder} exists; remove it or choose another folder")
+  (`files.write_aside`)."""
+  folder = files.check_destination(folder)
   siglip = is_siglip(config)
   if not siglip:
     if tokenizer is not None:
@@ -374,25 +370,22 @@ def write_folder(openclip_state: Mapping[str, np.ndarray], config: CLIPConfig, f
         tokenizer_lib.SentencePieceTokenizer(tokenizer, config.text.context_length))
   else:
     tokenizer_names = {}
-  files = {"config.json": json.dumps(hf_config(config), indent=2) + "\n",
-           "preprocessor_config.json": json.dumps(
-               image_processor_config(config.vision.image_size, siglip), indent=2) + "\n",
-           **tokenizer_names}
+  contents = {"config.json": json.dumps(hf_config(config), indent=2) + "\n",
+              "preprocessor_config.json": json.dumps(
+                  image_processor_config(config.vision.image_size, siglip), indent=2) + "\n",
+              **tokenizer_names}
   weights = openclip_to_hf(openclip_state, f"model {config.name!r}",
                            SIGLIP_MODEL if siglip else CLIP_MODEL)
-  tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  tmp.mkdir(parents=True)
-  try:
-    (tmp / "model.safetensors").write_bytes(safetensors.numpy.save(
+
+  def write(aside: epath.Path) -> None:
+    aside.mkdir(parents=True)
+    (aside / "model.safetensors").write_bytes(safetensors.numpy.save(
         {k: np.asarray(v, np.float32) for k, v in sorted(weights.items())},
         metadata={"format": "pt"}))
-    for name, content in files.items():
+    for name, content in contents.items():
       if isinstance(content, bytes):
-        (tmp / name).write_bytes(content)
+        (aside / name).write_bytes(content)
       else:
-        (tmp / name).write_text(content)
-    tmp.rename(folder)
-  except BaseException:
-    tmp.rmtree(missing_ok=True)
-    raise
-  return folder
+        (aside / name).write_text(content)
+
+  return files.write_aside(folder, write)

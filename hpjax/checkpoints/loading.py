@@ -6,6 +6,7 @@ import json
 
 from absl import logging
 from etils import epath
+import jax
 import numpy as np
 
 from hpjax.checkpoints import big_vision, files, hf, lora, mapping, orbax_params
@@ -28,7 +29,19 @@ def load_params(path, config: CLIPConfig, param_dtype=np.float32, return_ignored
   """
   params, ignored = _load(epath.Path(path), config, param_dtype, lora_rank, lora_alpha,
                           stand_ins=False)
+  check_finite(params, str(path))
   return (params, ignored) if return_ignored else params
+
+
+def check_finite(params, source: str) -> None:
+  """Refuses weights holding NaN or infinity, naming each such parameter: they would convert
+  without a word and score every caption alike."""
+  bad = [f"{'/'.join(p.key for p in path)} ({int(np.size(leaf) - np.isfinite(leaf).sum())} "
+         "values)" for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+         if not np.isfinite(np.asarray(leaf, np.float32)).all()]
+  if bad:
+    raise ValueError(f"{source}: {len(bad)} parameter(s) hold NaN or infinite values:\n  "
+                     + "\n  ".join(bad))
 
 
 def check_params(path, config: CLIPConfig, *, lora_rank: int | None = None,
@@ -81,7 +94,9 @@ def load_openai(path, param_dtype=np.float32, *, lora_rank: int | None = None,
   state_dict, source = _read_openclip(epath.Path(path), lora_rank, lora_alpha,
                                         files.read_state_dict)
   config = infer_openai_config(state_dict, source)
-  return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
+  params = mapping.openclip_to_params(state_dict, config, param_dtype, source)
+  check_finite(params, source)
+  return config, params
 
 
 def is_hf_folder(path) -> bool:
@@ -99,7 +114,9 @@ def load_hf(path, param_dtype=np.float32) -> tuple[CLIPConfig, dict]:
                             "model.safetensors")
   config = hf.infer_siglip_config(json.loads((path / "config.json").read_text()), str(path))
   state_dict, source = _read_openclip(path, None, 1.0, files.read_state_dict)
-  return config, mapping.openclip_to_params(state_dict, config, param_dtype, source)
+  params = mapping.openclip_to_params(state_dict, config, param_dtype, source)
+  check_finite(params, source)
+  return config, params
 
 
 def _read_openclip(path: epath.Path, lora_rank, lora_alpha, read):

@@ -14,6 +14,7 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from hpjax import errors
 from hpjax.checkpoints import files
 from hpjax.checkpoints.mapping import check_keys
 from hpjax.models.clip import CLIP, param_shapes
@@ -48,8 +49,11 @@ def restore_params(directory, config: CLIPConfig, param_dtype=None, sharding=Non
     target = {subtree: target}
   restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype),
                               target)
-  restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=restore_args, partial_restore=True))
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  except (ValueError, OSError, KeyError) as e:  # tensorstore's pages about a damaged array
+    raise _damaged(directory, item, e) from e
   return restored[subtree] if subtree else restored
 
 
@@ -58,7 +62,10 @@ def checked_metadata(directory, config: CLIPConfig):
   stored tree checked against `config`: what `restore_params` reads before any array (a
   checkpoint is checked with it alone, `loading.check_params`)."""
   item, subtree = _resolve(absolute_path(directory))
-  stored = ocp.StandardCheckpointer().metadata(item).item_metadata.tree
+  try:
+    stored = _stored_tree(item)
+  except Exception as e:  # pylint: disable=broad-except  (orbax's errors vary; named below)
+    raise _damaged(directory, item, e) from e
   if subtree:
     if subtree not in stored:
       raise ValueError(f"orbax checkpoint {item} has no {subtree!r} entry: {sorted(stored)}")
@@ -87,6 +94,31 @@ def _resolve(path: epath.Path) -> tuple[epath.Path, str | None]:
     raise ValueError(f"{path} is not an hpjax checkpoint: no orbax metadata and no step folders")
   logging.info("using the latest step %d of %s", steps[-1][0], path)
   return _resolve(steps[-1][1])
+
+
+def _stored_tree(item: epath.Path):
+  metadata = ocp.StandardCheckpointer().metadata(item)
+  if metadata is None or metadata.item_metadata is None:
+    raise ValueError(f"its {_METADATA} does not read")
+  return metadata.item_metadata.tree
+
+
+def _damaged(directory, item: epath.Path, error: BaseException) -> ValueError:
+  """One error for a checkpoint that does not read, naming the intact steps beside it when
+  `directory` is a trainer's folder of steps (its newest step is what was read)."""
+  root, step_dir = absolute_path(directory), item.parent if item.name == "state" else item
+  intact = []
+  if root != step_dir:
+    for step in sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True):
+      try:
+        if root / str(step) != step_dir and _stored_tree(_resolve(root / str(step))[0]):
+          intact.append(step)
+      except Exception:  # pylint: disable=broad-except  (another damaged step: not named)
+        continue
+  hint = (f"; intact step(s) of {root}: {', '.join(map(str, intact))}: give {root / str(intact[0])}"
+          if intact else "")
+  return ValueError(f"orbax checkpoint {item} is damaged ({errors.first_line(error, 300)})"
+                    + hint)
 
 
 def flat_shapes(tree) -> dict[str, tuple[int, ...]]:

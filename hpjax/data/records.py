@@ -2,7 +2,8 @@
 
 A training record is one JSON object
   {"image": path, "caption": str, "hard_negatives": [str, ...], "hard_positives": [str, ...]}
-(`image` relative to the JSONL's folder, or absolute). The builders (`train_builders`,
+(`image` relative to the JSONL's folder; an absolute path, or one leaving the folder through
+'..', only where the user allows it: `allow_paths_outside_root`). The builders (`train_builders`,
 `tfds_builders`) write it and the readers (`training`, `tfds_sources`) read it, so it sits
 below all of them. An array_record payload embeds the encoded image, so a multi-host job reads
 one self-contained dataset from any filesystem.
@@ -41,8 +42,27 @@ def validate_record(record: Any, where: str) -> dict:
   return out
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """All records of a training JSONL, image paths made absolute."""
+OUTSIDE_ROOT_FIELD = "allow_paths_outside_root"  # the config field / flag that allows them
+
+
+def leaves_root(path: str) -> bool:
+  """Whether an image path read from an annotation file is absolute or leaves the folder it is
+  relative to through '..': such a file would reach images outside the data it describes."""
+  normal = os.path.normpath(path)
+  return os.path.isabs(path) or normal == os.pardir or normal.startswith(os.pardir + os.sep)
+
+
+def inside(root: str, path: str, where: str, allow_outside: bool = False) -> str:
+  """`root`/`path`, refused when `path` leaves `root` (`leaves_root`) unless `allow_outside`."""
+  if leaves_root(path) and not allow_outside:
+    raise ValueError(f"{where}: image path {path!r} is outside {root} (absolute, or through "
+                     f"'..'); move the images under it, or set {OUTSIDE_ROOT_FIELD} to read it")
+  return os.path.join(root, path)
+
+
+def read_jsonl(path: str, allow_outside: bool = False) -> list[dict]:
+  """All records of a training JSONL, image paths made absolute; paths leave the JSONL's
+  folder only with `allow_outside` (`inside`)."""
   root = os.path.dirname(os.path.abspath(path))
   records = []
   with open(path, encoding="utf-8") as f:
@@ -57,7 +77,7 @@ def read_jsonl(path: str) -> list[dict]:
       record = validate_record(raw, where)
       if not isinstance(record["image"], str) or not record["image"]:
         raise ValueError(f"{where}: 'image' must be a path string, got {record['image']!r}")
-      record["image"] = os.path.join(root, record["image"])
+      record["image"] = inside(root, record["image"], where, allow_outside)
       records.append(record)
   if not records:
     raise ValueError(f"{path}: no training records")

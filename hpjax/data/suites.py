@@ -23,6 +23,8 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
+from hpjax.data import records as records_lib
+
 # Roles of the caption options.
 C, C_N, C_P = "c", "c_n", "c_p"
 
@@ -99,6 +101,12 @@ class Suite:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"suite {self.name}: unknown kind {self.kind!r}; expected one of {KINDS}")
+    for r in self.records:  # an empty option would be scored as if it were a caption
+      empty = [f"{i} ({role})" for i, (role, text) in enumerate(zip(r.roles, r.captions))
+               if not text.strip()]
+      if empty:
+        raise SuiteFormatError(f"{self.path or r.source} [index {r.index}]: caption "
+                               f"{', '.join(empty)} is empty")
 
   def __len__(self):
     return len(self.records)
@@ -161,6 +169,21 @@ def _crop_box(record: dict, path: str, index: int) -> tuple[float, float, float,
     raise SuiteFormatError(f"{path} [index {index}]: crop box (x, y, w, h) = {box} must have "
                            "w, h > 0 (a box past the image is padded black, as PIL crops)")
   return box
+
+
+def check_image_paths(suite: Suite, image_dir: str | None, allow_outside: bool = False) -> Suite:
+  """`suite`, refused when a record names an image outside `image_dir` (without one, outside
+  the image root its paths are relative to): absolute, or through '..'; unless
+  `allow_outside`. The scorer and the gallery read what the records name."""
+  outside = [r for r in suite.records if records_lib.leaves_root(
+      os.path.relpath(r.image, image_dir) if image_dir else r.image)]
+  if outside and not allow_outside:
+    raise SuiteFormatError(
+        f"{len(outside)} record(s) of {suite.path or suite.name} name images outside "
+        f"{image_dir or 'the image root'} (absolute, or through '..'); move them under it, or "
+        f"set {records_lib.OUTSIDE_ROOT_FIELD}:\n  "
+        + "\n  ".join(f"{r.where}: {r.image}" for r in outside[:5]))
+  return suite
 
 
 def _image_path(image_dir: str | None, path: str) -> str:

@@ -36,13 +36,13 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from absl import logging
 
+from hpjax import leftovers
 from hpjax.data import suites as suites_lib
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import render
@@ -55,6 +55,7 @@ DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond")
 # How often a training caption's phrase names the colour, the size or both.
 _DETAILS, _DETAIL_CDF = ("colour", "size", "both"), (0.35, 0.5)
 _MAX_TRIES = 100
+_TMP_WORLD = ".world-"  # a world being written, beside its folder (leftovers.name)
 
 
 class WorldPaths(NamedTuple):
@@ -389,7 +390,9 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
   start = time.time()
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".world-", dir=parent)
+  leftovers.remove_stale(parent, _TMP_WORLD)
+  tmp = os.path.join(parent, leftovers.name(_TMP_WORLD))
+  os.makedirs(tmp)
   try:
     for sub in ("images/train", "images/eval", "eval/data", "eval/swapped_data",
                 "eval_heldout/data", "eval_heldout/swapped_data"):

@@ -64,7 +64,8 @@ def _require(paths, what: str) -> None:
 
 def suite_examples(root: str, file_name: str, image_dir: str):
   """(key, example) of one REPLACE/SWAP suite in the authors' layout under `root`."""
-  suite = suites_lib.load_hard_positive_suite(root, file_name, image_dir)
+  suite = suites_lib.check_image_paths(
+      suites_lib.load_hard_positive_suite(root, file_name, image_dir), image_dir)
   _require([r.image for r in suite.records], f"{file_name}.json's images under {image_dir}")
   for record in suite.records:
     c, c_n, c_p = (record.caption(role) for role in (suites_lib.C, suites_lib.C_N, suites_lib.C_P))

@@ -8,18 +8,22 @@ array_record files, no TensorFlow, images left encoded.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Sequence
 
 import grain
 import tensorflow_datasets as tfds
 
+from hpjax import leftovers
 from hpjax.data import suites as suites_lib
 from hpjax.data import records as records_lib
 from hpjax.data import tfds_builders
 
 PREFIX = "tfds:"
+_IMAGE_DIR = "hpjax-tfds-images-"  # the default image_dir (leftovers.name), in the temp folder
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -36,7 +40,11 @@ def _text(value) -> str:
 
 def _open(name: str, split: str, data_dir: str | None, features, what: str):
   """tfds.data_source with the image left encoded; a dataset of another schema is an error."""
-  source = tfds.data_source(name, split=split, data_dir=data_dir,
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():  # (tfds would try to build it here, into data_dir)
+    raise FileNotFoundError(f"tfds:{name} is not prepared in {builder.data_dir}: build it first "
+                            f"(python tools/build_tfds.py --name={name} --data_dir=...)")
+  source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                             decoders={"image": tfds.decode.SkipDecoding()})
   have, want = set(source.dataset_info.features.keys()), set(features.keys())
   if have != want:
@@ -102,8 +110,19 @@ def load_tfds_suites(spec: str, data_dir: str | None = None,
   missing = [s for s in wanted if s not in available]
   if missing or not wanted:
     raise ValueError(f"tfds:{name} has no split(s) {missing or wanted}; it has {sorted(available)}")
-  image_dir, written = image_dir or tempfile.mkdtemp(prefix="hpjax-tfds-images-"), set()
+  image_dir, written = image_dir or _temporary_image_dir(), set()
   return {split: _suite(name, split, data_dir, image_dir, written) for split in wanted}
+
+
+def _temporary_image_dir() -> str:
+  """A new folder in the system's temporary folder, removed at exit; those of runs that were
+  killed are removed here."""
+  root = tempfile.gettempdir()
+  leftovers.remove_stale(root, _IMAGE_DIR)
+  folder = os.path.join(root, leftovers.name(_IMAGE_DIR))
+  os.makedirs(folder)
+  atexit.register(shutil.rmtree, folder, True)
+  return folder
 
 
 def _suite(name: str, split: str, data_dir: str | None, image_dir: str, written: set

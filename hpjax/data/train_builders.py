@@ -22,19 +22,20 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from typing import Iterable, Iterator, Sequence
 
 from absl import logging
 
+from hpjax import leftovers
 from hpjax import preprocess
 from hpjax.data import records as records_lib
 
 NEGCLIP_COLUMNS = ("title", "filepath", "neg_caption")
 
 
-def negclip_tsv(path: str, image_root: str) -> Iterator[dict]:
-  """Records of a NegCLIP TSV; `filepath` is joined to `image_root`."""
+def negclip_tsv(path: str, image_root: str, allow_outside: bool = False) -> Iterator[dict]:
+  """Records of a NegCLIP TSV; `filepath` is joined to `image_root` (and stays under it unless
+  `allow_outside`: `records.inside`)."""
   csv.field_size_limit(sys.maxsize)
   with open(path, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f, delimiter="\t")
@@ -50,7 +51,8 @@ def negclip_tsv(path: str, image_root: str) -> Iterator[dict]:
         raise ValueError(f"{where}: neg_caption is not a Python list literal: "
                          f"{row['neg_caption']!r}") from e
       yield records_lib.validate_record(
-          {"image": os.path.join(image_root, row["filepath"]), "caption": row["title"],
+          {"image": records_lib.inside(image_root, row["filepath"], where, allow_outside),
+           "caption": row["title"],
            "hard_negatives": negatives if isinstance(negatives, list) else [negatives],
            "hard_positives": []}, where)
 
@@ -85,8 +87,10 @@ def _aligned_lines(path: str, expected: int, captions_path: str) -> list[list[st
 
 def coco_with_hard_texts(captions_json: str, image_root: str, *,
                          hard_positive_files: Sequence[str] = (),
-                         hard_negative_files: Sequence[str] = ()) -> Iterator[dict]:
-  """One record per COCO caption annotation, with its line of every hard-text file."""
+                         hard_negative_files: Sequence[str] = (),
+                         allow_outside: bool = False) -> Iterator[dict]:
+  """One record per COCO caption annotation, with its line of every hard-text file; image
+  files stay under `image_root` unless `allow_outside` (`records.inside`)."""
   with open(captions_json, encoding="utf-8") as f:
     coco = json.load(f)
   try:
@@ -102,7 +106,8 @@ def coco_with_hard_texts(captions_json: str, image_root: str, *,
     if annotation.get("image_id") not in file_of:
       raise ValueError(f"{where}: image_id {annotation.get('image_id')!r} is not in images[]")
     yield records_lib.validate_record(
-        {"image": os.path.join(image_root, file_of[annotation["image_id"]]),
+        {"image": records_lib.inside(image_root, file_of[annotation["image_id"]], where,
+                                     allow_outside),
          "caption": annotation.get("caption", ""),
          "hard_negatives": [t for lines in negatives for t in lines[i]],
          "hard_positives": [t for lines in positives for t in lines[i]]}, where)
@@ -147,9 +152,9 @@ def _replaced_on_success(path: str):
   """Yields a temporary path next to `path`, renamed to `path` only when the block succeeds:
   a failed or killed build leaves the old `path` as it was, and its temporary file (removed on
   failure; named *.partial, which `training.open_source` refuses) is never mistaken for data."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-  os.close(fd)
+  folder, stem = os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial-"
+  leftovers.remove_stale(folder, stem)  # what a killed build of `path` left
+  tmp = os.path.join(folder, leftovers.name(stem) + ".partial")
   try:
     yield tmp
     os.replace(tmp, path)
@@ -182,11 +187,18 @@ def _write(records: Iterable[dict], path: str, skip_bad_images: bool, open_write
 
 def write_jsonl(records: Iterable[dict], path: str, *, skip_bad_images: bool = False
                 ) -> dict[str, int]:
-  """Writes records as a training JSONL (image paths as given, each image checked to decode);
-  returns {'written', 'skipped'}."""
-  return _write(records, path, skip_bad_images,
-                lambda tmp: open(tmp, "w", encoding="utf-8"),
-                lambda f, record, _: f.write(json.dumps(record, ensure_ascii=False) + "\n"))
+  """Writes records as a training JSONL (each image checked to decode), image paths relative
+  to its folder where they are under it (else as given, which reading it then has to allow:
+  `records.inside`); returns {'written', 'skipped'}."""
+  folder = os.path.dirname(os.path.abspath(path))
+
+  def line(record) -> str:
+    relative = os.path.relpath(os.path.abspath(record["image"]), folder)
+    image = record["image"] if records_lib.leaves_root(relative) else relative
+    return json.dumps({**record, "image": image}, ensure_ascii=False) + "\n"
+
+  return _write(records, path, skip_bad_images, lambda tmp: open(tmp, "w", encoding="utf-8"),
+                lambda f, record, _: f.write(line(record)))
 
 
 def write_array_record(records: Iterable[dict], path: str, *, skip_bad_images: bool = False

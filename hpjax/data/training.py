@@ -31,9 +31,9 @@ SKIPPED = "skipped_record"
 class JsonlSource(grain.sources.RandomAccessDataSource):
   """Random access over the records of a training JSONL (images read from their paths)."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, allow_outside: bool = False):
     self._path = path
-    self._records = records_lib.read_jsonl(path)
+    self._records = records_lib.read_jsonl(path, allow_outside)
 
   def __len__(self) -> int:
     return len(self._records)
@@ -50,7 +50,11 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
 
   def __init__(self, paths: Sequence[str]):
     self._paths = list(paths)
-    self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(self._paths)
+    except RuntimeError as e:  # riegeli's message names the damage, not the file
+      raise ValueError(f"training data {'+'.join(self._paths)}: not a readable array_record file "
+                       f"(truncated or damaged; build it again): {e}") from e
 
   def __len__(self) -> int:
     return len(self._source)
@@ -62,17 +66,17 @@ class ArrayRecordSource(grain.sources.RandomAccessDataSource):
     return f"ArrayRecordSource({self._paths!r})"
 
 
-def open_source(paths: str | Sequence[str], tfds_data_dir: str | None = None
-                ) -> grain.sources.RandomAccessDataSource:
-  """A JSONL file, one or more array_record files (`*.array_record`, or shards named
-  `*.array_record-00000-of-00008`), or a prepared TFDS dataset `tfds:<name>[:<split>]`
-  (hpjax.data.tfds_sources). Other names, such as a builder's `*.partial` temporary file, are
-  refused."""
+def open_source(paths: str | Sequence[str], tfds_data_dir: str | None = None,
+                allow_outside: bool = False) -> grain.sources.RandomAccessDataSource:
+  """A JSONL file (its image paths under its folder unless `allow_outside`), one or more
+  array_record files (`*.array_record`, or shards named `*.array_record-00000-of-00008`), or a
+  prepared TFDS dataset `tfds:<name>[:<split>]` (hpjax.data.tfds_sources). Other names, such as
+  a builder's `*.partial` temporary file, are refused."""
   paths = [paths] if isinstance(paths, str) else list(paths)
   if len(paths) == 1 and paths[0].startswith("tfds:"):
     return tfds_sources.open_training_source(paths[0], tfds_data_dir)
   if len(paths) == 1 and paths[0].endswith(".jsonl"):
-    return JsonlSource(paths[0])
+    return JsonlSource(paths[0], allow_outside)
   if paths and all(re.search(r"\.array_record(-\d+-of-\d+)?$", p) for p in paths):
     return ArrayRecordSource(paths)
   raise ValueError(f"training data {'+'.join(paths)!r}: expected one .jsonl file or "
@@ -153,6 +157,11 @@ def make_dataset(source, *, global_batch_size: int, seed: int, transform: Exampl
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
   num_records = len(source)
+  if global_batch_size > num_records:
+    raise ValueError(f"training data {source!r}: a global batch of {global_batch_size} is larger "
+                     f"than its {num_records} records; a batch would hold copies of the same "
+                     "records as each other's negatives: use a batch_size of at most "
+                     f"{num_records}")
   # The record's own index (grain passes epoch * num_records + i through repeat).
   ds = grain.MapDataset.source(source).map_with_index(lambda i, r: (i % num_records, r))
   ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(transform, seed=seed)

@@ -288,13 +288,15 @@ def add_suites(into: dict[str, suites_lib.Suite], new: Mapping[str, suites_lib.S
 
 
 def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[str] = (),
-         image_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+         image_dir: str | None = None, allow_outside: bool = False
+         ) -> dict[str, suites_lib.Suite]:
   """A benchmark's suites, named by path: `files` below `root` (default: its known files, or
   every file of its kind below it), or `files` alone (named below their common folder).
 
   A file with no records in a walked folder (VL-CheckList ships three empty `swig_place`
   files, which its official configs do not list) is left out with a log line; a named one is
-  kept, so that the evaluator's empty-suite check reports it.
+  kept, so that the evaluator's empty-suite check reports it. Image paths stay under
+  `image_dir` unless `allow_outside` (`suites.check_image_paths`).
   """
   benchmark = BENCHMARKS[benchmark] if isinstance(benchmark, str) else benchmark
   if not root and not files:
@@ -304,7 +306,8 @@ def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[st
   suites: dict[str, suites_lib.Suite] = {}
   for rel in relative:
     path = os.path.join(root, rel)
-    suite = benchmark.read(path, image_dir, rel)
+    suite = suites_lib.check_image_paths(benchmark.read(path, image_dir, rel), image_dir,
+                                         allow_outside)
     if walked and not suite.records:
       logging.warning("%s: %s has no records; left out", benchmark.name, path)
       continue
@@ -319,7 +322,8 @@ def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[st
 def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swap"),
                        image_dir: str | None = None,
                        swap_image_dir: str | None = None,
-                       tfds_data_dir: str | None = None) -> dict[str, suites_lib.Suite]:
+                       tfds_data_dir: str | None = None, allow_outside: bool = False
+                       ) -> dict[str, suites_lib.Suite]:
   """REPLACE ('replace' = both files, or 'replace_attributes' / 'replace_relations') and SWAP
   ('swap') from the authors' layout under `root`, keyed by the paper's names: the one loader
   of both (the evaluator, the trainer and eval configs use it).
@@ -339,7 +343,7 @@ def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swa
   suites: dict[str, suites_lib.Suite] = {}
   for benchmark, data_files in wanted.items():
     images = (swap_image_dir or image_dir) if benchmark == "swap" else image_dir
-    add_suites(suites, load(benchmark, root, data_files, images))
+    add_suites(suites, load(benchmark, root, data_files, images, allow_outside))
   return suites
 
 
@@ -352,7 +356,8 @@ def load_config(config) -> dict[str, suites_lib.Suite]:
     add_suites(suites, load_hard_positive(
         config.suite_root, config_fields.split_list(config.suites),
         swap_image_dir=config.swap_image_dir or None,
-        tfds_data_dir=config.get("tfds_data_dir") or None))
+        tfds_data_dir=config.get("tfds_data_dir") or None,
+        allow_outside=config.allow_paths_outside_root))
   for benchmark in BENCHMARKS.values():
     if benchmark.root_field == "suite_root":
       continue
@@ -361,7 +366,8 @@ def load_config(config) -> dict[str, suites_lib.Suite]:
              if benchmark.files_field else [])
     if root or files:
       add_suites(suites, load(benchmark, root, files,
-                              config_fields.get(config, benchmark.image_field) or None))
+                              config_fields.get(config, benchmark.image_field) or None,
+                              config.allow_paths_outside_root))
   if not suites:
     raise ValueError("no suites to evaluate: set suite_root (REPLACE/SWAP) or an extra.* folder "
                      "or file list")

@@ -9,6 +9,8 @@ of the ordering categories and an HTML gallery of the worst examples.
   scores/<model>/<suite>.jsonl   per record: captions, roles, scores (and the ordering category)
   ordering.png       the five ordering categories (%) per hard-positive suite and model
   gallery.html       per model and suite, the records where c_n beats a true caption by most
+A multi-model run writes results.partial.json / .md and scores.partial/ as each model finishes
+(`write_model_reports(partial=True)`) and the files above once all are scored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import json
 import os
 import re
+import shutil
 import time
 from typing import Sequence
 
@@ -240,15 +243,22 @@ def write_gallery(path: str, results: Sequence[ModelResult], image_root: str | N
     f.write("\n".join(parts))
 
 
+PARTIAL = ".partial"  # results.partial.json, .md and scores.partial/: a run in progress
+
+
 def write_model_reports(directory: str, results: Sequence[ModelResult],
                         new: Sequence[ModelResult] = (),
-                        decode_passes: Sequence[dict] = ()) -> dict[str, str]:
+                        decode_passes: Sequence[dict] = (), partial: bool = False
+                        ) -> dict[str, str]:
   """results.json and results.md over `results`, and the per-record scores of `new` (default
-  all): what a multi-model run writes as each model finishes, so a later failure keeps them.
+  all). With `partial`, what a multi-model run writes as each model finishes, under names of
+  their own (results.partial.json, ..., scores.partial/): a later failure keeps them, and an
+  earlier evaluation's reports in the folder stay whole and agree with its gallery and plot.
   Files are replaced whole (written aside, then renamed)."""
   os.makedirs(directory, exist_ok=True)
-  written = {"results.json": os.path.join(directory, "results.json"),
-             "results.md": os.path.join(directory, "results.md")}
+  tag = PARTIAL if partial else ""
+  written = {"results.json": os.path.join(directory, f"results{tag}.json"),
+             "results.md": os.path.join(directory, f"results{tag}.md")}
   write_results_json(written["results.json"] + ".tmp", results, decode_passes)
   os.replace(written["results.json"] + ".tmp", written["results.json"])
   with open(written["results.md"] + ".tmp", "w") as f:
@@ -256,22 +266,44 @@ def write_model_reports(directory: str, results: Sequence[ModelResult],
   os.replace(written["results.md"] + ".tmp", written["results.md"])
   for r in new or results:
     for name, scores in r.suite_scores.items():
-      path = os.path.join(directory, "scores", slug(r.label), f"{slug(name)}.jsonl")
+      path = os.path.join(directory, f"scores{tag}", slug(r.label), f"{slug(name)}.jsonl")
       os.makedirs(os.path.dirname(path), exist_ok=True)
       write_per_example(path, scores)
       written[f"scores/{slug(r.label)}/{slug(name)}"] = path
   return written
 
 
+def remove_partial(directory: str) -> list[str]:
+  """Removes the progress files of a run in `directory` (`write_model_reports(partial=True)`):
+  once its whole reports are written, or when a new run starts after one was stopped."""
+  removed = []
+  for name in (f"results{PARTIAL}.json", f"results{PARTIAL}.md", f"scores{PARTIAL}"):
+    path = os.path.join(directory, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+    else:
+      continue
+    removed.append(path)
+  return removed
+
+
 def write_reports(directory: str, results: Sequence[ModelResult], image_root: str | None,
                   gallery_size: int = 12, decode_passes: Sequence[dict] = ()) -> dict[str, str]:
-  """Every report file (see the module docstring); returns name -> path of what was written."""
+  """Every report file (see the module docstring); returns name -> path of what was written.
+  The gallery comes first (it reads the images, the step most likely to fail), the progress
+  files of `write_model_reports(partial=True)` go last."""
+  os.makedirs(directory, exist_ok=True)
+  gallery = os.path.join(directory, "gallery.html")
+  ordered = table1_order(results)
+  write_gallery(gallery + ".tmp", ordered, image_root, gallery_size)
   written = write_model_reports(directory, results, decode_passes=decode_passes)
-  written["gallery.html"] = os.path.join(directory, "gallery.html")
-  results = table1_order(results)
-  if plot_ordering(os.path.join(directory, "ordering.png"), results):
+  os.replace(gallery + ".tmp", gallery)
+  written["gallery.html"] = gallery
+  if plot_ordering(os.path.join(directory, "ordering.png"), ordered):
     written["ordering.png"] = os.path.join(directory, "ordering.png")
-  write_gallery(written["gallery.html"], results, image_root, gallery_size)
+  remove_partial(directory)
   return written
 
 

@@ -40,6 +40,20 @@ from hpjax.models import config as config_lib
 
 
 RANDOM_INIT = "random"
+# The config's values checked before any work (`check_values`), as the trainer checks its own.
+_POSITIVE = ("batch_size", "text_batch_size", "num_workers", "models_per_pass")
+_NON_NEGATIVE = ("gallery_size", "seed", "lora_rank")
+_CHOICES = {"dtype": ("float32", "bfloat16", "float16"),
+            "matmul_precision": ("default", "high", "highest")}
+
+
+def check_values(config) -> None:
+  """Raises one ValueError naming every field whose value the evaluation cannot use (a
+  text_batch_size of -1 would score nothing and report 0.0)."""
+  values = {f: config_fields.get(config, f) for f in (*_POSITIVE, *_NON_NEGATIVE, *_CHOICES)}
+  problems = config_fields.value_problems(values, _POSITIVE, _NON_NEGATIVE, _CHOICES)
+  if problems:
+    raise ValueError("config: " + "; ".join(problems))
 
 
 @dataclasses.dataclass
@@ -54,6 +68,7 @@ class ModelSpec:
   plugin: Callable | None = None
   # The architecture as this parity mode builds it (`_as_scored`); None for a plug-in.
   model_config: config_lib.CLIPConfig | None = None
+  lora: dict = dataclasses.field(default_factory=dict)  # lora_rank, lora_alpha of a LoRA file
 
   @property
   def preprocess_key(self) -> tuple:
@@ -136,14 +151,19 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   specs = []
   for label, (_, architecture, ckpt, entry) in zip(_unique([r[0] for r in raw]), raw):
     model_config = config_lib.get_model_config(architecture)
+    lora = {}
     if entry is None:
       mode, settings = zoo.AS_TRAINED, _own_settings(model_config, config.dtype)
+      if config.lora_rank:
+        lora = {"lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha}
     else:
       mode, settings = parity, entry.settings(parity)
       if parity == zoo.AS_TRAINED:
         settings = dataclasses.replace(settings, dtype=config.dtype)
+      if entry.format == zoo.LORA:  # LoRA files (TSVLC / DAC) are merged at import
+        lora = {"lora_rank": zoo.LORA_RANK, "lora_alpha": 1.0}
     specs.append(ModelSpec(label, architecture, ckpt, mode, settings, entry,
-                           model_config=_as_scored(model_config, settings, mode)))
+                           model_config=_as_scored(model_config, settings, mode), lora=lora))
   for name, fn in plugins.items():
     entry = zoo.BY_NAME.get(name)
     settings = zoo.Settings("n/a", "n/a", "float32", "n/a")
@@ -160,25 +180,21 @@ def _as_scored(model_config: config_lib.CLIPConfig, settings: zoo.Settings, pari
   return config
 
 
-def _load_kwargs(spec: ModelSpec) -> dict:
-  """LoRA files (TSVLC / DAC) are merged at import (hpjax.checkpoints, issue 9)."""
-  if spec.entry is not None and spec.entry.format == zoo.LORA:
-    return {"lora_rank": zoo.LORA_RANK, "lora_alpha": 1.0}
-  return {}
-
-
 def build(spec: ModelSpec, seed: int = 0):
   """(model, params) of a dual-encoder spec, in its mode's activation and compute dtype."""
   return factory.create_model(spec.model_config, pretrained=spec.checkpoint,
                               dtype=jnp.dtype(spec.settings.dtype), rng=jax.random.key(seed),
-                              **_load_kwargs(spec))
+                              **spec.lora)
 
 
 def _tokenizer(spec: ModelSpec, config, tokenizer_dir: str | None):
-  """CLIP BPE ids (77, as OpenAI's clip.tokenize) or the model's own HF tokenizer."""
-  if spec.settings.tokenizer == "clip":
-    return tokenizer_lib.get_tokenizer(config if spec.parity == zoo.AS_TRAINED else None)
-  return tokenizer_lib.get_tokenizer(config, tokenizer_dir=tokenizer_dir)
+  """CLIP BPE ids (77, as OpenAI's clip.tokenize) for a registry row scored as the paper did,
+  else the model's own tokenizer: the one its config names, from `tokenizer_dir` where that is
+  an HF tokenizer (a user's SigLIP model too; a CLIP model beside it ignores the field)."""
+  if spec.settings.tokenizer == "clip" and spec.parity != zoo.AS_TRAINED:
+    return tokenizer_lib.get_tokenizer(None)
+  return tokenizer_lib.get_tokenizer(
+      config, tokenizer_dir=tokenizer_dir if config.text.hf_tokenizer_name else None)
 
 
 def check_checkpoints(specs: list[ModelSpec]) -> dict[str, list[str]]:
@@ -192,7 +208,7 @@ def check_checkpoints(specs: list[ModelSpec]) -> dict[str, list[str]]:
       continue
     try:
       ignored[spec.label] = checkpoints_lib.check_params(spec.checkpoint, spec.model_config,
-                                                         **_load_kwargs(spec))
+                                                         **spec.lora)
     except Exception as e:  # pylint: disable=broad-except  (reported below, with the model)
       problems.append(f"{spec.label} ({spec.checkpoint}): {type(e).__name__}: {e}")
   if problems:
@@ -263,6 +279,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   """Evaluates every model of the config (see `model_specs`; `plugins` maps a name to a
   `(images, captions) -> scores` callable or a `PluginScorer`); returns label -> figures and
   writes the reports into `workdir`, each model's as soon as it is scored."""
+  check_values(config)
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
@@ -275,6 +292,9 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   ignored = check_checkpoints(specs)
   spectrum = spectrum_evaluators(config, tfds_data_dir=config.get("tfds_data_dir") or None)
   writer = jax.process_index() == 0
+  if writer:
+    for path in reports.remove_partial(workdir):
+      logging.info("removed %s, the progress of an evaluation that was stopped", path)
   order = {spec.label: i for i, spec in enumerate(specs)}
   results, passes = [], []
   for group in decode_passes(specs, config.models_per_pass):
@@ -310,7 +330,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
       results.append(entry)
       results.sort(key=lambda r: order[r.label])  # as the user listed them
       if writer:
-        reports.write_model_reports(workdir, results, [entry], passes)
+        reports.write_model_reports(workdir, results, [entry], passes, partial=True)
     del built, scorers
   if writer:
     written = reports.write_reports(workdir, results, config.image_root or None,

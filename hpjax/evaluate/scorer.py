@@ -149,7 +149,7 @@ def load_pixels(path: str, crop, transform, where: str) -> tuple[np.ndarray, boo
     image, padded = preprocess.load_cropped(path, crop_box=crop)
   except OSError as e:  # missing, truncated or not an image (PIL's errors are OSErrors)
     raise ImageError("unreadable", [path], [str(e)]) from e
-  except ValueError as e:  # an empty crop box
+  except ValueError as e:  # an empty crop box, or one wholly outside the image
     raise ValueError(f"{where}: {e}") from e
   return np.asarray(transform(image), np.float32), padded
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
@@ -126,6 +127,9 @@ def prepare(config, directory: str, world: synthetic.WorldPaths):
   run_dir = os.path.join(directory, "run")
   if jax.process_index() == 0:
     os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(stage.export_openclip):  # a run stopped before `finish`: exported again
+      os.remove(stage.export_openclip)
+      logging.info("pretraining: removed %s, left by a stopped run", stage.export_openclip)
     _replace_link(os.path.join(run_dir, "world"), world.image_root)
   multihost_utils.sync_global_devices("pretraining folder ready")
   return stage, run_dir

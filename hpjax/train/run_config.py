@@ -32,7 +32,8 @@ HOSTS = "hosts"  # the process count, saved beside the config's fields.
 # LoRA, locking and the EMA shape the train state itself.
 SAME_RUN = ("model.name", "model.pretrained", "pretrain", "data", "batch_size", "seed", HOSTS,
             "lora", "locking", "ema")
-FREE = ("data.worker_count", "pretrain.cache_dir", "lora.export_adapters", "ema.use")
+FREE = ("data.worker_count", "pretrain.cache_dir", "data.allow_paths_outside_root",
+        "lora.export_adapters", "ema.use")
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
@@ -68,19 +69,10 @@ def flatten(config) -> dict:
 def check_values(config, num_devices: int, process_count: int) -> None:
   """Raises one ValueError naming every field whose value the run cannot use."""
   values = flatten(config)
-  problems = []
-  for field in _POSITIVE:
-    if not (isinstance(values[field], int) and values[field] > 0):
-      problems.append(f"{field}={values[field]!r} must be a positive integer")
-  for field in _NON_NEGATIVE:
-    if not (isinstance(values[field], int) and values[field] >= 0):
-      problems.append(f"{field}={values[field]!r} must be an integer >= 0")
+  problems = config_fields.value_problems(values, _POSITIVE, _NON_NEGATIVE, _CHOICES)
   for field in _FRACTIONS:
     if not 0.0 <= values[field] <= 1.0:
       problems.append(f"{field}={values[field]!r} must be a fraction in [0, 1]")
-  for field, allowed in _CHOICES.items():
-    if values[field] not in allowed:
-      problems.append(f"{field}={values[field]!r} must be one of {list(allowed)}")
   low, high = values["data.crop_scale"]
   if not 0.0 < low <= high <= 1.0:
     problems.append(f"data.crop_scale={values['data.crop_scale']!r} must be (low, high) with "

@@ -74,9 +74,11 @@ def _training_data(config, world: synthetic.WorldPaths | None):
     source_path = (world.pretrain_jsonl if data.synthetic_corpus == "pretrain" else
                    world.train_jsonl)
     eval_root, image_root = world.eval_root, world.image_root
-  source = data_lib.open_source(config_fields.split_list(source_path), data.tfds_data_dir or None)
+  source = data_lib.open_source(config_fields.split_list(source_path), data.tfds_data_dir or None,
+                                data.allow_paths_outside_root)
   if data.val_source:
-    held_out = data_lib.open_source(config_fields.split_list(data.val_source), data.tfds_data_dir or None)
+    held_out = data_lib.open_source(config_fields.split_list(data.val_source),
+                                    data.tfds_data_dir or None, data.allow_paths_outside_root)
     val = [held_out[i] for i in range(len(held_out))]
   else:
     if len(source) <= data.val_size:
@@ -112,7 +114,8 @@ def _tokenizer(config, model_cfg, workdir: str, resuming: bool,
     multihost_utils.sync_global_devices("world tokenizer written")
     if not os.path.exists(path):  # a host that does not share process 0's workdir
       train()
-  tokenizer = tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None)
+  tokenizer = tokenizer_lib.get_tokenizer(model_cfg, tokenizer_dir=path or None,
+                                          field="model.tokenizer")
   vocab = text.hf.vocab_size if text.hf else text.vocab_size
   if tokenizer.vocab_size > vocab:  # (an id past the embedding would be a NaN feature)
     raise ValueError(f"model.name={config.model.name!r}: its {type(tokenizer).__name__}"
@@ -218,6 +221,8 @@ def run(config, workdir: str) -> dict:
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
   run_config.check_values(config, len(jax.devices()), jax.process_count())
+  if config.export_openclip:  # before any work: never replaces a file (the starting one included)
+    checkpoint_files.check_destination(config.export_openclip, checkpoint_files.STATE_DICT_SUFFIXES)
   mesh = sharding.make_mesh(config.mesh.model_parallel,
                             jax.devices()[:config.mesh.num_devices or None])
   os.makedirs(workdir, exist_ok=True)
