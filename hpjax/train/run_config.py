@@ -31,8 +31,8 @@ FREE = ("data.worker_count", "pretrain.cache_dir")
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
-_POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_steps",
-             "checkpoint.keep", "eval.batch_size", "mesh.model_parallel", "pretrain.batch_size")
+_POSITIVE = ("batch_size", "accum_freq", "total_steps", "log_every_steps",
+             "checkpoint.every_steps", "checkpoint.keep", "eval.batch_size", "mesh.model_parallel", "pretrain.batch_size")
 _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
                  "data.num_hard_positives", "data.worker_count", "data.val_size",
                  "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps")
@@ -104,6 +104,11 @@ def check_values(config, num_devices: int, process_count: int) -> None:
       if values[field] % process_count:
         problems.append(f"{field}={values[field]} must be a multiple of the "
                         f"{process_count} hosts")
+    per_device = values["batch_size"] // data_parallel
+    if not rest and per_device and per_device % values["accum_freq"]:
+      problems.append(f"accum_freq={values['accum_freq']} must divide the per-device batch of "
+                      f"{per_device} (batch_size={values['batch_size']} over {data_parallel} "
+                      "data-parallel devices)")
   if problems:
     raise ValueError("config: " + "; ".join(problems))
 

@@ -236,11 +236,13 @@ def run(config, workdir: str) -> dict:
   state_shardings = sharding.param_sharding(mesh, state_shapes)
   state = jax.jit(lambda p: step_lib.init_state(p, tx), out_shardings=state_shardings)(params)
   del params
-  groups = mesh.shape[sharding.DATA] // jax.process_count()  # this host's data shards
+  # Packed texts: one group per data shard of this host, and per micro-batch when accumulating.
+  groups = mesh.shape[sharding.DATA] // jax.process_count() * config.accum_freq
   train_step = step_lib.jit_train_step(
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight,
-      kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight)
+      kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight,
+      micro_batches=config.accum_freq, data_shards=mesh.shape[sharding.DATA])
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
   state, iterator = ckpt.restore(state, iterator, model_name=config.model.name)
