@@ -95,6 +95,9 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.data.num_hard_positives = 1
   c.data.hn_frac = 1.0
   c.data.hp_frac = 1.0
+  # Negative images per example (the records' `negative_images`, NegCLIP's neg_image rows): extra
+  # text->image negatives; 0 reads none.
+  c.data.num_negative_images = 0
   c.data.crop_scale = (0.9, 1.0)
   c.data.worker_count = 0
   c.data.skip_bad_images = False

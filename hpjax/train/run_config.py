@@ -34,8 +34,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the 
 _POSITIVE = ("batch_size", "accum_freq", "total_steps", "log_every_steps",
              "checkpoint.every_steps", "checkpoint.keep", "eval.batch_size", "mesh.model_parallel", "pretrain.batch_size")
 _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
-                 "data.num_hard_positives", "data.worker_count", "data.val_size",
-                 "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps")
+                 "data.num_hard_positives", "data.num_negative_images", "data.worker_count",
+                 "data.val_size", "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps")
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
 _CHOICES = {"model.dtype": tuple(DTYPES), "loss.kind": losses.KINDS,
             "loss.positives": losses.POSITIVE_MODES,

@@ -2,7 +2,8 @@
 
 A batch is a dict of global arrays sharded on the batch axis:
   image (B, H, W, 3) float, caption (B, L) int32, hard_positives (B, K_p, L) int32 +
-  hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask.
+  hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask, and
+  optionally negative_images (B, K_i, H, W, 3) + negative_image_mask (B, K_i) bool.
 The trainer replaces the three token arrays with `text`, the same texts packed several to a row
 (`text_packing.pack_batch`), for text towers that allow it (`causal_eot_pooled`; the others,
 e.g. SigLIP's non-causal one, get every text at its full context length); the step is compiled
@@ -42,9 +43,15 @@ def stacked_texts(batch, xp=jnp):
                          batch["hard_negatives"]], axis=1)
 
 
-def encode_batch(model, params, batch):
-  """Normalised features: image (B, D), caption (B, D), hard positives (B, K_p, D), negatives."""
-  image = model.apply({"params": params}, batch["image"], normalize=True, method="encode_image")
+def encode_batch(model, params, batch) -> dict:
+  """Normalised features: image (B, D), caption (B, D), hard_positives (B, K_p, D),
+  hard_negatives (B, K_n, D), and negative_images (B, K_i, D) when the batch has them (each
+  example's images encoded together, so the reshape keeps them on the example's device)."""
+  images = batch["image"]
+  if "negative_images" in batch:
+    images = jnp.concatenate([images[:, None], batch["negative_images"]], axis=1)
+    images = images.reshape(-1, *images.shape[2:])
+  image = model.apply({"params": params}, images, normalize=True, method="encode_image")
   b, k_p = batch["hard_positive_mask"].shape
   k = 1 + k_p + batch["hard_negative_mask"].shape[1]
   if "text" in batch:
@@ -54,7 +61,12 @@ def encode_batch(model, params, batch):
     texts = model.apply({"params": params}, stacked_texts(batch).reshape(b * k, -1),
                         normalize=True, method="encode_text")
   texts = texts.reshape(b, k, -1)
-  return image, texts[:, 0], texts[:, 1:1 + k_p], texts[:, 1 + k_p:]
+  image = image.reshape(b, -1, image.shape[-1])
+  features = {"image": image[:, 0], "caption": texts[:, 0],
+              "hard_positives": texts[:, 1:1 + k_p], "hard_negatives": texts[:, 1 + k_p:]}
+  if "negative_images" in batch:
+    features["negative_images"] = image[:, 1:]
+  return features
 
 
 def loss_of_features(params, features, batch, positives: str, local_weight: float,
@@ -62,13 +74,16 @@ def loss_of_features(params, features, batch, positives: str, local_weight: floa
   """The `kind` loss (losses.KINDS) of encoded features (`encode_batch`) with the batch's masks;
   positives and local_weight are the contrastive loss's options, hard_negative_weight the
   sigmoid loss's."""
-  image, caption, hard_positives, hard_negatives = features
-  features = (image, caption, hard_positives, batch["hard_positive_mask"], hard_negatives,
-              batch["hard_negative_mask"], params["logit_scale"])
+  args = (features["image"], features["caption"], features["hard_positives"],
+          batch["hard_positive_mask"], features["hard_negatives"], batch["hard_negative_mask"],
+          params["logit_scale"])
+  negatives = {"negative_images": features.get("negative_images"),
+               "negative_image_mask": batch.get("negative_image_mask")}
   if kind == "sigmoid":
-    return losses.sigmoid_loss(*features, params["logit_bias"],
-                               hard_negative_weight=hard_negative_weight)
-  return losses.contrastive_loss(*features, positives=positives, local_weight=local_weight)
+    return losses.sigmoid_loss(*args, params["logit_bias"],
+                               hard_negative_weight=hard_negative_weight, **negatives)
+  return losses.contrastive_loss(*args, positives=positives, local_weight=local_weight,
+                                 **negatives)
 
 
 def loss_fn(params, model, batch, *options):

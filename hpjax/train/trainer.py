@@ -223,7 +223,8 @@ def run(config, workdir: str) -> dict:
       num_hard_negatives=config.data.num_hard_negatives,
       num_hard_positives=config.data.num_hard_positives, hn_frac=config.data.hn_frac,
       hp_frac=config.data.hp_frac, seed=config.seed, crop_scale=config.data.crop_scale,
-      skip_bad_images=config.data.skip_bad_images)
+      skip_bad_images=config.data.skip_bad_images,
+      num_negative_images=config.data.num_negative_images)
   dataset = data_lib.make_dataset(
       source, global_batch_size=config.batch_size, seed=config.seed, transform=transform,
       process_index=jax.process_index(), process_count=jax.process_count(),
