@@ -2,6 +2,7 @@
 gradient: both losses, hard negatives and positives, packed and unpacked texts, 1 and 8 devices."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -10,11 +11,11 @@ import pytest
 from hpjax import factory
 from hpjax import sharding
 from hpjax.models.config import get_model_config
-from hpjax.train import accumulation, run_config, text_packing
+from configs import common, hnhp
+from helpers import train_args
+from hpjax.train import accumulation, run_config, text_packing, trainer
 from hpjax.train import step as step_lib
 from test_text_packing import _batch
-
-from configs import common
 
 OPTIONS = {"contrastive": ("per_positive", 0.5, "contrastive", 1.0),
            "sigmoid": ("multi", 0.0, "sigmoid", 2.0)}
@@ -78,3 +79,18 @@ def test_a_micro_batch_that_does_not_divide_the_per_device_batch_is_refused(
   config = common.get_config(f"batch_size=64,accum_freq={accum_freq}")
   with pytest.raises(ValueError, match=message):
     run_config.check_values(config, devices, 1)
+
+
+@pytest.mark.slow
+def test_the_trainer_accumulates_with_the_same_loss_and_gradient(train_source, tmp_path):
+  """accum_freq=2 on 8 devices: the first step's loss and gradient norm are those of one batch
+  (same state, same batch), so the trainer packs and splits the micro-batches as the step wants."""
+  logged = {}
+  for accum_freq in (1, 2):
+    workdir = tmp_path / str(accum_freq)
+    trainer.run(hnhp.get_config(train_args(train_source, batch_size=32, total_steps=1,
+                                           accum_freq=accum_freq)), str(workdir))
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    logged[accum_freq] = next(r for r in rows if "grad_norm" in r)
+  for key in ("loss", "grad_norm"):
+    np.testing.assert_allclose(logged[2][key], logged[1][key], rtol=1e-5, err_msg=key)
