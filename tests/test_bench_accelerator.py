@@ -2,6 +2,7 @@
 table, and its scorer agrees with the authors' loop."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ def test_reduced_run_writes_json_and_table(tmp_path):
   out = tmp_path / "accel.json"
   subprocess.run([sys.executable, "tools/bench_accelerator.py", "--reduced", f"--root={root}",
                   f"--image_root={tmp_path / 'images'}", f"--out={out}"], cwd=REPO, check=True,
-                 capture_output=True, timeout=600)
+                 capture_output=True, timeout=600,
+                 env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
   result = json.loads(out.read_text())
   training, scoring = result["training"], result["scoring"]
   assert result["model"] == "hpjax-tiny" and result["reduced"]

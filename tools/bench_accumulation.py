@@ -16,7 +16,7 @@ import json
 import time
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from configs import common
 from hpjax.train import benchmark_step
@@ -41,6 +41,7 @@ def _largest(accumulate: bool) -> tuple[int, int]:
   best, batch = (0, 0), _MICRO.value
   while batch <= _LIMIT.value:
     used = _step(batch, batch // _MICRO.value if accumulate else 1).memory_bytes()
+    logging.info("batch %d, accumulating %s: %.1f MiB", batch, accumulate, used / 2 ** 20)
     if used > _BUDGET.value * 2 ** 20:
       break
     best, batch = (batch, used), batch * 2
