@@ -18,6 +18,8 @@ import os
 import struct
 from typing import Any
 
+import numpy as np
+
 TEXT_LISTS = ("hard_negatives", "hard_positives")
 NEGATIVE_IMAGES = "negative_images"
 _KEYS = ("image", "caption", *TEXT_LISTS, NEGATIVE_IMAGES)
@@ -84,15 +86,15 @@ def serialize(record: dict, image_bytes: bytes, negative_image_bytes=()) -> byte
 
 
 def deserialize(payload: bytes) -> dict:
-  """A payload of `serialize` -> the record with image bytes in `image` and `negative_images`,
-  their names in `image_name` and `negative_image_names`."""
+  """A payload of `serialize` -> the record with image bytes in `image` (and `negative_images`,
+  when it has some), their names in `image_name` (and `negative_image_names`)."""
   (size,) = struct.unpack_from("<I", payload)
   record = json.loads(payload[4:4 + size].decode("utf-8"))
   sizes = record.pop("negative_image_sizes", [])
   end = len(payload) - sum(sizes)
-  negatives, start = [], end
-  for n in sizes:
-    negatives.append(payload[start:start + n])
-    start += n
-  return {**record, "image_name": record["image"], "image": payload[4 + size:end],
-          "negative_image_names": record.get(NEGATIVE_IMAGES, []), NEGATIVE_IMAGES: negatives}
+  out = {**record, "image_name": record["image"], "image": payload[4 + size:end]}
+  if sizes:
+    starts = end + np.cumsum([0] + sizes)
+    out["negative_image_names"] = record[NEGATIVE_IMAGES]
+    out[NEGATIVE_IMAGES] = [payload[a:b] for a, b in zip(starts[:-1], starts[1:])]
+  return out

@@ -39,9 +39,10 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
     return len(self._records)
 
   def __getitem__(self, index: int) -> dict:
-    record = self._records[index]
-    return {**record, "image_name": record["image"],
-            "negative_image_names": record.get(records_lib.NEGATIVE_IMAGES, [])}
+    record = {**self._records[index], "image_name": self._records[index]["image"]}
+    if records_lib.NEGATIVE_IMAGES in record:
+      record["negative_image_names"] = record[records_lib.NEGATIVE_IMAGES]
+    return record
 
   def __repr__(self) -> str:
     return f"JsonlSource({self._path!r})"
