@@ -9,12 +9,13 @@ import jax
 import numpy as np
 import pytest
 
+from configs import common
 from helpers import example_transform, training_batches, write_random_image
 from hpjax import factory, sharding
 from hpjax.data import records as records_lib
 from hpjax.data import train_builders, training
 from hpjax.models.config import get_model_config
-from hpjax.train import losses, text_packing
+from hpjax.train import losses, run_config, text_packing
 from hpjax.train import step as step_lib
 from test_text_packing import _batch
 
@@ -186,3 +187,11 @@ def test_real_negclip_tsv_neg_image_ids_name_its_rows(hard_positives):
   assert all(len(r["negative_images"]) == 3 for r in records)
   # Row 0's first neg_image id is 2973: the image of the row with that index.
   assert records[0]["negative_images"][0] == records[2973]["image"]
+
+
+def test_negative_images_from_a_tfds_source_are_refused_before_work():
+  config = common.get_config("source=tfds:coco_hard_texts/negclip:train,"
+                             "data.num_negative_images=2")
+  with pytest.raises(ValueError, match="data.num_negative_images=2: a TFDS training set holds "
+                                       "texts only"):
+    run_config.check_values(config, 1, 1)

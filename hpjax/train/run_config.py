@@ -84,6 +84,10 @@ def check_values(config, num_devices: int, process_count: int) -> None:
   if values["pretrain.steps"] and values["data.source"] != "synthetic":
     problems.append(f"pretrain.steps={values['pretrain.steps']!r}: the pretraining stage is the "
                     "synthetic world's; with data.source set, finetune model.pretrained (0 steps)")
+  if values["data.num_negative_images"] and values["data.source"].startswith("tfds:"):
+    problems.append(f"data.num_negative_images={values['data.num_negative_images']}: a TFDS "
+                    "training set holds texts only; build a JSONL or array_record with "
+                    "negative_images")
   problems += _loss_problems(values)
   try:
     get_model_config(values["model.name"])
