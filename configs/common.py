@@ -89,6 +89,10 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.program = "train"
   c.seed = 0
   c.batch_size = 64
+  # Micro-batches per step (OpenCLIP's --accum-freq): the batch is encoded a micro-batch at a
+  # time and the loss still sees every in-batch negative (hpjax/train/accumulation.py). It must
+  # divide the per-device batch.
+  c.accum_freq = 1
   c.total_steps = 300  # the finetune (synthetic default: about two epochs of the world)
   c.log_every_steps = 20
   c.compilation_cache_dir = ""  # jax's persistent compilation cache (reused by restarts).
@@ -111,6 +115,9 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.data.num_hard_positives = 1
   c.data.hn_frac = 1.0
   c.data.hp_frac = 1.0
+  # Negative images per example (the records' `negative_images`, NegCLIP's neg_image rows): extra
+  # text->image negatives; 0 reads none.
+  c.data.num_negative_images = 0
   c.data.crop_scale = (0.9, 1.0)
   c.data.worker_count = 0
   c.data.skip_bad_images = False

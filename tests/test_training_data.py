@@ -174,7 +174,7 @@ def test_negclip_tsv_fixture_with_newlines_in_quoted_fields(tmp_path):
   path = tmp_path / "neg.tsv"
   path.write_text('\ttitle\tfilepath\tneg_caption\tneg_image\n'
                   '0\t"A cat\non a mat."\tcoco/a.jpg\t"[\'A mat on a cat.\', \'A dog on a mat.\']"'
-                  '\t[1, 2]\n'
+                  '\t[1]\n'
                   '1\tTwo dogs.\tcoco/b.jpg\t[\'Two cats.\']\t[0]\n')
   records = list(train_builders.negclip_tsv(str(path), "/images"))
   assert [r["caption"] for r in records] == ["A cat\non a mat.", "Two dogs."]

@@ -27,11 +27,11 @@ import jax
 import numpy as np
 import open_clip
 import torch
-from PIL import Image
 
 from hpjax import checkpoints
 from hpjax import tokenizer as tokenizer_lib
 from hpjax.data import world_tokenizer
+from hpjax.evaluate import authors_loop
 from hpjax.evaluate import benchmarks
 from hpjax.evaluate import metrics
 from hpjax.evaluate import scorer as scorer_lib
@@ -46,28 +46,6 @@ def timed(fn):
   wall, cpu = time.perf_counter(), time.process_time()
   out = fn()
   return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
-def reference_pass(model, preprocess, tokenizer, records, image_root, true_role):
-  """One of run_eval.py's passes: per batch of 16 records, scores of [c_n, true caption]."""
-  out = np.zeros((len(records), 2), np.float32)
-  with torch.no_grad():
-    for start in range(0, len(records), 16):
-      batch = records[start:start + 16]
-      images = torch.stack([preprocess(Image.open(os.path.join(image_root, r.image))
-                                       .convert("RGB")) for r in batch])
-      texts = tokenizer([t for r in batch for t in (r.caption("c_n"), r.caption(true_role))])
-      image_feats = model.encode_image(images, normalize=True)
-      text_feats = model.encode_text(texts, normalize=True).reshape(len(batch), 2, -1)
-      out[start:start + len(batch)] = torch.einsum("bd,bkd->bk", image_feats, text_feats).numpy()
-  return out
-
-
-def reference_scores(model, preprocess, tokenizer, records, image_root):
-  """(N, 3) scores in (c, c_n, c_p) order from the two separate passes."""
-  orig = reference_pass(model, preprocess, tokenizer, records, image_root, "c")
-  swapped = reference_pass(model, preprocess, tokenizer, records, image_root, "c_p")
-  return np.stack([orig[:, 1], orig[:, 0], swapped[:, 1]], axis=1)
 
 
 def _tokenizers(args, config, records):
@@ -115,8 +93,8 @@ def main():
         f"distinct images, {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"torch threads {torch.get_num_threads()}")
 
-  ref_runs = [timed(lambda: reference_scores(torch_model, preprocess, torch_tokenizer, records,
-                                             args.image_root))
+  ref_runs = [timed(lambda: authors_loop.reference_scores(
+                  torch_model, preprocess, torch_tokenizer, records, args.image_root))
               for _ in range(args.repeats)]
   expected = ref_runs[0][0]
   scorer = scorer_lib.Scorer(CLIP(config), tokenizer,

@@ -182,16 +182,13 @@ def _hpjax_batch(model, mesh, layout: str):
 def _torch_side():
   import open_clip  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
   from hpjax.models import get_model_config  # pylint: disable=g-import-not-at-top
+  from hpjax.train import openclip_step  # pylint: disable=g-import-not-at-top
 
   b, k_n, k_p = _BATCH.value, _NEG.value, _POS.value
-  sigmoid = _LOSS.value == "sigmoid"
   torch.manual_seed(0)
-  model = open_clip.create_model(
-      _MODEL.value, **(dict(init_logit_scale=np.log(10), init_logit_bias=-10) if sigmoid else {}))
-  model.train()
+  model = openclip_step.openclip_model(_MODEL.value, sigmoid=_LOSS.value == "sigmoid")
   size = get_model_config(_MODEL.value).vision.image_size
   images = torch.randn(b, 3, size, size)
   text_cfg = get_model_config(_MODEL.value).text
@@ -200,39 +197,7 @@ def _torch_side():
     caps, negs, poss = (tok(t) for t in _texts(b, k_n, k_p))
   else:
     caps, negs, poss = (torch.from_numpy(t) for t in _random_ids(text_cfg))
-  texts = torch.cat([caps, poss, negs])
-  decays = lambda n, p: p.ndim >= 2 and "logit_scale" not in n and "logit_bias" not in n
-  decay = [p for n, p in model.named_parameters() if decays(n, p)]
-  no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
-  owner_hp = torch.arange(b).repeat_interleave(k_p)
-
-  positive = torch.zeros((b, len(texts)), dtype=torch.bool)
-  positive[torch.arange(b), torch.arange(b)] = True
-  positive[owner_hp, b + torch.arange(b * k_p)] = True
-
-  def step():
-    img = F.normalize(model.encode_image(images), dim=-1)
-    txt = F.normalize(model.encode_text(texts), dim=-1)
-    if sigmoid:  # every (image, text) a binary term, summed over texts, mean over images
-      logits = model.logit_scale.exp() * img @ txt.T + model.logit_bias
-      loss = -F.logsigmoid(torch.where(positive, logits, -logits)).sum() / b
-    else:
-      logits = model.logit_scale.clamp(max=4.6052).exp() * img @ txt.T  # (B, B(1 + K_p + K_n))
-      i2t = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -1e9), 1)
-      rows = logits[:, :b * (1 + k_p)].T
-      labels = torch.cat([torch.arange(b), owner_hp])
-      loss = 0.5 * (i2t.mean() + F.cross_entropy(rows, labels))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    if not sigmoid:
-      with torch.no_grad():
-        model.logit_scale.clamp_(0, 4.6052)
-    return float(loss.detach())
-
+  step = openclip_step.make_step(model, images, caps, negs, poss, sigmoid=_LOSS.value == "sigmoid")
   return step, {"side": "torch", "threads": torch.get_num_threads()}
 
 

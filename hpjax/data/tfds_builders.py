@@ -160,7 +160,9 @@ class CocoHardTexts(_Builder):
               for split, short in {"train": "train", "validation": "valid"}.items()}
       _require(tsvs.values(), "coco_hard_texts/negclip manual_dir")
       return self._splits({
-          split: training_examples(train_builders.negclip_tsv(tsv, root), root, tsv)
+          # (the TFDS schema holds texts only: NegCLIP's negative images need array_record)
+          split: training_examples(train_builders.negclip_tsv(tsv, root, negative_images=False),
+                                   root, tsv)
           for split, tsv in tsvs.items()})
     out = {}
     for split, short in splits.items():

@@ -3,7 +3,7 @@
 Every reader yields records in the schema of `hpjax.data.records` (image path, caption,
 hard_negatives, hard_positives) and names the file and row/line in every error:
 - `negclip_tsv`: NegCLIP's TSV (`title, filepath, neg_caption` as a Python-literal list,
-  `neg_image` row ids, which the schema does not use); quoted fields may span lines.
+  `neg_image` row ids, which become the record's negative images); quoted fields may span lines.
 - `coco_with_hard_texts`: COCO `captions_*.json` (one record per annotation, in file order) plus
   line-aligned files with one line per caption: hard positives (`swap_hp.jsonl`,
   `replace_hp.jsonl`) and hard negatives. A line is `None`/empty (nothing), a JSON string, a
@@ -33,9 +33,8 @@ from hpjax.data import records as records_lib
 NEGCLIP_COLUMNS = ("title", "filepath", "neg_caption")
 
 
-def negclip_tsv(path: str, image_root: str, allow_outside: bool = False) -> Iterator[dict]:
-  """Records of a NegCLIP TSV; `filepath` is joined to `image_root` (and stays under it unless
-  `allow_outside`: `records.inside`)."""
+def _negclip_rows(path: str):
+  """(where, row) of every data row of a NegCLIP TSV, its header checked."""
   csv.field_size_limit(sys.maxsize)
   with open(path, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f, delimiter="\t")
@@ -44,17 +43,40 @@ def negclip_tsv(path: str, image_root: str, allow_outside: bool = False) -> Iter
       raise ValueError(f"{path}: missing column(s) {sorted(missing)}; header is "
                        f"{reader.fieldnames}")
     for row_number, row in enumerate(reader, 1):
-      where = f"{path}: row {row_number} (line {reader.line_num})"
-      try:
-        negatives = ast.literal_eval(row["neg_caption"])
-      except (ValueError, SyntaxError) as e:
-        raise ValueError(f"{where}: neg_caption is not a Python list literal: "
-                         f"{row['neg_caption']!r}") from e
-      yield records_lib.validate_record(
-          {"image": records_lib.inside(image_root, row["filepath"], where, allow_outside),
-           "caption": row["title"],
-           "hard_negatives": negatives if isinstance(negatives, list) else [negatives],
-           "hard_positives": []}, where)
+      yield f"{path}: row {row_number} (line {reader.line_num})", row
+
+
+def _literal_list(row: dict, column: str, where: str) -> list:
+  try:
+    value = ast.literal_eval(row[column])
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(f"{where}: {column} is not a Python list literal: {row[column]!r}") from e
+  return value if isinstance(value, list) else [value]
+
+
+def negclip_tsv(path: str, image_root: str, allow_outside: bool = False, *,
+                negative_images: bool = True) -> Iterator[dict]:
+  """Records of a NegCLIP TSV; `filepath` is joined to `image_root` (and stays under it unless
+  `allow_outside`: `records.inside`). With `negative_images`, a `neg_image` column's row ids (the
+  TSV's index column, or the 0-based row when it has none) become each record's
+  `negative_images`, the image files of those rows."""
+  rows = list(_negclip_rows(path))
+  with_ids = negative_images and rows and "neg_image" in rows[0][1]
+  if with_ids:
+    index = {(int(row[""]) if row.get("", "").strip().isdigit() else i): row["filepath"]
+             for i, (_, row) in enumerate(rows)}
+  for where, row in rows:
+    record = {"image": records_lib.inside(image_root, row["filepath"], where, allow_outside),
+              "caption": row["title"],
+              "hard_negatives": _literal_list(row, "neg_caption", where), "hard_positives": []}
+    if with_ids:
+      ids = _literal_list(row, "neg_image", where)
+      unknown = [i for i in ids if i not in index]
+      if unknown:
+        raise ValueError(f"{where}: neg_image row id(s) {unknown} name no row of the TSV")
+      record[records_lib.NEGATIVE_IMAGES] = [
+          records_lib.inside(image_root, index[i], where, allow_outside) for i in ids]
+    yield records_lib.validate_record(record, where)
 
 
 def parse_hard_text_line(line: str, where: str) -> list[str]:
@@ -114,37 +136,42 @@ def coco_with_hard_texts(captions_json: str, image_root: str, *,
 
 
 def checked_images(records: Iterable[dict], *, skip_bad_images: bool = False
-                   ) -> Iterator[tuple[dict, bytes]]:
-  """(record, its image file's bytes) per record, after checking that the image decodes.
+                   ) -> Iterator[tuple[dict, list[bytes] | None]]:
+  """(record, the bytes of its image file and then of each negative image) per record, after
+  checking that every one decodes.
 
   A build finds bad images, not the training run hours later: an image that is missing or does
   not decode is an error naming the record and the file, or, with skip_bad_images, a logged
   skip yielded as (record, None). Each distinct file is decoded once (COCO has five captions
-  per image).
+  per image; NegCLIP's negative images are other records' images).
   """
   decoded: dict[str, OSError | None] = {}
-  for index, record in enumerate(records):
-    path = record["image"]
+
+  def read(path: str) -> bytes:
     if path not in decoded:
       try:
         preprocess.load_image(path)
         decoded[path] = None
       except OSError as e:
         decoded[path] = e
-    error, image_bytes = decoded[path], None
-    if error is None:
-      try:
-        with open(path, "rb") as f:
-          image_bytes = f.read()
-      except OSError as e:
-        error = decoded[path] = e
-    if image_bytes is not None:
-      yield record, image_bytes
-      continue
-    if not skip_bad_images:
-      raise OSError(f"record {index}: {error}") from error
-    logging.warning("record %d: skipping it (%s)", index, error)
-    yield record, None
+    if decoded[path] is not None:
+      raise decoded[path]
+    try:
+      with open(path, "rb") as f:
+        return f.read()
+    except OSError as e:
+      decoded[path] = e
+      raise
+
+  for index, record in enumerate(records):
+    files = None
+    try:
+      files = [read(p) for p in [record["image"], *record.get(records_lib.NEGATIVE_IMAGES, [])]]
+    except OSError as error:
+      if not skip_bad_images:
+        raise OSError(f"record {index}: {error}") from error
+      logging.warning("record %d: skipping it (%s)", index, error)
+    yield record, files
 
 
 @contextlib.contextmanager
@@ -170,11 +197,11 @@ def _write(records: Iterable[dict], path: str, skip_bad_images: bool, open_write
   with _replaced_on_success(path) as tmp:
     writer = open_writer(tmp)
     try:
-      for record, image_bytes in checked_images(records, skip_bad_images=skip_bad_images):
-        if image_bytes is None:
+      for record, image_files in checked_images(records, skip_bad_images=skip_bad_images):
+        if image_files is None:
           counts["skipped"] += 1
         else:
-          write_one(writer, record, image_bytes)
+          write_one(writer, record, image_files)
           counts["written"] += 1
     finally:
       writer.close()
@@ -203,10 +230,19 @@ def write_jsonl(records: Iterable[dict], path: str, *, skip_bad_images: bool = F
 
 def write_array_record(records: Iterable[dict], path: str, *, skip_bad_images: bool = False
                        ) -> dict[str, int]:
-  """Writes `records.serialize`d records with their image files' bytes embedded; returns
-  {'written', 'skipped'}. Images are checked as `checked_images` says."""
+  """Writes `records.serialize`d records with their image files' bytes embedded (negative
+  images too); returns {'written', 'skipped'}. Images are checked as `checked_images` says."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   return _write(records, path, skip_bad_images,
                 lambda tmp: array_record_module.ArrayRecordWriter(tmp, "group_size:1"),
-                lambda writer, record, image_bytes: writer.write(records_lib.serialize(
-                    {**record, "image": os.path.basename(record["image"])}, image_bytes)))
+                lambda writer, record, files: writer.write(records_lib.serialize(
+                    _file_names(record), files[0], files[1:])))
+
+
+def _file_names(record: dict) -> dict:
+  """The record with its image paths cut to file names (the bytes travel in the payload)."""
+  out = {**record, "image": os.path.basename(record["image"])}
+  if records_lib.NEGATIVE_IMAGES in record:
+    out[records_lib.NEGATIVE_IMAGES] = [os.path.basename(p)
+                                        for p in record[records_lib.NEGATIVE_IMAGES]]
+  return out

@@ -39,7 +39,10 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
     return len(self._records)
 
   def __getitem__(self, index: int) -> dict:
-    return {**self._records[index], "image_name": self._records[index]["image"]}
+    record = {**self._records[index], "image_name": self._records[index]["image"]}
+    if records_lib.NEGATIVE_IMAGES in record:
+      record["negative_image_names"] = record[records_lib.NEGATIVE_IMAGES]
+    return record
 
   def __repr__(self) -> str:
     return f"JsonlSource({self._path!r})"
@@ -94,28 +97,29 @@ class ExampleTransform:
   """Record -> fixed-shape arrays. Picklable, so it runs in grain's worker processes.
 
   Texts beyond the first caption are tokenized together; empty slots are filled with the
-  tokenization of "" (valid tokens, length 2) and masked out.
+  tokenization of "" (valid tokens, length 2) and masked out. With num_negative_images, up to
+  that many of the record's negative images (chosen at random, as the hard texts) are cropped
+  as the image is, into `negative_images` (K_i, H, W, 3) with `negative_image_mask`.
   """
 
   def __init__(self, *, tokenizer: Callable, image_size: int, num_hard_negatives: int,
                num_hard_positives: int, hn_frac: float, hp_frac: float, seed: int,
-               crop_scale: Sequence[float] = (0.9, 1.0), skip_bad_images: bool = False):
+               crop_scale: Sequence[float] = (0.9, 1.0), skip_bad_images: bool = False,
+               num_negative_images: int = 0):
     self.tokenizer = tokenizer
     self.image_transform = preprocess.train_transform(image_size, tuple(crop_scale))
     self.num = {"hard_negatives": num_hard_negatives, "hard_positives": num_hard_positives}
     self.frac = {"hard_negatives": hn_frac, "hard_positives": hp_frac}
     self.seed = seed
     self.skip_bad_images = skip_bad_images
+    self.num_negative_images = num_negative_images
 
   def __call__(self, indexed_record, rng: np.random.Generator):
     index, record = indexed_record
     try:
       image = self.image_transform(preprocess.load_image(record["image"]), rng)
     except (OSError, ValueError) as e:
-      if not self.skip_bad_images:
-        raise ValueError(f"training record {index} ({record['image_name']}): {e}") from e
-      logging.warning("skipping training record %d (%s): %s", index, record["image_name"], e)
-      return {SKIPPED: index}  # (not None: grain would drop it before it can be counted)
+      return self._bad_image(index, record["image_name"], e)
     texts, example = [record["caption"]], {"image": image}
     for kind, key in enumerate(records_lib.TEXT_LISTS):
       available = record[key] if keeps(self.seed, index, kind, self.frac[key]) else []
@@ -123,12 +127,30 @@ class ExampleTransform:
       chosen = [available[i] for i in np.sort(rng.choice(len(available), count, replace=False))]
       texts += chosen + [""] * (self.num[key] - count)
       example[f"{key[:-1]}_mask"] = np.arange(self.num[key]) < count
+    if self.num_negative_images:
+      available = record.get(records_lib.NEGATIVE_IMAGES, [])
+      count = min(self.num_negative_images, len(available))
+      images = []
+      for i in np.sort(rng.choice(len(available), count, replace=False)):
+        try:
+          images.append(self.image_transform(preprocess.load_image(available[i]), rng))
+        except (OSError, ValueError) as e:
+          return self._bad_image(index, record["negative_image_names"][i], e)
+      images += [np.zeros_like(image)] * (self.num_negative_images - count)
+      example["negative_images"] = np.stack(images)
+      example["negative_image_mask"] = np.arange(self.num_negative_images) < count
     tokens = self.tokenizer(texts)
     k_n = self.num["hard_negatives"]
     example["caption"] = tokens[0]
     example["hard_negatives"] = tokens[1:1 + k_n]
     example["hard_positives"] = tokens[1 + k_n:]
     return example
+
+  def _bad_image(self, index: int, name: str, error: Exception) -> dict:
+    if not self.skip_bad_images:
+      raise ValueError(f"training record {index} ({name}): {error}") from error
+    logging.warning("skipping training record %d (%s): %s", index, name, error)
+    return {SKIPPED: index}  # (not None: grain would drop it before it can be counted)
 
 
 class _CountSkips:

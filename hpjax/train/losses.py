@@ -16,12 +16,17 @@ own valid hard positives; masked columns get -inf. Two ways to treat several pos
 Both reduce to softplus(lse_neg - s) with lse_neg the log-sum-exp over the image's non-positive
 columns and s the (log-sum-exp of the) positive logit(s).
 text->image: caption rows and valid hard-positive rows against all images (hard negatives have no
-image of their own and are not rows, as in NegCLIP).
+image of their own and are not rows, as in NegCLIP). Negative images (optional, NegCLIP's
+`neg_image`): each example may bring K_i extra images (with a mask) that are columns of this
+direction only, after the B images: no text is theirs, so they are negatives of every row, their
+own record's caption included.
 local: optionally, each image against only its own texts ((1+K)-way), same positive rule,
 averaged over the images that carry at least one hard negative.
 
 `sigmoid_loss` is SigLIP's loss over the same columns: every (image, valid column) pair is a
-binary term, +1 for the image's positives, -1 for every other text.
+binary term, +1 for the image's positives, -1 for every other text; a valid negative image is one
+more row of -1 terms against every text (those of its own record weighted as its own hard
+negatives are).
 """
 
 from __future__ import annotations
@@ -88,9 +93,22 @@ def _columns(caption, hard_positives, hp_mask, hard_negatives, hn_mask):
   return texts, is_positive, is_own_hn, column_valid
 
 
+def _image_columns(image, negative_images, negative_image_mask):
+  """The images the texts are scored against, [images (B); negative images (B*K_i)], and
+  (1, B + B*K_i) whether each is valid (a masked negative image slot is not)."""
+  if negative_images is None:
+    return image, jnp.ones((1, image.shape[0]), bool)
+  batch, k_i, dim = negative_images.shape
+  columns = jnp.concatenate([image, negative_images.reshape(batch * k_i, dim)], axis=0)
+  valid = jnp.concatenate([jnp.ones((batch,), bool),
+                           negative_image_mask.astype(bool).reshape(-1)])[None, :]
+  return columns, valid
+
+
 def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_negatives,
                      hard_negative_mask, logit_scale, *, positives: str = "multi",
-                     local_weight: float = 0.0):
+                     local_weight: float = 0.0, negative_images=None,
+                     negative_image_mask=None):
   """The loss of one global batch.
 
   Args:
@@ -101,6 +119,8 @@ def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_ne
     logit_scale: the log of the temperature's inverse (the model parameter); clamped to ln 100.
     positives: 'multi' or 'per_positive' (see the module docstring).
     local_weight: weight of the per-image (1+K)-way term (0 disables it).
+    negative_images: None, or (B, K_i, D) L2-normalised features of each example's negative
+      images, with negative_image_mask (B, K_i) bool (text->image columns only).
 
   Returns:
     (loss, metrics dict of scalars).
@@ -128,11 +148,12 @@ def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_ne
 
   # text -> image: caption rows and hard-positive rows, each labelled with its own image.
   rows = jnp.concatenate([caption, hard_positives.reshape(batch * k_p, dim)], axis=0)
-  row_logits = scale * rows @ image.T
+  images, image_valid = _image_columns(image, negative_images, negative_image_mask)
+  row_logits = scale * rows @ images.T
   row_owner = jnp.concatenate([jnp.arange(batch), jnp.arange(batch * k_p) // max(k_p, 1)])
   row_valid = jnp.concatenate([jnp.ones((batch,), bool), hp_mask.reshape(-1)])
   label_logit = jnp.take_along_axis(row_logits, row_owner[:, None], axis=1)[:, 0]
-  t2i_terms = jax.nn.logsumexp(row_logits, axis=-1) - label_logit
+  t2i_terms = _masked_logsumexp(row_logits, image_valid) - label_logit
   text_to_image = _mean(t2i_terms, row_valid)
 
   loss = 0.5 * (image_to_text + text_to_image)
@@ -151,14 +172,18 @@ def contrastive_loss(image, caption, hard_positives, hard_positive_mask, hard_ne
 
 
 def sigmoid_loss(image, caption, hard_positives, hard_positive_mask, hard_negatives,
-                 hard_negative_mask, logit_scale, logit_bias, *, hard_negative_weight: float = 1.0):
+                 hard_negative_mask, logit_scale, logit_bias, *, hard_negative_weight: float = 1.0,
+                 negative_images=None, negative_image_mask=None):
   """SigLIP's loss of one global batch over its hard texts (arguments as `contrastive_loss`).
 
   Every (image i, valid column j) of the gathered columns is the binary term
   -log sigmoid(z_ij * (t * <x_i, y_j> + b)) with z_ij = +1 for i's caption and its own hard
   positives and -1 for everything else (other images' texts, i's own hard negatives); i's own
-  hard-negative terms are weighted by `hard_negative_weight`. As big_vision (and OpenCLIP's
-  SigLipLoss), terms are summed over texts and averaged over images. t = exp(logit_scale) is not
+  hard-negative terms are weighted by `hard_negative_weight`. A valid negative image of example i
+  (`negative_images` (B, K_i, D), `negative_image_mask`) adds -1 terms against every valid
+  column, those of i's caption and hard positives weighted by `hard_negative_weight`. As
+  big_vision (and OpenCLIP's SigLipLoss), terms are summed over texts and averaged over the B
+  images. t = exp(logit_scale) is not
   clamped (big_vision does not; pretrained SigLIP's t is above CLIP's clamp of 100).
 
   Returns:
@@ -174,7 +199,17 @@ def sigmoid_loss(image, caption, hard_positives, hard_positive_mask, hard_negati
   weights = jnp.where(is_own_hn, hard_negative_weight, 1.0) * column_valid
   per_image = lambda mask: jnp.sum(jnp.where(mask, terms * weights, 0.0)) / batch
   loss = per_image(column_valid)
-  metrics = {"loss": loss, "loss/positives": per_image(is_positive),
+  metrics = {"loss/positives": per_image(is_positive),
              "loss/own_hard_negatives": per_image(is_own_hn & column_valid),
              "logit_scale": scale, "logit_bias": logit_bias}
+  if negative_images is not None:
+    k_i, dim = negative_images.shape[1:]
+    rows = negative_images.reshape(batch * k_i, dim)
+    own_texts = is_positive[jnp.arange(batch * k_i) // k_i]  # its record's caption, positives
+    row_valid = negative_image_mask.astype(bool).reshape(-1, 1)
+    weights = jnp.where(own_texts, hard_negative_weight, 1.0) * column_valid * row_valid
+    negative_terms = -jax.nn.log_sigmoid(-(scale * rows @ texts.T + logit_bias))
+    metrics["loss/negative_images"] = jnp.sum(negative_terms * weights) / batch
+    loss = loss + metrics["loss/negative_images"]
+  metrics["loss"] = loss
   return loss, metrics

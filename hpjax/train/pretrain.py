@@ -55,6 +55,7 @@ def stage_config(config):
   stage.data.hn_frac = stage.data.hp_frac = 0.0
   stage.data.num_hard_negatives = stage.data.num_hard_positives = 0
   stage.pretrain.steps = 0
+  stage.accum_freq = 1  # (the finetune's accumulation need not divide the stage's batch)
   stage.model.pretrained = ""
   stage.eval.every_steps = p.steps  # the pretrained model's own figures, once, at the end
   stage.eval.reports = False

@@ -37,11 +37,12 @@ FREE = ("data.worker_count", "pretrain.cache_dir", "data.allow_paths_outside_roo
 _PER_LAUNCH = ("resume_overrides", "distributed")  # (process_id differs from host to host)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype: the compute dtype
 
-_POSITIVE = ("batch_size", "total_steps", "log_every_steps", "checkpoint.every_steps",
-             "checkpoint.keep", "eval.batch_size", "mesh.model_parallel", "pretrain.batch_size")
+_POSITIVE = ("batch_size", "accum_freq", "total_steps", "log_every_steps",
+             "checkpoint.every_steps", "checkpoint.keep", "eval.batch_size", "mesh.model_parallel",
+             "pretrain.batch_size")
 _NON_NEGATIVE = ("eval.every_steps", "optim.warmup_steps", "data.num_hard_negatives",
-                 "data.num_hard_positives", "data.worker_count", "data.val_size",
-                 "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps",
+                 "data.num_hard_positives", "data.num_negative_images", "data.worker_count",
+                 "data.val_size", "mesh.num_devices", "pretrain.steps", "pretrain.warmup_steps",
                  "locking.lock_image_unlocked_groups", "locking.lock_text_unlocked_layers",
                  "lora.image_rank", "lora.text_rank", "ema.warmup")
 _FRACTIONS = ("data.hn_frac", "data.hp_frac")
@@ -83,6 +84,10 @@ def check_values(config, num_devices: int, process_count: int) -> None:
   if values["pretrain.steps"] and values["data.source"] != "synthetic":
     problems.append(f"pretrain.steps={values['pretrain.steps']!r}: the pretraining stage is the "
                     "synthetic world's; with data.source set, finetune model.pretrained (0 steps)")
+  if values["data.num_negative_images"] and values["data.source"].startswith("tfds:"):
+    problems.append(f"data.num_negative_images={values['data.num_negative_images']}: a TFDS "
+                    "training set holds texts only; build a JSONL or array_record with "
+                    "negative_images")
   problems += _loss_problems(values)
   problems += _toolkit_value_problems(values)
   try:
@@ -106,6 +111,11 @@ def check_values(config, num_devices: int, process_count: int) -> None:
       if values[field] % process_count:
         problems.append(f"{field}={values[field]} must be a multiple of the "
                         f"{process_count} hosts")
+    per_device = values["batch_size"] // data_parallel
+    if not rest and per_device and per_device % values["accum_freq"]:
+      problems.append(f"accum_freq={values['accum_freq']} must divide the per-device batch of "
+                      f"{per_device} (batch_size={values['batch_size']} over {data_parallel} "
+                      "data-parallel devices)")
   if problems:
     raise ValueError("config: " + "; ".join(problems))
 

@@ -2,7 +2,8 @@
 
 A batch is a dict of global arrays sharded on the batch axis:
   image (B, H, W, 3) float, caption (B, L) int32, hard_positives (B, K_p, L) int32 +
-  hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask.
+  hard_positive_mask (B, K_p) bool, hard_negatives (B, K_n, L) int32 + hard_negative_mask, and
+  optionally negative_images (B, K_i, H, W, 3) + negative_image_mask (B, K_i) bool.
 The trainer replaces the three token arrays with `text`, the same texts packed several to a row
 (`text_packing.pack_batch`), for text towers that allow it (`causal_eot_pooled`; the others,
 e.g. SigLIP's non-causal one, get every text at its full context length); the step is compiled
@@ -14,12 +15,14 @@ device's rows local; masked slots are encoded too (fixed shapes) and then ignore
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from hpjax.train import accumulation
 from hpjax.train import ema as ema_lib
 from hpjax.train import lora as lora_lib
 from hpjax.train import losses
@@ -64,9 +67,15 @@ def stacked_texts(batch, xp=jnp):
                          batch["hard_negatives"]], axis=1)
 
 
-def encode_batch(model, params, batch):
-  """Normalised features: image (B, D), caption (B, D), hard positives (B, K_p, D), negatives."""
-  image = model.apply({"params": params}, batch["image"], normalize=True, method="encode_image")
+def encode_batch(model, params, batch) -> dict:
+  """Normalised features: image (B, D), caption (B, D), hard_positives (B, K_p, D),
+  hard_negatives (B, K_n, D), and negative_images (B, K_i, D) when the batch has them (each
+  example's images encoded together, so the reshape keeps them on the example's device)."""
+  images = batch["image"]
+  if "negative_images" in batch:
+    images = jnp.concatenate([images[:, None], batch["negative_images"]], axis=1)
+    images = images.reshape(-1, *images.shape[2:])
+  image = model.apply({"params": params}, images, normalize=True, method="encode_image")
   b, k_p = batch["hard_positive_mask"].shape
   k = 1 + k_p + batch["hard_negative_mask"].shape[1]
   if "text" in batch:
@@ -76,28 +85,60 @@ def encode_batch(model, params, batch):
     texts = model.apply({"params": params}, stacked_texts(batch).reshape(b * k, -1),
                         normalize=True, method="encode_text")
   texts = texts.reshape(b, k, -1)
-  return image, texts[:, 0], texts[:, 1:1 + k_p], texts[:, 1 + k_p:]
+  image = image.reshape(b, -1, image.shape[-1])
+  features = {"image": image[:, 0], "caption": texts[:, 0],
+              "hard_positives": texts[:, 1:1 + k_p], "hard_negatives": texts[:, 1 + k_p:]}
+  if "negative_images" in batch:
+    features["negative_images"] = image[:, 1:]
+  return features
 
 
-def loss_fn(params, model, batch, positives: str, local_weight: float,
-            kind: str = "contrastive", hard_negative_weight: float = 1.0):
-  """The `kind` loss (losses.KINDS) of the batch; positives and local_weight are the
-  contrastive loss's options, hard_negative_weight the sigmoid loss's."""
-  image, caption, hard_positives, hard_negatives = encode_batch(model, params, batch)
-  features = (image, caption, hard_positives, batch["hard_positive_mask"], hard_negatives,
-              batch["hard_negative_mask"], params["logit_scale"])
+def loss_of_features(params, features, batch, positives: str, local_weight: float,
+                     kind: str = "contrastive", hard_negative_weight: float = 1.0):
+  """The `kind` loss (losses.KINDS) of encoded features (`encode_batch`) with the batch's masks;
+  positives and local_weight are the contrastive loss's options, hard_negative_weight the
+  sigmoid loss's."""
+  args = (features["image"], features["caption"], features["hard_positives"],
+          batch["hard_positive_mask"], features["hard_negatives"], batch["hard_negative_mask"],
+          params["logit_scale"])
+  negatives = {"negative_images": features.get("negative_images"),
+               "negative_image_mask": batch.get("negative_image_mask")}
   if kind == "sigmoid":
-    return losses.sigmoid_loss(*features, params["logit_bias"],
-                               hard_negative_weight=hard_negative_weight)
-  return losses.contrastive_loss(*features, positives=positives, local_weight=local_weight)
+    return losses.sigmoid_loss(*args, params["logit_bias"],
+                               hard_negative_weight=hard_negative_weight, **negatives)
+  return losses.contrastive_loss(*args, positives=positives, local_weight=local_weight,
+                                 **negatives)
+
+
+def loss_fn(params, model, batch, *options):
+  """`loss_of_features` of the batch encoded by `model` (options as there)."""
+  return loss_of_features(params, encode_batch(model, params, batch), batch, *options)
+
+
+def value_and_grad(tree, model, batch, options: tuple, micro_batches: int = 1,
+                   data_shards: int = 1, as_model: Callable = lambda tree: tree):
+  """((loss, metrics), gradient w.r.t. `tree`) of `loss_fn` on the model's params
+  `as_model(tree)` (LoRA: the adapters merged into the frozen params; else the params
+  themselves); with micro_batches > 1 by accumulation over that many micro-batches
+  (`accumulation`, the same gradient with every negative kept)."""
+  if micro_batches == 1:
+    return jax.value_and_grad(lambda t: loss_fn(as_model(t), model, batch, *options),
+                              has_aux=True)(tree)
+  return accumulation.value_and_grad(
+      lambda t, b: encode_batch(model, as_model(t), b),
+      lambda t, f, b: loss_of_features(as_model(t), f, b, *options), tree, batch,
+      micro_batches=micro_batches, data_shards=data_shards)
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
                local_weight: float, kind: str = "contrastive", hard_negative_weight: float = 1.0,
-               lora_alpha: float = 1.0, ema_decay: float = 0.0, ema_warmup: int = 0):
+               lora_alpha: float = 1.0, ema_decay: float = 0.0, ema_warmup: int = 0,
+               micro_batches: int = 1, data_shards: int = 1):
   """One AdamW step; `metrics['finite']` says whether loss, gradient and update were finite.
   Only `trained(state)` is differentiated and updated (LoRA: the adapters, merged into the
-  frozen params inside the loss); the EMA, when kept, follows it.
+  frozen params inside the loss); the EMA, when kept, follows it. micro_batches > 1 accumulates
+  the gradient (`value_and_grad`) over the batch's D = data_shards shards; packed texts must then
+  be packed in data_shards * micro_batches groups.
 
   The step does not select between the old and new state itself (a select over params and
   both Adam moments cost 14% of a ViT-B-32 CPU step and ~1 GB); the trainer checks the flag
@@ -105,9 +146,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
   tree = trained(state)
   as_model = (lambda t: t) if state.adapters is None else (
       lambda t: lora_lib.merge(state.params, t, lora_alpha))
-  (loss, metrics), grads = jax.value_and_grad(
-      lambda t, *args: loss_fn(as_model(t), *args), has_aux=True)(
-          tree, model, batch, positives, local_weight, kind, hard_negative_weight)
+  (loss, metrics), grads = value_and_grad(
+      tree, model, batch, (positives, local_weight, kind, hard_negative_weight),
+      micro_batches, data_shards, as_model)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, tree)
   tree = optax.apply_updates(tree, updates)
@@ -128,10 +169,10 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
 def jit_train_step(model, tx, schedule, state_shardings, metrics_sharding, *,
                    positives: str = "multi", local_weight: float = 0.0,
                    kind: str = "contrastive", hard_negative_weight: float = 1.0,
-                   **toolkit):
-  """The step jitted with the state kept in `state_shardings` (and donated); `toolkit`:
-  train_step's lora_alpha, ema_decay and ema_warmup."""
+                   **step_options):
+  """The step jitted with the state kept in `state_shardings` (and donated); `step_options`:
+  train_step's lora_alpha, ema_decay, ema_warmup, micro_batches and data_shards."""
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                            positives=positives, local_weight=local_weight, kind=kind,
-                           hard_negative_weight=hard_negative_weight, **toolkit)
+                           hard_negative_weight=hard_negative_weight, **step_options)
   return jax.jit(step, out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))

@@ -263,7 +263,8 @@ def run(config, workdir: str) -> dict:
       num_hard_negatives=config.data.num_hard_negatives,
       num_hard_positives=config.data.num_hard_positives, hn_frac=config.data.hn_frac,
       hp_frac=config.data.hp_frac, seed=config.seed, crop_scale=config.data.crop_scale,
-      skip_bad_images=config.data.skip_bad_images)
+      skip_bad_images=config.data.skip_bad_images,
+      num_negative_images=config.data.num_negative_images)
   dataset = data_lib.make_dataset(
       source, global_batch_size=config.batch_size, seed=config.seed, transform=transform,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -280,12 +281,14 @@ def run(config, workdir: str) -> dict:
   # The weights evaluated, kept as best and exported: LoRA's merged, the EMA's when asked.
   weights = lambda s: step_lib.model_params(s, config.lora.alpha,
                                             use_ema=config.ema.decay > 0 and config.ema.use)
-  groups = mesh.shape[sharding.DATA] // jax.process_count()  # this host's data shards
+  # Packed texts: one group per data shard of this host, and per micro-batch when accumulating.
+  groups = mesh.shape[sharding.DATA] // jax.process_count() * config.accum_freq
   train_step = step_lib.jit_train_step(
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight,
       kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight,
-      lora_alpha=config.lora.alpha, ema_decay=config.ema.decay, ema_warmup=config.ema.warmup)
+      lora_alpha=config.lora.alpha, ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+      micro_batches=config.accum_freq, data_shards=mesh.shape[sharding.DATA])
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
   state, iterator = ckpt.restore(state, iterator, model_name=config.model.name)
