@@ -65,8 +65,9 @@ def spectrum_fields() -> tuple[ml_collections.ConfigDict, ml_collections.ConfigD
   return zeroshot, retrieval_fields
 
 
-def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  name = SHORTCUTS.get(dotted, dotted)
+def set_field(config: ml_collections.ConfigDict, dotted: str, value, shortcuts=None) -> None:
+  """Sets a field by dotted name (or a short name of `shortcuts`, default SHORTCUTS)."""
+  name = (SHORTCUTS if shortcuts is None else shortcuts).get(dotted, dotted)
   error = config_fields.field_error(config, name)
   if error:
     raise KeyError(error)

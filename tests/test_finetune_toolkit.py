@@ -259,11 +259,14 @@ def test_ema_follows_the_direct_recurrence(tiny, locked_run):
 
 # -- the trainer: LoRA with an EMA, exported, resumed -------------------------------------------
 
-def _lora_args(train_source, folder):
+def _lora_args(train_source, folder, exports=""):
+  """The LoRA + EMA run's arguments; `exports` prefixes the export files' names (an export never
+  replaces an existing file, so a rerun of the finished run names new ones)."""
   return train_args(train_source, **{
       "lora.image_rank": RANK, "lora.text_rank": RANK, "lora.alpha": ALPHA, "ema.decay": 0.8,
-      "ema.warmup": 3, "checkpoint.keep": 3, "export_openclip": str(folder / "merged.safetensors"),
-      "lora.export_adapters": str(folder / "tsvlc.safetensors")})
+      "ema.warmup": 3, "checkpoint.keep": 3,
+      "export_openclip": str(folder / f"{exports}merged.safetensors"),
+      "lora.export_adapters": str(folder / f"{exports}tsvlc.safetensors")})
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +297,7 @@ def test_a_resumed_lora_ema_run_equals_the_uninterrupted_one(lora_run, train_sou
   folder, (_, uninterrupted) = lora_run
   for step in ("6", "4"):  # as if stopped after the save of step 2
     shutil.rmtree(folder / "checkpoints" / step)
-  trainer.run(hnhp.get_config(_lora_args(train_source, folder)), str(folder))
+  trainer.run(hnhp.get_config(_lora_args(train_source, folder, "resumed_")), str(folder))
   step, resumed = final_state(folder)
   assert step == 6
   for part in ("params", "adapters", "ema", "opt_state"):

@@ -3,6 +3,7 @@ hub server on 127.0.0.1 that speaks huggingface_hub's download protocol (HEAD fo
 ETag and size; GET with Range), serving random-initialised tiny checkpoints this test writes.
 OpenCLIP loads the same served files through its own `create_model_and_transforms`."""
 
+import collections
 import hashlib
 import http.server
 import io
@@ -26,7 +27,7 @@ from hpjax.checkpoints import big_vision, convert, converted, download, loading,
 from hpjax.evaluate import runner
 from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import get_model_config, list_models
-from helpers import assert_same_tree, flax_encoders, torch_encoders
+from helpers import assert_same_tree, flax_encoders, torch_encoders, write_fixture_suites
 from configs import convert as convert_config
 from configs import eval_hp
 from openclip_reference import (TINY_JSON, openclip_model, perturb_all, random_images,
@@ -354,13 +355,21 @@ def test_tags_resolve_as_openclip_lists_them():
   assert not pretrained.is_name(str(pathlib.Path(__file__)))
 
 
-def test_zoo_download_evaluator_and_convert_fetch_by_name(hub, tmp_path, monkeypatch, capsys):
+def _tiny_registry(hub, monkeypatch, activation, file="open_clip_model.safetensors"):
+  """hpjax-tiny's 'tinytag' served as `file`, and a registry row 'tiny-registry' of it scored
+  with `activation` in the paper's parity; returns the OpenCLIP model."""
   torch_model, state = _tiny_openclip()
-  hub.files["test/tiny", "open_clip_model.safetensors"] = _safetensors(state)
+  encode = _safetensors if file.endswith(".safetensors") else _torch_bytes
+  hub.files["test/tiny", file] = encode(state)
   _tiny_row(monkeypatch)
   monkeypatch.setitem(zoo.BY_NAME, "tiny-registry", zoo.Entry(
       "tiny-registry", "hpjax-tiny", zoo.OPENCLIP, ("tiny.safetensors",), "a hub",
-      activation="quick_gelu", openclip_tag="hpjax-tiny:tinytag"))
+      activation=activation, openclip_tag="hpjax-tiny:tinytag"))
+  return torch_model
+
+
+def test_zoo_download_evaluator_and_convert_fetch_by_name(hub, tmp_path, monkeypatch, capsys):
+  torch_model = _tiny_registry(hub, monkeypatch, "quick_gelu")
 
   assert zoo.main(["--download", "hpjax-tiny:tinytag", "NegCLIP"]) == 1
   lines = capsys.readouterr().out.splitlines()
@@ -383,3 +392,32 @@ def test_zoo_download_evaluator_and_convert_fetch_by_name(hub, tmp_path, monkeyp
   assert_same_tree(checkpoints.restore_params(summary["dst"], get_model_config("hpjax-tiny")),
                    params)
   assert len(hub.gets("open_clip_model.safetensors")) == 1
+
+
+def test_second_evaluation_of_a_fetched_model_reads_no_pytorch(hub, tmp_path, monkeypatch):
+  """The evaluator builds a fetched row through the converted cache: its tensors are read once
+  over two runs (the pre-check reads only headers), and with the registry's activation."""
+  torch_model = _tiny_registry(hub, monkeypatch, "gelu", file="open_clip_pytorch_model.bin")
+  write_fixture_suites(str(tmp_path / "suites"), num=4)
+  reads = collections.Counter()
+  read = checkpoints.files.read_state_dict
+  monkeypatch.setattr(checkpoints.files, "read_state_dict",
+                      lambda path: reads.update([os.fspath(path)]) or read(path))
+  config = eval_hp.get_config(
+      f"models=tiny-registry+hpjax-tiny:tinytag,suite_root={tmp_path / 'suites'},"
+      f"image_root={tmp_path / 'suites' / 'images'},batch_size=8,gallery_size=0")
+  first = runner.run(config, str(tmp_path / "first"))
+  cached = str(zoo.fetch_weights("tiny-registry"))
+  # One conversion per architecture as scored: GELU (the registry row's parity) and QuickGELU
+  # (hpjax-tiny's own, the pair scored as trained).
+  assert reads == {cached: 2}
+  assert first["tiny-registry"] != first["hpjax-tiny:tinytag"]
+  second = runner.run(config, str(tmp_path / "second"))
+  assert reads == {cached: 2}  # the second evaluation read the converted params alone
+  figures = lambda out: {label: {k: v for k, v in m.items() if not k.startswith("eval/")}
+                         for label, m in out.items()}  # (not the timings)
+  assert figures(second) == figures(first)
+  spec = runner.model_specs(config)[1]
+  model, params = runner.build(spec)
+  _assert_same_features(model, params, torch_model)
+  assert spec.checkpoint == cached and spec.fetched_as == "hpjax-tiny:tinytag"

@@ -23,7 +23,9 @@ import safetensors.numpy
 from hpjax.checkpoints import download
 from hpjax.models.config import CLIPConfig
 
-VERSION = 1  # Bump when a conversion's output changes: old entries then miss.
+# Bump when a conversion's output changes: old entries then miss. (2: scalars such as
+# logit_scale keep their shape (); version 1 stored them as (1,).)
+VERSION = 2
 
 
 def folder() -> pathlib.Path:
@@ -72,7 +74,7 @@ def store(entry: str, source_digest: str, config: CLIPConfig, params) -> None:
     target.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(params, sep="/")
     safetensors.numpy.save_file(
-        {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, str(tmp_data))
+        {k: np.array(v, np.float32, order="C") for k, v in flat.items()}, str(tmp_data))
     record = {"version": VERSION, "source": source_digest, "sha256": download.sha256(tmp_data),
               "config": {"name": config.name, "dict": config.to_dict()}}
     os.replace(tmp_data, data)

@@ -114,13 +114,21 @@ def is_hub_repo(text: str) -> bool:
           and not text.endswith(_FILE_SUFFIXES) and not os.path.exists(text))
 
 
+def is_row_name(text: str) -> bool:
+  """'architecture:tag' of an architecture in the table (the evaluator's spelling)."""
+  architecture, sep, tag = text.rpartition(":")
+  return (bool(sep) and _TAG.match(tag) is not None
+          and any(row.architecture == architecture for row in rows()))
+
+
 def is_name(pretrained) -> bool:
-  """Whether `pretrained` names weights this module resolves (a tag, `hf-hub:`, a hub repo or
-  a URL) rather than a local path."""
+  """Whether `pretrained` names weights this module resolves (a tag, 'architecture:tag',
+  `hf-hub:`, a hub repo or a URL) rather than a local path."""
   if not isinstance(pretrained, str) or os.path.exists(pretrained):
     return False
   return (pretrained.startswith(HF_HUB_PREFIX) or "://" in pretrained
-          or is_hub_repo(pretrained) or _TAG.match(pretrained) is not None)
+          or is_hub_repo(pretrained) or _TAG.match(pretrained) is not None
+          or is_row_name(pretrained))
 
 
 def hub_model_config(repo: str) -> CLIPConfig:
@@ -139,6 +147,8 @@ def fetch(config: CLIPConfig | None, pretrained: str, verify: bool = True) -> pa
     return fetch_repo(pretrained.removeprefix(HF_HUB_PREFIX), verify)
   if "://" in pretrained:
     return download.url_file(pretrained, verify=verify)
+  if is_row_name(pretrained):  # another row's file, converted into `config`
+    return fetch_row(row_by_name(pretrained), verify)
   if config is None:
     raise ValueError(f"pretrained={pretrained!r} is a tag; it needs a model name "
                      "(see hpjax.list_pretrained())")
@@ -167,7 +177,8 @@ def load(name: str | CLIPConfig | None, pretrained: str | None,
          lora_rank: int | None = None, lora_alpha: float = 1.0) -> tuple[CLIPConfig, dict]:
   """(config, float32 params) for a model name (None: the architecture from a transformers
   repository; 'hf-hub:org/repo': from the repository's open_clip_config.json) and a pretrained
-  name (None with an 'hf-hub:' name: that repository's weights).
+  name (None with an 'hf-hub:' name: that repository's weights; 'architecture:tag': that row's
+  file, converted into the model named, as the evaluator builds a registry row's activation).
 
   The converted params are cached (checkpoints/converted.py), keyed by the fetched file's
   checksum: a second load reads neither the PyTorch file nor the network (offline, the cached
@@ -180,6 +191,8 @@ def load(name: str | CLIPConfig | None, pretrained: str | None,
       name = hub_model_config(pretrained.removeprefix(HF_HUB_PREFIX))
     except download.NotInRepoError:
       pass
+  elif name is None and is_row_name(pretrained):
+    name = pretrained.rpartition(":")[0]
   config = name if name is None or isinstance(name, CLIPConfig) else get_model_config(name)
   path = fetch(config, pretrained, verify=False)
   digest = download.source_digest(path)

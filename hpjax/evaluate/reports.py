@@ -371,14 +371,21 @@ def plot_tradeoff(path: str, results: Sequence[ModelResult], compositional: Sequ
     ax.scatter([x], [y], s=50, marker="o", facecolors="#2a9d8f" if study else "none",
                edgecolors="#2a9d8f" if study else "#e76f51")
     ax.annotate(r.label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+  save_tradeoff(path, fig, ax, zeroshot_key, comp,
+                "what a finetune costs (filled: the study's rows)")
+  return True
+
+
+def save_tradeoff(path: str, fig, ax, zeroshot_key: str, compositional: Sequence[str],
+                  title: str) -> None:
+  """Labels a compositional-vs-zero-shot plot's axes and writes it (aside, then renamed)."""
   ax.set_xlabel(f"zero-shot {zeroshot_key} (%)")
-  ax.set_ylabel("compositional score (%): mean of " + ", ".join(comp))
-  ax.set_title("what a finetune costs (filled: the study's rows)", fontsize=10)
+  ax.set_ylabel("compositional score (%): mean of " + ", ".join(compositional))
+  ax.set_title(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=110)
   plt.close(fig)
   os.replace(path + ".tmp.png", path)
-  return True
 
 
 def write_spectrum(directory: str, results: Sequence[ModelResult], compositional: Sequence[str],

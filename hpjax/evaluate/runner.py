@@ -69,6 +69,9 @@ class ModelSpec:
   # The architecture as this parity mode builds it (`_as_scored`); None for a plug-in.
   model_config: config_lib.CLIPConfig | None = None
   lora: dict = dataclasses.field(default_factory=dict)  # lora_rank, lora_alpha of a LoRA file
+  # The 'architecture:tag' row a fetched checkpoint came from: `build` loads it by that name,
+  # so its converted params are cached (hpjax.checkpoints.converted) and read once.
+  fetched_as: str | None = None
 
   @property
   def preprocess_key(self) -> tuple:
@@ -115,7 +118,7 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
   if parity not in zoo.PARITY_MODES:
     raise ValueError(f"config.parity {parity!r}: expected one of {zoo.PARITY_MODES}")
   items = config_fields.split_list(config.models)
-  raw = []  # (label, architecture, checkpoint, entry)
+  raw = []  # (label, architecture, checkpoint, entry, the row a fetched checkpoint came from)
   if items:
     if config.checkpoints not in ("", RANDOM_INIT):
       raise ValueError("give either config.models or config.model + config.checkpoints, not both")
@@ -124,10 +127,10 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
         architecture, path = item.split("=", 1)
         label = "random-init" if path == RANDOM_INIT else os.path.basename(os.path.normpath(path))
         raw.append((f"{architecture}:{label}" if path == RANDOM_INIT else label, architecture,
-                    None if path == RANDOM_INIT else path, None))
+                    None if path == RANDOM_INIT else path, None, None))
         continue
       if item.rsplit(":", 1)[0] in config_lib.list_models():  # 'ViT-B-32:laion2b_s34b_b79k'
-        raw.append((item, item.rsplit(":", 1)[0], zoo.fetch_weights(item), None))
+        raw.append((item, item.rsplit(":", 1)[0], zoo.fetch_weights(item), None, item))
         continue
       entry = zoo.get(item)
       if entry.format == zoo.ITM:
@@ -139,17 +142,20 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
       if not config.weights_dir and not zoo.has_public_weights(entry):
         raise ValueError(f"{item}: not published on a hub, so it needs config.weights_dir (the "
                          f"folder holding {entry.files[0]}); or give architecture=path")
-      path = (zoo.weights_path(entry, config.weights_dir) if config.weights_dir
-              else zoo.fetch_weights(item))  # fetched once into the Hugging Face cache
-      raw.append((item, entry.architecture, path, entry))
+      if config.weights_dir:
+        raw.append((item, entry.architecture, zoo.weights_path(entry, config.weights_dir), entry,
+                    None))
+      else:  # fetched once into the Hugging Face cache
+        raw.append((item, entry.architecture, zoo.fetch_weights(item), entry, entry.openclip_tag))
   else:
     checkpoints = config_fields.split_list(config.checkpoints)
     if not checkpoints:
       raise ValueError("config.checkpoints is empty: give paths and/or 'random'")
     for ckpt, label in zip(checkpoints, _labels(checkpoints)):
-      raw.append((label, config.model, None if ckpt == RANDOM_INIT else ckpt, None))
+      raw.append((label, config.model, None if ckpt == RANDOM_INIT else ckpt, None, None))
   specs = []
-  for label, (_, architecture, ckpt, entry) in zip(_unique([r[0] for r in raw]), raw):
+  for label, (_, architecture, ckpt, entry, fetched_as) in zip(_unique([r[0] for r in raw]),
+                                                              raw):
     model_config = config_lib.get_model_config(architecture)
     lora = {}
     if entry is None:
@@ -163,7 +169,8 @@ def model_specs(config, plugins: Mapping[str, Callable] | None = None) -> list[M
       if entry.format == zoo.LORA:  # LoRA files (TSVLC / DAC) are merged at import
         lora = {"lora_rank": zoo.LORA_RANK, "lora_alpha": 1.0}
     specs.append(ModelSpec(label, architecture, ckpt, mode, settings, entry,
-                           model_config=_as_scored(model_config, settings, mode), lora=lora))
+                           model_config=_as_scored(model_config, settings, mode), lora=lora,
+                           fetched_as=fetched_as))
   for name, fn in plugins.items():
     entry = zoo.BY_NAME.get(name)
     settings = zoo.Settings("n/a", "n/a", "float32", "n/a")
@@ -182,7 +189,7 @@ def _as_scored(model_config: config_lib.CLIPConfig, settings: zoo.Settings, pari
 
 def build(spec: ModelSpec, seed: int = 0):
   """(model, params) of a dual-encoder spec, in its mode's activation and compute dtype."""
-  return factory.create_model(spec.model_config, pretrained=spec.checkpoint,
+  return factory.create_model(spec.model_config, pretrained=spec.fetched_as or spec.checkpoint,
                               dtype=jnp.dtype(spec.settings.dtype), rng=jax.random.key(seed),
                               **spec.lora)
 
