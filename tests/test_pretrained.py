@@ -3,13 +3,17 @@ hub server on 127.0.0.1 that speaks huggingface_hub's download protocol (HEAD fo
 ETag and size; GET with Range), serving random-initialised tiny checkpoints this test writes.
 OpenCLIP loads the same served files through its own `create_model_and_transforms`."""
 
+import errno
 import hashlib
 import http.server
 import io
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -24,11 +28,13 @@ import hpjax
 from hpjax import checkpoints, zoo
 from hpjax.checkpoints import big_vision, convert, converted, download, loading, pretrained
 from hpjax.evaluate import runner
+from hpjax.train import trainer
 from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import get_model_config, list_models
-from helpers import assert_same_tree, flax_encoders, torch_encoders
+from helpers import (assert_same_tree, final_params, flax_encoders, torch_encoders,
+                     train_args)
 from configs import convert as convert_config
-from configs import eval_hp
+from configs import eval_hp, hnhp
 from openclip_reference import (TINY_JSON, openclip_model, perturb_all, random_images,
                                 random_tokens, register_tiny_siglip)
 
@@ -38,11 +44,14 @@ COMMIT = "c" * 40
 class Hub:
   """A hub on 127.0.0.1: `files[(repo, name)] = bytes`; `etags` overrides an ETag (a wrong
   checksum), `status` answers a repository with an HTTP error, `drops[(repo, name)]` counts the
-  GETs still to cut off before their last KiB. `plain[path] = bytes` are plain URLs."""
+  GETs still to cut off before their last KiB. `plain[path] = bytes` are plain URLs, answered
+  after `plain_delay` seconds. A GET of a key in `hold` waits until that many HEADs of it came;
+  of a key in `stall`, sends the first half, sets `stalled` and waits for `stall[key]`."""
 
   def __init__(self):
     self.files, self.etags, self.status, self.drops, self.plain = {}, {}, {}, {}, {}
-    self.requests = []
+    self.hold, self.stall, self.stalled, self.plain_delay = {}, {}, threading.Event(), 0.0
+    self.requests, self.plain_sent = [], []
     hub = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -60,7 +69,9 @@ class Hub:
       def _answer(self, body):
         hub.requests.append((self.command, self.path, self.headers.get("Range")))
         if self.path in hub.plain:
-          return self._send(hub.plain[self.path], {}, body)
+          time.sleep(hub.plain_delay if body else 0)
+          self._send(hub.plain[self.path], {}, body)
+          return hub.plain_sent.append(time.time())
         parts = self.path.lstrip("/").split("/")
         repo, name = "/".join(parts[:2]), "/".join(parts[4:])
         if repo in hub.status:
@@ -72,6 +83,13 @@ class Hub:
         data = hub.files[repo, name]
         tag = hub.etags.get((repo, name), hashlib.sha256(data).hexdigest())
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{tag}"', "Accept-Ranges": "bytes"}
+        if body and (repo, name) in hub.hold:
+          deadline = time.time() + 60
+          while (len([r for r in hub.requests if r[:2] == ("HEAD", self.path)])
+                 < hub.hold[repo, name] and time.time() < deadline):
+            time.sleep(0.05)
+        if body and (repo, name) in hub.stall:
+          return self._send_half_then_wait(data, headers, hub.stall[repo, name])
         self._send(data, headers, body, drop=body and hub.drops.get((repo, name), 0) > 0,
                    key=(repo, name))
 
@@ -95,6 +113,18 @@ class Hub:
           self.close_connection = True
           return
         self.wfile.write(data[start:])
+
+      def _send_half_then_wait(self, data, headers, release):
+        self.send_response(200)
+        for k, v in headers.items():
+          self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2])
+        self.wfile.flush()
+        hub.stalled.set()
+        release.wait(60)
+        self.close_connection = True
 
       def _error(self, code, error_code):
         self.send_response(code)
@@ -199,6 +229,7 @@ def test_tag_equals_openclip_then_cache_hit_offline(hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     _, again = hpjax.create_model("hpjax-tiny", pretrained="TinyTag")  # tags compare as OpenCLIP's
     assert_same_tree(again, params)
+    assert jax.tree.map(np.shape, again) == jax.tree.map(np.shape, params)  # scalars stay 0-d
 
 
 def test_hf_hub_name_with_bin_equals_openclip(hub):
@@ -382,4 +413,125 @@ def test_zoo_download_evaluator_and_convert_fetch_by_name(hub, tmp_path, monkeyp
   assert summary["src"] == cached
   assert_same_tree(checkpoints.restore_params(summary["dst"], get_model_config("hpjax-tiny")),
                    params)
+  assert len(hub.gets("open_clip_model.safetensors")) == 1
+
+
+_FETCH = """
+import json, sys, time
+from hpjax.checkpoints import download
+hub = download.hub_file("test/tiny", ["open_clip_model.safetensors"])
+started = time.time()
+url = download.url_file(sys.argv[1])
+print(json.dumps([str(hub), download.sha256(hub), str(url), download.sha256(url), started]))
+"""
+
+
+def _python(code, *args, **kwargs):
+  """A Python process on this checkout with the test's environment (HF_ENDPOINT, HF_HOME)."""
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "JAX_PLATFORMS": "cpu",
+         "HF_HUB_DISABLE_XET": "1"}
+  return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+                          stdout=subprocess.PIPE, **kwargs)
+
+
+def test_two_processes_fetch_once_and_read_the_same_whole_file(hub):
+  _, state = _tiny_openclip()
+  data = _safetensors(state)
+  hub.files["test/tiny", "open_clip_model.safetensors"] = data
+  hub.hold["test/tiny", "open_clip_model.safetensors"] = 2  # both asked before either has it
+  hub.plain["/bucket/x.npz"] = b"weights" * 1000
+  hub.plain_delay = 2.0
+  processes = [_python(_FETCH, hub.url + "/bucket/x.npz") for _ in range(2)]
+  results = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+  assert [p.returncode for p in processes] == [0, 0]
+  assert len(hub.gets("open_clip_model.safetensors")) == 1
+  assert len(hub.gets("/bucket/x.npz")) == 1
+  (sent,) = hub.plain_sent
+  assert all(r[-1] < sent for r in results)  # both asked for the URL while it was being sent
+  (hub_path, hub_sha, url_path, url_sha), = {tuple(r[:4]) for r in results}
+  assert hub_sha == hashlib.sha256(data).hexdigest() == download.sha256(hub_path)
+  assert url_sha == hashlib.sha256(hub.plain["/bucket/x.npz"]).hexdigest()
+  assert pathlib.Path(url_path).read_bytes() == hub.plain["/bucket/x.npz"]
+
+
+def _files(root):
+  """{path: bytes} of the cache's files, the lock files aside."""
+  return {p: p.read_bytes() for p in pathlib.Path(root).rglob("*")
+          if p.is_file() and not p.name.endswith(".lock")}
+
+
+def _disk_fills_after(monkeypatch, limit):
+  """The hub's writer (file_download.http_get, for hub files and URLs) fails as a full disk does
+  once `limit` bytes were written."""
+  real = file_download.http_get
+
+  class Full:
+    def __init__(self, out):
+      self.out, self.written = out, 0
+
+    def write(self, chunk):
+      if self.written + len(chunk) > limit:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+      self.written += len(chunk)
+      return self.out.write(chunk)
+
+    def __getattr__(self, name):
+      return getattr(self.out, name)
+
+  monkeypatch.setattr(file_download, "http_get",
+                      lambda url, out, *a, **k: real(url, Full(out), *a, **k))
+
+
+def test_full_disk_names_the_path_and_leaves_the_caches_as_they_were(hub, tmp_path,
+                                                                     monkeypatch, caplog):
+  torch_model, state = _tiny_openclip()
+  data = _safetensors(state)
+  hub.files["test/tiny", "open_clip_model.safetensors"] = data
+  hub.files["test/tiny", "open_clip_config.json"] = b"{}"
+  hub.files["test/tiny2", "open_clip_model.safetensors"] = data
+  hub.plain["/bucket/x.npz"] = bytes(constants.DOWNLOAD_CHUNK_SIZE + 1000)  # fails after a chunk
+  download.hub_file("test/tiny", ["open_clip_config.json"])  # a cache with something in it
+  before = _files(tmp_path / "hf")
+
+  _tiny_row(monkeypatch)
+  with monkeypatch.context() as m:
+    _disk_fills_after(m, constants.DOWNLOAD_CHUNK_SIZE)
+    with pytest.raises(OSError, match=f"test/tiny/open_clip_model.safetensors: writing to the "
+                       f"cache {tmp_path / 'hf' / 'hub'} failed \\(No space left on device\\)"):
+      hpjax.create_model("hpjax-tiny", pretrained="tinytag")
+    with pytest.raises(OSError, match=f"copying to {tmp_path / 'hf' / 'hub'}.*No space left"):
+      download.url_file(hub.url + "/bucket/x.npz")
+  assert _files(tmp_path / "hf") == before
+
+  # The converted cache: the params are converted and used, the entry is not written.
+  _tiny_row(monkeypatch, "test/tiny2")
+  download.hub_file("test/tiny2", ["open_clip_model.safetensors"])
+  real_write = pathlib.Path.write_text
+
+  def full_disk(self, *args, **kwargs):
+    if self.name.endswith(".json.tmp"):  # the entry's record, after its params were written
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(self, *args, **kwargs)
+
+  before = _files(tmp_path / "hf")
+  with monkeypatch.context() as m:
+    m.setattr(pathlib.Path, "write_text", full_disk)
+    model, params = hpjax.create_model("hpjax-tiny", pretrained="tinytag")
+  _assert_same_features(model, params, torch_model)
+  assert f"converted params not cached in {converted.folder()}" in caplog.text
+  assert "No space left on device" in caplog.text
+  assert _files(tmp_path / "hf") == before
+
+
+def test_trainer_loads_a_model_named_by_tag(hub, tmp_path, monkeypatch, train_source):
+  _, state = _tiny_openclip()
+  hub.files["test/tiny", "open_clip_model.safetensors"] = _safetensors(state)
+  _tiny_row(monkeypatch)
+  _, want = hpjax.create_model("hpjax-tiny", pretrained="tinytag")
+  # lr 0 and no weight decay: the saved params are the ones the run started from.
+  trainer.run(hnhp.get_config(train_args(train_source, **{
+      "model.pretrained": "tinytag", "lr": 0.0, "optim.weight_decay": 0.0, "total_steps": 2,
+      "log_every_steps": 2})), str(tmp_path / "run"))
+  _, saved = final_params(str(tmp_path / "run"))
+  assert_same_tree(saved, want)
   assert len(hub.gets("open_clip_model.safetensors")) == 1
