@@ -46,7 +46,8 @@ class Hub:
   checksum), `status` answers a repository with an HTTP error, `drops[(repo, name)]` counts the
   GETs still to cut off before their last KiB. `plain[path] = bytes` are plain URLs, answered
   after `plain_delay` seconds. A GET of a key in `hold` waits until that many HEADs of it came;
-  of a key in `stall`, sends the first half, sets `stalled` and waits for `stall[key]`."""
+  of a key (or plain path) in `stall`, sends all but the last KiB, sets `stalled` and waits for
+  the event `stall[key]`."""
 
   def __init__(self):
     self.files, self.etags, self.status, self.drops, self.plain = {}, {}, {}, {}, {}
@@ -69,6 +70,8 @@ class Hub:
       def _answer(self, body):
         hub.requests.append((self.command, self.path, self.headers.get("Range")))
         if self.path in hub.plain:
+          if body and self.path in hub.stall:
+            return self._send_part_then_wait(hub.plain[self.path], {}, hub.stall[self.path])
           time.sleep(hub.plain_delay if body else 0)
           self._send(hub.plain[self.path], {}, body)
           return hub.plain_sent.append(time.time())
@@ -89,7 +92,7 @@ class Hub:
                  < hub.hold[repo, name] and time.time() < deadline):
             time.sleep(0.05)
         if body and (repo, name) in hub.stall:
-          return self._send_half_then_wait(data, headers, hub.stall[repo, name])
+          return self._send_part_then_wait(data, headers, hub.stall[repo, name])
         self._send(data, headers, body, drop=body and hub.drops.get((repo, name), 0) > 0,
                    key=(repo, name))
 
@@ -114,13 +117,13 @@ class Hub:
           return
         self.wfile.write(data[start:])
 
-      def _send_half_then_wait(self, data, headers, release):
+      def _send_part_then_wait(self, data, headers, release):
         self.send_response(200)
         for k, v in headers.items():
           self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data[:len(data) // 2])
+        self.wfile.write(data[:-1024])
         self.wfile.flush()
         hub.stalled.set()
         release.wait(60)
@@ -535,3 +538,60 @@ def test_trainer_loads_a_model_named_by_tag(hub, tmp_path, monkeypatch, train_so
   _, saved = final_params(str(tmp_path / "run"))
   assert_same_tree(saved, want)
   assert len(hub.gets("open_clip_model.safetensors")) == 1
+
+
+_FETCH_ONE = """
+import sys
+from hpjax.checkpoints import download
+download.hub_file("test/tiny", ["open_clip_model.safetensors"])
+download.url_file(sys.argv[1])
+"""
+
+
+def _kill_when_written(process, hub, folder, pattern):
+  """Kills `process` once the server stalled and a partial file of at least a chunk is in
+  `folder`; returns the partials' names."""
+  assert hub.stalled.wait(60)
+  deadline = time.time() + 60
+  while not any(p.stat().st_size >= constants.DOWNLOAD_CHUNK_SIZE for p in folder.glob(pattern)):
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.05)
+  process.kill()
+  process.wait()
+  hub.stalled.clear()
+  return sorted(p.name for p in folder.glob(pattern))
+
+
+def test_a_killed_download_leaves_no_half_file_and_the_rerun_completes(hub, tmp_path):
+  """huggingface_hub resumes a dropped connection within a run (see the test above), not a
+  killed run's partial file: the rerun fetches the whole file, and hpjax removes the partial."""
+  _, state = _tiny_openclip()
+  data = _safetensors(state)
+  key, digest = ("test/tiny", "open_clip_model.safetensors"), hashlib.sha256(data).hexdigest()
+  hub.files[key] = data
+  url_data = bytes(range(256)) * (constants.DOWNLOAD_CHUNK_SIZE // 256 + 100)
+  hub.plain["/bucket/x.npz"] = url_data
+  url = hub.url + "/bucket/x.npz"
+  blobs = tmp_path / "hf" / "hub" / "models--test--tiny" / "blobs"
+  url_folder = download.cache_root() / "hpjax-urls" / hashlib.sha256(url.encode()).hexdigest()[:16]
+  snapshot = blobs.parent / "snapshots" / COMMIT / key[1]
+
+  release = hub.stall[key] = threading.Event()
+  (partial,) = _kill_when_written(_python(_FETCH_ONE, url), hub, blobs, "*.incomplete")
+  release.set()
+  assert partial.startswith(digest) and _blobs(tmp_path) == [partial]  # nothing under its name
+  assert not snapshot.exists()
+
+  del hub.stall[key]
+  release = hub.stall["/bucket/x.npz"] = threading.Event()
+  # The rerun fetches the hub file whole, then is killed in the URL's download.
+  (url_partial,) = _kill_when_written(_python(_FETCH_ONE, url), hub, url_folder, "*.incomplete")
+  release.set()
+  assert _blobs(tmp_path) == [digest] and snapshot.read_bytes() == data
+  assert [r for _, _, r in hub.gets(key[1])] == [None, None]  # not resumed: fetched whole
+  assert sorted(p.name for p in url_folder.iterdir()) == sorted([url_partial, "x.npz.lock"])
+
+  del hub.stall["/bucket/x.npz"]
+  assert download.url_file(url).read_bytes() == url_data
+  assert sorted(p.name for p in url_folder.iterdir()) == ["x.npz", "x.npz.lock", "x.npz.sha256"]
+  assert download.hub_file("test/tiny", [key[1]]).read_bytes() == data
