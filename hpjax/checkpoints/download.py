@@ -128,11 +128,9 @@ def _remove_killed_partials(repo: str, path: pathlib.Path) -> None:
   processes left: huggingface_hub neither resumes nor removes them. Under its lock of that
   file, so no live download's partial is touched."""
   blob = path.resolve()
-  if etag(blob) is None:
-    return
-  lock = (cache_root() / ".locks" / f"models--{repo.replace('/', '--')}" / f"{blob.name}.lock")
-  if not lock.parent.is_dir():
-    return
+  if etag(blob) is None or not any(blob.parent.glob(f"{blob.name}.*.incomplete")):
+    return  # (no lock taken: a read-only cache stays readable)
+  lock = cache_root() / ".locks" / f"models--{repo.replace('/', '--')}" / f"{blob.name}.lock"
   with filelock.FileLock(str(lock)):
     for partial in blob.parent.glob(f"{blob.name}.*.incomplete"):
       logging.info("removing %s, the partial download of a killed process", partial)
