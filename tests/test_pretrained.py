@@ -4,13 +4,17 @@ ETag and size; GET with Range), serving random-initialised tiny checkpoints this
 OpenCLIP loads the same served files through its own `create_model_and_transforms`."""
 
 import collections
+import errno
 import hashlib
 import http.server
 import io
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -27,9 +31,11 @@ from hpjax.checkpoints import big_vision, convert, converted, download, loading,
 from hpjax.evaluate import runner
 from hpjax.models.clip import CLIP, param_shapes
 from hpjax.models.config import get_model_config, list_models
-from helpers import assert_same_tree, flax_encoders, torch_encoders, write_fixture_suites
+from hpjax.train import trainer
+from helpers import (assert_same_tree, final_params, flax_encoders, torch_encoders,
+                     train_args, write_fixture_suites)
 from configs import convert as convert_config
-from configs import eval_hp
+from configs import eval_hp, hnhp
 from openclip_reference import (TINY_JSON, openclip_model, perturb_all, random_images,
                                 random_tokens, register_tiny_siglip)
 
@@ -39,11 +45,15 @@ COMMIT = "c" * 40
 class Hub:
   """A hub on 127.0.0.1: `files[(repo, name)] = bytes`; `etags` overrides an ETag (a wrong
   checksum), `status` answers a repository with an HTTP error, `drops[(repo, name)]` counts the
-  GETs still to cut off before their last KiB. `plain[path] = bytes` are plain URLs."""
+  GETs still to cut off before their last KiB. `plain[path] = bytes` are plain URLs, answered
+  after `plain_delay` seconds. A GET of a key in `hold` waits until that many HEADs of it came;
+  of a key (or plain path) in `stall`, sends all but the last KiB, sets `stalled` and waits for
+  the event `stall[key]`."""
 
   def __init__(self):
     self.files, self.etags, self.status, self.drops, self.plain = {}, {}, {}, {}, {}
-    self.requests = []
+    self.hold, self.stall, self.stalled, self.plain_delay = {}, {}, threading.Event(), 0.0
+    self.requests, self.plain_sent = [], []
     hub = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,7 +71,11 @@ class Hub:
       def _answer(self, body):
         hub.requests.append((self.command, self.path, self.headers.get("Range")))
         if self.path in hub.plain:
-          return self._send(hub.plain[self.path], {}, body)
+          if body and self.path in hub.stall:
+            return self._send_part_then_wait(hub.plain[self.path], {}, hub.stall[self.path])
+          time.sleep(hub.plain_delay if body else 0)
+          self._send(hub.plain[self.path], {}, body)
+          return hub.plain_sent.append(time.time())
         parts = self.path.lstrip("/").split("/")
         repo, name = "/".join(parts[:2]), "/".join(parts[4:])
         if repo in hub.status:
@@ -73,6 +87,13 @@ class Hub:
         data = hub.files[repo, name]
         tag = hub.etags.get((repo, name), hashlib.sha256(data).hexdigest())
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{tag}"', "Accept-Ranges": "bytes"}
+        if body and (repo, name) in hub.hold:
+          deadline = time.time() + 60
+          while (len([r for r in hub.requests if r[:2] == ("HEAD", self.path)])
+                 < hub.hold[repo, name] and time.time() < deadline):
+            time.sleep(0.05)
+        if body and (repo, name) in hub.stall:
+          return self._send_part_then_wait(data, headers, hub.stall[repo, name])
         self._send(data, headers, body, drop=body and hub.drops.get((repo, name), 0) > 0,
                    key=(repo, name))
 
@@ -96,6 +117,18 @@ class Hub:
           self.close_connection = True
           return
         self.wfile.write(data[start:])
+
+      def _send_part_then_wait(self, data, headers, release):
+        self.send_response(200)
+        for k, v in headers.items():
+          self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:-1024])
+        self.wfile.flush()
+        hub.stalled.set()
+        release.wait(60)
+        self.close_connection = True
 
       def _error(self, code, error_code):
         self.send_response(code)
@@ -200,6 +233,7 @@ def test_tag_equals_openclip_then_cache_hit_offline(hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     _, again = hpjax.create_model("hpjax-tiny", pretrained="TinyTag")  # tags compare as OpenCLIP's
     assert_same_tree(again, params)
+    assert jax.tree.map(np.shape, again) == jax.tree.map(np.shape, params)  # scalars stay 0-d
 
 
 def test_hf_hub_name_with_bin_equals_openclip(hub):
@@ -421,3 +455,181 @@ def test_second_evaluation_of_a_fetched_model_reads_no_pytorch(hub, tmp_path, mo
   model, params = runner.build(spec)
   _assert_same_features(model, params, torch_model)
   assert spec.checkpoint == cached and spec.fetched_as == "hpjax-tiny:tinytag"
+
+
+_FETCH = """
+import json, sys, time
+from hpjax.checkpoints import download
+hub = download.hub_file("test/tiny", ["open_clip_model.safetensors"])
+started = time.time()
+url = download.url_file(sys.argv[1])
+print(json.dumps([str(hub), download.sha256(hub), str(url), download.sha256(url), started]))
+"""
+
+
+def _python(code, *args, **kwargs):
+  """A Python process on this checkout with the test's environment (HF_ENDPOINT, HF_HOME)."""
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "JAX_PLATFORMS": "cpu",
+         "HF_HUB_DISABLE_XET": "1"}
+  return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
+                          stdout=subprocess.PIPE, **kwargs)
+
+
+def test_two_processes_fetch_once_and_read_the_same_whole_file(hub):
+  _, state = _tiny_openclip()
+  data = _safetensors(state)
+  hub.files["test/tiny", "open_clip_model.safetensors"] = data
+  hub.hold["test/tiny", "open_clip_model.safetensors"] = 2  # both asked before either has it
+  hub.plain["/bucket/x.npz"] = b"weights" * 1000
+  hub.plain_delay = 2.0
+  processes = [_python(_FETCH, hub.url + "/bucket/x.npz") for _ in range(2)]
+  results = [json.loads(p.communicate(timeout=120)[0]) for p in processes]
+  assert [p.returncode for p in processes] == [0, 0]
+  assert len(hub.gets("open_clip_model.safetensors")) == 1
+  assert len(hub.gets("/bucket/x.npz")) == 1
+  (sent,) = hub.plain_sent
+  assert all(r[-1] < sent for r in results)  # both asked for the URL while it was being sent
+  (hub_path, hub_sha, url_path, url_sha), = {tuple(r[:4]) for r in results}
+  assert hub_sha == hashlib.sha256(data).hexdigest() == download.sha256(hub_path)
+  assert url_sha == hashlib.sha256(hub.plain["/bucket/x.npz"]).hexdigest()
+  assert pathlib.Path(url_path).read_bytes() == hub.plain["/bucket/x.npz"]
+
+
+def _files(root):
+  """{path: bytes} of the cache's files, the lock files aside."""
+  return {p: p.read_bytes() for p in pathlib.Path(root).rglob("*")
+          if p.is_file() and not p.name.endswith(".lock")}
+
+
+def _disk_fills_after(monkeypatch, limit):
+  """The hub's writer (file_download.http_get, for hub files and URLs) fails as a full disk does
+  once `limit` bytes were written."""
+  real = file_download.http_get
+
+  class Full:
+    def __init__(self, out):
+      self.out, self.written = out, 0
+
+    def write(self, chunk):
+      if self.written + len(chunk) > limit:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+      self.written += len(chunk)
+      return self.out.write(chunk)
+
+    def __getattr__(self, name):
+      return getattr(self.out, name)
+
+  monkeypatch.setattr(file_download, "http_get",
+                      lambda url, out, *a, **k: real(url, Full(out), *a, **k))
+
+
+def test_full_disk_names_the_path_and_leaves_the_caches_as_they_were(hub, tmp_path,
+                                                                     monkeypatch, caplog):
+  torch_model, state = _tiny_openclip()
+  data = _safetensors(state)
+  hub.files["test/tiny", "open_clip_model.safetensors"] = data
+  hub.files["test/tiny", "open_clip_config.json"] = b"{}"
+  hub.files["test/tiny2", "open_clip_model.safetensors"] = data
+  hub.plain["/bucket/x.npz"] = bytes(constants.DOWNLOAD_CHUNK_SIZE + 1000)  # fails after a chunk
+  download.hub_file("test/tiny", ["open_clip_config.json"])  # a cache with something in it
+  before = _files(tmp_path / "hf")
+
+  _tiny_row(monkeypatch)
+  with monkeypatch.context() as m:
+    _disk_fills_after(m, constants.DOWNLOAD_CHUNK_SIZE)
+    with pytest.raises(OSError, match=f"test/tiny/open_clip_model.safetensors: writing to the "
+                       f"cache {tmp_path / 'hf' / 'hub'} failed \\(No space left on device\\)"):
+      hpjax.create_model("hpjax-tiny", pretrained="tinytag")
+    with pytest.raises(OSError, match=f"copying to {tmp_path / 'hf' / 'hub'}.*No space left"):
+      download.url_file(hub.url + "/bucket/x.npz")
+  assert _files(tmp_path / "hf") == before
+
+  # The converted cache: the params are converted and used, the entry is not written.
+  _tiny_row(monkeypatch, "test/tiny2")
+  download.hub_file("test/tiny2", ["open_clip_model.safetensors"])
+  real_write = pathlib.Path.write_text
+
+  def full_disk(self, *args, **kwargs):
+    if self.name.endswith(".json.tmp"):  # the entry's record, after its params were written
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(self, *args, **kwargs)
+
+  before = _files(tmp_path / "hf")
+  with monkeypatch.context() as m:
+    m.setattr(pathlib.Path, "write_text", full_disk)
+    model, params = hpjax.create_model("hpjax-tiny", pretrained="tinytag")
+  _assert_same_features(model, params, torch_model)
+  assert f"converted params not cached in {converted.folder()}" in caplog.text
+  assert "No space left on device" in caplog.text
+  assert _files(tmp_path / "hf") == before
+
+
+def test_trainer_loads_a_model_named_by_tag(hub, tmp_path, monkeypatch, train_source):
+  _, state = _tiny_openclip()
+  hub.files["test/tiny", "open_clip_model.safetensors"] = _safetensors(state)
+  _tiny_row(monkeypatch)
+  _, want = hpjax.create_model("hpjax-tiny", pretrained="tinytag")
+  # lr 0 and no weight decay: the saved params are the ones the run started from.
+  trainer.run(hnhp.get_config(train_args(train_source, **{
+      "model.pretrained": "tinytag", "lr": 0.0, "optim.weight_decay": 0.0, "total_steps": 2,
+      "log_every_steps": 2})), str(tmp_path / "run"))
+  _, saved = final_params(str(tmp_path / "run"))
+  assert_same_tree(saved, want)
+  assert len(hub.gets("open_clip_model.safetensors")) == 1
+
+
+_FETCH_ONE = """
+import sys
+from hpjax.checkpoints import download
+download.hub_file("test/tiny", ["open_clip_model.safetensors"])
+download.url_file(sys.argv[1])
+"""
+
+
+def _kill_when_written(process, hub, folder, pattern):
+  """Kills `process` once the server stalled and a partial file of at least a chunk is in
+  `folder`; returns the partials' names."""
+  assert hub.stalled.wait(60)
+  deadline = time.time() + 60
+  while not any(p.stat().st_size >= constants.DOWNLOAD_CHUNK_SIZE for p in folder.glob(pattern)):
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.05)
+  process.kill()
+  process.wait()
+  hub.stalled.clear()
+  return sorted(p.name for p in folder.glob(pattern))
+
+
+def test_a_killed_download_leaves_no_half_file_and_the_rerun_completes(hub, tmp_path):
+  """huggingface_hub resumes a dropped connection within a run (see the test above), not a
+  killed run's partial file: the rerun fetches the whole file, and hpjax removes the partial."""
+  _, state = _tiny_openclip()
+  data = _safetensors(state)
+  key, digest = ("test/tiny", "open_clip_model.safetensors"), hashlib.sha256(data).hexdigest()
+  hub.files[key] = data
+  url_data = bytes(range(256)) * (constants.DOWNLOAD_CHUNK_SIZE // 256 + 100)
+  hub.plain["/bucket/x.npz"] = url_data
+  url = hub.url + "/bucket/x.npz"
+  blobs = tmp_path / "hf" / "hub" / "models--test--tiny" / "blobs"
+  url_folder = download.cache_root() / "hpjax-urls" / hashlib.sha256(url.encode()).hexdigest()[:16]
+  snapshot = blobs.parent / "snapshots" / COMMIT / key[1]
+
+  release = hub.stall[key] = threading.Event()
+  (partial,) = _kill_when_written(_python(_FETCH_ONE, url), hub, blobs, "*.incomplete")
+  release.set()
+  assert partial.startswith(digest) and _blobs(tmp_path) == [partial]  # nothing under its name
+  assert not snapshot.exists()
+
+  del hub.stall[key]
+  release = hub.stall["/bucket/x.npz"] = threading.Event()
+  # The rerun fetches the hub file whole, then is killed in the URL's download.
+  (url_partial,) = _kill_when_written(_python(_FETCH_ONE, url), hub, url_folder, "*.incomplete")
+  release.set()
+  assert _blobs(tmp_path) == [digest] and snapshot.read_bytes() == data
+  assert [r for _, _, r in hub.gets(key[1])] == [None, None]  # not resumed: fetched whole
+  assert sorted(p.name for p in url_folder.iterdir()) == sorted([url_partial, "x.npz.lock"])
+
+  del hub.stall["/bucket/x.npz"]
+  assert download.url_file(url).read_bytes() == url_data
+  assert sorted(p.name for p in url_folder.iterdir()) == ["x.npz", "x.npz.lock", "x.npz.sha256"]
+  assert download.hub_file("test/tiny", [key[1]]).read_bytes() == data

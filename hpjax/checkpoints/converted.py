@@ -5,7 +5,8 @@ float32) and `<key>.json` (the conversion's version, the source's checksum, the 
 and the SHA-256 of the .safetensors file). The key hashes the source file's checksum, the
 architecture, the LoRA settings and `VERSION`: a changed conversion or architecture misses. An
 entry whose file does not hash to its record is removed and converted again, never loaded. Both
-files are written aside and renamed, the record last: a half-written entry is a miss.
+files are written aside, then renamed, the record last: a half-written entry is a miss, and a
+full disk leaves the cache as it was.
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ def store(entry: str, source_digest: str, config: CLIPConfig, params) -> None:
     target.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(params, sep="/")
     safetensors.numpy.save_file(
-        {k: np.array(v, np.float32, order="C") for k, v in flat.items()}, str(tmp_data))
+        {k: np.asarray(v, np.float32, order="C") for k, v in flat.items()},  # 0-d stays 0-d
+        str(tmp_data))
     record = {"version": VERSION, "source": source_digest, "sha256": download.sha256(tmp_data),
               "config": {"name": config.name, "dict": config.to_dict()}}
-    os.replace(tmp_data, data)
     tmp_record.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp_data, data)  # Both written before either is renamed: no orphan file.
     os.replace(tmp_record, target / f"{entry}.json")
   except OSError as e:
     logging.warning("converted params not cached in %s: %s", target, e)

@@ -11,11 +11,16 @@ lock, with their SHA-256 beside them.
 
 Several processes (the hosts of a multi-host job on a shared file system, or the processes of
 one host) fetching the same file: one downloads under a file lock, the others wait and read the
-finished file; a partial download never has the final name.
+finished file; a partial download never has the final name. A dropped connection is resumed
+within the run (huggingface_hub's retries, with a Range request); a killed process's partial
+file is not resumed by the next run, which fetches the file whole and removes the partial.
+A full disk fails naming the cache folder and keeps nothing of the file.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import os
 import pathlib
@@ -33,6 +38,7 @@ _CHUNK = 1 << 22
 _TRUE = ("1", "on", "yes", "true")
 # The HTTP clients huggingface_hub versions use: their errors are a dropped connection.
 _HTTP_CLIENTS = ("httpx", "httpx2", "requests", "urllib3")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class NotInRepoError(FileNotFoundError):
@@ -86,6 +92,7 @@ def hub_file(repo: str, filenames: Sequence[str], revision: str | None = None,
       raise
     if verify:
       path = _verified_hub_file(repo, filename, revision, path)
+    _remove_killed_partials(repo, path)
     return path
   if unreachable is not None:
     how = "HF_HUB_OFFLINE is set" if offline() else f"{_endpoint()} cannot be reached"
@@ -107,10 +114,27 @@ def _hub_download(repo: str, filename: str, revision: str | None, force: bool = 
         token=os.environ.get("HF_TOKEN") or None, local_files_only=offline(),
         force_download=force, library_name="hpjax")
   except Exception as e:  # pylint: disable=broad-except  (re-raised unless a transport error)
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      raise OSError(e.errno, f"{repo}/{filename}: writing to the cache {cache_root()} failed "
+                    f"({e.strerror}); nothing of the file was kept") from e
     if type(e).__module__.split(".")[0] not in _HTTP_CLIENTS:
       raise
     raise ConnectionError(f"{repo}/{filename}: the download from {_endpoint()} failed ({e}); "
                           "nothing was kept under its name; run again to fetch it") from e
+
+
+def _remove_killed_partials(repo: str, path: pathlib.Path) -> None:
+  """Removes the partial downloads (`<etag>.<id>.incomplete`) of a cached hub file that killed
+  processes left: huggingface_hub neither resumes nor removes them. Under its lock of that
+  file, so no live download's partial is touched."""
+  blob = path.resolve()
+  if etag(blob) is None or not any(blob.parent.glob(f"{blob.name}.*.incomplete")):
+    return  # (no lock taken: a read-only cache stays readable)
+  lock = cache_root() / ".locks" / f"models--{repo.replace('/', '--')}" / f"{blob.name}.lock"
+  with filelock.FileLock(str(lock)):
+    for partial in blob.parent.glob(f"{blob.name}.*.incomplete"):
+      logging.info("removing %s, the partial download of a killed process", partial)
+      partial.unlink(missing_ok=True)
 
 
 def _endpoint() -> str:
@@ -194,6 +218,8 @@ def url_file(url: str, expected_sha256: str | None = None, verify: bool = True
   with filelock.FileLock(str(path) + ".lock"):
     if _cached_copy(path, verify):  # Another process fetched it meanwhile.
       return path
+    for partial in folder.glob(f"{glob.escape(path.name)}.*.incomplete"):  # a killed process's
+      partial.unlink()
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name + ".", suffix=".incomplete")
     try:
       with os.fdopen(fd, "wb") as out:
