@@ -115,13 +115,14 @@ def final_state(workdir, folder: str = "checkpoints") -> tuple[int, dict]:
 
 
 def assert_same_tree(got, want, rtol: float = 0.0, atol: float = 0.0) -> None:
-  """Same keys (paths) and, leaf by leaf, the same values: bit-identical (and the same dtype)
-  unless a tolerance is given. Failures name the leaf."""
+  """Same keys (paths) and, leaf by leaf, the same shapes and values: bit-identical (and the same
+  dtype) unless a tolerance is given. Failures name the leaf."""
   got_leaves = dict(jax.tree_util.tree_leaves_with_path(got))
   want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
   assert sorted(map(str, got_leaves)) == sorted(map(str, want_leaves))
   for path, value in want_leaves.items():
     name = jax.tree_util.keystr(path)
+    assert np.shape(got_leaves[path]) == np.shape(value), name  # (no broadcasting of () to (1,))
     if rtol == atol == 0.0:
       assert np.asarray(got_leaves[path]).dtype == np.asarray(value).dtype, name
       np.testing.assert_array_equal(got_leaves[path], value, err_msg=name)
