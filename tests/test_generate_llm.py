@@ -88,12 +88,17 @@ def test_jax_greedy_tokens_equal_a_step_by_step_pytorch_decode(model_dir):
   assert llm_torch.TransformersSampler(_llm_config(model_dir)).sample(PROMPTS) == want
 
 
-def test_seeded_sampling_repeats_and_differs_from_greedy(model_dir):
-  from hpjax.generate import llm_torch
+@pytest.mark.parametrize("backend", ["keras_hub", "transformers"])
+def test_seeded_sampling_repeats_whatever_ran_before_and_differs_from_greedy(model_dir, backend):
   sampled = _llm_config(model_dir, temperature=1.5, top_p=0.95, seed=3)
-  first = llm_torch.TransformersSampler(sampled).sample(PROMPTS)
-  assert llm_torch.TransformersSampler(sampled).sample(PROMPTS) == first
-  assert first != llm_torch.TransformersSampler(_llm_config(model_dir)).sample(PROMPTS)
+  sampler = llm.make_sampler(backend, sampled)
+  first = sampler.sample(PROMPTS)
+  sampler.sample(PROMPTS[:2])
+  assert sampler.sample(PROMPTS) == first
+  assert llm.make_sampler(backend, sampled).sample(PROMPTS) == first
+  sampled.seed = 4
+  assert llm.make_sampler(backend, sampled).sample(PROMPTS) != first
+  assert first != llm.make_sampler(backend, _llm_config(model_dir)).sample(PROMPTS)
 
 
 CAPTION = "A man holding a red plate next to a dog."

@@ -3,6 +3,7 @@ ids) and the fixed-shape batches they see (a full batch, prompts padded to a buc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Sequence
@@ -58,3 +59,10 @@ def cut(new_ids: Sequence[int], stops: Sequence[int], limit: int) -> list[int]:
       break
     out.append(int(token))
   return out
+
+
+def batch_seed(seed: int, prompts: Sequence[Sequence[int]]) -> int:
+  """A sampling seed from the run's seed and the batch's prompts: the same batch samples the same
+  answers whatever ran before it (a resumed run, another process layout)."""
+  digest = hashlib.sha256(json.dumps([seed, [list(map(int, p)) for p in prompts]]).encode())
+  return int.from_bytes(digest.digest()[:4], "little") >> 1

@@ -35,7 +35,8 @@ def _keras():
 
 
 class KerasHubSampler:
-  """Greedy (temperature 0) or top-p sampling with keras-hub's samplers, seeded."""
+  """Greedy (temperature 0) or top-p sampling with keras-hub's samplers, seeded per batch
+  (llm_batches.batch_seed)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     keras, keras_hub = _keras()
@@ -70,6 +71,9 @@ class KerasHubSampler:
     for row, prompt in enumerate(batch):
       ids[row, :len(prompt)] = prompt
       mask[row, :len(prompt)] = True
+    seed = llm_batches.batch_seed(self._config.seed, batch)
+    for state in self._model.sampler.variables:  # seed generators' states (none when greedy)
+      state.assign(np.array([seed, 0], state.dtype))
     out = self._generate({"token_ids": ids, "padding_mask": mask},
                          stop_token_ids=tuple(self._stops) or None)
     tokens = np.asarray(out["token_ids"])

@@ -12,8 +12,8 @@ from hpjax.generate import llm_batches
 
 
 class TransformersSampler:
-  """Greedy (temperature 0) or top-p sampling; each batch seeded from the config's seed and the
-  batch's number, on the GPU when there is one."""
+  """Greedy (temperature 0) or top-p sampling seeded per batch (llm_batches.batch_seed), on the
+  GPU when there is one."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self._device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -22,7 +22,6 @@ class TransformersSampler:
         config.model, dtype=dtype).to(self._device).eval()
     self.batch_size, self._config = config.batch_size, config
     self._stops, self._pad = llm_batches.stop_ids(config.model), llm_batches.pad_id(config.model)
-    self._calls = 0
 
   @torch.inference_mode()
   def sample(self, prompts):
@@ -35,8 +34,7 @@ class TransformersSampler:
       mask[row, length - len(prompt):] = 1
     sampled = self._config.temperature > 0
     if sampled:
-      torch.manual_seed(self._config.seed * 1_000_003 + self._calls)
-    self._calls += 1
+      torch.manual_seed(llm_batches.batch_seed(self._config.seed, batch))
     out = self._model.generate(
         input_ids=torch.from_numpy(ids).to(self._device),
         attention_mask=torch.from_numpy(mask).to(self._device),
