@@ -170,7 +170,8 @@ def test_llm_generator_turns_answers_into_hard_positives_and_counted_rejections(
   answers = ["a woman on a table", "none",  # caption 0: replace_synonym, swap_and
              "a red cat and a small dog", "a small dog and a red cat"]
   sampler = _Scripted(tokenizer, answers)
-  generator = llm.LLMGenerator(sampler, tokenizer, ["replace_synonym", "swap_and"], 1,
+  generator = llm.LLMGenerator(sampler, tokenizer,
+                               llm.load_templates(["replace_synonym", "swap_and"]), 1,
                                llm.too_long_for(77), "keras_hub")
   first, second = generator.generate(captions, [random.Random(0), random.Random(1)])
   assert sampler.calls == [3, 1]
@@ -206,3 +207,26 @@ def test_llm_backend_runs_through_the_resumable_generate_machinery(tmp_path):
   config.generate.llm.max_new_tokens = 7
   with pytest.raises(ValueError, match="settings|another run|differ"):
     generate_run.run(config, str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ("backend=jax", "generate.backend is 'jax'"),
+    ("backend=keras_hub", "generate.llm.model is empty"),
+    ("backend=transformers,model={tmp}", "generate.llm.model: .* holds no config.json"),
+    ("backend=keras_hub,model={model},generate.llm.batch_size=3",
+     "generate.llm.batch_size 3 is not a multiple"),
+    ("backend=keras_hub,model={model},generate.llm.temperature=-1", "generate.llm.temperature"),
+    ("backend=keras_hub,model={model},generate.llm.templates=nothere.txt", "nothere.txt"),
+])
+def test_bad_llm_settings_name_the_field(tmp_path, overrides, message):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+  _tokenizer().save_pretrained(model)
+  captions = tmp_path / "captions.txt"
+  captions.write_text("a man on a table\n")
+  config = generate_config.get_config(
+      f"input={captions}," + overrides.format(tmp=tmp_path, model=model))
+  with pytest.raises(ValueError, match=message):
+    generate_run.run(config, str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start

@@ -33,6 +33,7 @@ class Sampler(Protocol):
 
 
 def load_tokenizer(model_dir: str) -> tokenizers.Tokenizer:
+  llm_batches.model_config(model_dir)
   path = os.path.join(model_dir, "tokenizer.json")
   if not os.path.exists(path):
     raise ValueError(f"generate.llm.model: {model_dir!r} holds no tokenizer.json; save the "
@@ -57,6 +58,11 @@ def make_sampler(backend: str, llm: ml_collections.ConfigDict) -> Sampler:
   raise ValueError(f"generate.backend is {backend!r}; expected one of {BACKENDS}")
 
 
+def load_templates(names_or_paths: Sequence[str]) -> dict[str, str]:
+  """{name: template} (a file's name without .txt), checked before any model is loaded."""
+  return {os.path.basename(t).removesuffix(".txt"): prompts.load(t) for t in names_or_paths}
+
+
 def too_long_for(context_length: int):
   """Whether a text's CLIP BPE tokens (with start and end) exceed the text tower's context."""
   return lambda text: int(text_tokenizer.encode([text])[1][0]) + 2 > context_length
@@ -66,11 +72,10 @@ class LLMGenerator:
   """Hard positives from the templates; up to `per_caption` of them per caption, from distinct
   templates chosen with the caption's random.Random (as `rules.RuleGenerator` chooses)."""
 
-  def __init__(self, sampler: Sampler, tokenizer: tokenizers.Tokenizer, templates: Sequence[str],
+  def __init__(self, sampler: Sampler, tokenizer: tokenizers.Tokenizer, templates: dict[str, str],
                per_caption: int, too_long, rule_prefix: str):
     self._sampler, self._tokenizer, self._too_long = sampler, tokenizer, too_long
-    self._templates = {os.path.basename(t).removesuffix(".txt"): prompts.load(t)
-                       for t in templates}
+    self._templates = templates
     self._per_caption, self._prefix = per_caption, rule_prefix
 
   def generate(self, captions: Sequence[str],

@@ -41,7 +41,7 @@ class KerasHubSampler:
   def __init__(self, config: ml_collections.ConfigDict):
     keras, keras_hub = _keras()
     from keras_hub.src.utils import preset_utils
-    devices = jax.devices()
+    devices = jax.local_devices()  # each host samples its own shards (run.py)
     if config.batch_size % len(devices):
       raise ValueError(f"generate.llm.batch_size {config.batch_size} is not a multiple of the "
                        f"{len(devices)} devices it is sharded over")

@@ -143,9 +143,9 @@ def _generator(g: ml_collections.ConfigDict) -> rules.Generator:
   if not g.llm.model:
     raise ValueError(f"generate.llm.model is empty; generate.backend={g.backend} needs a "
                      "Hugging Face model folder")
-  positives = llm.LLMGenerator(llm.make_sampler(g.backend, g.llm), llm.load_tokenizer(g.llm.model),
-                               g.llm.templates, g.hard_positives,
-                               llm.too_long_for(g.llm.text_context), g.backend)
+  templates, tokenizer = llm.load_templates(g.llm.templates), llm.load_tokenizer(g.llm.model)
+  positives = llm.LLMGenerator(llm.make_sampler(g.backend, g.llm), tokenizer, templates,
+                               g.hard_positives, llm.too_long_for(g.llm.text_context), g.backend)
   return llm.Combined(negatives, positives)
 
 
