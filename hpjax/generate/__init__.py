@@ -2,6 +2,7 @@
 
 tagger (parts of speech) -> phrases (noun phrases, relations) -> rules (the rule families) ->
 sources (captions in) + shards (resumable, sliced work) -> report -> run (the program).
-prompts: the LLM prompt templates (prompts/*.txt) for generators that plug in as
-`rules.Generator`s.
+prompts: the LLM prompt templates (prompts/*.txt); llm: the LLM generator of hard positives (a
+`rules.Generator`) over a sampler (llm_keras: JAX on keras-hub; llm_torch: transformers; both on
+llm_batches), its answers checked by parse.
 """

@@ -290,6 +290,13 @@ FAMILIES: dict[str, tuple[str, Callable]] = {
 }
 
 
+def choose(texts: list[HardText], count: int, rng: random.Random,
+           families: Sequence[str]) -> list[HardText]:
+  """Up to `count` of one caption's hard texts of a kind, at random, in `families`' order."""
+  chosen = rng.sample(texts, min(len(texts), count))
+  return sorted(chosen, key=lambda h: list(families).index(h.family))
+
+
 class RuleGenerator:
   """Every enabled family on every caption; then up to `per_caption[kind]` of the outputs of
   each kind, from distinct families chosen at random."""
@@ -315,6 +322,5 @@ class RuleGenerator:
       else:
         outcome.rejections[family] = result
     for kind, texts in made.items():
-      chosen = rng.sample(texts, min(len(texts), self._per_caption.get(kind, 0)))
-      outcome.hard_texts += sorted(chosen, key=lambda h: self._families.index(h.family))
+      outcome.hard_texts += choose(texts, self._per_caption.get(kind, 0), rng, self._families)
     return outcome

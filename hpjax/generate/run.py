@@ -29,7 +29,8 @@ import ml_collections
 
 from hpjax.data import records as records_lib
 from hpjax.data import train_builders
-from hpjax.generate import phrases, report, rules, shards, sources, tagger as tagger_lib
+from hpjax.generate import llm, phrases, prompts, report, rules, shards, sources
+from hpjax.generate import tagger as tagger_lib
 
 OUTPUT_FORMATS = ("jsonl", "array_record")
 
@@ -64,7 +65,19 @@ def _settings(config: ml_collections.ConfigDict) -> dict:
           "image_root": config.input.image_root, "max_words": config.input.max_words,
           "skip_bad": config.input.skip_bad, "families": list(g.families),
           "hard_negatives": g.hard_negatives, "hard_positives": g.hard_positives,
-          "seed": g.seed, "tagger": g.tagger, "tables": phrases.table_digest()}
+          "seed": g.seed, "tagger": g.tagger, "tables": phrases.table_digest(),
+          **({} if g.backend == "rules" else {"backend": g.backend, "llm": _llm_settings(g.llm)})}
+
+
+def _llm_settings(llm_config: ml_collections.ConfigDict) -> dict:
+  """The LLM's settings and its folder's config, weights and templates by digest."""
+  settings = {k: v for k, v in llm_config.to_dict().items() if k != "model"}
+  settings["templates"] = {t: hashlib.sha256(prompts.load(t).encode()).hexdigest()
+                           for t in llm_config.templates}
+  settings["model_files"] = {
+      name: _input_digest(os.path.join(llm_config.model, name))
+      for name in sorted(os.listdir(llm_config.model)) if name.endswith((".json", ".safetensors"))}
+  return settings
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -114,6 +127,26 @@ def _records(generator: rules.Generator, captions, indices, skips, seed, batch_s
         record["rejections"] = outcomes[i].rejections
       out.append(record)
   return out
+
+
+def _generator(g: ml_collections.ConfigDict) -> rules.Generator:
+  """The rules alone, or the rules' hard negatives with an LLM's hard positives."""
+  if g.backend not in llm.BACKENDS:
+    raise ValueError(f"generate.backend is {g.backend!r}; expected one of {llm.BACKENDS}")
+  families = [f for f in g.families if g.backend == "rules" or
+              rules.FAMILIES.get(f, (rules.HARD_NEGATIVE,))[0] == rules.HARD_NEGATIVE]
+  negatives = rules.RuleGenerator(tagger_lib.make_tagger(g.tagger), families,
+                                  {rules.HARD_NEGATIVE: g.hard_negatives,
+                                   rules.HARD_POSITIVE: g.hard_positives})
+  if g.backend == "rules":
+    return negatives
+  if not g.llm.model:
+    raise ValueError(f"generate.llm.model is empty; generate.backend={g.backend} needs a "
+                     "Hugging Face model folder")
+  templates, tokenizer = llm.load_templates(g.llm.templates), llm.load_tokenizer(g.llm.model)
+  positives = llm.LLMGenerator(llm.make_sampler(g.backend, g.llm), tokenizer, templates,
+                               g.hard_positives, llm.too_long_for(g.llm.text_context), g.backend)
+  return llm.Combined(negatives, positives)
 
 
 def training_record(record: dict) -> dict:
@@ -170,9 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f"{config.input.path}: captions without images cannot make array_record "
                      "training files; give images (image<TAB>caption) or output.formats=jsonl")
   g = config.generate
-  generator = rules.RuleGenerator(tagger_lib.make_tagger(g.tagger), g.families,
-                                  {rules.HARD_NEGATIVE: g.hard_negatives,
-                                   rules.HARD_POSITIVE: g.hard_positives})
+  generator = _generator(g)
   manifest = shards.open_run(workdir, _settings(config), len(captions), config.output.shard_size)
   size = manifest["shard_size"]
   todo = [s for s in range(config.process_index, manifest["num_shards"], config.process_count)
