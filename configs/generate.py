@@ -34,6 +34,7 @@ def get_config(arg=None):
   c.input.path = ""
   c.input.format = "auto"  # coco (.json), jsonl, negclip_tsv (.tsv), text (.txt)
   c.input.image_root = ""  # joined to each caption's image path
+  c.input.allow_paths_outside_root = False  # an absolute or '../' image path of the input
   c.input.max_words = 100  # a longer caption is bad input
   c.input.skip_bad = False  # skip (and count) empty, non-UTF-8 or overlong captions
   c.generate = ml_collections.ConfigDict()

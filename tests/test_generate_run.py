@@ -54,7 +54,9 @@ def test_coco_in_training_records_out_that_the_trainer_reads(tmp_path):
                                                 "output.formats": "jsonl+array_record"})
   generate_run.run(config, str(tmp_path / "out"))
   out = tmp_path / "out"
-  jsonl = training.open_source(str(out / "train.jsonl"))
+  with pytest.raises(ValueError, match="outside"):  # the images are not under out/
+    training.open_source(str(out / "train.jsonl"))
+  jsonl = training.open_source(str(out / "train.jsonl"), allow_outside=True)
   assert len(jsonl) == 40
   record = jsonl[0]
   assert record["caption"] == CAPTIONS[0] and record["image"] == str(images / "0.jpg")
@@ -223,3 +225,13 @@ def test_every_input_format_gives_the_same_hard_texts(tmp_path):
     outputs.append((tmp_path / path.suffix[1:] / "train.jsonl").read_text())
   assert outputs[0] == outputs[1] == outputs[2]
   assert sources.read(str(jsonl))[1].where == f"{jsonl}:2"
+
+
+def test_input_image_paths_stay_under_the_image_root_unless_allowed(tmp_path):
+  path = tmp_path / "captions.jsonl"
+  path.write_text(json.dumps({"image": "../secret.jpg", "caption": CAPTIONS[0]}) + "\n")
+  with pytest.raises(ValueError, match=rf"{path}:1: image path '../secret.jpg' is outside"):
+    sources.read(str(path), image_root=str(tmp_path / "images"))
+  allowed = sources.read(str(path), image_root=str(tmp_path / "images"), allow_outside=True)
+  assert allowed[0].image == str(tmp_path / "images" / "../secret.jpg")
+

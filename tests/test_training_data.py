@@ -326,3 +326,25 @@ def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(jsonl, tmp_
   train_builders.write_jsonl(records_lib.read_jsonl(jsonl), str(out / "train.jsonl"))
   assert sorted(os.listdir(out)) == ["train.jsonl"]
   assert f"removed {left}" in caplog.text
+
+
+def test_written_jsonl_names_images_under_its_folder_relatively(tmp_path):
+  """An image under the JSONL's folder is written relative (and read back without allowing
+  paths outside); one elsewhere is written absolute, which reading must be allowed."""
+  inner, outer = tmp_path / "data" / "images" / "a.png", tmp_path / "elsewhere.png"
+  inner.parent.mkdir(parents=True)
+  for image in (inner, outer):
+    write_random_image(str(image), 0)
+  record = {"caption": "c", "hard_negatives": [], "hard_positives": []}
+  relative = records_lib.relative_to(str(tmp_path / "data"),
+                                 {**record, "image": str(inner), "negative_images": [str(inner)]})
+  assert relative["image"] == relative["negative_images"][0] == os.path.join("images", "a.png")
+  assert records_lib.relative_to(str(tmp_path / "data"), {**record, "image": str(outer)})["image"] \
+      == str(outer)
+  path = tmp_path / "data" / "train.jsonl"
+  train_builders.write_jsonl([{**record, "image": str(inner)}], str(path))
+  assert records_lib.read_jsonl(str(path))[0]["image"] == str(inner)
+  train_builders.write_jsonl([{**record, "image": str(outer)}], str(tmp_path / "data" / "o.jsonl"))
+  with pytest.raises(ValueError, match="outside"):
+    records_lib.read_jsonl(str(tmp_path / "data" / "o.jsonl"))
+

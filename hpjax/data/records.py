@@ -67,6 +67,18 @@ def inside(root: str, path: str, where: str, allow_outside: bool = False) -> str
   return os.path.join(root, path)
 
 
+def relative_to(folder: str, record: dict) -> dict:
+  """`record` as a JSONL in `folder` holds it: its image paths relative to the folder where they
+  are under it (else absolute, which reading then has to allow: `inside`)."""
+  def path(image: str) -> str:
+    relative = os.path.relpath(os.path.abspath(image), folder)
+    return os.path.abspath(image) if leaves_root(relative) else relative
+  out = {**record, "image": path(record["image"])}
+  if NEGATIVE_IMAGES in record:
+    out[NEGATIVE_IMAGES] = [path(p) for p in record[NEGATIVE_IMAGES]]
+  return out
+
+
 def read_jsonl(path: str, allow_outside: bool = False) -> list[dict]:
   """All records of a training JSONL, image paths made absolute; paths leave the JSONL's
   folder only with `allow_outside` (`inside`)."""

@@ -215,14 +215,12 @@ def _write(records: Iterable[dict], path: str, skip_bad_images: bool, open_write
 def write_jsonl(records: Iterable[dict], path: str, *, skip_bad_images: bool = False
                 ) -> dict[str, int]:
   """Writes records as a training JSONL (each image checked to decode), image paths relative
-  to its folder where they are under it (else as given, which reading it then has to allow:
-  `records.inside`); returns {'written', 'skipped'}."""
+  to its folder where they are under it (`records.relative_to`); returns {'written',
+  'skipped'}."""
   folder = os.path.dirname(os.path.abspath(path))
 
   def line(record) -> str:
-    relative = os.path.relpath(os.path.abspath(record["image"]), folder)
-    image = record["image"] if records_lib.leaves_root(relative) else relative
-    return json.dumps({**record, "image": image}, ensure_ascii=False) + "\n"
+    return json.dumps(records_lib.relative_to(folder, record), ensure_ascii=False) + "\n"
 
   return _write(records, path, skip_bad_images, lambda tmp: open(tmp, "w", encoding="utf-8"),
                 lambda f, record, _: f.write(line(record)))

@@ -166,6 +166,7 @@ def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
   chosen = set(random.Random(config.generate.seed).sample(range(total),
                                                           min(config.output.samples, total)))
   samples = []
+  outside = [0]  # train.jsonl's images outside the workdir (absolute paths)
   jsonl = None
   if "jsonl" in config.output.formats:
     jsonl = "train.jsonl" if with_images else "hard_texts.jsonl"
@@ -178,7 +179,9 @@ def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
       if "array_record" in config.output.formats and not os.path.exists(path):
         train_builders.write_array_record(used, path, skip_bad_images=config.input.skip_bad)
       for r in used if out else ():
-        row = r if with_images else {k: v for k, v in r.items() if k != "image"}
+        row = (records_lib.relative_to(workdir, r) if with_images
+               else {k: v for k, v in r.items() if k != "image"})
+        outside[0] += with_images and os.path.isabs(row["image"])
         out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
       samples.extend(r for r in found if r["index"] in chosen)
       yield from found
@@ -190,11 +193,16 @@ def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
   report.write_samples(os.path.join(workdir, "samples.html"), samples, total)
   for line in report.lines(summary):
     logging.info("%s", line)
+  if outside[0]:
+    logging.info("%s names %d images outside %s by absolute path: train on it with "
+                 "data.allow_paths_outside_root=True, or on the array_record output (images "
+                 "embedded)", jsonl, outside[0], workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   _check_config(config)
-  captions = sources.read(config.input.path, config.input.format, config.input.image_root)
+  captions = sources.read(config.input.path, config.input.format, config.input.image_root,
+                          config.input.allow_paths_outside_root)
   if not captions:
     raise ValueError(f"{config.input.path}: no captions")
   skips = _checked(captions, config.input.max_words, config.input.skip_bad)

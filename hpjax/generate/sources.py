@@ -17,6 +17,7 @@ import os
 import re
 import sys
 
+from hpjax.data import records
 from hpjax.data.train_builders import NEGCLIP_COLUMNS
 
 FORMATS = {".json": "coco", ".jsonl": "jsonl", ".tsv": "negclip_tsv", ".txt": "text"}
@@ -30,12 +31,17 @@ class Caption:
   text: str
 
 
+def _image(image_root: str, path: str, where: str, allow_outside: bool) -> str:
+  """The input's image path under `image_root` (`records.inside`); "" where it names none."""
+  return records.inside(image_root, path, where, allow_outside) if path else ""
+
+
 def _read(path: str) -> str:
   with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
     return f.read()
 
 
-def _coco(path: str, image_root: str) -> list[Caption]:
+def _coco(path: str, image_root: str, allow_outside: bool) -> list[Caption]:
   try:
     coco = json.loads(_read(path))
     file_of = {image["id"]: image["file_name"] for image in coco["images"]}
@@ -48,12 +54,12 @@ def _coco(path: str, image_root: str) -> list[Caption]:
     where = f"{path}: annotation {i} (id {annotation.get('id')})"
     if annotation.get("image_id") not in file_of:
       raise ValueError(f"{where}: image_id {annotation.get('image_id')!r} is not in images[]")
-    captions.append(Caption(where, os.path.join(image_root, file_of[annotation["image_id"]]),
-                            annotation.get("caption", "")))
+    captions.append(Caption(where, _image(image_root, file_of[annotation["image_id"]], where,
+                                          allow_outside), annotation.get("caption", "")))
   return captions
 
 
-def _jsonl(path: str, image_root: str) -> list[Caption]:
+def _jsonl(path: str, image_root: str, allow_outside: bool) -> list[Caption]:
   captions = []
   for number, line in enumerate(_read(path).splitlines(), 1):
     if not line.strip():
@@ -65,39 +71,43 @@ def _jsonl(path: str, image_root: str) -> list[Caption]:
       raise ValueError(f"{where}: not valid JSON ({e})") from e
     if not isinstance(record, dict) or not isinstance(record.get("caption"), str):
       raise ValueError(f"{where}: expected an object with a 'caption' string")
-    image = record.get("image", "")
-    captions.append(Caption(where, os.path.join(image_root, image) if image else "",
-                            record["caption"]))
+    captions.append(Caption(where, _image(image_root, record.get("image", ""), where,
+                                          allow_outside), record["caption"]))
   return captions
 
 
-def _negclip_tsv(path: str, image_root: str) -> list[Caption]:
+def _negclip_tsv(path: str, image_root: str, allow_outside: bool) -> list[Caption]:
   csv.field_size_limit(sys.maxsize)
   reader = csv.DictReader(io.StringIO(_read(path)), delimiter="\t")
   missing = set(NEGCLIP_COLUMNS[:2]) - set(reader.fieldnames or ())
   if missing:
     raise ValueError(f"{path}: missing column(s) {sorted(missing)}; header is {reader.fieldnames}")
-  return [Caption(f"{path}: row {n} (line {reader.line_num})",
-                  os.path.join(image_root, row["filepath"]), row["title"] or "")
-          for n, row in enumerate(reader, 1)]
+  captions = []
+  for n, row in enumerate(reader, 1):
+    where = f"{path}: row {n} (line {reader.line_num})"
+    captions.append(Caption(where, _image(image_root, row["filepath"], where, allow_outside),
+                            row["title"] or ""))
+  return captions
 
 
-def _text(path: str, image_root: str) -> list[Caption]:
+def _text(path: str, image_root: str, allow_outside: bool) -> list[Caption]:
   """One caption a line, or `image<TAB>caption`."""
   captions = []
   for number, line in enumerate(_read(path).splitlines(), 1):
     image, tab, text = line.partition("\t")
     image, text = (image, text) if tab else ("", image)
-    captions.append(Caption(f"{path}:{number}", os.path.join(image_root, image) if image else "",
-                            text))
+    where = f"{path}:{number}"
+    captions.append(Caption(where, _image(image_root, image, where, allow_outside), text))
   return captions
 
 
 READERS = {"coco": _coco, "jsonl": _jsonl, "negclip_tsv": _negclip_tsv, "text": _text}
 
 
-def read(path: str, input_format: str = "auto", image_root: str = "") -> list[Caption]:
-  """All captions of `path`, in file order."""
+def read(path: str, input_format: str = "auto", image_root: str = "",
+         allow_outside: bool = False) -> list[Caption]:
+  """All captions of `path`, in file order; image paths stay under `image_root` unless
+  `allow_outside`."""
   if input_format == "auto":
     input_format = FORMATS.get(os.path.splitext(path)[1].lower())
     if input_format is None:
@@ -106,7 +116,7 @@ def read(path: str, input_format: str = "auto", image_root: str = "") -> list[Ca
   if input_format not in READERS:
     raise ValueError(f"input.format is {input_format!r}; expected 'auto' or one of "
                      f"{sorted(READERS)}")
-  return READERS[input_format](path, image_root)
+  return READERS[input_format](path, image_root, allow_outside)
 
 
 def check(caption: Caption, max_words: int) -> str | None:
