@@ -22,11 +22,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO]  # `configs` and `hpjax` from this checkout
 
 from configs import common
 from hpjax import checkpoints, errors

@@ -13,10 +13,15 @@ steps at --time_batch, with accum_freq 1 and --time_accum_freq, taken in turns.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 import jax
 from absl import app, flags, logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO]  # `configs` and `hpjax` from this checkout
 
 from configs import common
 from hpjax.train import benchmark_step

@@ -26,8 +26,11 @@ import time
 
 from absl import app, flags
 
-from hpjax import errors
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO]  # `configs` and `hpjax` from this checkout
+
 from configs import generate as generate_config
+from hpjax import errors
 from hpjax.generate import rules, sources, tagger as tagger_lib
 
 _CAPTIONS = flags.DEFINE_string("captions", None, "captions file (COCO .json, .jsonl, .tsv, .txt)")

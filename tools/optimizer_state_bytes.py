@@ -8,9 +8,14 @@ allocated, so any model size runs on a laptop. Prints a markdown table.
 """
 
 import argparse
+import os
+import sys
 
 import jax
 import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO]  # `configs` and `hpjax` from this checkout
 
 from configs import common
 from hpjax.models.clip import CLIP, param_shapes
