@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -67,6 +67,19 @@ def inside(root: str, path: str, where: str, allow_outside: bool = False) -> str
   return os.path.join(root, path)
 
 
+def json_lines(path: str, lines: Iterable[str]) -> Iterator[tuple[str, object]]:
+  """(where, value) of each non-blank line of a JSON-lines file, `where` = 'path:line'; a line
+  that is not JSON is an error naming it."""
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    where = f"{path}:{number}"
+    try:
+      yield where, json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{where}: not valid JSON ({e})") from e
+
+
 def relative_to(folder: str, record: dict) -> dict:
   """`record` as a JSONL in `folder` holds it: its image paths relative to the folder where they
   are under it (else absolute, which reading then has to allow: `inside`)."""
@@ -85,14 +98,7 @@ def read_jsonl(path: str, allow_outside: bool = False) -> list[dict]:
   root = os.path.dirname(os.path.abspath(path))
   records = []
   with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_number}"
-      try:
-        raw = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from e
+    for where, raw in json_lines(path, f):
       record = validate_record(raw, where)
       if not isinstance(record["image"], str) or not record["image"]:
         raise ValueError(f"{where}: 'image' must be a path string, got {record['image']!r}")

@@ -61,14 +61,7 @@ def _coco(path: str, image_root: str, allow_outside: bool) -> list[Caption]:
 
 def _jsonl(path: str, image_root: str, allow_outside: bool) -> list[Caption]:
   captions = []
-  for number, line in enumerate(_read(path).splitlines(), 1):
-    if not line.strip():
-      continue
-    where = f"{path}:{number}"
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{where}: not valid JSON ({e})") from e
+  for where, record in records.json_lines(path, _read(path).splitlines()):
     if not isinstance(record, dict) or not isinstance(record.get("caption"), str):
       raise ValueError(f"{where}: expected an object with a 'caption' string")
     captions.append(Caption(where, _image(image_root, record.get("image", ""), where,
