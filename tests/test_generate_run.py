@@ -234,4 +234,7 @@ def test_input_image_paths_stay_under_the_image_root_unless_allowed(tmp_path):
     sources.read(str(path), image_root=str(tmp_path / "images"))
   allowed = sources.read(str(path), image_root=str(tmp_path / "images"), allow_outside=True)
   assert allowed[0].image == str(tmp_path / "images" / "../secret.jpg")
+  path.write_text("\n{not json\n")
+  with pytest.raises(ValueError, match=rf"{path}:2: not valid JSON"):
+    sources.read(str(path))
 
