@@ -112,3 +112,57 @@ def test_training_evaluates_zeroshot_and_retrieval_and_keeps_best_by_a_combinati
   config.checkpoint.best_metric = "toy/top1+nope/x"
   with pytest.raises(KeyError, match=r"\['nope/x'\] are not among the evaluation's figures"):
     trainer.run(config, str(tmp_path / "again"))
+
+
+def _only_config(root, checkpoints, **fields):
+  args = "".join(f",{k}={v}" for k, v in fields.items())
+  return eval_hp.get_config(f"model=hpjax-tiny,checkpoints={'+'.join(checkpoints)},batch_size=8,"
+                            f"baseline=tiny_seed0.pt{args}")
+
+
+def _spectrum_rows(path):
+  """label -> cells of spectrum.md's table, and its header."""
+  lines = open(path).read().splitlines()
+  cells = lambda line: [c.strip() for c in line.strip("|").split("|")]
+  return cells(lines[0]), {cells(l)[0]: cells(l)[1:] for l in lines[2:] if l.startswith("|")}
+
+
+@pytest.mark.parametrize("what", ["zeroshot", "retrieval"])
+def test_a_run_with_only_zeroshot_or_only_retrieval(spectrum_fixture, tmp_path, what):
+  root, checkpoints = spectrum_fixture
+  if what == "zeroshot":
+    fields = {"zeroshot.images": f"{root}/classes", "zeroshot.classes": f"{root}/classes.json",
+              "zeroshot.name": "toy"}
+    columns = ["toy/top1"]
+  else:
+    fields = {"retrieval.annotations": f"{root}/dataset_coco.json",
+              "retrieval.image_root": f"{root}/coco", "retrieval.name": "coco"}
+    columns = ["coco/image_to_text_R@1", "coco/text_to_image_R@1"]
+  for stale in ("gallery.html", "ordering.png", "tradeoff.png"):  # an earlier run's reports
+    (tmp_path / stale).write_text("old")
+  out = runner.run(_only_config(root, checkpoints, **fields), str(tmp_path))
+  a, b = out["tiny_seed0.pt"], out["tiny_seed1.pt"]
+  prefix = columns[0].split("/")[0]
+  assert {k.split("/")[0] for k in a} == {prefix}  # no compositional or timing figure
+  if what == "zeroshot":
+    assert a["toy/n"] == 9 and 0 <= a["toy/top1"] <= a["toy/top5"] == 100.0
+  else:
+    assert a["coco/images"] == 4 and a["coco/captions"] == 20
+  header, rows = _spectrum_rows(tmp_path / "spectrum.md")
+  assert header == ["model"] + columns
+  assert rows["tiny_seed0.pt (baseline)"] == [f"{a[k]:.1f}" for k in columns]
+  assert rows["tiny_seed1.pt"] == [f"{b[k]:.1f} ({b[k] - a[k]:+.1f})" for k in columns]
+  with open(tmp_path / "results.json") as f:
+    saved = {m["label"]: m["metrics"] for m in json.load(f)["models"]}
+  assert saved == {label: pytest.approx(figures) for label, figures in out.items()}
+  table = open(tmp_path / "results.md").read()
+  assert "REPLACE orig" not in table and f"| tiny_seed1.pt | {prefix} |" in table
+  assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md", "spectrum.md"]
+
+
+def test_a_run_with_nothing_to_evaluate_is_one_error(spectrum_fixture, tmp_path):
+  _, checkpoints = spectrum_fixture
+  with pytest.raises(ValueError, match="nothing to evaluate: set suite_root .REPLACE/SWAP., an "
+                     "extra.. folder or file list, zeroshot.images or retrieval.annotations"):
+    runner.run(_only_config(None, checkpoints), str(tmp_path))
+  assert not os.listdir(tmp_path)

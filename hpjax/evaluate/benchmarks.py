@@ -347,10 +347,11 @@ def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swa
   return suites
 
 
-def load_config(config) -> dict[str, suites_lib.Suite]:
+def load_config(config, required: bool = True) -> dict[str, suites_lib.Suite]:
   """Every suite an eval config (configs/eval_hp.py) names: REPLACE/SWAP from `suite_root` and
   `suites`, and each other benchmark whose folder (`extra.<name>_root`) or file list
-  (`extra.<name>_files`) is set."""
+  (`extra.<name>_files`) is set. None is an error when `required` (a run with zero-shot or
+  retrieval figures needs no suite)."""
   suites: dict[str, suites_lib.Suite] = {}
   if config.suite_root:
     add_suites(suites, load_hard_positive(
@@ -368,9 +369,9 @@ def load_config(config) -> dict[str, suites_lib.Suite]:
       add_suites(suites, load(benchmark, root, files,
                               config_fields.get(config, benchmark.image_field) or None,
                               config.allow_paths_outside_root))
-  if not suites:
-    raise ValueError("no suites to evaluate: set suite_root (REPLACE/SWAP) or an extra.* folder "
-                     "or file list")
+  if required and not suites:
+    raise ValueError("nothing to evaluate: set suite_root (REPLACE/SWAP), an extra.* folder or "
+                     "file list, zeroshot.images or retrieval.annotations")
   return suites
 
 

@@ -27,6 +27,7 @@ import shutil
 import time
 from typing import Sequence
 
+from absl import logging
 import matplotlib
 
 matplotlib.use("Agg")
@@ -112,16 +113,19 @@ def markdown_table(results: Sequence[ModelResult]) -> str:
   """Table 1 (REPLACE as the mean of its files; the study's order; the paper's figures in
   brackets) and then every suite's figures with N."""
   results = table1_order(results)
-  lines = ["| model | mode | " + " | ".join(h for *_, h in TABLE1_COLUMNS) + " |",
-           "| --- | --- |" + " --- |" * len(TABLE1_COLUMNS)]
-  for r in results:
-    cells = [_cell(r, f"{p}/{f}") for p, f, _ in TABLE1_COLUMNS]
-    lines.append(f"| {r.label} | {r.parity} | " + " | ".join(cells) + " |")
-  if any(r.registry in zoo.PAPER_FIGURES for r in results):
-    lines += ["", f"Paper figures: {PAPER}; taken from summaries of it (secondary, may be off "
-              "by rounding). Mode: hpjax.zoo parity mode (paper = as the authors' code scored "
-              "it)."]
-  lines += ["", "| model | suite | N | figures |", "| --- | --- | --- | --- |"]
+  lines = []
+  if any(f"{p}/{f}" in r.metrics for r in results for p, f, _ in TABLE1_COLUMNS):
+    lines += ["| model | mode | " + " | ".join(h for *_, h in TABLE1_COLUMNS) + " |",
+              "| --- | --- |" + " --- |" * len(TABLE1_COLUMNS)]
+    for r in results:
+      cells = [_cell(r, f"{p}/{f}") for p, f, _ in TABLE1_COLUMNS]
+      lines.append(f"| {r.label} | {r.parity} | " + " | ".join(cells) + " |")
+    if any(r.registry in zoo.PAPER_FIGURES for r in results):
+      lines += ["", f"Paper figures: {PAPER}; taken from summaries of it (secondary, may be off "
+                "by rounding). Mode: hpjax.zoo parity mode (paper = as the authors' code scored "
+                "it)."]
+    lines.append("")
+  lines += ["| model | suite | N | figures |", "| --- | --- | --- | --- |"]
   for r in results:
     suites = sorted({k.split("/")[0] for k in r.metrics if not k.startswith("eval/")})
     for suite in suites:
@@ -289,20 +293,37 @@ def remove_partial(directory: str) -> list[str]:
   return removed
 
 
+def remove_stale(path: str, why: str) -> None:
+  """A report that does not apply to this run: an earlier run's copy is removed, not left to
+  disagree with the files beside it; the log says why it is missing."""
+  if os.path.exists(path):
+    os.remove(path)
+    logging.info("removed %s of an earlier run", path)
+  logging.info("no %s: %s", os.path.basename(path), why)
+
+
 def write_reports(directory: str, results: Sequence[ModelResult], image_root: str | None,
                   gallery_size: int = 12, decode_passes: Sequence[dict] = ()) -> dict[str, str]:
   """Every report file (see the module docstring); returns name -> path of what was written.
   The gallery comes first (it reads the images, the step most likely to fail), the progress
-  files of `write_model_reports(partial=True)` go last."""
+  files of `write_model_reports(partial=True)` go last. A run without compositional suites
+  (zero-shot / retrieval only) has no gallery and no ordering plot."""
   os.makedirs(directory, exist_ok=True)
   gallery = os.path.join(directory, "gallery.html")
   ordered = table1_order(results)
-  write_gallery(gallery + ".tmp", ordered, image_root, gallery_size)
+  has_records = any(r.suite_scores for r in results)
+  if has_records:
+    write_gallery(gallery + ".tmp", ordered, image_root, gallery_size)
   written = write_model_reports(directory, results, decode_passes=decode_passes)
-  os.replace(gallery + ".tmp", gallery)
-  written["gallery.html"] = gallery
+  if has_records:
+    os.replace(gallery + ".tmp", gallery)
+    written["gallery.html"] = gallery
+  else:
+    remove_stale(gallery, "no compositional suite was scored")
   if plot_ordering(os.path.join(directory, "ordering.png"), ordered):
     written["ordering.png"] = os.path.join(directory, "ordering.png")
+  else:
+    remove_stale(os.path.join(directory, "ordering.png"), "no hard-positive suite was scored")
   remove_partial(directory)
   return written
 
@@ -340,7 +361,7 @@ def spectrum_table(results: Sequence[ModelResult], compositional: Sequence[str],
   base = by_label.get(baseline) if baseline else None
   value = lambda r, k: (compositional_score(r, comp) if k == "compositional"
                         else r.metrics.get(k, float("nan")))
-  keys = comp + ["compositional"] + zs + ret
+  keys = comp + (["compositional"] if comp else []) + zs + ret
   lines = ["| model | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
   for r in table1_order(results):
     cells = []
@@ -350,8 +371,8 @@ def spectrum_table(results: Sequence[ModelResult], compositional: Sequence[str],
         cell += f" ({value(r, k) - value(base, k):+.1f})"
       cells.append(cell)
     lines.append(f"| {r.label}{' (baseline)' if r is base else ''} | " + " | ".join(cells) + " |")
-  lines += ["", "compositional: the mean of the compositional columns; brackets: the difference "
-            "to the baseline row (percentage points)."]
+  lines += ["", ("compositional: the mean of the compositional columns; " if comp else "")
+            + "brackets: the difference to the baseline row (percentage points)."]
   return "\n".join(lines) + "\n"
 
 
@@ -396,6 +417,9 @@ def write_spectrum(directory: str, results: Sequence[ModelResult], compositional
     f.write(spectrum_table(results, compositional, baseline))
   os.replace(written["spectrum.md"] + ".tmp", written["spectrum.md"])
   zs = spectrum_columns(results, compositional)[1]
-  if zs and plot_tradeoff(os.path.join(directory, "tradeoff.png"), results, compositional, zs[0]):
-    written["tradeoff.png"] = os.path.join(directory, "tradeoff.png")
+  plot = os.path.join(directory, "tradeoff.png")
+  if zs and plot_tradeoff(plot, results, compositional, zs[0]):
+    written["tradeoff.png"] = plot
+  else:
+    remove_stale(plot, "no model has both a compositional score and a zero-shot top-1")
   return written

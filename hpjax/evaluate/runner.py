@@ -290,9 +290,17 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   dist = config.distributed
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
-  suites = benchmarks.load_config(config)
-  logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
+  wants_spectrum = bool(config.zeroshot.images or config.retrieval.annotations)
+  suites = benchmarks.load_config(config, required=not wants_spectrum)
+  if suites:
+    logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
+  else:
+    logging.info("no compositional suite named: zero-shot / retrieval only (no gallery, "
+                 "ordering plot or trade-off plot)")
   specs = model_specs(config, plugins)
+  if not suites and any(s.plugin for s in specs):
+    raise ValueError(f"plug-in models {[s.label for s in specs if s.plugin]} score compositional "
+                     "suites only, and the config names none (suite_root or an extra.* field)")
   if config.baseline and config.baseline not in [s.label for s in specs]:
     raise ValueError(f"config.baseline {config.baseline!r} is not a model of the run; models: "
                      f"{[s.label for s in specs]}")
@@ -308,29 +316,21 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
     built = [(spec, *((None, None) if spec.plugin else build(spec, config.seed)))
              for spec in group]
     scorers = [(_scorer(spec, model, config), params) for spec, model, params in built]
-    evaluator = hard_positive.HardPositiveEvaluator(
-        None, suites, config.image_root or None, scorer=scorers[0][0],
-        allow_empty_suites=config.allow_empty_suites)
-    evaluator.check_scorable()
-    if group[0].plugin is not None:
-      scored = [scorers[0][0].score(None, evaluator.records, evaluator.wants_text_sims)]
-    else:
-      scored = scorer_lib.score_models(scorers, evaluator.records, evaluator.wants_text_sims)
+    entries = _score_suites(suites, scorers, group, config) if suites else [
+        reports.ModelResult(spec.label, spec.architecture, spec.checkpoint,
+                            reports.checkpoint_digest(spec.checkpoint), {}, {}, {})
+        for spec in group]
+    # The suites' decode pass; zero-shot and retrieval decode their own images.
     passes.append({"models": [s.label for s in group], "preprocess": list(group[0].preprocess_key),
-                   "images_decoded": scored[0].stats["images_decoded"]})
+                   "images_decoded": entries[0].stats.get("images_decoded", 0)})
     # Zero-shot and retrieval need a model's own encoders (not a plug-in's scores).
-    extra_figures = [{} for _ in group]
     for extra in spectrum if group[0].plugin is None else []:
-      for figures, more in zip(extra_figures, extra.run_models(scorers)):
-        figures.update(more)
-    for (spec, _, _), result, more in zip(built, scored, extra_figures):
-      figures = evaluator.figures(result)
-      figures.update(more)
+      for entry, more in zip(entries, extra.run_models(scorers)):
+        entry.metrics.update(more)
+    for spec, entry in zip(group, entries):
       logging.info("%s (%s): %s", spec.label, spec.parity,
-                   {k: round(v, 2) for k, v in figures.items()
+                   {k: round(v, 2) for k, v in entry.metrics.items()
                     if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})
-      entry = evaluator.last_result(spec.label, spec.architecture or "plug-in", spec.checkpoint,
-                                    "plug-in" if spec.plugin else None)
       entry.parity, entry.settings = spec.parity, dataclasses.asdict(spec.settings)
       entry.registry = spec.entry.name if spec.entry else None
       entry.ignored_keys = ignored.get(spec.label, [])
@@ -348,3 +348,21 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
                                             config.baseline or None))
     logging.info("reports: %s", sorted(written.values()))
   return {r.label: r.metrics for r in results}
+
+
+def _score_suites(suites, scorers, group: list[ModelSpec], config) -> list[reports.ModelResult]:
+  """The compositional suites scored by every model of a decode pass, one report entry each."""
+  evaluator = hard_positive.HardPositiveEvaluator(
+      None, suites, config.image_root or None, scorer=scorers[0][0],
+      allow_empty_suites=config.allow_empty_suites)
+  evaluator.check_scorable()
+  if group[0].plugin is not None:
+    scored = [scorers[0][0].score(None, evaluator.records, evaluator.wants_text_sims)]
+  else:
+    scored = scorer_lib.score_models(scorers, evaluator.records, evaluator.wants_text_sims)
+  entries = []
+  for spec, result in zip(group, scored):
+    evaluator.figures(result)
+    entries.append(evaluator.last_result(spec.label, spec.architecture or "plug-in",
+                                         spec.checkpoint, "plug-in" if spec.plugin else None))
+  return entries
