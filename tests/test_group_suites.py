@@ -1,7 +1,8 @@
 """Image-group suites (Winoground, What'sUp, VALSE, COLA multi-object, ImageCoDe, BiVLC): each
 metric against a direct reimplementation of its benchmark's official definition, the loaders on
-the real files (VALSE, COLA ship theirs; tests/data holds them with their MIT licences) or on
-fixtures in the published format, and the group scorer against a per-record OpenCLIP loop."""
+the real files (VALSE, COLA, ImageCoDe ship theirs; tests/data holds them with their MIT
+licences) or on fixtures in the published format, and the group scorer against a per-record
+OpenCLIP loop."""
 
 import io
 import json
@@ -181,6 +182,26 @@ def test_imagecode_orders_images_by_number_and_scores_ragged_sets(tmp_path):
   assert got["accuracy"] == pytest.approx(100 * np.mean(hits))
   assert got["accuracy_static"] == 100 * hits[2]
   assert got["accuracy_video"] == pytest.approx(100 * np.mean([hits[0], hits[1], hits[3]]))
+
+
+def test_imagecode_on_the_real_validation_file(tmp_path):
+  """McGill-NLP/imagecode's data/valid_data.json, whole; every set's folder holds ImageCoDe's
+  10 frames img0.jpg ... img9.jpg (empty files: the loader lists them, it does not decode)."""
+  raw = json.loads((DATA / "imagecode" / "valid_data.json").read_text())
+  for name in raw:
+    os.makedirs(tmp_path / name)
+    for n in range(10):
+      (tmp_path / name / f"img{n}.jpg").write_bytes(b"")
+  suite = benchmarks.load("imagecode", str(DATA / "imagecode"),
+                          image_dir=str(tmp_path))["imagecode.valid"]
+  described = [(name, key, text) for name, texts in raw.items() for key, text in texts.items()]
+  assert len(suite.groups) == len(described) == 2302  # descriptions of the file's 1039 sets
+  for group, (name, key, text) in zip(suite.groups, described):  # every index within its set
+    assert group.index == f"{name}/{key}" and group.captions == (text.strip(),)
+    assert group.matches == ((int(key), 0),)
+    assert group.images == tuple(str(tmp_path / name / f"img{n}.jpg") for n in range(10))
+  static = sum(name.startswith("open-images") for name, _, _ in described)
+  assert sum(dict(g.tags)["source"] == "static" for g in suite.groups) == static
 
 
 def test_imagecode_index_past_the_set_is_an_error_naming_file_and_record(tmp_path):

@@ -4,8 +4,15 @@ Each set is its images and every caption with the index of its image (5 per imag
 splits). Read from
 * Karpathy's split files (`dataset_coco.json`, `dataset_flickr30k.json`): `{"images": [{
   "filepath"?, "filename", "split", "sentences": [{"raw"}]}]}`; the `test` split (or `split`);
-* CLIP_benchmark's annotation files (`coco_test_karpathy.json`, `flickr30k_test_karpathy.json`
-  from LAVIS): a list of `{"image": path, "caption": [str, ...]}`;
+* CLIP_benchmark's annotation files (built by mehdidc/retrieval_annotations@12638bf's
+  scripts, read by LAION-AI/CLIP_benchmark@48de38c's datasets/builder.py):
+  `coco_{split}_karpathy.json` in the COCO captions format (`{"images": [{"id", "file_name"}],
+  "annotations": [{"image_id", "caption"}]}`, file names below val2014/), and
+  `flickr30k_{split}_karpathy.txt` / `flickr8k_...`, a CSV with an `image,caption` header and
+  one line per caption (quoted as pandas writes it: CLIP_benchmark splits at '.jpg,' and keeps
+  a quoted caption's quotes, this reader does not);
+* LAVIS/BLIP's `coco_karpathy_test.json`, `flickr30k_test.json`: a list of
+  `{"image": path, "caption": [str, ...]}`;
 * the indexed form `{"images": [path, ...], "captions": [[image_index, text], ...]}`;
 * TFDS `coco_captions` (`tfds:coco_captions/2014:test`, Karpathy's test split), without
   TensorFlow.
@@ -14,6 +21,7 @@ Relative image paths resolve against `image_root`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -85,6 +93,39 @@ def _annotation_list(data: list, path: str, image_root: str | None) -> CaptionSe
   return _from_lists(images, caption_lists, path)
 
 
+def _coco(data: dict, path: str, image_root: str | None) -> CaptionSet:
+  """The COCO captions format: images in the file's order, each with its annotations'."""
+  try:
+    images = {entry["id"]: entry["file_name"] for entry in data["images"]}
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{path}: every image needs 'id' and 'file_name' ({e!r} missing)") from e
+  caption_lists = {image_id: [] for image_id in images}
+  for j, ann in enumerate(data["annotations"]):
+    if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str):
+      raise ValueError(f"{path} annotation {j}: expected {{\"image_id\", \"caption\": str}}")
+    if ann.get("image_id") not in caption_lists:
+      raise ValueError(f"{path} annotation {j}: names image_id {ann.get('image_id')!r}, which "
+                       "is not among the file's images")
+    caption_lists[ann["image_id"]].append(ann["caption"])
+  bare = [i for i, cs in caption_lists.items() if not cs]
+  if bare:
+    raise ValueError(f"{path} image id {bare[0]}: no caption ({len(bare)} such images)")
+  return _from_lists([_resolve(image_root, n) for n in images.values()],
+                     list(caption_lists.values()), path)
+
+
+def load_caption_csv(path: str, image_root: str | None = None) -> CaptionSet:
+  """CLIP_benchmark's Flickr annotation file: an `image,caption` CSV, one line per caption;
+  images in first-seen order."""
+  caption_lists = collections.defaultdict(list)
+  for where, row in classification.csv_rows(path, ("image", "caption")):
+    if not row["image"] or not row["caption"]:
+      raise ValueError(f"{path} {where}: an empty image or caption")
+    caption_lists[row["image"]].append(row["caption"])
+  return _from_lists([_resolve(image_root, n) for n in caption_lists],
+                     list(caption_lists.values()), path)
+
+
 def _indexed(data: dict, path: str, image_root: str | None) -> CaptionSet:
   captions, owner = [], []
   for j, pair in enumerate(data["captions"]):
@@ -110,9 +151,11 @@ def load_caption_file(path: str, image_root: str | None = None, split: str = "te
   if isinstance(data, dict) and isinstance(data.get("images"), list):
     if "captions" in data:
       return _indexed(data, path, image_root)
+    if isinstance(data.get("annotations"), list):
+      return _coco(data, path, image_root)
     return _karpathy(data, path, image_root, split)
-  raise ValueError(f"{path}: neither a Karpathy split file, a CLIP_benchmark annotation list "
-                   "nor the indexed form (see hpjax.data.captions)")
+  raise ValueError(f"{path}: neither a Karpathy split file, a COCO captions file, a LAVIS "
+                   "annotation list nor the indexed form (see hpjax.data.captions)")
 
 
 def load_tfds_captions(spec: str, data_dir: str | None = None) -> CaptionSet:
@@ -127,7 +170,10 @@ def load_tfds_captions(spec: str, data_dir: str | None = None) -> CaptionSet:
 
 def load_caption_set(spec: str, image_root: str | None = None, split: str = "test",
                      tfds_data_dir: str | None = None) -> CaptionSet:
-  """A JSON file (see `load_caption_file`) or `tfds:coco_captions/2014[:split]`."""
+  """A JSON file (see `load_caption_file`), a CSV (.txt or .csv, `load_caption_csv`) or
+  `tfds:coco_captions/2014[:split]`."""
   if spec.startswith(classification.TFDS_PREFIX):
     return load_tfds_captions(spec, tfds_data_dir)
+  if spec.endswith((".txt", ".csv")):
+    return load_caption_csv(spec, image_root)
   return load_caption_file(spec, image_root, split)

@@ -107,18 +107,26 @@ def load_image_folder(root: str, num_classes: int, skip_empty_classes: bool = Fa
   return LabelledImages(tuple(images), np.array(labels, np.int64), root, len(empty))
 
 
+def csv_rows(path: str, columns: tuple[str, ...]) -> list[tuple[str, dict]]:
+  """('line N', row) of a CSV file with a header naming at least `columns` (quoted fields as
+  the csv module and pandas' `to_csv` write them)."""
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    if not set(columns) <= set(reader.fieldnames or ()):
+      raise ValueError(f"{path}: the CSV header must name the columns {list(columns)} (it names "
+                       f"{reader.fieldnames})")
+    return [(f"line {reader.line_num}", row) for row in reader]
+
+
 def load_labelled_list(path: str, num_classes: int, image_root: str | None = None
                        ) -> LabelledImages:
   """A JSONL (`{"image": path, "label": int}` per line) or CSV (`image,label` header) list;
   relative paths resolve against `image_root`."""
   rows = []
-  with open(path, newline="") as f:
-    if path.endswith(".csv"):
-      reader = csv.DictReader(f)
-      if not {"image", "label"} <= set(reader.fieldnames or ()):
-        raise ValueError(f"{path}: the CSV header must name 'image' and 'label' columns")
-      rows = [(f"line {i + 2}", r["image"], r["label"]) for i, r in enumerate(reader)]
-    else:
+  if path.endswith(".csv"):
+    rows = [(where, r["image"], r["label"]) for where, r in csv_rows(path, ("image", "label"))]
+  else:
+    with open(path) as f:
       for i, line in enumerate(f):
         if line.strip():
           try:
