@@ -161,8 +161,14 @@ def test_a_run_with_only_zeroshot_or_only_retrieval(spectrum_fixture, tmp_path, 
 
 
 def test_a_run_with_nothing_to_evaluate_is_one_error(spectrum_fixture, tmp_path):
-  _, checkpoints = spectrum_fixture
+  root, checkpoints = spectrum_fixture
   with pytest.raises(ValueError, match="nothing to evaluate: set suite_root .REPLACE/SWAP., an "
                      "extra.. folder or file list, zeroshot.images or retrieval.annotations"):
-    runner.run(_only_config(None, checkpoints), str(tmp_path))
+    runner.run(_only_config(root, checkpoints), str(tmp_path))
+  # A plug-in (not a dual encoder) scores suites only: with none it would have no figure.
+  config = _only_config(root, checkpoints, **{"zeroshot.images": f"{root}/classes",
+                                              "zeroshot.classes": f"{root}/classes.json"})
+  with pytest.raises(ValueError, match=r"plug-in models \['itm'\] score compositional suites "
+                     "only, and the config names none"):
+    runner.run(config, str(tmp_path), plugins={"itm": lambda images, captions: None})
   assert not os.listdir(tmp_path)

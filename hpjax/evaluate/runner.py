@@ -295,8 +295,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
   if suites:
     logging.info("suites: %s", {name: len(s) for name, s in suites.items()})
   else:
-    logging.info("no compositional suite named: zero-shot / retrieval only (no gallery, "
-                 "ordering plot or trade-off plot)")
+    logging.info("no compositional suite named: zero-shot / retrieval figures only")
   specs = model_specs(config, plugins)
   if not suites and any(s.plugin for s in specs):
     raise ValueError(f"plug-in models {[s.label for s in specs if s.plugin]} score compositional "
@@ -329,8 +328,7 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
         entry.metrics.update(more)
     for spec, entry in zip(group, entries):
       logging.info("%s (%s): %s", spec.label, spec.parity,
-                   {k: round(v, 2) for k, v in entry.metrics.items()
-                    if k.split("/")[-1] == benchmarks.headline(k.split("/")[0])})
+                   {k: round(v, 2) for k, v in entry.metrics.items() if _is_headline(k)})
       entry.parity, entry.settings = spec.parity, dataclasses.asdict(spec.settings)
       entry.registry = spec.entry.name if spec.entry else None
       entry.ignored_keys = ignored.get(spec.label, [])
@@ -348,6 +346,13 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
                                             config.baseline or None))
     logging.info("reports: %s", sorted(written.values()))
   return {r.label: r.metrics for r in results}
+
+
+def _is_headline(key: str) -> bool:
+  """A figure the log names per model: a suite's official one, zero-shot top-1, retrieval R@1."""
+  prefix, figure = key.split("/")[0], key.split("/")[-1]
+  return figure in (benchmarks.headline(prefix), reports.ZEROSHOT_FIGURE,
+                    *reports.RETRIEVAL_FIGURES)
 
 
 def _score_suites(suites, scorers, group: list[ModelSpec], config) -> list[reports.ModelResult]:
