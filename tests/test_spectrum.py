@@ -153,8 +153,12 @@ def test_a_run_with_only_zeroshot_or_only_retrieval(spectrum_fixture, tmp_path, 
   assert rows["tiny_seed0.pt (baseline)"] == [f"{a[k]:.1f}" for k in columns]
   assert rows["tiny_seed1.pt"] == [f"{b[k]:.1f} ({b[k] - a[k]:+.1f})" for k in columns]
   with open(tmp_path / "results.json") as f:
-    saved = {m["label"]: m["metrics"] for m in json.load(f)["models"]}
+    payload = json.load(f)
+  saved = {m["label"]: m["metrics"] for m in payload["models"]}
   assert saved == {label: pytest.approx(figures) for label, figures in out.items()}
+  # One model pass, no suite decode pass to count.
+  assert payload["decode_passes"] == [{"models": ["tiny_seed0.pt", "tiny_seed1.pt"],
+                                       "preprocess": ["eval", 64]}]
   table = open(tmp_path / "results.md").read()
   assert "REPLACE orig" not in table and f"| tiny_seed1.pt | {prefix} |" in table
   assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md", "spectrum.md"]

@@ -319,9 +319,10 @@ def run(config, workdir: str, plugins: Mapping[str, Callable] | None = None
         reports.ModelResult(spec.label, spec.architecture, spec.checkpoint,
                             reports.checkpoint_digest(spec.checkpoint), {}, {}, {})
         for spec in group]
-    # The suites' decode pass; zero-shot and retrieval decode their own images.
-    passes.append({"models": [s.label for s in group], "preprocess": list(group[0].preprocess_key),
-                   "images_decoded": entries[0].stats.get("images_decoded", 0)})
+    # The suites' decode pass (none without suites); zero-shot and retrieval decode their own.
+    passes.append({"models": [s.label for s in group], "preprocess": list(group[0].preprocess_key)})
+    if suites:
+      passes[-1]["images_decoded"] = entries[0].stats["images_decoded"]
     # Zero-shot and retrieval need a model's own encoders (not a plug-in's scores).
     for extra in spectrum if group[0].plugin is None else []:
       for entry, more in zip(entries, extra.run_models(scorers)):
