@@ -228,7 +228,7 @@ def test_the_routes_differ_only_in_hard_texts_and_edits_replays_the_edit_generat
   combos = [c for c in synthetic_probes.classes() if c not in heldout]
   for i in (0, 1, 100):  # each record is the edit generator's on the image's own stream
     rng = sw.scene_rng(3, "train", i)
-    scene = sw.sample_scene(rng, combos, sw.num_objects(rng, SMALL["three_object_frac"]))
+    scene = sw.sample_scene(rng, combos, sw.object_count(rng, SMALL["three_object_frac"]))
     assert {"image": f"images/train/{i:06d}.png",
             **synthetic.training_record(rng, scene, heldout, 3, 2)} == edits_records[i]
 

@@ -243,7 +243,7 @@ def _write_train(root, params, heldout) -> None:
        open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
     for i in range(params["num_train"]):
       rng = sw.scene_rng(params["seed"], "train", i)
-      scene = sw.sample_scene(rng, combos, sw.num_objects(rng, params["three_object_frac"]))
+      scene = sw.sample_scene(rng, combos, sw.object_count(rng, params["three_object_frac"]))
       image = f"images/train/{i:06d}.png"
       write_png(scene, params["image_size"], os.path.join(root, image))
       records.append({"image": image, **(
@@ -279,7 +279,7 @@ def _write_eval(root, params, heldout) -> None:
     for i in range(params["num_eval"]):
       rng = sw.scene_rng(params["seed"], "eval", i)
       for _ in range(_MAX_TRIES):  # a scene must host a triple of every suite
-        scene = sw.sample_scene(rng, combos, sw.num_objects(rng, params["three_object_frac"]))
+        scene = sw.sample_scene(rng, combos, sw.object_count(rng, params["three_object_frac"]))
         triples = {name: build(rng, scene, plain) for name, build in _TRIPLES.items()}
         if all(triples.values()):
           break

@@ -67,7 +67,7 @@ def write_retrieval(root: str, seed: int, num_images: int, image_size: int, comb
   entries = []
   for i in range(num_images):
     rng = sw.scene_rng(seed, "retrieval", i)
-    scene = sw.sample_scene(rng, combos, sw.num_objects(rng, three_object_frac))
+    scene = sw.sample_scene(rng, combos, sw.object_count(rng, three_object_frac))
     image = f"images/retrieval/{i:06d}.png"
     write_png(scene, image_size, os.path.join(root, image))
     scenes.write(scene.line(image))

@@ -215,7 +215,7 @@ def scene_rng(seed: int, stream: str, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, STREAMS[stream], index])
 
 
-def num_objects(rng: np.random.Generator, three_object_frac: float) -> int:
+def object_count(rng: np.random.Generator, three_object_frac: float) -> int:
   return 3 if rng.random() < three_object_frac else 2
 
 
