@@ -51,11 +51,6 @@ def _rejection(text: str, kind: str, caption: str, scene: sw.Scene, heldout: fro
   return None
 
 
-def _empty_counts() -> dict:
-  return {"kind": None, "captions": 0, "outputs": 0, "written": 0,
-          "rejected": collections.Counter(), "no_output": collections.Counter()}
-
-
 def rule_hard_texts(captions: Sequence[str], scenes: Sequence[sw.Scene], heldout: frozenset,
                     num_negatives: int, num_positives: int, seed: int
                     ) -> tuple[list[dict], dict]:
@@ -70,7 +65,9 @@ def rule_hard_texts(captions: Sequence[str], scenes: Sequence[sw.Scene], heldout
   generator = rules.RuleGenerator(tagger_lib.LexiconTagger(), families,
                                   {kind: len(families) for kind in limits})  # every output
   rngs = [random.Random(f"{seed}:{i}") for i in range(len(captions))]
-  counts = {family: _empty_counts() for family in families}
+  counts = {family: {"kind": rules.FAMILIES[family][0], "captions": len(captions), "outputs": 0,
+                     "written": 0, "rejected": collections.Counter(),
+                     "no_output": collections.Counter()} for family in families}
   records = []
   for caption, scene, rng, outcome in zip(captions, scenes, rngs,
                                           generator.generate(captions, rngs)):
@@ -96,9 +93,8 @@ def rule_hard_texts(captions: Sequence[str], scenes: Sequence[sw.Scene], heldout
       written[kind] = [h.text for h in chosen]
     records.append({"hard_negatives": written[rules.HARD_NEGATIVE],
                     "hard_positives": written[rules.HARD_POSITIVE]})
-  for family, c in counts.items():
-    c.update(kind=rules.FAMILIES[family][0], captions=len(captions),
-             rejected=dict(sorted(c["rejected"].items())),
+  for c in counts.values():
+    c.update(rejected=dict(sorted(c["rejected"].items())),
              no_output=dict(sorted(c["no_output"].items())))
   return records, counts
 
