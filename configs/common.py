@@ -128,7 +128,8 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.data.synthetic_corpus = "finetune"
   c.data.synthetic = ml_collections.ConfigDict(
       {"num_train": 10000, "num_eval": 300, "image_size": 64, "seed": 0,
-       "caption_words": "plain", "web_captions": 3})  # hpjax.data.synthetic.write_world
+       "caption_words": "plain", "web_captions": 3, "num_probe": 240, "num_retrieval": 200,
+       "hard_texts": "rules"})  # hpjax.data.synthetic.write_world
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 5e-4  # finetuning: half the pretraining stage's

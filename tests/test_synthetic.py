@@ -10,16 +10,26 @@ from PIL import Image
 from hpjax.data import suites
 from hpjax.data import synthetic
 from hpjax.data import records as records_lib
+from hpjax.data import synthetic_probes
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import BACKGROUND_RGB, COLOUR_RGB, render
 from hpjax.evaluate import benchmarks
 
-SMALL = dict(num_train=240, num_eval=60, three_object_frac=0.5)
+SMALL = dict(num_train=240, num_eval=60, three_object_frac=0.5, num_probe=24, num_retrieval=8)
+TINY = dict(num_eval=4, num_probe=24, num_retrieval=4)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+  """The default world: hard texts by the rule generators."""
   return synthetic.write_world(str(tmp_path_factory.mktemp("world") / "w"), seed=3, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def edits_world(tmp_path_factory):
+  """The world before the rule route: hard texts by its own edit generator."""
+  return synthetic.write_world(str(tmp_path_factory.mktemp("edits") / "w"), seed=3,
+                               hard_texts="edits", **SMALL)
 
 
 def _jsonl(path):
@@ -88,16 +98,19 @@ def test_parse_round_trips_and_writes_an_before_vowels():
 # ---------------------------------------------------------------------------------------------
 # Every label in the written world is checked by the semantics.
 
-def test_every_training_label_is_true_or_false_as_claimed(world):
-  scenes = _scenes(world)
-  records = _jsonl(world.train_jsonl)
+@pytest.mark.parametrize("route", ["rules", "edits"])
+def test_every_training_label_is_true_or_false_as_claimed(world, edits_world, route):
+  paths = {"rules": world, "edits": edits_world}[route]
+  scenes = _scenes(paths)
+  records = _jsonl(paths.train_jsonl)
   assert len(records) == SMALL["num_train"]
   counts = {"hn": 0, "hp": 0}
   for r in records:
     scene = scenes[r["image"]]
     assert sw.parse(r["caption"]).text == r["caption"]
     assert sw.holds(r["caption"], scene), r
-    assert r["hard_negatives"] and r["hard_positives"], r
+    if route == "edits":  # the edit generator finds both for every caption
+      assert r["hard_negatives"] and r["hard_positives"], r
     for text in r["hard_negatives"]:
       assert not sw.holds(text, scene), (r["image"], text)
     for text in r["hard_positives"]:
@@ -106,7 +119,11 @@ def test_every_training_label_is_true_or_false_as_claimed(world):
       assert len(set(edits)) == len(edits), edits
     counts["hn"] += len(r["hard_negatives"])
     counts["hp"] += len(r["hard_positives"])
-  assert counts["hn"] > 2 * len(records) and counts["hp"] > 1.5 * len(records), counts
+  # The rule route keeps fewer: its synonyms are words no finetuning caption uses (see
+  # test_synthetic_hard_texts), and only captions with "and" get a reordering.
+  least = {"rules": (1, 0.3), "edits": (2, 1.5)}[route]
+  assert (counts["hn"] > least[0] * len(records)
+          and counts["hp"] > least[1] * len(records)), counts
 
 
 def test_web_corpus_describes_the_training_images_in_every_word(world):
@@ -135,7 +152,8 @@ def _rare_words():
   return rare - _plain_words() - {"the", "a"}
 
 
-def test_finetuning_and_eval_captions_use_plain_words_rare_ones_only_in_edits(world):
+def test_finetuning_and_eval_captions_use_plain_words_rare_ones_only_in_edits(edits_world):
+  world = edits_world
   rare = _rare_words()
   records = _jsonl(world.train_jsonl)
   in_negatives = in_positives = 0
@@ -186,13 +204,33 @@ def _edit_kinds(caption, others):
   return kinds
 
 
-def test_training_edits_cover_every_kind(world):
+@pytest.mark.parametrize("route", ["rules", "edits"])
+def test_training_edits_cover_every_kind(world, edits_world, route):
   negatives, positives = set(), set()
-  for r in _jsonl(world.train_jsonl):
+  for r in _jsonl({"rules": world, "edits": edits_world}[route].train_jsonl):
     negatives |= _edit_kinds(r["caption"], r["hard_negatives"])
     positives |= _edit_kinds(r["caption"], r["hard_positives"])
   assert negatives == {"attribute", "relation", "swap", "order"}
-  assert positives == {"synonym", "reorder"}
+  # By the rules, a synonym is a word that no finetuning caption uses: none is kept.
+  assert positives == {"rules": {"reorder"}, "edits": {"synonym", "reorder"}}[route]
+
+
+def test_the_routes_differ_only_in_hard_texts_and_edits_replays_the_edit_generator(
+    world, edits_world):
+  rules_records, edits_records = _jsonl(world.train_jsonl), _jsonl(edits_world.train_jsonl)
+  assert ([(r["image"], r["caption"]) for r in rules_records]
+          == [(r["image"], r["caption"]) for r in edits_records])
+  for name in ("images/train/000007.png", "images/eval/000003.png"):
+    assert _files(world.image_root)[name] == _files(edits_world.image_root)[name]
+  assert _files(world.eval_root) == _files(edits_world.eval_root)
+  assert not os.path.exists(edits_world.hard_texts_counts)
+  heldout = frozenset(synthetic.DEFAULT_HELDOUT)
+  combos = [c for c in synthetic_probes.classes() if c not in heldout]
+  for i in (0, 1, 100):  # each record is the edit generator's on the image's own stream
+    rng = sw.scene_rng(3, "train", i)
+    scene = sw.sample_scene(rng, combos, sw.object_count(rng, SMALL["three_object_frac"]))
+    assert {"image": f"images/train/{i:06d}.png",
+            **synthetic.training_record(rng, scene, heldout, 3, 2)} == edits_records[i]
 
 
 @pytest.mark.parametrize("name", synthetic.SUITE_NAMES)
@@ -223,7 +261,9 @@ def test_swap_records_have_the_aro_fields(world):
 # ---------------------------------------------------------------------------------------------
 # Held-out combinations.
 
-def test_heldout_combinations_never_reach_training(world):
+@pytest.mark.parametrize("route", ["rules", "edits"])
+def test_heldout_combinations_never_reach_training(world, edits_world, route):
+  world = {"rules": world, "edits": edits_world}[route]
   heldout = set(synthetic.DEFAULT_HELDOUT)
   scenes = _scenes(world)
   for r in _jsonl(world.train_jsonl):
@@ -255,7 +295,8 @@ def test_same_seed_same_files_other_seed_other_files(world, tmp_path):
   files = _files(world.image_root)
   assert _files(again.image_root) == files
   other_files = _files(other.image_root)
-  for name in ["train.jsonl", "pretrain.jsonl", "scenes.jsonl", "images/train/000000.png"] + [
+  for name in ["train.jsonl", "pretrain.jsonl", "scenes.jsonl", "images/train/000000.png",
+               "hard_texts.json", "images/zeroshot/000000.png", "probe/retrieval.json"] + [
       f"eval/data/{n}.json" for n in synthetic.SUITE_NAMES]:
     assert other_files[name] != files[name], name
 
@@ -271,25 +312,29 @@ def test_a_killed_writers_temporary_world_is_removed_by_the_next_one(tmp_path, c
   host = leftovers.name("").rsplit("-", 2)[0]
   left = tmp_path / f".world-{host}-{dead_pid()}-0123abcd"
   os.makedirs(left / "images")
-  synthetic.write_world(str(tmp_path / "w"), num_train=8, num_eval=4)
+  synthetic.write_world(str(tmp_path / "w"), num_train=8, **TINY)
   assert sorted(os.listdir(tmp_path)) == ["w"]
   assert f"removed {left}, left by a run that was stopped" in caplog.text
 
 
 def test_world_is_cached_and_rebuilt_when_changed_or_damaged(tmp_path):
   out = str(tmp_path / "w")
-  paths = synthetic.write_world(out, num_train=8, num_eval=4)
+  paths = synthetic.write_world(out, num_train=8, **TINY)
   manifest_mtime = os.stat(paths.manifest).st_mtime_ns
   before = _files(out)
-  assert synthetic.write_world(out, num_train=8, num_eval=4) == paths
+  assert synthetic.write_world(out, num_train=8, **TINY) == paths
   assert os.stat(paths.manifest).st_mtime_ns == manifest_mtime  # reused, not rewritten
   with open(os.path.join(out, "images/eval/000001.png"), "wb") as f:
     f.write(b"damaged")
-  synthetic.write_world(out, num_train=8, num_eval=4)
+  synthetic.write_world(out, num_train=8, **TINY)
   assert _files(out) == before
-  synthetic.write_world(out, num_train=9, num_eval=4)
+  synthetic.write_world(out, num_train=9, **TINY)
   assert len(_jsonl(paths.train_jsonl)) == 9
   assert _json(paths.manifest)["params"]["num_train"] == 9
+  assert os.path.isfile(paths.hard_texts_counts)
+  synthetic.write_world(out, num_train=9, hard_texts="edits", **TINY)
+  assert _json(paths.manifest)["params"]["hard_texts"] == "edits"
+  assert not os.path.exists(paths.hard_texts_counts)
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
@@ -305,6 +350,9 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (dict(num_eval=0), "num_eval"),
     (dict(web_captions=0), "web_captions"),
     (dict(caption_words="fancy"), "caption_words"),
+    (dict(hard_texts="llm"), "hard_texts"),
+    (dict(num_probe=23), "num_probe"),
+    (dict(num_retrieval=0), "num_retrieval"),
 ])
 def test_rejects_bad_parameters_by_name(tmp_path, bad, message):
   with pytest.raises(ValueError, match=message):

@@ -10,6 +10,10 @@
   paths relative to `out_dir`;
 - `eval_heldout/`: the same layout holding only the records whose c, c_n or c_p names a
   held-out combination (image ids kept), to score compositional generalisation;
+- `probe/`: the zero-shot probe (`zeroshot.jsonl`, `zeroshot_classes.json`) and the retrieval
+  split in Karpathy's 5-captions form (`retrieval.json`), images under `images/` (see
+  hpjax.data.synthetic_probes): what a finetune costs, next to what it gains;
+- `hard_texts.json` (the rule route): the hard texts kept and rejected per family and reason;
 - `scenes.jsonl`: every image's scene, so anyone can re-check any caption with
   `synthetic_world.holds`;
 - `manifest.json`: the parameters and a digest of every file; a second call with the same
@@ -18,9 +22,12 @@
 The two corpora differ as the paper's do. Web captions say each concept in any of its words
 (crimson as often as red) and name the objects in either order. The finetuning captions, like
 COCO's, use each concept's plain word (`caption_words="plain"`), and so do the evaluation
-captions c. The edit generator that writes the hard negatives draws its replacement words from
-the whole vocabulary, so in the finetuning data a rare word occurs only in a negative, which
-finetuning on negatives alone can learn as a shortcut; the hard positives (synonym swaps,
+captions c. The hard texts are made by the rule generators of `python -m hpjax.generate` over
+each caption (`hard_texts="rules"`, hpjax.data.synthetic_hard_texts), kept only when the scene
+labels them as their kind and every word of them occurs in some finetuning caption.
+`hard_texts="edits"` writes them with the world's own edit generator instead, which draws
+replacement words from the whole vocabulary: there a rare word occurs only in a negative, a
+shortcut that finetuning on negatives alone can learn, and the hard positives (synonym swaps,
 reorderings) are exactly the edits that shortcut rejects. `caption_words="any"` writes the
 finetuning and evaluation captions in random words too (the world without that regularity).
 
@@ -44,16 +51,18 @@ from absl import logging
 
 from hpjax import leftovers
 from hpjax.data import suites as suites_lib
+from hpjax.data import synthetic_hard_texts
+from hpjax.data import synthetic_probes
 from hpjax.data import synthetic_world as sw
-from hpjax.data.synthetic_render import render
+from hpjax.data.synthetic_render import write_png
 
 GENERATOR = "hpjax.data.synthetic"
-VERSION = 3
+VERSION = 4
+HARD_TEXTS = ("rules", "edits")  # write_world(hard_texts=...)
+HARD_TEXTS_JSON = "hard_texts.json"
 SUITE_NAMES = tuple(suites_lib.HARD_POSITIVE_FILES.values())  # the files of REPLACE and SWAP
 DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("green", "diamond"),
                    ("yellow", "square"))
-# How often a training caption's phrase names the colour, the size or both.
-_DETAILS, _DETAIL_CDF = ("colour", "size", "both"), (0.35, 0.5)
 _MAX_TRIES = 100
 _TMP_WORLD = ".world-"  # a world being written, beside its folder (leftovers.name)
 
@@ -76,6 +85,26 @@ class WorldPaths(NamedTuple):
   def heldout_eval_root(self) -> str:
     """The suites' records whose captions name a held-out combination, in the same layout."""
     return os.path.join(self.image_root, "eval_heldout")
+
+  @property
+  def zeroshot_images(self) -> str:
+    """The zero-shot probe's images, `{"image", "label"}` per line (classification's list)."""
+    return os.path.join(self.image_root, synthetic_probes.ZEROSHOT_JSONL)
+
+  @property
+  def zeroshot_classes(self) -> str:
+    """The probe's class-set JSON: every (colour, shape) class, with prompt templates."""
+    return os.path.join(self.image_root, synthetic_probes.ZEROSHOT_CLASSES)
+
+  @property
+  def retrieval_annotations(self) -> str:
+    """The retrieval split in Karpathy's split-file form (split 'test', 5 captions each)."""
+    return os.path.join(self.image_root, synthetic_probes.RETRIEVAL_JSON)
+
+  @property
+  def hard_texts_counts(self) -> str:
+    """The rule route's counts per family and reason (absent in a world of edits)."""
+    return os.path.join(self.image_root, HARD_TEXTS_JSON)
 
   @property
   def manifest(self) -> str:
@@ -106,41 +135,13 @@ def _one_checked(rng, candidates, scene, truth) -> sw.Caption | None:
   return found[0] if found else None
 
 
-def _ordered_pairs(rng: np.random.Generator, scene: sw.Scene) -> list[tuple[sw.Obj, sw.Obj]]:
-  pairs = list(itertools.permutations(scene.objects, 2))
-  return [pairs[i] for i in rng.permutation(len(pairs))]
-
-
-def _conjoined(rng, a: sw.Obj, b: sw.Obj, detail_a: str, detail_b: str, plain: bool):
-  """"the A and the B", each object described by its detail ("size", "colour", "both")."""
-  return sw.Caption(sw.describe(rng, a, "the", detail_a, plain), sw.AND,
-                    sw.describe(rng, b, "the", detail_b, plain))
-
-
-def _related(rng, a: sw.Obj, b: sw.Obj, detail_a: str, detail_b: str, plain: bool):
-  """"a A <relation> a B" with a relation that holds of (a, b); the words drawn in this order."""
-  return sw.Caption(sw.describe(rng, a, "a", detail_a, plain), sw.relate(rng, a, b, plain),
-                    sw.describe(rng, b, "a", detail_b, plain))
-
-
 # ---------------------------------------------------------------------------------------------
 # Training records.
-
-def scene_caption(rng: np.random.Generator, scene: sw.Scene, plain: bool) -> sw.Caption:
-  """A true caption of two of the scene's objects, in either order, joined by "and" or by a
-  relation that holds; in plain words or in random synonyms."""
-  a, b = _ordered_pairs(rng, scene)[0]
-  d1, d2 = (_DETAILS[i] for i in np.searchsorted(_DETAIL_CDF, rng.random(2), side="right"))
-  caption = (_conjoined if rng.random() < 0.5 else _related)(rng, a, b, d1, d2, plain)
-  if not sw.holds(caption.text, scene):
-    raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
-  return caption
-
 
 def training_record(rng: np.random.Generator, scene: sw.Scene, heldout: frozenset,
                     num_negatives: int, num_positives: int, plain: bool = True) -> dict:
   """A caption of the scene with checked hard negatives (one per edit kind first) and positives."""
-  caption = scene_caption(rng, scene, plain)
+  caption = sw.scene_caption(rng, scene, plain)
   negative_kinds = [sw.attribute_replacements(caption, rng), sw.relation_replacements(caption, rng),
                     sw.attribute_swaps(caption), sw.object_swaps(caption)]
   positive_kinds = [sw.synonym_swaps(caption), sw.reorderings(caption, rng)]
@@ -169,8 +170,8 @@ def _one_per_kind(rng, kinds, scene, truth, heldout, limit, caption_text) -> lis
 
 def _attribute_triple(rng, scene, plain):
   """REPLACE-attributes: one colour or size word replaced (c_n) or traded for a synonym (c_p)."""
-  for a, b in _ordered_pairs(rng, scene):
-    caption = _related(rng, a, b, "both", "both", plain)
+  for a, b in sw.ordered_pairs(rng, scene):
+    caption = sw.related(rng, a, b, "both", "both", plain)
     slots = list(itertools.product(sw.SLOTS, ("colour", "size")))
     for i in rng.permutation(len(slots)):
       slot, feature = slots[i]
@@ -184,9 +185,9 @@ def _attribute_triple(rng, scene, plain):
 
 def _relation_triple(rng, scene, plain):
   """REPLACE-relations: the relation replaced (c_n) or said with its synonym (c_p)."""
-  for a, b in _ordered_pairs(rng, scene):
+  for a, b in sw.ordered_pairs(rng, scene):
     detail = ("colour", "both")[rng.integers(2)]
-    caption = _related(rng, a, b, detail, detail, plain)
+    caption = sw.related(rng, a, b, detail, detail, plain)
     c_n = _one_checked(rng, sw.relation_replacements(caption, rng), scene, False)
     c_p = _one_checked(rng, sw.synonym_swaps(caption, ["relation"]), scene, True)
     if c_n and c_p:
@@ -196,12 +197,12 @@ def _relation_triple(rng, scene, plain):
 
 def _swap_triple(rng, scene, plain):
   """SWAP: "the A x and the B y"; c_n rebinds the attributes, c_p reorders the conjuncts."""
-  for a, b in _ordered_pairs(rng, scene):
+  for a, b in sw.ordered_pairs(rng, scene):
     features = [f for f in ("colour", "size") if getattr(a, f) != getattr(b, f)]
     if a.shape == b.shape or not features:
       continue
     feature = features[rng.integers(len(features))]
-    caption = _conjoined(rng, a, b, feature, feature, plain)
+    caption = sw.conjoined(rng, a, b, feature, feature, plain)
     c_n = _one_checked(rng, sw.attribute_swaps(caption), scene, False)
     c_p = _one_checked(rng, sw.reorderings(caption, rng), scene, True)
     if c_n and c_p:
@@ -230,37 +231,43 @@ def _suite_records(name: str, index: int, image_path: str, image_size: int, trip
 # ---------------------------------------------------------------------------------------------
 # Writing the world.
 
-def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
-  # One stream per image: the eval split does not change when num_train does.
-  return np.random.default_rng([seed, {"train": 0, "eval": 1}[split], index])
-
-
-def _num_objects(rng: np.random.Generator, three_object_frac: float) -> int:
-  return 3 if rng.random() < three_object_frac else 2
-
-
-def _save_png(image, path: str) -> None:
-  image.save(path, format="PNG", compress_level=1)  # flat shapes compress well even so
-
-
 def _write_train(root, params, heldout) -> None:
+  """train.jsonl, pretrain.jsonl, the training scenes and, by the rule route, hard_texts.json:
+  the rule route's hard texts need every finetuning caption first (their words), hence the
+  records are written after all images."""
   combos = [c for c in itertools.product(sw.COLOURS, sw.SHAPES) if c not in heldout]
   plain = params["caption_words"] == "plain"
-  with open(os.path.join(root, "train.jsonl"), "w") as train, \
-       open(os.path.join(root, "pretrain.jsonl"), "w") as web, \
+  by_rules = params["hard_texts"] == "rules"
+  records, scenes_drawn = [], []
+  with open(os.path.join(root, "pretrain.jsonl"), "w") as web, \
        open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
     for i in range(params["num_train"]):
-      rng = _scene_rng(params["seed"], "train", i)
-      scene = sw.sample_scene(rng, combos, _num_objects(rng, params["three_object_frac"]))
+      rng = sw.scene_rng(params["seed"], "train", i)
+      scene = sw.sample_scene(rng, combos, sw.object_count(rng, params["three_object_frac"]))
       image = f"images/train/{i:06d}.png"
-      _save_png(render(scene, params["image_size"]), os.path.join(root, image))
-      record = training_record(rng, scene, heldout, params["num_hard_negatives"],
-                               params["num_hard_positives"], plain)
-      train.write(json.dumps({"image": image, **record}) + "\n")
+      write_png(scene, params["image_size"], os.path.join(root, image))
+      records.append({"image": image, **(
+          {"caption": sw.scene_caption(rng, scene, plain).text} if by_rules else
+          training_record(rng, scene, heldout, params["num_hard_negatives"],
+                          params["num_hard_positives"], plain))})
+      scenes_drawn.append(scene)
       for _ in range(params["web_captions"]):
-        caption = scene_caption(rng, scene, plain=False).text
+        caption = sw.scene_caption(rng, scene, plain=False).text
         web.write(json.dumps({"image": image, "caption": caption}) + "\n")
-      scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
+      scenes.write(scene.line(image))
+  if by_rules:
+    hard_texts, counts = synthetic_hard_texts.rule_hard_texts(
+        [r["caption"] for r in records], scenes_drawn, heldout, params["num_hard_negatives"],
+        params["num_hard_positives"], params["seed"])
+    for record, hard in zip(records, hard_texts):
+      record.update(hard)
+    with open(os.path.join(root, HARD_TEXTS_JSON), "w") as f:
+      json.dump({"families": counts}, f, indent=1)
+    logging.info("synthetic world: hard texts by the rule generators over %d captions:\n  %s",
+                 len(records), "\n  ".join(synthetic_hard_texts.log_lines(counts)))
+  with open(os.path.join(root, "train.jsonl"), "w") as train:
+    for record in records:
+      train.write(json.dumps(record) + "\n")
 
 
 def _write_eval(root, params, heldout) -> None:
@@ -270,9 +277,9 @@ def _write_eval(root, params, heldout) -> None:
   unseen = {name: ([], []) for name in SUITE_NAMES}
   with open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
     for i in range(params["num_eval"]):
-      rng = _scene_rng(params["seed"], "eval", i)
+      rng = sw.scene_rng(params["seed"], "eval", i)
       for _ in range(_MAX_TRIES):  # a scene must host a triple of every suite
-        scene = sw.sample_scene(rng, combos, _num_objects(rng, params["three_object_frac"]))
+        scene = sw.sample_scene(rng, combos, sw.object_count(rng, params["three_object_frac"]))
         triples = {name: build(rng, scene, plain) for name, build in _TRIPLES.items()}
         if all(triples.values()):
           break
@@ -284,8 +291,8 @@ def _write_eval(root, params, heldout) -> None:
           raise AssertionError(f"{name} triple {(c.text, c_n.text, c_p.text)} mislabelled for "
                                f"{scene}")
       image = f"images/eval/{i:06d}.png"
-      _save_png(render(scene, params["image_size"]), os.path.join(root, image))
-      scenes.write(json.dumps({"image": image, **scene.to_json()}) + "\n")
+      write_png(scene, params["image_size"], os.path.join(root, image))
+      scenes.write(scene.line(image))
       for name, triple in triples.items():
         pair = _suite_records(name, i, image, params["image_size"], triple)
         targets = [everything]
@@ -299,6 +306,17 @@ def _write_eval(root, params, heldout) -> None:
       for sub, records in zip(("data", "swapped_data"), files):
         with open(os.path.join(root, folder, sub, f"{name}.json"), "w") as f:
           json.dump(records, f, indent=0)
+
+
+def _write_probes(root, params, heldout) -> None:
+  """The zero-shot probe and the retrieval split (hpjax.data.synthetic_probes)."""
+  seen = [c for c in synthetic_probes.classes() if c not in heldout]
+  with open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
+    synthetic_probes.write_zeroshot(root, params["seed"], params["num_probe"],
+                                    params["image_size"], scenes)
+    synthetic_probes.write_retrieval(root, params["seed"], params["num_retrieval"],
+                                     params["image_size"], seen, params["three_object_frac"],
+                                     params["caption_words"] == "plain", scenes)
 
 
 def _digest(root: str) -> str:
@@ -330,7 +348,8 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
                 image_size: int = 64, three_object_frac: float = 0.25,
                 heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
                 num_hard_negatives: int = 3, num_hard_positives: int = 2,
-                caption_words: str = "plain", web_captions: int = 3,
+                caption_words: str = "plain", web_captions: int = 3, num_probe: int = 240,
+                num_retrieval: int = 200, hard_texts: str = "rules",
                 rebuild: bool = True) -> WorldPaths:
   """Writes (or reuses, when `out_dir` holds the same world intact) the synthetic world.
 
@@ -346,6 +365,12 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
     caption_words: "plain": the finetuning and evaluation captions use each concept's plain
       word (as COCO's); "any": random synonyms, like the web corpus.
     web_captions: captions per training image in the web corpus (pretrain.jsonl).
+    num_probe: zero-shot probe images, one object each, spread evenly over every (colour,
+      shape) class (held-out ones too); at least one per class.
+    num_retrieval: retrieval images (new scenes of the training distribution), 5 captions each.
+    hard_texts: "rules": the training records' hard texts by the rule generators, checked and
+      counted (hpjax.data.synthetic_hard_texts); "edits": by the world's own edit generator
+      (the world before the rule route, whose rare words occur only in hard texts).
     rebuild: False: only reuse; a missing, other or changed world raises ValueError naming why
       (a run's checkpoints must not continue on a world written anew).
 
@@ -362,16 +387,24 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
     raise ValueError(f"three_object_frac={three_object_frac} is not a fraction in [0, 1]")
   if caption_words not in ("plain", "any"):
     raise ValueError(f"caption_words={caption_words!r}: expected 'plain' or 'any'")
-  if min(num_train, num_eval, web_captions) < 1 or image_size < 8:
-    raise ValueError(f"num_train={num_train}, num_eval={num_eval}, web_captions={web_captions} "
-                     f"must be >= 1 and image_size={image_size} >= 8")
+  if min(num_train, num_eval, web_captions, num_retrieval) < 1 or image_size < 8:
+    raise ValueError(f"num_train={num_train}, num_eval={num_eval}, web_captions={web_captions}, "
+                     f"num_retrieval={num_retrieval} must be >= 1 and image_size={image_size} "
+                     ">= 8")
+  num_classes = len(synthetic_probes.classes())
+  if num_probe < num_classes:
+    raise ValueError(f"num_probe={num_probe}: the zero-shot probe needs at least one image of "
+                     f"each of its {num_classes} classes")
+  if hard_texts not in HARD_TEXTS:
+    raise ValueError(f"hard_texts={hard_texts!r}: expected one of {HARD_TEXTS}")
   if len(heldout) >= len(sw.COLOURS) * len(sw.SHAPES):
     raise ValueError("every (colour, shape) combination is held out: nothing left to train on")
   params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_eval": num_eval,
             "image_size": image_size, "three_object_frac": three_object_frac,
             "heldout": sorted(list(c) for c in heldout),
             "num_hard_negatives": num_hard_negatives, "num_hard_positives": num_hard_positives,
-            "caption_words": caption_words, "web_captions": web_captions}
+            "caption_words": caption_words, "web_captions": web_captions,
+            "num_probe": num_probe, "num_retrieval": num_retrieval, "hard_texts": hard_texts}
   out_dir = os.path.abspath(out_dir)
   paths = WorldPaths(os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "eval"), out_dir)
   manifest = _read_manifest(paths.manifest)
@@ -394,11 +427,12 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
   tmp = os.path.join(parent, leftovers.name(_TMP_WORLD))
   os.makedirs(tmp)
   try:
-    for sub in ("images/train", "images/eval", "eval/data", "eval/swapped_data",
-                "eval_heldout/data", "eval_heldout/swapped_data"):
+    for sub in ("images/train", "images/eval", "images/zeroshot", "images/retrieval", "probe",
+                "eval/data", "eval/swapped_data", "eval_heldout/data", "eval_heldout/swapped_data"):
       os.makedirs(os.path.join(tmp, sub))
     _write_train(tmp, params, heldout)
     _write_eval(tmp, params, heldout)
+    _write_probes(tmp, params, heldout)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
       json.dump({"generator": GENERATOR, "params": params, "digest": _digest(tmp)}, f, indent=1)
     if os.path.isdir(out_dir):

@@ -49,3 +49,7 @@ def render(scene: Scene, image_size: int) -> Image.Image:
     kind, points = _outline(obj, side)
     getattr(draw, kind)(points, fill=COLOUR_RGB[obj.colour])
   return image.reduce(SUPERSAMPLE)
+
+
+def write_png(scene: Scene, image_size: int, path: str) -> None:
+  render(scene, image_size).save(path, format="PNG", compress_level=1)  # flat shapes compress well

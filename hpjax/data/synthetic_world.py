@@ -15,6 +15,8 @@ corpus) and the edit generator also write.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -81,6 +83,10 @@ class Scene:
   @classmethod
   def from_json(cls, data: dict) -> "Scene":
     return cls(tuple(Obj(**o) for o in data["objects"]))
+
+  def line(self, image: str) -> str:
+    """The image's line of a world's scenes.jsonl."""
+    return json.dumps({"image": image, **self.to_json()}) + "\n"
 
 
 def relation_holds(relation: str, a: Obj, b: Obj) -> bool:
@@ -201,11 +207,24 @@ def named_combos(caption: Caption | str) -> set[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # Sampling scenes and captions.
 
+# One random stream per image and purpose: a split does not change when another one's size does.
+STREAMS = {"train": 0, "eval": 1, "zeroshot": 2, "retrieval": 3}
+
+
+def scene_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, STREAMS[stream], index])
+
+
+def object_count(rng: np.random.Generator, three_object_frac: float) -> int:
+  return 3 if rng.random() < three_object_frac else 2
+
+
 def sample_scene(rng: np.random.Generator, combos: Sequence[tuple[str, str]],
                  num_objects: int) -> Scene:
-  """`num_objects` (2 to 4) shapes of the allowed (colour, shape) combos in distinct grid cells."""
-  if not 2 <= num_objects <= 4:
-    raise ValueError(f"num_objects={num_objects}: a scene holds 2 to 4 objects (a 2x2 grid)")
+  """`num_objects` (1 to 4) shapes of the allowed (colour, shape) combos in distinct grid cells
+  (captions need two; the zero-shot probe shows one)."""
+  if not 1 <= num_objects <= 4:
+    raise ValueError(f"num_objects={num_objects}: a scene holds 1 to 4 objects (a 2x2 grid)")
   cells = rng.permutation(4)[:num_objects]
   objects = []
   for cell in cells:
@@ -237,6 +256,38 @@ def relate(rng: np.random.Generator, a: Obj, b: Obj, plain: bool = False) -> str
   if not true:
     raise ValueError(f"no relation holds between {a} and {b}")
   return _word(rng, RELATIONS, true[rng.integers(len(true))], plain)
+
+
+# How often a caption's phrase names the colour, the size or both.
+_DETAILS, _DETAIL_CDF = ("colour", "size", "both"), (0.35, 0.5)
+
+
+def ordered_pairs(rng: np.random.Generator, scene: Scene) -> list[tuple[Obj, Obj]]:
+  pairs = list(itertools.permutations(scene.objects, 2))
+  return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
+def conjoined(rng, a: Obj, b: Obj, detail_a: str, detail_b: str, plain: bool) -> Caption:
+  """"the A and the B", each object described by its detail ("size", "colour", "both")."""
+  return Caption(describe(rng, a, "the", detail_a, plain), AND,
+                 describe(rng, b, "the", detail_b, plain))
+
+
+def related(rng, a: Obj, b: Obj, detail_a: str, detail_b: str, plain: bool) -> Caption:
+  """"a A <relation> a B" with a relation that holds of (a, b); the words drawn in this order."""
+  return Caption(describe(rng, a, "a", detail_a, plain), relate(rng, a, b, plain),
+                 describe(rng, b, "a", detail_b, plain))
+
+
+def scene_caption(rng: np.random.Generator, scene: Scene, plain: bool) -> Caption:
+  """A true caption of two of the scene's objects, in either order, joined by "and" or by a
+  relation that holds; in plain words or in random synonyms."""
+  a, b = ordered_pairs(rng, scene)[0]
+  d1, d2 = (_DETAILS[i] for i in np.searchsorted(_DETAIL_CDF, rng.random(2), side="right"))
+  caption = (conjoined if rng.random() < 0.5 else related)(rng, a, b, d1, d2, plain)
+  if not holds(caption.text, scene):
+    raise AssertionError(f"generated caption {caption.text!r} is false of {scene}")
+  return caption
 
 
 # ---------------------------------------------------------------------------------------------
