@@ -162,6 +162,12 @@ def test_keras_hub_refuses_a_config_its_model_cannot_express(tmp_path, family, o
   assert "\n" not in message
 
 
+def test_the_jax_sampler_refuses_before_loading_any_weights(tmp_path):
+  _config("qwen3", attention_bias=True).save_pretrained(tmp_path)  # no weights in the folder
+  with pytest.raises(ValueError, match=r"has attention_bias=True, .* generate.backend=transformers"):
+    llm.make_sampler("keras_hub", _llm_config(str(tmp_path)))
+
+
 def test_keras_hub_refuses_gemma3_image_text_folders(tmp_path):
   hf = transformers.Gemma3Config().to_dict()
   with pytest.raises(ValueError, match=r"config.json is a Gemma 3 image-text model .*"
