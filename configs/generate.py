@@ -49,6 +49,9 @@ def get_config(arg=None):
   c.generate.llm = ml_collections.ConfigDict()  # the LLM backends' settings
   c.generate.llm.model = ""  # a Hugging Face model folder (config.json, tokenizer.json, weights)
   c.generate.llm.templates = ("swap_and", "replace_synonym", "replace_verb", "replace_relation")
+  # the filled template as a user turn of the folder's chat template (instruction-tuned models):
+  # "auto" when the folder has one, "tokenizer" always (an error without), "none": raw prompts
+  c.generate.llm.chat_template = "auto"
   c.generate.llm.batch_size = 32  # prompts per sampler call (a multiple of the device count)
   c.generate.llm.max_new_tokens = 48
   c.generate.llm.prompt_bucket = 64  # prompts padded to a multiple: few compiled shapes

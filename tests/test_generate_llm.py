@@ -15,7 +15,7 @@ import transformers
 from tokenizers import models as tok_models, pre_tokenizers
 
 from configs import generate as generate_config
-from hpjax.generate import llm, parse, rules, run as generate_run
+from hpjax.generate import llm, llm_keras_config, parse, prompts, rules, run as generate_run
 
 WORDS = ("<pad> <s> </s> <unk> a an the man woman dog cat and on of top table holding next to "
          "sits sitting red small plate with near above beside caption rewritten : none").split()
@@ -30,29 +30,51 @@ def _tokenizer() -> transformers.PreTrainedTokenizerFast:
                                               unk_token="<unk>")
 
 
+FAMILIES = {  # each with the traps of keras-hub's converter for it
+    "llama": (transformers.LlamaConfig, {}),
+    "qwen2": (transformers.Qwen2Config, {}),
+    # head_dim apart from hidden/heads, tied embeddings, query/key norms that take rms_norm_eps
+    "qwen3": (transformers.Qwen3Config, dict(head_dim=16, tie_word_embeddings=True)),
+    # five sliding-window layers (a window shorter than the prompts) and a global one, queries
+    # scaled by hidden/heads as Gemma 3 27B's are, every norm taking rms_norm_eps
+    "gemma3": (transformers.Gemma3TextConfig, dict(
+        num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=8, sliding_window=4,
+        tie_word_embeddings=True)),
+}
+
+
+def _config(family: str, **overrides) -> transformers.PretrainedConfig:
+  """A tiny configuration with an rms_norm_eps far from keras' defaults."""
+  config_class, extra = FAMILIES[family]
+  return config_class(**{**dict(
+      vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+      rms_norm_eps=1e-2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+      tie_word_embeddings=False), **extra, **overrides})
+
+
 def _write_model(folder, family: str) -> str:
-  """A 2-layer random model, every tensor perturbed, with an rms_norm_eps far from keras' default
-  (the Llama converter's trap) and the tokenizer beside it."""
-  common = dict(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                rms_norm_eps=1e-2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                tie_word_embeddings=False)
-  config = (transformers.LlamaConfig(**common) if family == "llama"
-            else transformers.Qwen2Config(**common))
+  """A random model, every tensor perturbed, and the tokenizer beside it."""
   torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(config)
+  model = transformers.AutoModelForCausalLM.from_config(_config(family))
   with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.5)
+    for name, p in model.named_parameters():  # Gemma's scaled, tied embedding kept from dominating
+      p.add_(torch.randn_like(p) * (0.1 if family == "gemma3" and "embed" in name else 0.5))
   path = os.path.join(folder, family)
   model.save_pretrained(path)
   _tokenizer().save_pretrained(path)
   return path
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def model_dir(request, tmp_path_factory):
   return _write_model(str(tmp_path_factory.mktemp("llm")), request.param)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def sampling_model_dir(request, tmp_path_factory):
+  """Sampling is the same code whatever the family: two of them show it."""
+  return _write_model(str(tmp_path_factory.mktemp("sampling")), request.param)
 
 
 def _llm_config(model, **overrides) -> ml_collections.ConfigDict:
@@ -88,8 +110,22 @@ def test_jax_greedy_tokens_equal_a_step_by_step_pytorch_decode(model_dir):
   assert llm_torch.TransformersSampler(_llm_config(model_dir)).sample(PROMPTS) == want
 
 
+def test_jax_first_step_logits_equal_pytorch(model_dir):
+  from hpjax.generate import llm_keras
+  model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+  model_jax = llm_keras.KerasHubSampler(_llm_config(model_dir))._model
+  for prompt in PROMPTS:
+    with torch.no_grad():
+      want = model(torch.tensor([prompt])).logits[0].numpy()
+    got = np.asarray(model_jax({"token_ids": np.array([prompt], np.int32),
+                                "padding_mask": np.ones((1, len(prompt)), bool)}))[0]
+    np.testing.assert_allclose(got, want, atol=3e-5, rtol=0)
+
+
 @pytest.mark.parametrize("backend", ["keras_hub", "transformers"])
-def test_seeded_sampling_repeats_whatever_ran_before_and_differs_from_greedy(model_dir, backend):
+def test_seeded_sampling_repeats_whatever_ran_before_and_differs_from_greedy(sampling_model_dir,
+                                                                          backend):
+  model_dir = sampling_model_dir
   sampled = _llm_config(model_dir, temperature=1.5, top_p=0.95, seed=3)
   sampler = llm.make_sampler(backend, sampled)
   first = sampler.sample(PROMPTS)
@@ -99,6 +135,44 @@ def test_seeded_sampling_repeats_whatever_ran_before_and_differs_from_greedy(mod
   sampled.seed = 4
   assert llm.make_sampler(backend, sampled).sample(PROMPTS) != first
   assert first != llm.make_sampler(backend, _llm_config(model_dir)).sample(PROMPTS)
+
+
+@pytest.mark.parametrize("family,overrides,field", [
+    ("gemma3", dict(query_pre_attn_scalar=12), "query_pre_attn_scalar=12"),
+    ("gemma3", dict(tie_word_embeddings=False), "tie_word_embeddings=False"),
+    ("gemma3", dict(layer_types=["full_attention"] + ["sliding_attention"] * 5),
+     "layer_types="),
+    ("gemma3", dict(rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 500000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+     "rope_parameters.full_attention="),
+    ("qwen3", dict(attention_bias=True), "attention_bias=True"),
+    ("qwen3", dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
+                                    "original_max_position_embeddings": 64}),
+     "rope_parameters="),
+])
+def test_keras_hub_refuses_a_config_its_model_cannot_express(tmp_path, family, overrides, field):
+  llm_keras_config.check(str(tmp_path), _config(family).to_dict())  # the tested ones load
+  hf = _config(family, **overrides).to_dict()
+  with pytest.raises(ValueError) as e:
+    llm_keras_config.check(str(tmp_path), hf)
+  message = str(e.value)
+  assert message.startswith(f"generate.llm.model: {tmp_path / 'config.json'} has {field}")
+  assert message.endswith("run this folder with generate.backend=transformers")
+  assert "\n" not in message
+
+
+def test_the_jax_sampler_refuses_before_loading_any_weights(tmp_path):
+  _config("qwen3", attention_bias=True).save_pretrained(tmp_path)  # no weights in the folder
+  with pytest.raises(ValueError, match=r"has attention_bias=True, .* generate.backend=transformers"):
+    llm.make_sampler("keras_hub", _llm_config(str(tmp_path)))
+
+
+def test_keras_hub_refuses_gemma3_image_text_folders(tmp_path):
+  hf = transformers.Gemma3Config().to_dict()
+  with pytest.raises(ValueError, match=r"config.json is a Gemma 3 image-text model .*"
+                                       r"generate.backend=transformers takes either"):
+    llm_keras_config.check(str(tmp_path), hf)
 
 
 CAPTION = "A man holding a red plate next to a dog."
@@ -164,13 +238,15 @@ class _Scripted:
     return [self._tokenizer.encode(next(self._answers)).ids for _ in prompts]
 
 
-def test_llm_generator_turns_answers_into_hard_positives_and_counted_rejections():
+def test_llm_generator_turns_answers_into_hard_positives_and_counted_rejections(tmp_path):
   tokenizer = _tokenizer().backend_tokenizer
+  _tokenizer().save_pretrained(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
   captions = ["a man on a table", "a red cat and a small dog"]
   answers = ["a woman on a table", "none",  # caption 0: replace_synonym, swap_and
              "a red cat and a small dog", "a small dog and a red cat"]
   sampler = _Scripted(tokenizer, answers)
-  generator = llm.LLMGenerator(sampler, tokenizer,
+  generator = llm.LLMGenerator(sampler, llm.Prompter(str(tmp_path), "none"),
                                llm.load_templates(["replace_synonym", "swap_and"]), 1,
                                llm.too_long_for(77), "keras_hub")
   first, second = generator.generate(captions, [random.Random(0), random.Random(1)])
@@ -198,6 +274,9 @@ def test_llm_backend_runs_through_the_resumable_generate_machinery(tmp_path):
   assert set(llm_rejections) == set(config.generate.llm.templates)
   assert all(set(r) <= set(parse.REASONS) and sum(r.values()) == 3
              for r in llm_rejections.values())
+  assert summary["llm_prompt_example"] == {  # no chat template in the folder: the raw prompt
+      "caption": "a man holding a red plate next to a dog", "template": "swap_and",
+      "prompt": prompts.fill(prompts.load("swap_and"), "a man holding a red plate next to a dog")}
   manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
   assert manifest["fingerprint"]["backend"] == "keras_hub"
   first = (tmp_path / "out" / "hard_texts.jsonl").read_bytes()
@@ -230,3 +309,60 @@ def test_bad_llm_settings_name_the_field(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
     generate_run.run(config, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
+
+
+CHAT = ("{{ bos_token }}{% for m in messages %}caption : {{ m['content'] }} </s>{% endfor %}"
+        "{% if add_generation_prompt %}rewritten :{% endif %}")
+
+
+def _with_chat_template(folder) -> str:
+  tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+  tokenizer.chat_template = CHAT
+  tokenizer.save_pretrained(folder)
+  return folder
+
+
+def test_chat_template_prompts_are_transformers_own_and_both_backends_read_them(tmp_path):
+  model = _with_chat_template(_write_model(str(tmp_path), "llama"))
+  texts = ["a man holding a red plate", "a dog on a table next to a cat"]
+  want = [transformers.PreTrainedTokenizerFast.from_pretrained(model).apply_chat_template(
+      [{"role": "user", "content": t}], tokenize=True, add_generation_prompt=True,
+      return_dict=False) for t in texts]
+  assert want[0][:2] == [1, WORDS.index("caption")] and want[0].count(1) == 1  # one start token
+  assert llm.Prompter(model, "auto").ids(texts) == want
+  assert llm.Prompter(model, "tokenizer").ids(texts) == want
+  raw = llm.Prompter(model, "none")
+  assert raw.ids(texts) == [e.ids for e in llm.load_tokenizer(model).encode_batch(texts)]
+  assert raw.text(texts[0]) == texts[0]
+  seen, answers = {}, {}
+  for backend in ("keras_hub", "transformers"):
+    sampler = llm.make_sampler(backend, _llm_config(model))
+    calls = seen[backend] = []
+    record = lambda ids, sample=sampler.sample, calls=calls: calls.append(ids) or sample(ids)
+    sampler.sample = record
+    generator = llm.LLMGenerator(sampler, llm.Prompter(model, "auto"),
+                                 llm.load_templates(["replace_synonym"]), 1,
+                                 llm.too_long_for(77), backend)
+    answers[backend] = generator.generate(texts, [random.Random(0), random.Random(1)])
+  assert seen["keras_hub"] == seen["transformers"] == [
+      llm.Prompter(model, "auto").ids([prompts.fill(prompts.load("replace_synonym"), t)
+                                       for t in texts])]
+  assert [o.rejections for o in answers["keras_hub"]] == [
+      o.rejections for o in answers["transformers"]]
+  assert [o.hard_texts for o in answers["keras_hub"]] == [
+      o.hard_texts for o in answers["transformers"]]
+
+
+def test_a_folder_without_chat_template_prompts_raw_or_is_named(tmp_path, caplog):
+  model = tmp_path / "model"
+  _tokenizer().save_pretrained(model)
+  (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+  with caplog.at_level("INFO"):
+    prompter = llm.Prompter(str(model), "auto")
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{model} has no chat template: the prompts go to the model raw"]
+  assert prompter.ids(["a man"]) == [llm.load_tokenizer(str(model)).encode("a man").ids]
+  with pytest.raises(ValueError, match=f"chat_template=tokenizer: '{model}' has no chat template"):
+    llm.Prompter(str(model), "tokenizer")
+  with pytest.raises(ValueError, match="generate.llm.chat_template is 'jinja'; expected one of"):
+    llm.Prompter(str(model), "jinja")

@@ -4,7 +4,9 @@ batched sampler, each answer parsed (parse.py) into a hard positive or a counted
 Two samplers take the same token ids and give the new ones: `llm_keras.KerasHubSampler` (JAX,
 keras-hub, the batch sharded over the devices) and `llm_torch.TransformersSampler` (PyTorch,
 transformers' `generate`, the study's way), so one checks the other on the same model folder
-(a Hugging Face `save_pretrained` folder with its `tokenizer.json`). Both see fixed shapes:
+(a Hugging Face `save_pretrained` folder with its `tokenizer.json`). Both get the same ids from
+one `Prompter`: the filled template as one user turn of the folder's chat template (what an
+instruction-tuned model expects; `generate.llm.chat_template`) or raw. Both see fixed shapes:
 `batch_size` prompts (a short batch is filled with copies), each padded to a multiple of
 `prompt_bucket` tokens (llm_batches), so a run compiles a handful of programs, not one per
 batch.
@@ -16,13 +18,16 @@ import os
 import random
 from typing import Protocol, Sequence
 
+from absl import logging
 import ml_collections
 import tokenizers
+import transformers
 
 from hpjax import tokenizer as text_tokenizer
 from hpjax.generate import llm_batches, parse, prompts, rules
 
 BACKENDS = ("rules", "keras_hub", "transformers")
+CHAT_TEMPLATES = ("auto", "tokenizer", "none")  # if the folder has one; required; raw prompts
 
 
 class Sampler(Protocol):
@@ -39,6 +44,41 @@ def load_tokenizer(model_dir: str) -> tokenizers.Tokenizer:
     raise ValueError(f"generate.llm.model: {model_dir!r} holds no tokenizer.json; save the "
                      "model's fast tokenizer there (tokenizer.save_pretrained)")
   return tokenizers.Tokenizer.from_file(path)
+
+
+class Prompter:
+  """Filled templates as the model's prompt ids, rendered through the folder's chat template by
+  transformers (a user turn, then the opened assistant turn) or, with "none", encoded raw."""
+
+  def __init__(self, model_dir: str, chat_template: str):
+    if chat_template not in CHAT_TEMPLATES:
+      raise ValueError(f"generate.llm.chat_template is {chat_template!r}; expected one of "
+                       f"{CHAT_TEMPLATES}")
+    self.tokenizer = load_tokenizer(model_dir)
+    self._chat = None
+    if chat_template != "none":
+      self._chat = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
+      if self._chat.chat_template is None:
+        if chat_template == "tokenizer":
+          raise ValueError(f"generate.llm.chat_template=tokenizer: {model_dir!r} has no chat "
+                           "template (tokenizer_config.json chat_template or chat_template.jinja)"
+                           "; set it to auto or none for raw prompts")
+        logging.info("%s has no chat template: the prompts go to the model raw", model_dir)
+        self._chat = None
+
+  def text(self, prompt: str) -> str:
+    """What the model reads (special tokens spelled out), for a human to review."""
+    if self._chat is None:
+      return prompt
+    return self._chat.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                          add_generation_prompt=True)
+
+  def ids(self, prompts: Sequence[str]) -> list[list[int]]:
+    if self._chat is None:
+      return [e.ids for e in self.tokenizer.encode_batch(prompts)]
+    # the rendered text spells out its own start token: none added
+    return [e.ids for e in self.tokenizer.encode_batch([self.text(p) for p in prompts],
+                                                       add_special_tokens=False)]
 
 
 def make_sampler(backend: str, llm: ml_collections.ConfigDict) -> Sampler:
@@ -72,22 +112,28 @@ class LLMGenerator:
   """Hard positives from the templates; up to `per_caption` of them per caption, from distinct
   templates chosen with the caption's random.Random (as `rules.RuleGenerator` chooses)."""
 
-  def __init__(self, sampler: Sampler, tokenizer: tokenizers.Tokenizer, templates: dict[str, str],
+  def __init__(self, sampler: Sampler, prompter: Prompter, templates: dict[str, str],
                per_caption: int, too_long, rule_prefix: str):
-    self._sampler, self._tokenizer, self._too_long = sampler, tokenizer, too_long
+    self._sampler, self._prompter, self._too_long = sampler, prompter, too_long
     self._templates = templates
     self._per_caption, self._prefix = per_caption, rule_prefix
+
+  def example(self, caption: str) -> dict:
+    """The first template's prompt for `caption` as the model reads it (the run's summary)."""
+    name = next(iter(self._templates))
+    return {"caption": caption, "template": name,
+            "prompt": self._prompter.text(prompts.fill(self._templates[name], caption))}
 
   def generate(self, captions: Sequence[str],
                rngs: Sequence[random.Random]) -> list[rules.Outcome]:
     jobs = [(i, name) for i in range(len(captions)) for name in self._templates]
-    encoded = self._tokenizer.encode_batch(
+    encoded = self._prompter.ids(
         [prompts.fill(self._templates[name], captions[i]) for i, name in jobs])
     size = self._sampler.batch_size
     answers = []
     for at in range(0, len(jobs), size):
-      for new in self._sampler.sample([e.ids for e in encoded[at:at + size]]):
-        answers.append(self._tokenizer.decode(new, skip_special_tokens=True))
+      for new in self._sampler.sample(encoded[at:at + size]):
+        answers.append(self._prompter.tokenizer.decode(new, skip_special_tokens=True))
     outcomes = [rules.Outcome() for _ in captions]
     made = [[] for _ in captions]
     for (i, name), answer in zip(jobs, answers):
@@ -107,11 +153,11 @@ class Combined:
   """Hard negatives by the rules, hard positives by the LLM: one Outcome per caption."""
 
   def __init__(self, negatives: rules.Generator, positives: LLMGenerator):
-    self._negatives, self._positives = negatives, positives
+    self._negatives, self.positives = negatives, positives
 
   def generate(self, captions, rngs) -> list[rules.Outcome]:
     seeds = [rng.getrandbits(64) for rng in rngs]  # each side its own stream, resume-proof
     first = self._negatives.generate(captions, [random.Random(f"n{s}") for s in seeds])
-    second = self._positives.generate(captions, [random.Random(f"p{s}") for s in seeds])
+    second = self.positives.generate(captions, [random.Random(f"p{s}") for s in seeds])
     return [rules.Outcome(a.hard_texts + b.hard_texts, {**a.rejections, **b.rejections})
             for a, b in zip(first, second)]

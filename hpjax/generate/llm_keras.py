@@ -3,7 +3,8 @@ compiled generate function fed fixed-shape batches, sharded over the devices
 (keras.distribution.DataParallel; several hosts each run their own process slice).
 
 keras-hub pads on the right: each row's prompt comes first and the positions after it, masked
-out, are where it writes. Its Llama converter drops `rms_norm_eps`, so it is passed here.
+out, are where it writes. What its converters drop is set back after loading, and what its models
+cannot express is refused before (llm_keras_config).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from hpjax.generate import llm_batches
+from hpjax.generate import llm_batches, llm_keras_config
 
 
 def _keras():
@@ -34,6 +35,18 @@ def _keras():
   return keras, keras_hub
 
 
+def _set_back_dropped_fields(backbone, hf: dict) -> None:
+  """The config fields keras-hub's converters drop, set on the loaded layers (read at call time,
+  so before the generate function is traced)."""
+  if "rms_norm_eps" in hf:  # Hugging Face uses it in every RMS norm of the decoder
+    for layer in backbone._flatten_layers(include_self=False):
+      if hasattr(layer, "epsilon"):
+        layer.epsilon = hf["rms_norm_eps"]
+  if hf.get("model_type") == "gemma3_text":
+    for block in backbone.transformer_layers:
+      block.attention.query_head_dim_normalize = llm_keras_config.gemma3_scales_by_head_dim(hf)
+
+
 class KerasHubSampler:
   """Greedy (temperature 0) or top-p sampling with keras-hub's samplers, seeded per batch
   (llm_batches.batch_seed)."""
@@ -48,11 +61,10 @@ class KerasHubSampler:
     if len(devices) > 1:
       keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     hf = llm_batches.model_config(config.model)
-    overrides = ({"layer_norm_epsilon": hf["rms_norm_eps"]}
-                 if hf.get("model_type") == "llama" and "rms_norm_eps" in hf else {})
-    if config.dtype:
-      overrides["dtype"] = config.dtype
-    backbone = keras_hub.models.Backbone.from_preset(config.model, **overrides)
+    llm_keras_config.check(config.model, hf)
+    backbone = keras_hub.models.Backbone.from_preset(
+        config.model, **({"dtype": config.dtype} if config.dtype else {}))
+    _set_back_dropped_fields(backbone, hf)
     task = preset_utils.find_subclass(config.model, keras_hub.models.CausalLM, type(backbone))
     self._model = task(backbone=backbone, preprocessor=None)
     self._model.compile(sampler=keras_hub.samplers.GreedySampler() if config.temperature == 0

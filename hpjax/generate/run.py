@@ -143,8 +143,9 @@ def _generator(g: ml_collections.ConfigDict) -> rules.Generator:
   if not g.llm.model:
     raise ValueError(f"generate.llm.model is empty; generate.backend={g.backend} needs a "
                      "Hugging Face model folder")
-  templates, tokenizer = llm.load_templates(g.llm.templates), llm.load_tokenizer(g.llm.model)
-  positives = llm.LLMGenerator(llm.make_sampler(g.backend, g.llm), tokenizer, templates,
+  templates = llm.load_templates(g.llm.templates)
+  prompter = llm.Prompter(g.llm.model, g.llm.chat_template)
+  positives = llm.LLMGenerator(llm.make_sampler(g.backend, g.llm), prompter, templates,
                                g.hard_positives, llm.too_long_for(g.llm.text_context), g.backend)
   return llm.Combined(negatives, positives)
 
@@ -159,7 +160,7 @@ def training_record(record: dict) -> dict:
        "hard_positives": texts[rules.HARD_POSITIVE]}, record["where"])
 
 
-def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
+def _finish(config, workdir: str, manifest: dict, with_images: bool, example: dict | None) -> None:
   """Writes the outputs of the module docstring from the committed shards, one shard in memory
   at a time (idempotent: a rerun writes the same bytes)."""
   count, total = manifest["num_shards"], manifest["num_captions"]
@@ -189,6 +190,9 @@ def _finish(config, workdir: str, manifest: dict, with_images: bool) -> None:
   with contextlib.ExitStack() as stack:
     out = stack.enter_context(shards.atomic_file(os.path.join(workdir, jsonl))) if jsonl else None
     summary = report.summarize(records(out))
+  if example:
+    summary["llm_prompt_example"] = example  # what the model read, for review
+    logging.info("the model read, for %r:\n%s", example["caption"], example["prompt"])
   report.write_summary(os.path.join(workdir, "summary.json"), summary)
   report.write_samples(os.path.join(workdir, "samples.html"), samples, total)
   for line in report.lines(summary):
@@ -231,4 +235,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     logging.info("%d shard(s) belong to other processes and are not done yet (e.g. %d): the "
                  "process that finishes last writes the outputs", len(missing), missing[0])
     return
-  _finish(config, workdir, manifest, with_images)
+  first = next((c.text for i, c in enumerate(captions) if i not in skips), None)
+  _finish(config, workdir, manifest, with_images, generator.positives.example(first)
+          if isinstance(generator, llm.Combined) and first is not None else None)
