@@ -61,8 +61,8 @@ def _define_traceback_flag() -> None:
 
 def verbose() -> bool:
   """Whether the user asked for the libraries' own words: --traceback or --verbosity >= 1."""
-  return logging.level_debug() or bool(
-      flags.FLAGS.is_parsed() and "traceback" in flags.FLAGS and flags.FLAGS["traceback"].value)
+  return flags.FLAGS["verbosity"].value >= 1 or bool(
+      "traceback" in flags.FLAGS and flags.FLAGS["traceback"].value)
 
 
 class _DropFrom(std_logging.Filter):

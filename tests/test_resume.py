@@ -21,6 +21,7 @@ import pytest
 
 from configs import hnhp
 from helpers import REPO, assert_same_tree, final_params, train_args
+from absl import flags
 from absl import logging as absl_logging
 
 from hpjax import errors
@@ -215,12 +216,13 @@ def test_orbax_s_own_words_on_damage_show_under_verbosity_1(tmp_path, caplog):
   _small_run(tmp_path)
   DAMAGE["every file garbage"][0](tmp_path / "checkpoints" / "6")
   ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
-  level = absl_logging.get_absl_logger().level
+  level, verbosity = absl_logging.get_absl_logger().level, flags.FLAGS["verbosity"].value
   absl_logging.set_verbosity(absl_logging.DEBUG)  # what --verbosity=1 sets
   try:
     with caplog.at_level(logging.DEBUG):
       state, _ = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
   finally:
+    flags.FLAGS["verbosity"].value = verbosity
     absl_logging.get_absl_logger().setLevel(level)
     ckpt.close()
   assert int(state.step) == 4 and _from_orbax(caplog)

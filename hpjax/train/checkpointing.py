@@ -14,7 +14,6 @@ with orbax's own warnings about it kept out of view (`errors.library_logs_quiete
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -95,17 +94,16 @@ class Checkpointer:
                best_metric: str | None = None, best_mode: str = "max"):
     _plain_array_saves_on_cpu()
     self.lock = _hold(workdir)
-    # orbax reads the saves' metadata from a thread of its own, from here until a restore.
-    self._reading = contextlib.ExitStack()
-    self._reading.enter_context(errors.library_logs_quieted(ocp))
     self.every_steps = every_steps
     self.best_metric = best_metric
     for folder in ("checkpoints", "best"):
       _remove_unfinished(absolute_path(os.path.join(workdir, folder)))
-    self.last = _manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep,
-                         async_save=async_save)
-    self.best = (_manager(os.path.join(workdir, "best"), max_to_keep=1, async_save=async_save,
-                          best_metric=best_metric, best_mode=best_mode) if best_metric else None)
+    with errors.library_logs_quieted(ocp):  # (a manager reads every save's metadata)
+      self.last = _manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep,
+                           async_save=async_save)
+      self.best = (_manager(os.path.join(workdir, "best"), max_to_keep=1, async_save=async_save,
+                            best_metric=best_metric, best_mode=best_mode)
+                   if best_metric else None)
 
   def steps(self) -> list[int]:
     """Every saved step, intact or not (a workdir with any belongs to a run)."""
@@ -120,7 +118,7 @@ class Checkpointer:
     `<step>.damaged-<time>` (never deleted) so that the run can save that step again. A save of
     another model is not damage: it stops the run, as does a directory with no intact step.
     """
-    with self._reading:
+    with errors.library_logs_quieted(ocp):
       restored, step, damaged = self._newest_intact(state, iterator, model_name)
     if restored is None:
       if damaged:
@@ -211,7 +209,6 @@ class Checkpointer:
         manager.wait_until_finished()
 
   def close(self) -> None:
-    self._reading.close()
     self.wait()
     for manager in (self.last, self.best):
       if manager is not None:
