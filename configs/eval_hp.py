@@ -49,6 +49,7 @@ def get_config(arg=None):
   c.text_batch_size = 512
   c.num_workers = 8  # image decoding threads.
   c.skip_missing_images = False  # True: score without them and count the skipped records.
+  c.skip_empty_captions = False  # True: leave out records with an empty caption, counted.
   c.allow_empty_suites = False  # True: a suite with no scored record is reported (N = 0).
   c.gallery_size = 12  # worst examples per model and suite in gallery.html.
 

@@ -6,11 +6,16 @@ the message; the first lines of its listing>` as the last line and exit 1, inste
 library traceback. The traceback stays available: `--traceback` re-raises, and it is logged
 at debug level (`--verbosity=1`).
 `parse_flags` does the same for errors while the flags (and the config file) are read.
+`library_logs_quieted(module)` keeps a library's own warnings out of view while hpjax checks
+its work and reports the outcome itself (both shown under `--traceback` or `--verbosity=1`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging as std_logging
+import os
 import sys
 
 from absl import flags, logging
@@ -52,6 +57,39 @@ def _cut(text: str, limit: int) -> str:
 def _define_traceback_flag() -> None:
   if "traceback" not in flags.FLAGS:
     flags.DEFINE_bool("traceback", False, "Show an error's full traceback instead of one line.")
+
+
+def verbose() -> bool:
+  """Whether the user asked for the libraries' own words: --traceback or --verbosity >= 1."""
+  return flags.FLAGS["verbosity"].value >= 1 or bool(
+      "traceback" in flags.FLAGS and flags.FLAGS["traceback"].value)
+
+
+class _DropFrom(std_logging.Filter):
+
+  def __init__(self, folder: str):
+    super().__init__()
+    self.folder = folder
+
+  def filter(self, record):
+    return not record.pathname.startswith(self.folder)
+
+
+@contextlib.contextmanager
+def library_logs_quieted(module):
+  """Inside, the log lines of `module`'s package (any level, any thread) are dropped unless
+  `verbose()`: while hpjax probes a damaged checkpoint, orbax's own warnings and errors would
+  bury the one line that says which step was skipped and why."""
+  if verbose():
+    yield
+    return
+  quiet = _DropFrom(os.path.dirname(os.path.abspath(module.__file__)) + os.sep)
+  logger = logging.get_absl_logger()
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _exit_with(error: BaseException, what: str = "error") -> None:

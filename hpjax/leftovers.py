@@ -36,7 +36,7 @@ def remove_stale(folder: str | os.PathLike, stem: str) -> list[str]:
   removed = []
   for entry in entries:
     pid = entry[len(mine):].split("-")[0] if entry.startswith(mine) else ""
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not alive(int(pid)):
       path = os.path.join(folder, entry)
       if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -47,7 +47,8 @@ def remove_stale(folder: str | os.PathLike, stem: str) -> list[str]:
   return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+  """Whether process `pid` of this host is running (another user's counts as running)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

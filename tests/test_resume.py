@@ -21,8 +21,11 @@ import pytest
 
 from configs import hnhp
 from helpers import REPO, assert_same_tree, final_params, train_args
+from absl import flags
+from absl import logging as absl_logging
+
 from hpjax import errors
-from hpjax.train import checkpointing, trainer
+from hpjax.train import checkpointing, run_lock, trainer
 from hpjax.train import step as step_lib
 
 STEPS = 8
@@ -171,6 +174,14 @@ DAMAGE = {  # what is done to the latest step, and the cause the warning must gi
                               r"is incomplete \(_CHECKPOINT_METADATA is missing\)"),
     "state metadata removed": (lambda d: os.remove(d / "state" / "_METADATA"),
                                r"is incomplete \(state/_METADATA is missing\)"),
+    "step metadata half-written": (
+        lambda d: (d / "_CHECKPOINT_METADATA").write_text('{"item_hand'),
+        r"is incomplete \(_CHECKPOINT_METADATA is half-written: it does not parse\)"),
+    "every file garbage": (
+        lambda d: [p.write_bytes(b"junk") for p in d.rglob("*") if p.is_file()],
+        r"is incomplete \(_CHECKPOINT_METADATA is half-written"),
+    "state metadata garbage": (lambda d: (d / "state" / "_METADATA").write_bytes(b"junk"),
+                               r"has unreadable metadata \(state/_METADATA does not parse\)"),
 }
 
 
@@ -187,12 +198,120 @@ def test_a_damaged_latest_step_resumes_from_the_newest_intact_one(damage, tmp_pa
   assert int(state.step) == 4
   np.testing.assert_array_equal(state.params["w"], _state(4).params["w"])
   assert next(iterator) == 4  # the data position of step 4
-  assert re.search(f"checkpoint step 6 skipped: {cause}.*; kept as .*/6.damaged-", caplog.text)
+  assert re.search(f"checkpoint step 6 skipped: {cause}.*; kept as .*/6.damaged-.*; resuming "
+                   "from step 4", caplog.text)
+  assert _from_orbax(caplog) == []  # its warnings and errors about the damage stay out of view
   aside = [p for p in checkpoints.iterdir() if p.name.startswith("6.damaged-")]
   assert len(aside) == 1 and sorted(
       str(p.relative_to(aside[0])) for p in aside[0].rglob("*")) == kept  # moved, not deleted
   assert ckpt.maybe_save(6, _state(6), iterator) and 6 in ckpt.steps()  # saved again
   ckpt.close()
+
+
+def _from_orbax(caplog):
+  return [r.getMessage() for r in caplog.records if f"{os.sep}orbax{os.sep}" in r.pathname]
+
+
+def test_orbax_s_own_words_on_damage_show_under_verbosity_1(tmp_path, caplog):
+  _small_run(tmp_path)
+  DAMAGE["every file garbage"][0](tmp_path / "checkpoints" / "6")
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+  level, verbosity = absl_logging.get_absl_logger().level, flags.FLAGS["verbosity"].value
+  absl_logging.set_verbosity(absl_logging.DEBUG)  # what --verbosity=1 sets
+  try:
+    with caplog.at_level(logging.DEBUG):
+      state, _ = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
+  finally:
+    flags.FLAGS["verbosity"].value = verbosity
+    absl_logging.get_absl_logger().setLevel(level)
+    ckpt.close()
+  assert int(state.step) == 4 and _from_orbax(caplog)
+
+
+def test_a_file_where_a_step_folder_belongs_is_kept_aside_not_deleted(tmp_path, caplog):
+  _small_run(tmp_path)
+  checkpoints = tmp_path / "checkpoints"
+  shutil.rmtree(checkpoints / "6")
+  (checkpoints / "6").write_bytes(b"not a checkpoint")
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+  with caplog.at_level(logging.WARNING):
+    state, iterator = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
+  assert int(state.step) == 4
+  assert re.search("checkpoint step 6 skipped: is a file, not a checkpoint folder; kept as "
+                   ".*/6.damaged-.*; resuming from step 4", caplog.text)
+  aside = [p for p in checkpoints.iterdir() if p.name.startswith("6.damaged-")]
+  assert len(aside) == 1 and aside[0].read_bytes() == b"not a checkpoint"
+  assert ckpt.maybe_save(6, _state(6), iterator) and 6 in ckpt.steps()
+  ckpt.close()
+
+
+def test_an_unfinished_save_of_a_stopped_run_is_removed_and_said(tmp_path, caplog):
+  _small_run(tmp_path)
+  checkpoints = tmp_path / "checkpoints"
+  shutil.copytree(checkpoints / "6", checkpoints / "8.orbax-checkpoint-tmp")
+  os.remove(checkpoints / "8.orbax-checkpoint-tmp" / "_CHECKPOINT_METADATA")
+  with caplog.at_level(logging.WARNING):
+    ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+    state, _ = ckpt.restore(_state(0), iter(grain.MapDataset.range(100).to_iter_dataset()))
+  ckpt.close()
+  assert int(state.step) == 6
+  assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4", "6"]
+  assert re.search(r"removed .*/checkpoints/8.orbax-checkpoint-tmp: an unfinished save of a run "
+                   "that was stopped", caplog.text)
+  assert _from_orbax(caplog) == []
+
+
+_HOLD = ("import sys, time; from hpjax.train import run_lock; run_lock.RunLock(sys.argv[1]); "
+         "print('held', flush=True); time.sleep(120)")
+
+
+def _holder(folder):
+  """Another process holding `folder`'s run lock (as a running trainer does)."""
+  process = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == "held"
+  return process
+
+
+def test_a_second_run_on_a_folder_is_refused_and_a_dead_run_s_lock_is_taken_over(tmp_path,
+                                                                                caplog):
+  _small_run(tmp_path)
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  holder = _holder(tmp_path)
+  try:
+    with pytest.raises(errors.USER_ERRORS) as error:
+      checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+  finally:
+    holder.kill()
+    holder.wait()
+  line = errors.summary(error.value)
+  assert "\n" not in line and f"{tmp_path} is in use by another run (pid {holder.pid} on " in line
+  assert "running" in line and "wait for it to end, or train in another workdir" in line
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+  # Killed, it left its lock file: stale, said, and taken over.
+  assert (tmp_path / run_lock.NAME).exists()
+  with caplog.at_level(logging.WARNING):
+    ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False)
+  assert re.search(rf"hpjax-run.lock: the run that held it \(pid {holder.pid} on .*\) is gone; "
+                   "taking it over", caplog.text)
+  ckpt.close()
+  assert not (tmp_path / run_lock.NAME).exists()  # released on close
+
+
+def test_the_trainer_is_refused_in_one_line_while_another_run_holds_the_workdir(train_source,
+                                                                              tmp_path):
+  holder = _holder(tmp_path)
+  try:
+    result = subprocess.run(
+        [sys.executable, "-m", "hpjax.main", f"--config=configs/hnhp.py:{_args(train_source)}",
+         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  finally:
+    holder.kill()
+    holder.wait()
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode == 1 and last.startswith(
+      f"error: {tmp_path} is in use by another run (pid {holder.pid} on "), result.stderr[-2000:]
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_a_directory_without_an_intact_step_stops_and_another_models_is_one_line(tmp_path):

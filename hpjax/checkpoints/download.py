@@ -209,14 +209,14 @@ def url_file(url: str, expected_sha256: str | None = None, verify: bool = True
   that no longer hashes to it is removed and copied again."""
   folder = cache_root() / "hpjax-urls" / hashlib.sha256(url.encode()).hexdigest()[:16]
   path = folder / url.rstrip("/").rsplit("/", 1)[-1]
-  if _cached_copy(path, verify):
+  if _cached_copy(path, verify, expected_sha256):
     return path
   if offline():
     raise ConnectionError(f"{url}: HF_HUB_OFFLINE is set and the file is not in the cache "
                           f"{folder}")
   folder.mkdir(parents=True, exist_ok=True)
   with filelock.FileLock(str(path) + ".lock"):
-    if _cached_copy(path, verify):  # Another process fetched it meanwhile.
+    if _cached_copy(path, verify, expected_sha256):  # Another process fetched it meanwhile.
       return path
     for partial in folder.glob(f"{glob.escape(path.name)}.*.incomplete"):  # a killed process's
       partial.unlink()
@@ -238,10 +238,15 @@ def url_file(url: str, expected_sha256: str | None = None, verify: bool = True
   return path
 
 
-def _cached_copy(path: pathlib.Path, verify: bool) -> bool:
-  """Whether `url_file` has a good copy at `path`; a corrupt one is removed."""
+def _cached_copy(path: pathlib.Path, verify: bool, expected_sha256: str | None = None) -> bool:
+  """Whether `url_file` has a good copy at `path`; a corrupt one is removed. A copy of another
+  published checksum (the file was republished) is not good: the URL is fetched again."""
   recorded = recorded_sha256(path)
   if recorded is None:
+    return False
+  if expected_sha256 and not recorded.startswith(expected_sha256):
+    logging.warning("%s was fetched with SHA-256 %s, not the published %s; fetching it again",
+                    path, recorded, expected_sha256)
     return False
   if not verify or sha256(path) == recorded:
     return True

@@ -12,16 +12,22 @@ are named `<suite>/<figure>`. REPLACE and SWAP go by the paper's names, which
 `HARD_POSITIVE_SUITES` maps to the authors' files: the one table of those names, from which the
 catalog, the TFDS builder and reader, the evaluator and the synthetic world derive theirs.
 
-Bad input fails loudly: a missing field, a mismatched data/ and swapped_data/ pair or a bad crop
-box raises `SuiteFormatError` naming the file and the record's index.
+Bad input fails loudly: a missing field, a mismatched data/ and swapped_data/ pair, a bad crop
+box or an empty caption raises `SuiteFormatError` naming the file and the record's index. Inside
+`empty_captions_skipped()` (the evaluation's `skip_empty_captions`), records with an empty caption
+are left out instead, logged and counted in the suite's `skipped_empty_captions`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
 from typing import Any, Iterable, Sequence
+
+from absl import logging
 
 from hpjax.data import records as records_lib
 
@@ -90,23 +96,54 @@ class EvalRecord:
     return f"{self.source} [index {self.index}]"
 
 
+_SKIP_EMPTY_CAPTIONS = contextvars.ContextVar("skip_empty_captions", default=False)
+
+
+@contextlib.contextmanager
+def empty_captions_skipped(skip: bool = True):
+  """Suites built inside leave out (and count) their records with an empty caption instead of
+  refusing them: the readers all build a `Suite`, which does the check."""
+  token = _SKIP_EMPTY_CAPTIONS.set(skip)
+  try:
+    yield
+  finally:
+    _SKIP_EMPTY_CAPTIONS.reset(token)
+
+
+def _empty_options(record: EvalRecord) -> list[str]:
+  return [f"{i} ({role})" for i, (role, text) in enumerate(zip(record.roles, record.captions))
+          if not text.strip()]
+
+
 @dataclasses.dataclass(frozen=True)
 class Suite:
-  """Records of one kind; `path` is the file they were read from (for errors and reports)."""
+  """Records of one kind; `path` is the file they were read from (for errors and reports);
+  `skipped_empty_captions` counts the records left out for an empty caption."""
   name: str
   kind: str
   records: tuple[EvalRecord, ...]
   path: str | None = None
+  skipped_empty_captions: int = dataclasses.field(default=0, kw_only=True)
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"suite {self.name}: unknown kind {self.kind!r}; expected one of {KINDS}")
-    for r in self.records:  # an empty option would be scored as if it were a caption
-      empty = [f"{i} ({role})" for i, (role, text) in enumerate(zip(r.roles, r.captions))
-               if not text.strip()]
-      if empty:
-        raise SuiteFormatError(f"{self.path or r.source} [index {r.index}]: caption "
-                               f"{', '.join(empty)} is empty")
+    # An empty option would be scored as if it were a caption.
+    empty = [(r, e) for r in self.records for e in [_empty_options(r)] if e]
+    if not empty:
+      return
+    where = self.path or empty[0][0].source
+    if not _SKIP_EMPTY_CAPTIONS.get():
+      r, options = empty[0]
+      raise SuiteFormatError(f"{where} [index {r.index}]: caption {', '.join(options)} is "
+                             f"empty (skip_empty_captions=True leaves such records out, counted)")
+    left_out = {id(r) for r, _ in empty}
+    object.__setattr__(self, "records", tuple(r for r in self.records if id(r) not in left_out))
+    object.__setattr__(self, "skipped_empty_captions", self.skipped_empty_captions + len(empty))
+    logging.warning("%s: %d record(s) with an empty caption skipped (skip_empty_captions): "
+                    "index %s", where, len(empty),
+                    ", ".join(str(r.index) for r, _ in empty[:10]) + (
+                        ", ..." if len(empty) > 10 else ""))
 
   def __len__(self):
     return len(self.records)

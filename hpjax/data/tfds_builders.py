@@ -13,16 +13,24 @@ batches as `train_builders.write_array_record` on the same records. Examples kee
 files' order (`disable_shuffling`), so index i of a split is record i. Builders only write;
 `hpjax.data.tfds_sources` reads them (the trainer, the evaluator). Build with `build()` or
 `python tools/build_tfds.py` (TFDS's `tfds build` command works too but imports TensorFlow).
+
+TFDS finds a prepared dataset by name, config name and version only, so `build()` keeps what a
+dataset was built from (`source_key`: the config's fields, manual_dir, the synthetic world's
+parameters) beside it: the same build reuses it, another is refused, naming the fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import inspect
+import json
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 
 from hpjax.data import records as records_lib
 from hpjax.data import suites as suites_lib
@@ -31,6 +39,7 @@ from hpjax.data import synthetic, train_builders
 # One split per REPLACE/SWAP suite, named as the paper (and the evaluator) names it -> its file.
 SUITE_SPLITS = suites_lib.HARD_POSITIVE_FILES
 _FILE_FORMAT = "array_record"
+SOURCE_RECORD = "hpjax_source.json"  # beside a prepared dataset: what it was built from
 
 
 def training_features() -> tfds.features.FeaturesDict:
@@ -93,6 +102,16 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, examples):
     yield from examples
+
+  def source_key(self, manual_dir: str | None) -> dict:
+    """What the prepared files depend on beyond the builder's version: its config's own
+    fields and, for a builder that reads one, the manual_dir."""
+    base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+    cfg = self.builder_config
+    key = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in base}
+    if self.MANUAL_DOWNLOAD_INSTRUCTIONS:
+      key["manual_dir"] = os.path.abspath(manual_dir) if manual_dir else None
+    return key
 
   def _splits(self, examples_by_split: dict) -> dict:
     return {split: self._generate_examples(examples)
@@ -203,9 +222,24 @@ class SyntheticWorld(_Builder):
     features = training_features() if self.builder_config.part == "train" else suite_features()
     return _info(self, features, "The synthetic world of hard negatives and positives.")
 
+  def source_key(self, manual_dir: str | None) -> dict:
+    """The config's fields, and every parameter of the world written (write_world's defaults
+    for the rest) with the generator's version: a changed default is another world."""
+    defaults = {name: p.default for name, p in
+                inspect.signature(synthetic.write_world).parameters.items()
+                if p.default is not inspect.Parameter.empty and name != "rebuild"}
+    key = super().source_key(manual_dir)
+    key.update({f"world.{k}": v for k, v in {**defaults, "version": synthetic.VERSION}.items()
+                if k not in self._world_params()})
+    return key
+
+  def _world_params(self) -> dict:
+    cfg = self.builder_config
+    return {k: getattr(cfg, k) for k in ("num_train", "num_eval", "image_size", "seed")}
+
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
-    params = {k: getattr(cfg, k) for k in ("num_train", "num_eval", "image_size", "seed")}
+    params = self._world_params()
     world_dir = os.path.join(os.fspath(dl_manager.download_dir), "synthetic_world",
                              "_".join(f"{k}{v}" for k, v in params.items()))
     world = synthetic.write_world(world_dir, **params)
@@ -222,6 +256,24 @@ def build(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   or a builder name with a custom `config`) as array_record files under `data_dir`."""
   kwargs = {"config": config} if config is not None else {}
   builder = tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT, **kwargs)
+  wanted = json.loads(json.dumps(builder.source_key(manual_dir), sort_keys=True, default=str))
+  record = epath.Path(builder.data_dir) / SOURCE_RECORD
+  if builder.is_prepared():
+    built = json.loads(record.read_text()) if record.exists() else None
+    if built is None:
+      logging.warning("%s holds a prepared %s without a record of what it was built from; "
+                      "reusing it", builder.data_dir, name)
+    elif built != wanted:
+      changed = sorted(k for k in {*built, *wanted} if built.get(k) != wanted.get(k))
+      raise ValueError(
+          f"{builder.data_dir} holds {name} built from other {', '.join(changed)} ("
+          + "; ".join(f"{k}: {built.get(k)!r:.80} -> {wanted.get(k)!r:.80}" for k in changed)
+          + "): not rebuilt over it; build into another data_dir (or config name), or remove "
+          "that folder")
+    return builder
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  aside = record.parent / f"{record.name}.{os.getpid()}.tmp"
+  aside.write_text(json.dumps(wanted, sort_keys=True, indent=1))
+  aside.rename(record)
   return builder

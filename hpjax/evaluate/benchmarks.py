@@ -288,15 +288,17 @@ def add_suites(into: dict[str, suites_lib.Suite], new: Mapping[str, suites_lib.S
 
 
 def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[str] = (),
-         image_dir: str | None = None, allow_outside: bool = False
-         ) -> dict[str, suites_lib.Suite]:
+         image_dir: str | None = None, allow_outside: bool = False,
+         skip_empty_captions: bool = False) -> dict[str, suites_lib.Suite]:
   """A benchmark's suites, named by path: `files` below `root` (default: its known files, or
   every file of its kind below it), or `files` alone (named below their common folder).
 
   A file with no records in a walked folder (VL-CheckList ships three empty `swig_place`
   files, which its official configs do not list) is left out with a log line; a named one is
   kept, so that the evaluator's empty-suite check reports it. Image paths stay under
-  `image_dir` unless `allow_outside` (`suites.check_image_paths`).
+  `image_dir` unless `allow_outside` (`suites.check_image_paths`). A record with an empty
+  caption is an error, or with `skip_empty_captions` left out and counted in its suite's
+  `skipped_empty_captions` (`suites.empty_captions_skipped`).
   """
   benchmark = BENCHMARKS[benchmark] if isinstance(benchmark, str) else benchmark
   if not root and not files:
@@ -306,8 +308,9 @@ def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[st
   suites: dict[str, suites_lib.Suite] = {}
   for rel in relative:
     path = os.path.join(root, rel)
-    suite = suites_lib.check_image_paths(benchmark.read(path, image_dir, rel), image_dir,
-                                         allow_outside)
+    with suites_lib.empty_captions_skipped(skip_empty_captions):
+      suite = suites_lib.check_image_paths(benchmark.read(path, image_dir, rel), image_dir,
+                                           allow_outside)
     if walked and not suite.records:
       logging.warning("%s: %s has no records; left out", benchmark.name, path)
       continue
@@ -322,8 +325,8 @@ def load(benchmark: Benchmark | str, root: str | None = None, files: Sequence[st
 def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swap"),
                        image_dir: str | None = None,
                        swap_image_dir: str | None = None,
-                       tfds_data_dir: str | None = None, allow_outside: bool = False
-                       ) -> dict[str, suites_lib.Suite]:
+                       tfds_data_dir: str | None = None, allow_outside: bool = False,
+                       skip_empty_captions: bool = False) -> dict[str, suites_lib.Suite]:
   """REPLACE ('replace' = both files, or 'replace_attributes' / 'replace_relations') and SWAP
   ('swap') from the authors' layout under `root`, keyed by the paper's names: the one loader
   of both (the evaluator, the trainer and eval configs use it).
@@ -332,7 +335,8 @@ def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swa
   A `root` of `tfds:<name>[:<split>]` reads a prepared TFDS dataset instead.
   """
   if root.startswith(tfds_sources.PREFIX):
-    return tfds_sources.load_tfds_suites(root, tfds_data_dir, names)
+    with suites_lib.empty_captions_skipped(skip_empty_captions):
+      return tfds_sources.load_tfds_suites(root, tfds_data_dir, names)
   files = (suites_lib.present_hard_positive_files(root) if names is None
            else suites_lib.hard_positive_files(names))
   wanted: dict[str, list[str]] = {}  # benchmark -> its files, in the order first asked
@@ -343,7 +347,8 @@ def load_hard_positive(root: str, names: Sequence[str] | None = ("replace", "swa
   suites: dict[str, suites_lib.Suite] = {}
   for benchmark, data_files in wanted.items():
     images = (swap_image_dir or image_dir) if benchmark == "swap" else image_dir
-    add_suites(suites, load(benchmark, root, data_files, images, allow_outside))
+    add_suites(suites, load(benchmark, root, data_files, images, allow_outside,
+                            skip_empty_captions))
   return suites
 
 
@@ -358,7 +363,8 @@ def load_config(config, required: bool = True) -> dict[str, suites_lib.Suite]:
         config.suite_root, config_fields.split_list(config.suites),
         swap_image_dir=config.swap_image_dir or None,
         tfds_data_dir=config.get("tfds_data_dir") or None,
-        allow_outside=config.allow_paths_outside_root))
+        allow_outside=config.allow_paths_outside_root,
+        skip_empty_captions=config.skip_empty_captions))
   for benchmark in BENCHMARKS.values():
     if benchmark.root_field == "suite_root":
       continue
@@ -368,7 +374,7 @@ def load_config(config, required: bool = True) -> dict[str, suites_lib.Suite]:
     if root or files:
       add_suites(suites, load(benchmark, root, files,
                               config_fields.get(config, benchmark.image_field) or None,
-                              config.allow_paths_outside_root))
+                              config.allow_paths_outside_root, config.skip_empty_captions))
   if required and not suites:
     raise ValueError("nothing to evaluate: set suite_root (REPLACE/SWAP), an extra.* folder or "
                      "file list, zeroshot.images or retrieval.annotations")

@@ -132,7 +132,8 @@ class HardPositiveEvaluator:
                            None if result.text_sims is None else result.text_sims[rows])
       self.last_scores[name] = scores
       per_suite[name] = _valid_metrics(scores)
-      per_suite[name]["skipped_records"] = float((~scores.valid).sum())
+      per_suite[name]["skipped_records"] = float((~scores.valid).sum()
+                                                 + suite.skipped_empty_captions)
       if any(r.crop is not None for r in suite.records):
         per_suite[name]["padded_boxes"] = float(result.padded[rows].sum())
     self._check_not_empty({
