@@ -26,7 +26,8 @@ from hpjax.models import get_model_config
 TINY_WORLD = dict(num_train=6, num_eval=3, image_size=16, web_captions=1)
 
 # A changed value for a field whose type has no generic change below (a choice among names).
-CHOICES = {"caption_words": ("plain", "any"), "part": ("train", "suites")}
+CHOICES = {"caption_words": ("plain", "any"), "hard_texts": ("rules", "edits"),
+           "part": ("train", "suites")}
 
 
 def _changed(field, value):
