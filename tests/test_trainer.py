@@ -380,3 +380,7 @@ def test_the_closing_table_says_when_metrics_log_has_no_pretrained_row(tmp_path,
   assert _table_rows(written["spectrum.md"]) == {"finetuned": {
       "swap/augmented": "30.0", "compositional": "30.0", "toy/top1": "42.0"}}
   assert table == open(written["spectrum.md"]).read()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 9, "loss"\n')  # torn by a crash
+  assert summary.write_table(str(tmp_path), str(tmp_path / "reports"), "hpjax-tiny", 8) == ("", {})
+  assert f"no closing table: {tmp_path / 'metrics.jsonl'}:3: not valid JSON" in caplog.text

@@ -32,8 +32,13 @@ def write_table(workdir: str, directory: str, model_name: str, kept_step: int,
   """spectrum.md and tradeoff.png (`reports.write_spectrum`) in `directory` over the step-0 row
   (`start_label`) and the kept step's (FINETUNED), the latter with its differences to the
   former; returns (the table, name -> path written). A row missing from metrics.jsonl is said
-  in the log and left out; ("", {}) when both are."""
-  rows = metrics_log.read(workdir)
+  in the log and left out; ("", {}) when both are, or when the log cannot be read (the run's
+  checkpoints and other reports stand: its end is not failed for its summary)."""
+  try:
+    rows = metrics_log.read(workdir)
+  except ValueError as e:  # e.g. a line torn by a crash
+    logging.warning("no closing table: %s", e)
+    return "", {}
   results = []
   for label, step in ((start_label, 0), (FINETUNED, kept_step)):
     figures = evaluation(rows, step)

@@ -336,6 +336,8 @@ def run(config, workdir: str) -> dict:
     evaluators.append(hard_positive)
   evaluators += runner.spectrum_evaluators(  # zero-shot, standard-protocol retrieval
       with_world_probes(config, world), model, tokenizer, config.data.tfds_data_dir or None,
+      # (REPLACE/SWAP's scorer when there is one: its encoders are compiled once for both)
+      scorer=hard_positive.scorer if hard_positive else None,
       image_batch_size=config.eval.batch_size, devices=list(mesh.devices.flat))
 
   def evaluate(step: int) -> dict:
