@@ -201,6 +201,10 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   # eval.zeroshot.images / eval.retrieval.annotations are empty); keep-best may pick by one of
   # their figures or by a '+'-combination (the mean), e.g. imagenet1k/top1+replace/augmented.
   c.eval.zeroshot, c.eval.retrieval = spectrum_fields()
+  # The synthetic world: its zero-shot probe (world_objects/...) and 5-captions retrieval split
+  # (world_5cap/...) fill eval.zeroshot / eval.retrieval where those are empty, and the run ends
+  # with the pretrained and finetuned model side by side (reports/spectrum.md, tradeoff.png).
+  c.eval.world_probes = True
 
   c.export_openclip = ""  # a path: write the final params as an OpenCLIP state dict there.
   # A resume must be the same run (WORKDIR/run_config.json): '+'-separated fields (or prefixes,

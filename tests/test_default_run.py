@@ -1,6 +1,8 @@
 """The README's first command, `python -m hpjax.main --config=configs/hnhp.py`, at a reduced size:
-it builds the synthetic world, pretrains, finetunes, evaluates REPLACE and SWAP and tells the
-user where the reports are; the reported figures are recomputed here from the final checkpoint."""
+it builds the synthetic world, pretrains, finetunes, evaluates REPLACE, SWAP and the world's
+zero-shot and retrieval probes, ends with the pretrained-vs-finetuned table and tells the user
+where the plot and reports are; the reported figures are recomputed here from the final
+checkpoint."""
 
 import json
 import os
@@ -23,7 +25,7 @@ FIGURES = ("original", "augmented", "brittleness", "hard_positive")
 @pytest.mark.slow
 def test_default_command_writes_reports_whose_figures_follow_from_its_checkpoint(tmp_path):
   workdir = tmp_path / "run"
-  small = ("total_steps=6,batch_size=16,log_every_steps=3,eval.every_steps=0,"
+  small = ("total_steps=6,batch_size=16,log_every_steps=3,eval.every_steps=6,"
            "checkpoint.every_steps=3,data.val_size=16,pretrain.steps=3,pretrain.batch_size=16,"
            "data.synthetic.num_train=96,data.synthetic.num_eval=24")
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -66,9 +68,18 @@ def test_default_command_writes_reports_whose_figures_follow_from_its_checkpoint
   assert f"SWAP original {metrics['swap/original']:.1f}" in output
   # The synthetic world writes one record per eval image and suite.
   assert metrics["replace_attributes/n"] == metrics["swap/n"] == 24
-  # With no evaluation during the run, the final one is still logged (metrics.jsonl).
+  # The pretrained model (step 0) and the finetuned one are evaluated and logged (metrics.jsonl).
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-  (final,) = [r for r in rows if "replace/original" in r]
-  assert final["step"] == 6 and final["replace/original"] == pytest.approx(metrics["replace/original"])
+  pretrained, final = [r for r in rows if "replace/original" in r]
+  assert (pretrained["step"], final["step"]) == (0, 6)
+  assert final["replace/original"] == pytest.approx(metrics["replace/original"])
+  assert "world_objects/top1" in final and "world_5cap/text_to_image_R@1" in final
+  # It ends with the table of both (spectrum.md), then where the plot and the reports are.
+  reports = os.path.relpath(workdir / "reports", REPO)
+  table = (workdir / "reports" / "spectrum.md").read_text().split("\n\n")[0]
+  assert "| pretrained (baseline) |" in table and "| world_objects/top1 |" in table
+  ends = [output.index(table), output.index(f"trade-off plot: {reports}/tradeoff.png"),
+          output.index(f"{reports}/spectrum.md", output.index("reports: "))]
+  assert ends == sorted(ends)
   # Library INFO lines (orbax writes a dozen per checkpoint) are kept off the terminal.
   assert "checkpoint_manager.py" not in output

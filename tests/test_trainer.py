@@ -13,9 +13,11 @@ import pytest
 
 from configs import coco_control, hn, hnhp, hp
 from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, nan_backward,
-                     traced_operations, train_args)
+                     traced_operations, train_args, write_json)
 from hpjax import factory, sharding
-from hpjax.train import optim, trainer
+from hpjax.data import synthetic
+from hpjax.evaluate import runner
+from hpjax.train import optim, summary, trainer
 from hpjax.train import step as step_lib
 
 TRAINED = {"total_steps": 12, "log_every_steps": 2, "checkpoint.every_steps": 4,
@@ -234,3 +236,154 @@ def test_the_evaluation_line_shows_the_headline_figures_only():
       "REPLACE original 50.0, augmented 51.0, brittleness 52.0 | "
       "SWAP original 65.0, augmented 66.0, brittleness 67.0 | retrieval R@1 12.3")
   assert trainer._headline({"retrieval/mean_recall@1": 1.0}) == "retrieval R@1 1.0"
+
+
+class _ProbedWorld(synthetic.WorldPaths):
+  """A world whose zero-shot probe and 5-captions retrieval split are this test's, small, in the
+  files' contracted formats (image paths relative to image_root), beside the world's folder."""
+
+  @property
+  def zeroshot_images(self):
+    return self.image_root + "_probe/zeroshot.jsonl"
+
+  @property
+  def zeroshot_classes(self):
+    return self.image_root + "_probe/classes.json"
+
+  @property
+  def retrieval_annotations(self):
+    return self.image_root + "_probe/karpathy.json"
+
+
+def _probed(write_world):
+  """`synthetic.write_world` returning a `_ProbedWorld`: 6 training images labelled by their
+  first object's shape, and 4 others with 5 true captions each."""
+  def write(out_dir, **kwargs):
+    world = _ProbedWorld(*write_world(out_dir, **kwargs))
+    if not os.path.exists(world.zeroshot_classes):
+      os.makedirs(os.path.dirname(world.zeroshot_classes))
+      captions = {r["image"]: r["caption"] for r in map(json.loads, open(world.train_jsonl))}
+      scenes = [json.loads(line) for line in open(world.scenes_jsonl)][:10]
+      shapes = sorted({s["objects"][0]["shape"] for s in scenes[:6]})
+      write_json(world.zeroshot_classes, {"classnames": shapes,
+                                          "templates": ["a {}.", "a picture of a {}."]})
+      with open(world.zeroshot_images, "w") as f:
+        for s in scenes[:6]:
+          f.write(json.dumps({"image": s["image"],
+                              "label": shapes.index(s["objects"][0]["shape"])}) + "\n")
+      write_json(world.retrieval_annotations, {"images": [
+          {"filename": s["image"], "split": "test", "sentences": [
+              {"raw": f"{prefix}{captions[s['image']]}"}
+              for prefix in ("", "a picture of ", "an image of ", "a photo of ", "there is ")]}
+          for s in scenes[6:]]})
+    return world
+  return write
+
+
+WORLD_COLUMNS = ("world_objects/top1", "world_5cap/image_to_text_R@1",
+                 "world_5cap/text_to_image_R@1")
+
+
+def _table_rows(path) -> dict[str, dict[str, str]]:
+  """spectrum.md's rows: label -> column -> cell."""
+  header, _, *rows = open(path).read().split("\n\n")[0].splitlines()
+  columns = [c.strip() for c in header.strip("|").split("|")][1:]
+  out = {}
+  for row in rows:
+    label, *cells = [c.strip() for c in row.strip("|").split("|")]
+    out[label] = dict(zip(columns, cells))
+  return out
+
+
+@pytest.mark.slow
+def test_the_world_run_ends_with_the_pretrained_and_finetuned_rows_of_its_metrics_log(
+    tmp_path, monkeypatch, caplog):
+  """Zero-shot and retrieval on the world's probes at step 0 (the pretrained model) and at every
+  evaluation; spectrum.md holds exactly the logged figures of step 0 and of the kept step, with
+  the differences; a resumed run reads its pretrained row back instead of evaluating again."""
+  monkeypatch.setattr(synthetic, "write_world", _probed(synthetic.write_world))
+  args = lambda steps: train_args("synthetic", **{
+      "total_steps": steps, "eval.every_steps": 2, "eval.hard_positive": True,
+      "checkpoint.best_metric": "world_5cap/mean_R@1", "data.synthetic.num_train": 40,
+      "data.synthetic.num_eval": 8, "pretrain.steps": 2, "pretrain.batch_size": 8})
+  caplog.set_level("INFO")
+  trainer.run(hnhp.get_config(args(4)), str(tmp_path))
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  evals = {r["step"]: r for r in logged if "world_objects/top1" in r}
+  assert sorted(evals) == [0, 2, 4]
+  assert all(set(WORLD_COLUMNS) <= set(r) and r["world_objects/n"] == 6 for r in evals.values())
+  # The pretraining stage does not evaluate the probes (the finetune's step 0 does).
+  (stage_log,) = tmp_path.glob("pretrain/*/**/metrics.jsonl")
+  assert not [line for line in open(stage_log) if "world_objects" in line]
+
+  def check_table(kept):
+    rows = _table_rows(tmp_path / "reports" / "spectrum.md")
+    assert set(rows) == {"pretrained (baseline)", "finetuned"}
+    before, after = evals[0], evals[kept]
+    compositional = runner.compositional_headlines(after)
+    assert compositional and all(k.startswith(("replace", "swap")) for k in compositional)
+    columns = [*compositional, "compositional", *WORLD_COLUMNS]
+    assert list(rows["finetuned"]) == columns
+    for figures in (before, after):
+      figures["compositional"] = np.mean([figures[k] for k in compositional])
+    for k in columns:
+      assert rows["pretrained (baseline)"][k] == f"{before[k]:.1f}", k
+      assert rows["finetuned"][k] == f"{after[k]:.1f} ({after[k] - before[k]:+.1f})", k
+    return rows["pretrained (baseline)"]
+
+  (kept,) = map(int, os.listdir(tmp_path / "best"))
+  pretrained_row = check_table(kept)
+  # The run's last lines (hpjax's own, as the front door shows them): the table, plot, reports.
+  *_, table, plot, reports = [r.getMessage() for r in caplog.records
+                              if r.pathname.startswith(os.path.dirname(trainer.__file__))]
+  assert open(tmp_path / "reports" / "spectrum.md").read() in table
+  assert plot == f"trade-off plot: {tmp_path / 'reports' / 'tradeoff.png'}"
+  assert reports.startswith("reports: ") and str(tmp_path / "reports" / "spectrum.md") in reports
+
+  # Resumed from step 4 to 6: no second step-0 evaluation, the same pretrained row.
+  caplog.clear()
+  trainer.run(hnhp.get_config(args(6)), str(tmp_path))
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  evals = {r["step"]: r for r in logged if "world_objects/top1" in r}
+  assert sorted(evals) == [0, 2, 4, 6]
+  assert sum(r["step"] == 0 for r in logged) == 1
+  (kept,) = map(int, os.listdir(tmp_path / "best"))
+  assert check_table(kept) == pretrained_row
+
+
+def test_a_users_zeroshot_and_retrieval_sets_are_kept_and_the_world_fills_only_empty_ones():
+  world = synthetic.WorldPaths("/w/train.jsonl", "/w/eval", "/w")
+  world = _ProbedWorld(*world)
+  config = hnhp.get_config("eval.zeroshot.images=/mine/classes,eval.zeroshot.name=mine")
+  fields = trainer.with_world_probes(config, world)
+  assert (fields.zeroshot.images, fields.zeroshot.name, fields.zeroshot.classes) == (
+      "/mine/classes", "mine", "imagenet1k")
+  assert (fields.retrieval.annotations, fields.retrieval.image_root, fields.retrieval.name) == (
+      world.retrieval_annotations, "/w", trainer.WORLD_RETRIEVAL)
+  assert config.eval.retrieval.annotations == ""  # the run's config itself is left as given
+  both = trainer.with_world_probes(hnhp.get_config(), world)
+  assert (both.zeroshot.images, both.zeroshot.classes, both.zeroshot.name) == (
+      world.zeroshot_images, world.zeroshot_classes, trainer.WORLD_ZEROSHOT)
+  off = trainer.with_world_probes(hnhp.get_config("eval.world_probes=False"), world)
+  assert not off.zeroshot.images and not off.retrieval.annotations
+  other_data = trainer.with_world_probes(hnhp.get_config(), None)  # data.source is not the world
+  assert not other_data.zeroshot.images and not other_data.retrieval.annotations
+
+
+def test_the_closing_table_says_when_metrics_log_has_no_pretrained_row(tmp_path, caplog):
+  """A run resumed in a workdir whose metrics.jsonl lost step 0: the table has the finetuned
+  row alone, and the log says which row is missing and why."""
+  figures = {"retrieval/mean_recall@1": 10.0, "toy/top1": 42.0, "swap/augmented": 30.0}
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 0, "loss": 3.0}) + "\n")  # a training row, not an evaluation
+    f.write(json.dumps({"step": 8, **figures}) + "\n")
+  caplog.set_level("INFO")
+  table, written = summary.write_table(str(tmp_path), str(tmp_path / "reports"), "hpjax-tiny", 8)
+  assert "metrics.jsonl holds no evaluation of step 0: the closing table has no 'pretrained' row" in caplog.text
+  assert _table_rows(written["spectrum.md"]) == {"finetuned": {
+      "swap/augmented": "30.0", "compositional": "30.0", "toy/top1": "42.0"}}
+  assert table == open(written["spectrum.md"]).read()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 9, "loss"\n')  # torn by a crash
+  assert summary.write_table(str(tmp_path), str(tmp_path / "reports"), "hpjax-tiny", 8) == ("", {})
+  assert f"no closing table: {tmp_path / 'metrics.jsonl'}:3: not valid JSON" in caplog.text

@@ -9,6 +9,20 @@ import time
 import jax
 from absl import logging
 
+from hpjax.data import records
+
+FILE = "metrics.jsonl"
+
+
+def read(workdir: str) -> list[dict]:
+  """Every row of WORKDIR/metrics.jsonl in order (a resumed run's repeated steps included: the
+  later row is the newer); [] when the run has logged nothing."""
+  path = os.path.join(workdir, FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [row for _, row in records.json_lines(path, f)]
+
 
 class MetricsLog:
   """Appends `{"step": s, name: value, ...}` to workdir/metrics.jsonl and TensorBoard scalars."""
@@ -21,7 +35,7 @@ class MetricsLog:
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top (heavy)
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._jsonl = open(os.path.join(workdir, FILE), "a", encoding="utf-8")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:

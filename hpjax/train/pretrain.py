@@ -59,6 +59,7 @@ def stage_config(config):
   stage.model.pretrained = ""
   stage.eval.every_steps = p.steps  # the pretrained model's own figures, once, at the end
   stage.eval.reports = False
+  stage.eval.world_probes = False  # (the finetune's step 0 evaluates the stage's model on them)
   stage.checkpoint.directory = stage.checkpoint.best_metric = stage.resume_overrides = ""
   stage.export_openclip = ""
   # The finetuning toolkit is the finetune's: the stage trains every weight, plainly.

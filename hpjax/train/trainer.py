@@ -7,6 +7,7 @@ for every field.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -33,7 +34,12 @@ from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, t
 from hpjax.train import lora as lora_lib
 from hpjax.train import param_groups
 from hpjax.train import step as step_lib
+from hpjax.train import summary
 from hpjax.train.metrics_log import MetricsLog
+
+# The figures' prefixes of the synthetic world's probes: its zero-shot classes (world_objects/top1)
+# and its 5-captions retrieval split (world_5cap/image_to_text_R@1).
+WORLD_ZEROSHOT, WORLD_RETRIEVAL = "world_objects", "world_5cap"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,6 +144,23 @@ def _hard_positive_evaluator(config, model, tokenizer, eval_root: str, image_roo
       batch_size=config.eval.batch_size)
 
 
+def with_world_probes(config, world: synthetic.WorldPaths | None):
+  """config.eval, with the synthetic world's zero-shot probe and 5-captions retrieval split in
+  the zero-shot / retrieval fields the user left empty (eval.world_probes): the world's run
+  shows what finetuning costs as well as what it gains. A user's own set wins, per group."""
+  fields = copy.deepcopy(config.eval)
+  if world is None or not fields.world_probes:
+    return fields
+  if not fields.zeroshot.images:
+    fields.zeroshot.update(images=world.zeroshot_images, classes=world.zeroshot_classes,
+                           image_root=world.image_root, name=WORLD_ZEROSHOT,
+                           skip_empty_classes=False)
+  if not fields.retrieval.annotations:
+    fields.retrieval.update(annotations=world.retrieval_annotations, image_root=world.image_root,
+                            split="test", name=WORLD_RETRIEVAL)
+  return fields
+
+
 def combined_figure(metrics: dict, combination: str) -> float:
   """The mean of the '+'-separated figures of `combination` (keep-best's named combination)."""
   names = config_fields.split_list(combination)
@@ -159,6 +182,17 @@ def _headline(metrics: dict) -> str:
   if retrieval.MEAN_RECALL_AT_1 in metrics:
     parts.append(f"retrieval R@1 {metrics[retrieval.MEAN_RECALL_AT_1]:.1f}")
   return " | ".join(parts)
+
+
+def _closing_table(config, workdir: str, reports_dir: str, kept_step: int) -> dict[str, str]:
+  """Writes and logs the table of the model before finetuning and the kept one (summary);
+  returns the files written."""
+  start = (summary.PRETRAINED if config.model.pretrained or pretrain.applies(config)
+           else "random init")
+  table, files = summary.write_table(workdir, reports_dir, config.model.name, kept_step, start)
+  if table:
+    logging.info("before and after finetuning (kept step %d):\n%s", kept_step, table)
+  return files
 
 
 def ensure_pretrained(config, directory: str, world: synthetic.WorldPaths) -> str | None:
@@ -301,7 +335,9 @@ def run(config, workdir: str) -> dict:
   if hard_positive is not None:
     evaluators.append(hard_positive)
   evaluators += runner.spectrum_evaluators(  # zero-shot, standard-protocol retrieval
-      config.eval, model, tokenizer, config.data.tfds_data_dir or None,
+      with_world_probes(config, world), model, tokenizer, config.data.tfds_data_dir or None,
+      # (REPLACE/SWAP's scorer when there is one: its encoders are compiled once for both)
+      scorer=hard_positive.scorer if hard_positive else None,
       image_batch_size=config.eval.batch_size, devices=list(mesh.devices.flat))
 
   def evaluate(step: int) -> dict:
@@ -362,26 +398,28 @@ def run(config, workdir: str) -> dict:
         return eval_metrics
     # -- the end: the kept model (keep-best, as the paper picks its epoch), reports, export ------
     reporting = hard_positive is not None and config.eval.reports
+    # The closing table (summary): the step-0 evaluation beside the kept model's, on every suite.
+    tabling = config.eval.reports and config.eval.every_steps > 0 and len(evaluators) > 1
     kept_step, kept_state, kept_dir = config.total_steps, state, "checkpoints"
     exporting = config.export_openclip or config.lora.export_adapters
-    best = ckpt.best_state(state) if reporting or exporting else None
+    best = ckpt.best_state(state) if reporting or exporting or tabling else None
     if best is not None and best[0] != config.total_steps:
       kept_step, kept_state, kept_dir = best[0], best[1], "best"
     kept_params = weights(kept_state)
     if kept_dir == "best":
       logging.info("keeping step %d, the best by %s", kept_step, config.checkpoint.best_metric)
+    reports_dir, written = os.path.join(workdir, "reports"), {}
     if reporting:  # (every host evaluates: the scorer is collective)
-      if not hard_positive.last_metrics:  # no evaluation ran, so none was kept as best either
-        eval_metrics = evaluate(config.total_steps)
-      elif kept_step != config.total_steps:
+      if kept_step != config.total_steps:  # the kept model's per-record scores, for the reports
         hard_positive.run(kept_params)
+      elif not hard_positive.last_metrics:  # none ran (eval.every_steps=0, or resumed finished)
+        eval_metrics = evaluate(config.total_steps)
       ckpt.wait()  # the reports name (and hash) the kept checkpoint
       if jax.process_index() == 0:
-        files = hard_positive.write_reports(
-            os.path.join(workdir, "reports"), label=f"{config.model.name} finetuned",
+        written = hard_positive.write_reports(
+            reports_dir, label=f"{config.model.name} finetuned",
             checkpoint=os.path.join(checkpoint_dir, kept_dir, str(kept_step)))
         logging.info("final (step %d): %s", kept_step, _headline(hard_positive.last_metrics))
-        logging.info("reports: %s", ", ".join(sorted(files.values())))
     if config.export_openclip and jax.process_index() == 0:
       factory.export_openclip(jax.device_get(kept_params), model.config, config.export_openclip)
       logging.info("exported OpenCLIP weights (step %d) to %s", kept_step, config.export_openclip)
@@ -391,6 +429,12 @@ def run(config, workdir: str) -> dict:
                       else kept_state.adapters, model.config)
       logging.info("exported the LoRA adapters (step %d) to %s", kept_step,
                    config.lora.export_adapters)
+    if tabling and jax.process_index() == 0:
+      written.update(_closing_table(config, workdir, reports_dir, kept_step))
+    if "tradeoff.png" in written:  # the run's last lines: where its plot and reports are
+      logging.info("trade-off plot: %s", written["tradeoff.png"])
+    if written:
+      logging.info("reports: %s", ", ".join(sorted(written.values())))
   finally:
     preemption.restore()
     ckpt.close()
