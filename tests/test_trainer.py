@@ -13,7 +13,7 @@ import pytest
 
 from configs import coco_control, hn, hnhp, hp
 from helpers import (COMPILATION_CACHE, REPO, assert_same_tree, final_params, nan_backward,
-                     traced_operations, train_args, write_json)
+                     traced_operations, train_args)
 from hpjax import factory, sharding
 from hpjax.data import synthetic
 from hpjax.evaluate import runner
@@ -238,48 +238,6 @@ def test_the_evaluation_line_shows_the_headline_figures_only():
   assert trainer._headline({"retrieval/mean_recall@1": 1.0}) == "retrieval R@1 1.0"
 
 
-class _ProbedWorld(synthetic.WorldPaths):
-  """A world whose zero-shot probe and 5-captions retrieval split are this test's, small, in the
-  files' contracted formats (image paths relative to image_root), beside the world's folder."""
-
-  @property
-  def zeroshot_images(self):
-    return self.image_root + "_probe/zeroshot.jsonl"
-
-  @property
-  def zeroshot_classes(self):
-    return self.image_root + "_probe/classes.json"
-
-  @property
-  def retrieval_annotations(self):
-    return self.image_root + "_probe/karpathy.json"
-
-
-def _probed(write_world):
-  """`synthetic.write_world` returning a `_ProbedWorld`: 6 training images labelled by their
-  first object's shape, and 4 others with 5 true captions each."""
-  def write(out_dir, **kwargs):
-    world = _ProbedWorld(*write_world(out_dir, **kwargs))
-    if not os.path.exists(world.zeroshot_classes):
-      os.makedirs(os.path.dirname(world.zeroshot_classes))
-      captions = {r["image"]: r["caption"] for r in map(json.loads, open(world.train_jsonl))}
-      scenes = [json.loads(line) for line in open(world.scenes_jsonl)][:10]
-      shapes = sorted({s["objects"][0]["shape"] for s in scenes[:6]})
-      write_json(world.zeroshot_classes, {"classnames": shapes,
-                                          "templates": ["a {}.", "a picture of a {}."]})
-      with open(world.zeroshot_images, "w") as f:
-        for s in scenes[:6]:
-          f.write(json.dumps({"image": s["image"],
-                              "label": shapes.index(s["objects"][0]["shape"])}) + "\n")
-      write_json(world.retrieval_annotations, {"images": [
-          {"filename": s["image"], "split": "test", "sentences": [
-              {"raw": f"{prefix}{captions[s['image']]}"}
-              for prefix in ("", "a picture of ", "an image of ", "a photo of ", "there is ")]}
-          for s in scenes[6:]]})
-    return world
-  return write
-
-
 WORLD_COLUMNS = ("world_objects/top1", "world_5cap/image_to_text_R@1",
                  "world_5cap/text_to_image_R@1")
 
@@ -297,21 +255,21 @@ def _table_rows(path) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_the_world_run_ends_with_the_pretrained_and_finetuned_rows_of_its_metrics_log(
-    tmp_path, monkeypatch, caplog):
+    tmp_path, caplog):
   """Zero-shot and retrieval on the world's probes at step 0 (the pretrained model) and at every
   evaluation; spectrum.md holds exactly the logged figures of step 0 and of the kept step, with
   the differences; a resumed run reads its pretrained row back instead of evaluating again."""
-  monkeypatch.setattr(synthetic, "write_world", _probed(synthetic.write_world))
   args = lambda steps: train_args("synthetic", **{
       "total_steps": steps, "eval.every_steps": 2, "eval.hard_positive": True,
       "checkpoint.best_metric": "world_5cap/mean_R@1", "data.synthetic.num_train": 40,
-      "data.synthetic.num_eval": 8, "pretrain.steps": 2, "pretrain.batch_size": 8})
+      "data.synthetic.num_eval": 8, "data.synthetic.num_probe": 24,
+      "data.synthetic.num_retrieval": 4, "pretrain.steps": 2, "pretrain.batch_size": 8})
   caplog.set_level("INFO")
   trainer.run(hnhp.get_config(args(4)), str(tmp_path))
   logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   evals = {r["step"]: r for r in logged if "world_objects/top1" in r}
   assert sorted(evals) == [0, 2, 4]
-  assert all(set(WORLD_COLUMNS) <= set(r) and r["world_objects/n"] == 6 for r in evals.values())
+  assert all(set(WORLD_COLUMNS) <= set(r) and r["world_objects/n"] == 24 for r in evals.values())
   # The pretraining stage does not evaluate the probes (the finetune's step 0 does).
   (stage_log,) = tmp_path.glob("pretrain/*/**/metrics.jsonl")
   assert not [line for line in open(stage_log) if "world_objects" in line]
@@ -353,7 +311,6 @@ def test_the_world_run_ends_with_the_pretrained_and_finetuned_rows_of_its_metric
 
 def test_a_users_zeroshot_and_retrieval_sets_are_kept_and_the_world_fills_only_empty_ones():
   world = synthetic.WorldPaths("/w/train.jsonl", "/w/eval", "/w")
-  world = _ProbedWorld(*world)
   config = hnhp.get_config("eval.zeroshot.images=/mine/classes,eval.zeroshot.name=mine")
   fields = trainer.with_world_probes(config, world)
   assert (fields.zeroshot.images, fields.zeroshot.name, fields.zeroshot.classes) == (
