@@ -287,7 +287,8 @@ def run(config, workdir: str) -> dict:
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight,
       kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight,
-      lora_alpha=config.lora.alpha, ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+      lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, seed=config.seed,
+      ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
       micro_batches=config.accum_freq, data_shards=mesh.shape[sharding.DATA])
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
