@@ -203,6 +203,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.eval.zeroshot, c.eval.retrieval = spectrum_fields()
 
   c.export_openclip = ""  # a path: write the final params as an OpenCLIP state dict there.
+  c.export_hf = ""  # a folder: the same as a Hugging Face CLIPModel (SigLIP: SiglipModel).
   # A resume must be the same run (WORKDIR/run_config.json): '+'-separated fields (or prefixes,
   # or 'hosts') whose change a resume accepts, e.g. 'batch_size+data.hn_frac'.
   c.resume_overrides = ""

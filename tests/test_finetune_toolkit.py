@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+import transformers
 
 import hpjax
 from configs import common, hnhp
@@ -340,6 +341,7 @@ def _lora_args(train_source, folder, exports=""):
       "lora.image_rank": RANK, "lora.text_rank": RANK, "lora.alpha": ALPHA, "ema.decay": 0.8,
       "ema.warmup": 3, "checkpoint.keep": 3,
       "export_openclip": str(folder / f"{exports}merged.safetensors"),
+      "export_hf": str(folder / f"{exports}hf"),
       "lora.export_adapters": str(folder / f"{exports}tsvlc.safetensors")})
 
 
@@ -364,6 +366,17 @@ def test_trainer_lora_run_exports_the_ema_of_the_adapters(lora_run):
   _, imported = hpjax.create_model(NAME, pretrained=folder / "tsvlc.safetensors",
                                    lora_rank=RANK, lora_alpha=ALPHA)
   assert_same_tree(imported, jax.device_get(want), atol=1e-6)
+  # The HF folder: transformers' CLIPModel computes the kept model's features.
+  hf_model = transformers.CLIPModel.from_pretrained(str(folder / "hf"), local_files_only=True)
+  rng = np.random.default_rng(2)
+  images, tokens = random_images(rng, 2, 64), random_tokens(rng, 2)
+  image, text = _features(CLIP(hpjax.get_model_config(NAME)), want, images.transpose(0, 2, 3, 1),
+                          tokens)
+  with torch.no_grad():
+    out = hf_model.eval()(input_ids=torch.from_numpy(tokens).long(),
+                          pixel_values=torch.from_numpy(images))
+  np.testing.assert_allclose(out.image_embeds.numpy(), image, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(out.text_embeds.numpy(), text, rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -405,6 +418,27 @@ def test_the_pretraining_stage_is_shared_by_toolkit_variants():
   assert (stage.lora.image_rank, stage.ema.decay, stage.optim.text_layer_decay) == (0, 0.0, 1.0)
   run_config.check_values(pretrain.stage_config(locked), 1, 1)  # a run the trainer accepts
   assert pretrain.key(toolkit, "w") == pretrain.key(plain, "w") == pretrain.key(locked, "w")
+
+
+@pytest.mark.parametrize("what", ["folder", "file", "architecture"])
+def test_export_hf_that_cannot_be_written_is_refused_before_training(train_source, tmp_path, what):
+  destination = tmp_path / "hf"
+  overrides = {"export_hf": str(destination)}
+  if what == "folder":
+    destination.mkdir()
+  elif what == "file":
+    destination.write_text("mine")
+  else:  # the sigmoid loss adds a logit bias, which a CLIPModel has no place for
+    overrides["loss.kind"] = "sigmoid"
+  with pytest.raises((FileExistsError, ValueError)) as info:
+    trainer.run(hnhp.get_config(train_args(train_source, **overrides)), str(tmp_path / "run"))
+  message = str(info.value)
+  assert message.startswith(f"export_hf={str(destination)!r}: ") and "\n" not in message
+  assert (f"{destination} exists" if what != "architecture" else
+          "model 'hpjax-tiny' cannot be exported as an HF CLIPModel: {'init_logit_bias'") in message
+  assert not (tmp_path / "run").exists()  # before any work
+  assert (destination.read_text() == "mine" if what == "file" else
+          destination.exists() == (what == "folder"))
 
 
 # -- bad input -----------------------------------------------------------------------------------
