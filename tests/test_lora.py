@@ -257,7 +257,7 @@ def test_dropout_step_gradient_equals_the_unmerged_reference():
   text_grads = np.stack([feature_grads["caption"], feature_grads["hard_positives"][:, 0],
                          feature_grads["hard_negatives"][:, 0]], axis=1).reshape(12, -1)
   want = torch.autograd.grad([image, text], list(weights.values()),
-                             [torch.from_numpy(np.asarray(feature_grads["image"])),
+                             [torch.from_numpy(np.array(feature_grads["image"])),
                               torch.from_numpy(text_grads)])
   got = tsvlc(got)
   for name, w in zip(weights, want):
