@@ -152,9 +152,10 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
 
   # LoRA training (hpjax/train/lora.py): rank-r adapters on the named modules of each tower
   # ('+'-joined from lora.TARGETS; rank 0 = tower not adapted), the base weights frozen.
+  # dropout: PEFT's lora_dropout, on the adapters' inputs in training only (0 = none, merged).
   # export_adapters: a path for the base weights with unmerged adapters in TSVLC's layout.
   c.lora = ml_collections.ConfigDict(
-      {"image_rank": 0, "text_rank": 0, "alpha": 1.0,
+      {"image_rank": 0, "text_rank": 0, "alpha": 1.0, "dropout": 0.0,
        "image_targets": "in_proj+out_proj+c_fc+c_proj+conv1",
        "text_targets": "in_proj+out_proj+c_fc+c_proj", "export_adapters": ""})
 
@@ -207,6 +208,7 @@ def get_config(arg: str | None, **recipe) -> ml_collections.ConfigDict:
   c.eval.world_probes = True
 
   c.export_openclip = ""  # a path: write the final params as an OpenCLIP state dict there.
+  c.export_hf = ""  # a folder: the same as a Hugging Face CLIPModel (SigLIP: SiglipModel).
   # A resume must be the same run (WORKDIR/run_config.json): '+'-separated fields (or prefixes,
   # or 'hosts') whose change a resume accepts, e.g. 'batch_size+data.hn_frac'.
   c.resume_overrides = ""

@@ -13,16 +13,18 @@ import numpy as np
 import optax
 import pytest
 import torch
+import transformers
 
 import hpjax
 from configs import common, hnhp
-from helpers import assert_same_tree, final_state, train_args
+from helpers import assert_same_tree, final_state, traced_operations, train_args
 from hpjax import checkpoints
 from hpjax.checkpoints import mapping
 from hpjax.models.clip import CLIP, param_shapes
+from hpjax.train import accumulation
 from hpjax.train import ema as ema_lib
 from hpjax.train import lora as lora_lib
-from hpjax.train import optim, param_groups, pretrain, run_config, trainer
+from hpjax.train import optim, param_groups, pretrain, run_config, text_packing, trainer
 from hpjax.train import step as step_lib
 from openclip_reference import openclip_model, random_images, random_tokens
 
@@ -241,6 +243,79 @@ def test_tsvlc_export_round_trips_for_a_timm_tower(tmp_path):
   assert_same_tree(imported, jax.device_get(lora_lib.merge(params, adapters, ALPHA)), atol=1e-6)
 
 
+def _dropout_step(model, tx, **kw):
+  return jax.jit(functools.partial(
+      step_lib.train_step, model=model, tx=tx, schedule=optax.constant_schedule(1e-2),
+      positives="multi", local_weight=0.0, lora_alpha=ALPHA, lora_dropout=0.5, seed=1, **kw))
+
+
+def test_lora_dropout_masks_follow_the_step_and_seed_and_leave_evaluation_merged(tiny):
+  model, params = tiny
+  tx, _ = optim.make_optimizer(_optim_config(), 10)
+  state = step_lib.init_state(params, tx, _random_adapters(params))
+  step = _dropout_step(model, tx)
+  first, _ = step(state, _batch())
+  assert_same_tree(step(state, _batch())[0].adapters, first.adapters)  # deterministic
+  assert_same_tree(first.params, params)  # the base, bit-identical
+  later, _ = step(state.replace(step=jnp.ones((), jnp.int32)), _batch())  # the next step's masks
+  some = next(iter(_flat(first.adapters)))
+  assert np.abs(_flat(later.adapters)[some] - _flat(first.adapters)[some]).max() > 1e-6
+  # Without dropout the step runs the merged path, with no random numbers at all.
+  random = lambda **kw: {op for op, _ in traced_operations(functools.partial(
+      step_lib.train_step, model=model, tx=tx, schedule=optax.constant_schedule(1e-2),
+      positives="multi", local_weight=0.0, **kw), state, _batch()) if "random" in op}
+  assert not random(lora_dropout=0.0) and random(lora_dropout=0.5)
+  # Evaluation sees the merged adapters: no dropout, the same features every time.
+  images = random_images(np.random.default_rng(1), 2, 64).transpose(0, 2, 3, 1)
+  tokens = random_tokens(np.random.default_rng(1), 2)
+  weights = step_lib.model_params(first, ALPHA)
+  assert_same_tree(weights, lora_lib.merge(params, first.adapters, ALPHA))
+  for a, b in zip(_features(model, weights, images, tokens),
+                  _features(model, weights, images, tokens)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_lora_dropout_masks_differ_per_device_shard():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  mask = jax.jit(lambda k: lora_lib.dropout_mask(k, ("visual", "conv1"), (8, 64), 0.5),
+                 out_shardings=spec)(lora_lib.dropout_key(0, 3))
+  shards = [np.asarray(s.data) for s in mask.addressable_shards]
+  assert len(shards) == 2 and not np.array_equal(*shards)
+  np.testing.assert_array_equal(np.concatenate(shards), lora_lib.dropout_mask(
+      lora_lib.dropout_key(0, 3), ("visual", "conv1"), (8, 64), 0.5))  # one global draw
+
+
+@pytest.mark.slow
+def test_lora_dropout_accumulates_packed_micro_batches_with_one_mask_each(tiny):
+  """accum_freq 2 over 2 data shards with packed texts: the step's gradient equals plain
+  backpropagation through each micro-batch encoded unmerged with its own masks (the cached and
+  the recomputed features saw the same masks)."""
+  model, params = tiny
+  adapters = _random_adapters(params)
+  batch = text_packing.pack_batch(jax.tree.map(lambda *x: np.concatenate(x), _batch(0), _batch(1)),
+                                  4, 77)
+  (micro_batches, shards), key = (2, 2), lora_lib.dropout_key(1, 0)
+  tx = optax.sgd(1.0)
+  with jax.default_matmul_precision("highest"):
+    after, _ = _dropout_step(model, tx, micro_batches=micro_batches, data_shards=shards)(
+        step_lib.init_state(params, tx, adapters), batch)
+
+    def loss(t):
+      micro = accumulation.split(batch, micro_batches, shards)
+      features = [step_lib.encode_batch(
+          lora_lib.Unmerged(model, t, ALPHA, 0.5, jax.random.fold_in(key, j)), params,
+          jax.tree.map(lambda x, j=j: x[j], micro)) for j in range(micro_batches)]
+      merged = jax.tree.map(lambda *f: jnp.concatenate(f), *features)
+      return step_lib.loss_of_features(params, merged, accumulation.merged(micro), "multi",
+                                       0.0)[0]
+
+    want = jax.jit(jax.grad(loss))(adapters)
+  got = jax.tree.map(jnp.subtract, adapters, after.adapters)
+  assert_same_tree(got, want, atol=1e-5)
+  assert max(np.abs(x).max() for x in jax.tree.leaves(want)) > 1e-3
+
+
 # -- EMA -----------------------------------------------------------------------------------------
 
 def test_ema_follows_the_direct_recurrence(tiny, locked_run):
@@ -266,6 +341,7 @@ def _lora_args(train_source, folder, exports=""):
       "lora.image_rank": RANK, "lora.text_rank": RANK, "lora.alpha": ALPHA, "ema.decay": 0.8,
       "ema.warmup": 3, "checkpoint.keep": 3,
       "export_openclip": str(folder / f"{exports}merged.safetensors"),
+      "export_hf": str(folder / f"{exports}hf"),
       "lora.export_adapters": str(folder / f"{exports}tsvlc.safetensors")})
 
 
@@ -290,6 +366,17 @@ def test_trainer_lora_run_exports_the_ema_of_the_adapters(lora_run):
   _, imported = hpjax.create_model(NAME, pretrained=folder / "tsvlc.safetensors",
                                    lora_rank=RANK, lora_alpha=ALPHA)
   assert_same_tree(imported, jax.device_get(want), atol=1e-6)
+  # The HF folder: transformers' CLIPModel computes the kept model's features.
+  hf_model = transformers.CLIPModel.from_pretrained(str(folder / "hf"), local_files_only=True)
+  rng = np.random.default_rng(2)
+  images, tokens = random_images(rng, 2, 64), random_tokens(rng, 2)
+  image, text = _features(CLIP(hpjax.get_model_config(NAME)), want, images.transpose(0, 2, 3, 1),
+                          tokens)
+  with torch.no_grad():
+    out = hf_model.eval()(input_ids=torch.from_numpy(tokens).long(),
+                          pixel_values=torch.from_numpy(images))
+  np.testing.assert_allclose(out.image_embeds.numpy(), image, rtol=0, atol=1e-4)
+  np.testing.assert_allclose(out.text_embeds.numpy(), text, rtol=0, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -333,6 +420,27 @@ def test_the_pretraining_stage_is_shared_by_toolkit_variants():
   assert pretrain.key(toolkit, "w") == pretrain.key(plain, "w") == pretrain.key(locked, "w")
 
 
+@pytest.mark.parametrize("what", ["folder", "file", "architecture"])
+def test_export_hf_that_cannot_be_written_is_refused_before_training(train_source, tmp_path, what):
+  destination = tmp_path / "hf"
+  overrides = {"export_hf": str(destination)}
+  if what == "folder":
+    destination.mkdir()
+  elif what == "file":
+    destination.write_text("mine")
+  else:  # the sigmoid loss adds a logit bias, which a CLIPModel has no place for
+    overrides["loss.kind"] = "sigmoid"
+  with pytest.raises((FileExistsError, ValueError)) as info:
+    trainer.run(hnhp.get_config(train_args(train_source, **overrides)), str(tmp_path / "run"))
+  message = str(info.value)
+  assert message.startswith(f"export_hf={str(destination)!r}: ") and "\n" not in message
+  assert (f"{destination} exists" if what != "architecture" else
+          "model 'hpjax-tiny' cannot be exported as an HF CLIPModel: {'init_logit_bias'") in message
+  assert not (tmp_path / "run").exists()  # before any work
+  assert (destination.read_text() == "mine" if what == "file" else
+          destination.exists() == (what == "folder"))
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arg, message", [
@@ -346,6 +454,9 @@ def test_the_pretraining_stage_is_shared_by_toolkit_variants():
      "applies to a locked tower: set locking.lock_text=True"),
     ("optim.text_layer_decay=0.0", "optim.text_layer_decay=0.0 must be in (0, 1]"),
     ("ema.decay=1.0", "ema.decay=1.0 must be in [0, 1)"),
+    ("lora.image_rank=4,lora.dropout=1.0", "lora.dropout=1.0 must be in [0, 1) (0 = none)"),
+    ("lora.image_rank=4,lora.dropout=-0.1", "lora.dropout=-0.1 must be in [0, 1)"),
+    ("lora.dropout=0.1", "lora.dropout needs LoRA training"),
     ("lora.image_rank=4,locking.lock_text=True", "locking.lock_text cannot be combined"),
 ])
 def test_bad_toolkit_values_are_refused_before_any_work(arg, message):

@@ -1,12 +1,14 @@
 """LoRA checkpoints (TSVLC / DAC layout): merged at import, equal to the adapters run unmerged."""
 
 import copy
+import functools
 import pathlib
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,12 @@ import torch.nn.functional as F
 import hpjax
 from hpjax import checkpoints
 from configs import eval_hp
+from helpers import assert_same_tree
+from hpjax.checkpoints import mapping
 from hpjax.evaluate import runner
+from hpjax.models.clip import CLIP
+from hpjax.train import lora as lora_lib
+from hpjax.train import step as step_lib
 from openclip_reference import openclip_model, random_images, random_tokens, state_dict_numpy
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -45,35 +52,45 @@ def _adapters(torch_model, rng):
   return adapters
 
 
-class UnmergedAttention(torch.nn.Module):
-  """open_clip's batch-first nn.MultiheadAttention computing W x + s B(A x) in the fused
-  in-projection and in the out-projection."""
+def _kept(x, name):
+  """No dropout: the adapter sees its module's input."""
+  del name
+  return x
 
-  def __init__(self, mha, in_a, in_b, out_a, out_b, scale):
+
+class UnmergedAttention(torch.nn.Module):
+  """open_clip's batch-first nn.MultiheadAttention computing W x + s B(A dropped(x)) in the fused
+  in-projection and in the out-projection (`dropped(x, name)`: the adapter's input)."""
+
+  def __init__(self, mha, in_a, in_b, out_a, out_b, scale, dropped=_kept, prefix=""):
     super().__init__()
     self.mha, self.in_a, self.in_b, self.out_a, self.out_b = mha, in_a, in_b, out_a, out_b
-    self.scale = scale
+    self.scale, self.dropped, self.prefix = scale, dropped, prefix
 
   def forward(self, q_x, k_x=None, v_x=None, need_weights=False, attn_mask=None):
     del k_x, v_x, need_weights  # self-attention only
     mha, (n, length, width) = self.mha, q_x.shape
+    low_rank = lambda x, a, b, name: self.scale * F.linear(F.linear(
+        self.dropped(x, self.prefix + name), a), b)
     qkv = (F.linear(q_x, mha.in_proj_weight, mha.in_proj_bias)
-           + self.scale * F.linear(F.linear(q_x, self.in_a), self.in_b))
+           + low_rank(q_x, self.in_a, self.in_b, "in_proj"))
     q, k, v = (t.reshape(n, length, mha.num_heads, -1).transpose(1, 2) for t in qkv.chunk(3, -1))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     out = out.transpose(1, 2).reshape(n, length, width)
     return (F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
-            + self.scale * F.linear(F.linear(out, self.out_a), self.out_b)), None
+            + low_rank(out, self.out_a, self.out_b, "out_proj")), None
 
 
-def _unmerged_model(torch_model, adapters, scale):
+def _unmerged_model(torch_model, adapters, scale, dropped=_kept):
   """A copy of `torch_model` that runs every adapter, times `scale`, beside its frozen base
-  weight."""
+  weight, on `dropped(x, name)` of its module's input x (`name`: the module's hpjax path, e.g.
+  'visual.transformer.resblocks_0.mlp.c_fc'). `adapters`: numpy arrays or torch tensors."""
   model = copy.deepcopy(torch_model)
-  t = {k: torch.from_numpy(v) for k, v in adapters.items()}
+  t = {k: v if torch.is_tensor(v) else torch.from_numpy(v) for k, v in adapters.items()}
 
-  def add_low_rank(a, b):
-    return lambda module, inputs, output: output + scale * F.linear(F.linear(inputs[0], a), b)
+  def add_low_rank(a, b, name):
+    return lambda module, inputs, output: output + scale * F.linear(
+        F.linear(dropped(inputs[0], name), a), b)
 
   for tower, prefix in ((model.visual.transformer, "visual.transformer"),
                         (model.transformer, "transformer")):
@@ -82,16 +99,17 @@ def _unmerged_model(torch_model, adapters, scale):
       block.attn = UnmergedAttention(
           block.attn, t[f"{base}.attn.in_proj_weight_lora_A"],
           t[f"{base}.attn.in_proj_weight_lora_B"], t[f"{base}.attn.out_proj.lora_A"],
-          t[f"{base}.attn.out_proj.lora_B"], scale)
+          t[f"{base}.attn.out_proj.lora_B"], scale, dropped, f"{prefix}.resblocks_{i}.attn.")
       for name in ("c_fc", "c_proj"):
-        getattr(block.mlp, name).register_forward_hook(
-            add_low_rank(t[f"{base}.mlp.{name}.lora_A"], t[f"{base}.mlp.{name}.lora_B"]))
+        getattr(block.mlp, name).register_forward_hook(add_low_rank(
+            t[f"{base}.mlp.{name}.lora_A"], t[f"{base}.mlp.{name}.lora_B"],
+            f"{prefix}.resblocks_{i}.mlp.{name}"))
   conv = model.visual.conv1
   # loralib's ConvLoRA: the (out*k, in*k) product viewed row-major as the kernel.
   delta = (t["visual.conv1.lora_B"] @ t["visual.conv1.lora_A"]).view(conv.weight.shape)
   conv.register_forward_hook(
-      lambda module, inputs, output: output + F.conv2d(inputs[0], scale * delta,
-                                                       stride=module.stride))
+      lambda module, inputs, output: output + F.conv2d(dropped(inputs[0], "visual.conv1"),
+                                                       scale * delta, stride=module.stride))
   return model
 
 
@@ -179,3 +197,76 @@ def test_a_lora_file_converts_and_evaluates_from_the_command_line(lora_file, tmp
   (spec,) = runner.model_specs(config)
   assert spec.lora == {"lora_rank": 4, "lora_alpha": 2.5}
   jax.tree.map(np.testing.assert_array_equal, runner.build(spec)[1], want)
+
+
+# -- LoRA dropout in training --------------------------------------------------------------------
+
+DROPOUT, SEED = 0.3, 7
+
+
+def test_dropout_step_gradient_equals_the_unmerged_reference():
+  """The step's adapter gradient (SGD at lr 1: before - after) equals torch autograd through
+  open_clip running each adapter unmerged on mask * x / (1 - p), with the step's masks, pulled
+  back from the feature gradients of hpjax's loss."""
+  torch_model = openclip_model(NAME, seed=2)
+  config = hpjax.get_model_config(NAME)
+  params = mapping.openclip_to_params(state_dict_numpy(torch_model), config)
+  targets = {"image": list(lora_lib.TARGETS), "text": ["in_proj", "out_proj", "c_fc", "c_proj"]}
+  adapters = lora_lib.init_adapters(params, lora_lib.plan(params, {"image": RANK, "text": RANK},
+                                                          targets), jax.random.key(0))
+  rng = np.random.default_rng(3)
+  adapters = jax.tree.map(lambda x: rng.normal(0, 0.1, x.shape).astype(np.float32), adapters)
+  images, tokens = random_images(rng, 4, 64), random_tokens(rng, 12).reshape(4, 3, -1)
+  batch = {"image": images.transpose(0, 2, 3, 1), "caption": tokens[:, 0],
+           "hard_positives": tokens[:, 1:2], "hard_positive_mask": np.array([[1], [0], [1], [1]],
+                                                                             bool),
+           "hard_negatives": tokens[:, 2:], "hard_negative_mask": np.ones((4, 1), bool)}
+  tx = optax.sgd(1.0)
+  step = functools.partial(step_lib.train_step, model=CLIP(config), tx=tx,
+                           schedule=optax.constant_schedule(1.0), positives="multi",
+                           local_weight=0.0, lora_alpha=2.5, seed=SEED)
+  state = step_lib.init_state(params, tx, adapters)
+  with jax.default_matmul_precision("highest"):
+    after, _ = jax.jit(functools.partial(step, lora_dropout=DROPOUT))(state, batch)
+  got = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), adapters, after.adapters)
+  assert_same_tree(after.params, params)  # the base, bit-identical
+
+  key = jax.random.fold_in(lora_lib.dropout_key(SEED, 0), 0)  # step 0, micro-batch 0
+
+  def dropped(x, name):
+    """x * mask / (1 - p), the mask drawn for hpjax's layout: (tokens, width) rows, NHWC."""
+    shape = (x.shape[0], *x.shape[2:], x.shape[1]) if x.ndim == 4 else (-1, x.shape[-1])
+    mask = lora_lib.dropout_mask(key, tuple(name.split(".")), np.empty(x.shape).reshape(
+        shape).shape, DROPOUT)
+    mask = np.array(mask).transpose(0, 3, 1, 2) if x.ndim == 4 else np.array(mask)
+    assert 0.5 < mask.mean() < 0.9, name  # p of the inputs dropped
+    return x * torch.from_numpy(mask.reshape(x.shape)) / (1 - DROPOUT)
+
+  tsvlc = lambda tree: {k: v for k, v in lora_lib.tsvlc_state_dict(params, tree, config).items()
+                        if "lora_" in k}
+  weights = {k: torch.from_numpy(v).requires_grad_() for k, v in tsvlc(adapters).items()}
+  reference = _unmerged_model(torch_model, weights, 2.5 / RANK, dropped)
+  image = reference.encode_image(torch.from_numpy(images), normalize=True)
+  text = reference.encode_text(torch.from_numpy(tokens.reshape(12, -1)).long(), normalize=True)
+  features = {"image": image.detach().numpy(), "caption": text.detach().numpy()[0::3],
+              "hard_positives": text.detach().numpy()[1::3, None],
+              "hard_negatives": text.detach().numpy()[2::3, None]}
+  with jax.default_matmul_precision("highest"):
+    feature_grads = jax.grad(lambda f: step_lib.loss_of_features(
+        params, f, batch, "multi", 0.0)[0])(features)
+  text_grads = np.stack([feature_grads["caption"], feature_grads["hard_positives"][:, 0],
+                         feature_grads["hard_negatives"][:, 0]], axis=1).reshape(12, -1)
+  want = torch.autograd.grad([image, text], list(weights.values()),
+                             [torch.from_numpy(np.array(feature_grads["image"])),
+                              torch.from_numpy(text_grads)])
+  got = tsvlc(got)
+  for name, w in zip(weights, want):
+    assert np.abs(w.numpy()).max() > 1e-4, name  # every adapter gets a gradient
+    np.testing.assert_allclose(got[name], w.numpy(), rtol=0, atol=1e-5, err_msg=name)
+  # Without dropout the gradient differs (the masks matter).
+  with jax.default_matmul_precision("highest"):
+    merged, _ = jax.jit(step)(state, batch)
+  some = "visual.transformer.resblocks.0.mlp.c_fc.lora_A"
+  plain = np.asarray(tsvlc(jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), adapters,
+                                        merged.adapters))[some])
+  assert np.abs(plain - got[some]).max() > 1e-3

@@ -7,13 +7,21 @@ as W's shape. The tree mirrors the params: adapters[...path of the kernel...] = 
 "lora_B"}. Merging inside the step leaves every model family's code unchanged; only the
 adapters are differentiated, updated and held in the optimizer state. As in loralib, A starts
 Kaiming-uniform and B at zero, so training starts from the base model.
+
+With LoRA dropout (PEFT's `lora_dropout`, TSVLC's and DAC's) a merged weight cannot say that only
+the adapter sees dropped inputs: training then runs the adapters unmerged beside the frozen
+weights, y = base(x) + (alpha / r) * B(A(dropout(x))), by intercepting the adapted Dense and Conv
+modules' calls (`Unmerged`), so the tower modules stay unchanged. A conv adapter's product is a
+kernel (loralib's ConvLoRA), applied to the dropped input. Evaluation and exports merge.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,3 +159,54 @@ def tsvlc_state_dict(params, adapters, config) -> dict[str, np.ndarray]:
     for name in ("lora_A", "lora_B"):
       out[stem + name] = np.array(pair[name], np.float32, order="C")
   return out
+
+
+_DROPOUT_STREAM = zlib.crc32(b"lora.dropout")  # apart from the model's and the adapters' init
+
+
+def dropout_key(seed: int, step):
+  """The step's dropout key: deterministic under the seed, new at every step (and on resume)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _DROPOUT_STREAM), step)
+
+
+def dropout_mask(key, path: tuple[str, ...], shape, rate: float):
+  """Which inputs of the module at `path` (a kernel's path without 'kernel') the adapter keeps.
+  The mask has the global shape, so each device shard draws its own part of it."""
+  layer_key = jax.random.fold_in(key, zlib.crc32(".".join(path).encode()))
+  return jax.random.bernoulli(layer_key, 1.0 - rate, shape)
+
+
+class Unmerged:
+  """`model` whose `apply` runs the adapters unmerged beside the (frozen) params it is given,
+  each on dropout(x) of its module's input x with masks drawn from `key`: what the step
+  differentiates with lora.dropout > 0. Each adapted module runs once per `apply` (one mask)."""
+
+  def __init__(self, model, adapters, alpha: float, rate: float, key):
+    self.model, self.alpha, self.rate, self.key = model, alpha, rate, key
+    self.pairs = {path[:-1]: pair for path, pair in flat_adapters(adapters).items()}
+
+  def apply(self, variables, *args, **kwargs):
+    with nn.intercept_methods(self._intercept):
+      return self.model.apply(variables, *args, **kwargs)
+
+  def _intercept(self, call, args, kwargs, context):
+    module = context.module
+    pair = (self.pairs.get(module.path) if context.method_name == "__call__"
+            and isinstance(module, (nn.Dense, nn.Conv)) else None)
+    if pair is None:
+      return call(*args, **kwargs)
+    x, out = args[0], call(*args, **kwargs)
+    keep = dropout_mask(self.key, module.path, x.shape, self.rate)
+    dropped = jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
+    return out + self._branch(module, dropped, pair).astype(out.dtype)
+
+  def _branch(self, module, x, pair):
+    """(alpha / r) * B(A(x)): two thin matmuls for a Dense; the product kernel for a Conv."""
+    dtype = module.dtype or x.dtype
+    if isinstance(module, nn.Dense):
+      a, b = (pair[n].astype(dtype) for n in ("lora_A", "lora_B"))
+      rank = a.shape[0]
+      return (self.alpha / rank) * ((x.astype(dtype) @ a.T) @ b.T)
+    kernel = delta(module.get_variable("params", "kernel"), pair, self.alpha)
+    conv = module.clone(parent=None, use_bias=False)
+    return conv.apply({"params": {"kernel": kernel.astype(module.param_dtype)}}, x)

@@ -143,13 +143,15 @@ def _toolkit_value_problems(values: dict) -> list[str]:
     problems.append(f"ema.decay={values['ema.decay']!r} must be in [0, 1) (0 = no EMA)")
   if not values["lora.alpha"] > 0:
     problems.append(f"lora.alpha={values['lora.alpha']!r} must be > 0")
+  if not 0 <= values["lora.dropout"] < 1:
+    problems.append(f"lora.dropout={values['lora.dropout']!r} must be in [0, 1) (0 = none)")
   for lock, count in (("locking.lock_image", "locking.lock_image_unlocked_groups"),
                       ("locking.lock_text", "locking.lock_text_unlocked_layers")):
     if values[count] and not values[lock]:
       problems.append(f"{count}={values[count]} applies to a locked tower: set {lock}=True")
   lora = values["lora.image_rank"] or values["lora.text_rank"]
-  if values["lora.export_adapters"] and not lora:
-    problems.append("lora.export_adapters needs LoRA training (lora.image_rank or text_rank > 0)")
+  problems += [f"{f} needs LoRA training (lora.image_rank or text_rank > 0)"
+               for f in ("lora.export_adapters", "lora.dropout") if values[f] and not lora]
   others = [f for f in ("locking.lock_image", "locking.lock_text") if values[f]] + [
       f for f in ("optim.image_layer_decay", "optim.text_layer_decay") if values[f] != 1.0]
   if lora and others:

@@ -116,27 +116,51 @@ def loss_fn(params, model, batch, *options):
 
 
 def value_and_grad(tree, model, batch, options: tuple, micro_batches: int = 1,
-                   data_shards: int = 1, as_model: Callable = lambda tree: tree):
-  """((loss, metrics), gradient w.r.t. `tree`) of `loss_fn` on the model's params
-  `as_model(tree)` (LoRA: the adapters merged into the frozen params; else the params
-  themselves); with micro_batches > 1 by accumulation over that many micro-batches
-  (`accumulation`, the same gradient with every negative kept)."""
+                   data_shards: int = 1, as_model: Callable | None = None):
+  """((loss, metrics), gradient w.r.t. `tree`) of `loss_fn` with (params, model) =
+  `as_model(tree, batch)`: by default `tree` itself in `model` (LoRA: the adapters merged into
+  the frozen params, or run unmerged with dropout, `lora.Unmerged`); with micro_batches > 1 by
+  accumulation over that many micro-batches (`accumulation`, the same gradient with every
+  negative kept; `as_model` then sees each micro-batch)."""
+  as_model = as_model or (lambda t, b: (t, model))
   if micro_batches == 1:
-    return jax.value_and_grad(lambda t: loss_fn(as_model(t), model, batch, *options),
+    return jax.value_and_grad(lambda t: loss_fn(*as_model(t, batch), batch, *options),
                               has_aux=True)(tree)
+
+  def encode(t, b):
+    params, encoder = as_model(t, b)
+    return encode_batch(encoder, params, b)
+
   return accumulation.value_and_grad(
-      lambda t, b: encode_batch(model, as_model(t), b),
-      lambda t, f, b: loss_of_features(as_model(t), f, b, *options), tree, batch,
+      encode, lambda t, f, b: loss_of_features(as_model(t, b)[0], f, b, *options), tree, batch,
       micro_batches=micro_batches, data_shards=data_shards)
+
+
+# With LoRA dropout, each micro-batch's index rides in the batch (one per data shard and
+# micro-batch, so `accumulation.split` hands micro-batch j the index j) and picks its masks: the
+# cached and the recomputed features of a micro-batch see the same ones.
+MICRO_BATCH = "lora_dropout_micro_batch"
+
+
+def _lora_model(state: TrainState, model, lora_alpha: float, lora_dropout: float, seed: int):
+  """as_model for `value_and_grad` of LoRA training: the adapters merged (dropout 0), else run
+  unmerged with this step's masks."""
+  if not lora_dropout:
+    return lambda t, b: (lora_lib.merge(state.params, t, lora_alpha), model)
+  key = lora_lib.dropout_key(seed, state.step)
+  return lambda t, b: (state.params, lora_lib.Unmerged(
+      model, t, lora_alpha, lora_dropout, jax.random.fold_in(key, b[MICRO_BATCH][0])))
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
                local_weight: float, kind: str = "contrastive", hard_negative_weight: float = 1.0,
-               lora_alpha: float = 1.0, ema_decay: float = 0.0, ema_warmup: int = 0,
-               micro_batches: int = 1, data_shards: int = 1):
+               lora_alpha: float = 1.0, lora_dropout: float = 0.0, seed: int = 0,
+               ema_decay: float = 0.0, ema_warmup: int = 0, micro_batches: int = 1,
+               data_shards: int = 1):
   """One AdamW step; `metrics['finite']` says whether loss, gradient and update were finite.
   Only `trained(state)` is differentiated and updated (LoRA: the adapters, merged into the
-  frozen params inside the loss); the EMA, when kept, follows it. micro_batches > 1 accumulates
+  frozen params inside the loss, or with lora_dropout > 0 run unmerged on inputs dropped with
+  masks from `seed` and the step); the EMA, when kept, follows it. micro_batches > 1 accumulates
   the gradient (`value_and_grad`) over the batch's D = data_shards shards; packed texts must then
   be packed in data_shards * micro_batches groups.
 
@@ -144,8 +168,11 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, positives: str,
   both Adam moments cost 14% of a ViT-B-32 CPU step and ~1 GB); the trainer checks the flag
   before every save and stops, so a poisoned state never reaches a checkpoint."""
   tree = trained(state)
-  as_model = (lambda t: t) if state.adapters is None else (
-      lambda t: lora_lib.merge(state.params, t, lora_alpha))
+  as_model = None
+  if state.adapters is not None:
+    as_model = _lora_model(state, model, lora_alpha, lora_dropout, seed)
+    if lora_dropout:
+      batch = {**batch, MICRO_BATCH: jnp.tile(jnp.arange(micro_batches), data_shards)}
   (loss, metrics), grads = value_and_grad(
       tree, model, batch, (positives, local_weight, kind, hard_negative_weight),
       micro_batches, data_shards, as_model)
@@ -171,7 +198,8 @@ def jit_train_step(model, tx, schedule, state_shardings, metrics_sharding, *,
                    kind: str = "contrastive", hard_negative_weight: float = 1.0,
                    **step_options):
   """The step jitted with the state kept in `state_shardings` (and donated); `step_options`:
-  train_step's lora_alpha, ema_decay, ema_warmup, micro_batches and data_shards."""
+  train_step's lora_alpha, lora_dropout, seed, ema_decay, ema_warmup, micro_batches and
+  data_shards."""
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
                            positives=positives, local_weight=local_weight, kind=kind,
                            hard_negative_weight=hard_negative_weight, **step_options)

@@ -31,6 +31,7 @@ from hpjax.evaluate import hard_positive as hard_positive_lib
 from hpjax.evaluate import runner
 from hpjax.models.config import get_model_config
 from hpjax.train import checkpointing, optim, pretrain, retrieval, run_config, text_packing
+from hpjax.train import hf_export
 from hpjax.train import lora as lora_lib
 from hpjax.train import param_groups
 from hpjax.train import step as step_lib
@@ -257,6 +258,8 @@ def run(config, workdir: str) -> dict:
   run_config.check_values(config, len(jax.devices()), jax.process_count())
   if config.export_openclip:  # before any work: never replaces a file (the starting one included)
     checkpoint_files.check_destination(config.export_openclip, checkpoint_files.STATE_DICT_SUFFIXES)
+  if config.export_hf:  # the same, and an architecture the HF writer can express
+    hf_export.check(config.export_hf, model_config(config.model.name, config.loss.kind))
   mesh = sharding.make_mesh(config.mesh.model_parallel,
                             jax.devices()[:config.mesh.num_devices or None])
   os.makedirs(workdir, exist_ok=True)
@@ -321,7 +324,8 @@ def run(config, workdir: str) -> dict:
       model, tx, schedule, state_shardings, sharding.replicated(mesh),
       positives=config.loss.positives, local_weight=config.loss.local_weight,
       kind=config.loss.kind, hard_negative_weight=config.loss.hard_negative_weight,
-      lora_alpha=config.lora.alpha, ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
+      lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, seed=config.seed,
+      ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
       micro_batches=config.accum_freq, data_shards=mesh.shape[sharding.DATA])
 
   # -- checkpoint: resume from the newest intact save ---------------------------------------------
@@ -401,7 +405,7 @@ def run(config, workdir: str) -> dict:
     # The closing table (summary): the step-0 evaluation beside the kept model's, on every suite.
     tabling = config.eval.reports and config.eval.every_steps > 0 and len(evaluators) > 1
     kept_step, kept_state, kept_dir = config.total_steps, state, "checkpoints"
-    exporting = config.export_openclip or config.lora.export_adapters
+    exporting = config.export_openclip or config.export_hf or config.lora.export_adapters
     best = ckpt.best_state(state) if reporting or exporting or tabling else None
     if best is not None and best[0] != config.total_steps:
       kept_step, kept_state, kept_dir = best[0], best[1], "best"
@@ -423,6 +427,9 @@ def run(config, workdir: str) -> dict:
     if config.export_openclip and jax.process_index() == 0:
       factory.export_openclip(jax.device_get(kept_params), model.config, config.export_openclip)
       logging.info("exported OpenCLIP weights (step %d) to %s", kept_step, config.export_openclip)
+    if config.export_hf and jax.process_index() == 0:
+      hf_export.write(jax.device_get(kept_params), model.config, config.export_hf, tokenizer)
+      logging.info("exported a Hugging Face folder (step %d) to %s", kept_step, config.export_hf)
     if config.lora.export_adapters and jax.process_index() == 0:
       _write_adapters(config.lora.export_adapters, kept_state.params,
                       kept_state.ema if config.ema.decay > 0 and config.ema.use
