@@ -441,6 +441,17 @@ def test_export_hf_that_cannot_be_written_is_refused_before_training(train_sourc
           destination.exists() == (what == "folder"))
 
 
+@pytest.mark.parametrize("field", ["export_openclip", "lora.export_adapters"])
+def test_an_existing_state_dict_export_is_refused_before_training(train_source, tmp_path, field):
+  destination = tmp_path / "mine.safetensors"
+  destination.write_text("mine")
+  with pytest.raises(FileExistsError, match="exists; remove it or choose another name"):
+    trainer.run(hnhp.get_config(train_args(train_source, **{
+        field: str(destination), "lora.image_rank": 4})), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # before any work
+  assert destination.read_text() == "mine"
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arg, message", [

@@ -225,10 +225,7 @@ def _optimizer(config, params):
 
 def _write_adapters(path: str, params, adapters, model_cfg) -> None:
   """The base weights and unmerged adapters in TSVLC's layout, written aside and renamed."""
-  suffix = os.path.splitext(path)[1]
-  partial = checkpoint_files.write_state_dict(
-      lora_lib.tsvlc_state_dict(params, adapters, model_cfg), path + ".partial" + suffix)
-  os.replace(partial, path)
+  checkpoint_files.write_state_dict(lora_lib.tsvlc_state_dict(params, adapters, model_cfg), path)
 
 
 class _Preemption:
@@ -256,8 +253,9 @@ def run(config, workdir: str) -> dict:
   sharding.initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
                                   dist.process_id if dist.coordinator_address else None)
   run_config.check_values(config, len(jax.devices()), jax.process_count())
-  if config.export_openclip:  # before any work: never replaces a file (the starting one included)
-    checkpoint_files.check_destination(config.export_openclip, checkpoint_files.STATE_DICT_SUFFIXES)
+  for export in (config.export_openclip, config.lora.export_adapters):
+    if export:  # before any work: never replaces a file (the starting one included)
+      checkpoint_files.check_destination(export, checkpoint_files.STATE_DICT_SUFFIXES)
   if config.export_hf:  # the same, and an architecture the HF writer can express
     hf_export.check(config.export_hf, model_config(config.model.name, config.loss.kind))
   mesh = sharding.make_mesh(config.mesh.model_parallel,
