@@ -14,6 +14,7 @@ LLM: a Llama of --llm_size with random weights and no end token (every row makes
 warm-up) excluded; captions/s counts the four templates' prompts per caption.
 """
 
+import functools
 import json
 import multiprocessing
 import os
@@ -111,7 +112,7 @@ def bench_llm() -> None:
                          ("PyTorch transformers", llm_torch.TransformersSampler)):
         sampler = make(c)
         made = sum(map(len, sampler.sample(prompts)))  # compiles / warms up
-        seconds = _median_time(lambda: sampler.sample(prompts))
+        seconds = _median_time(functools.partial(sampler.sample, prompts))
         rows.append((name, batch_size, made / seconds, batch_size / seconds / _TEMPLATES))
         del sampler
   print(f"\nLLM samplers: Llama {_LLM_SIZE.value} (random weights, {_LLM_DTYPE.value}), "
