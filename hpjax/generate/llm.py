@@ -21,7 +21,6 @@ from typing import Protocol, Sequence
 from absl import logging
 import ml_collections
 import tokenizers
-import transformers
 
 from hpjax import tokenizer as text_tokenizer
 from hpjax.generate import llm_batches, parse, prompts, rules
@@ -57,6 +56,7 @@ class Prompter:
     self.tokenizer = load_tokenizer(model_dir)
     self._chat = None
     if chat_template != "none":
+      import transformers  # pylint: disable=g-import-not-at-top (the rules backend needs none)
       self._chat = transformers.PreTrainedTokenizerFast.from_pretrained(model_dir)
       if self._chat.chat_template is None:
         if chat_template == "tokenizer":
