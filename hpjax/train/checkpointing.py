@@ -189,18 +189,19 @@ class Checkpointer:
                      f"metrics {sorted(metrics)}")
     self.best.save(step, args=self._args(state, iterator), metrics=dict(metrics), force=True)
 
-  def best_state(self, state):
-    """(step, state) of the kept-best save (`state` gives the structure), or None without one."""
+  def best_step(self) -> int | None:
+    """The step of the kept-best save, or None without one."""
     if self.best is None:
       return None
     self.best.wait_until_finished()
-    step = self.best.best_step()
-    if step is None:
-      return None
+    return self.best.best_step()
+
+  def best_state(self, step: int, state):
+    """The kept-best save of `step` (`best_step`); `state` gives the structure."""
     with errors.library_logs_quieted(ocp):
       restored = self.best.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_like(state))))
-    return step, restored.state
+    return restored.state
 
   def wait(self) -> None:
     """Blocks until pending async saves are committed."""

@@ -404,9 +404,11 @@ def run(config, workdir: str) -> dict:
     tabling = config.eval.reports and config.eval.every_steps > 0 and len(evaluators) > 1
     kept_step, kept_state, kept_dir = config.total_steps, state, "checkpoints"
     exporting = config.export_openclip or config.export_hf or config.lora.export_adapters
-    best = ckpt.best_state(state) if reporting or exporting or tabling else None
-    if best is not None and best[0] != config.total_steps:
-      kept_step, kept_state, kept_dir = best[0], best[1], "best"
+    best = ckpt.best_step() if reporting or exporting or tabling else None
+    if best is not None and best != config.total_steps:
+      kept_step, kept_dir = best, "best"
+      if reporting or exporting:  # (the closing table needs only the kept step's number)
+        kept_state = ckpt.best_state(best, state)
     kept_params = weights(kept_state)
     if kept_dir == "best":
       logging.info("keeping step %d, the best by %s", kept_step, config.checkpoint.best_metric)
