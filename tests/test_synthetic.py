@@ -10,7 +10,6 @@ from PIL import Image
 from hpjax.data import suites
 from hpjax.data import synthetic
 from hpjax.data import records as records_lib
-from hpjax.data import synthetic_probes
 from hpjax.data import synthetic_world as sw
 from hpjax.data.synthetic_render import BACKGROUND_RGB, COLOUR_RGB, render
 from hpjax.evaluate import benchmarks
@@ -225,7 +224,7 @@ def test_the_routes_differ_only_in_hard_texts_and_edits_replays_the_edit_generat
   assert _files(world.eval_root) == _files(edits_world.eval_root)
   assert not os.path.exists(edits_world.hard_texts_counts)
   heldout = frozenset(synthetic.DEFAULT_HELDOUT)
-  combos = [c for c in synthetic_probes.classes() if c not in heldout]
+  combos = [c for c in sw.combos() if c not in heldout]
   for i in (0, 1, 100):  # each record is the edit generator's on the image's own stream
     rng = sw.scene_rng(3, "train", i)
     scene = sw.sample_scene(rng, combos, sw.object_count(rng, SMALL["three_object_frac"]))

@@ -235,7 +235,7 @@ def _write_train(root, params, heldout) -> None:
   """train.jsonl, pretrain.jsonl, the training scenes and, by the rule route, hard_texts.json:
   the rule route's hard texts need every finetuning caption first (their words), hence the
   records are written after all images."""
-  combos = [c for c in itertools.product(sw.COLOURS, sw.SHAPES) if c not in heldout]
+  combos = [c for c in sw.combos() if c not in heldout]
   plain = params["caption_words"] == "plain"
   by_rules = params["hard_texts"] == "rules"
   records, scenes_drawn = [], []
@@ -271,7 +271,7 @@ def _write_train(root, params, heldout) -> None:
 
 
 def _write_eval(root, params, heldout) -> None:
-  combos = list(itertools.product(sw.COLOURS, sw.SHAPES))
+  combos = sw.combos()
   plain = params["caption_words"] == "plain"
   everything = {name: ([], []) for name in SUITE_NAMES}  # name -> (data/, swapped_data/)
   unseen = {name: ([], []) for name in SUITE_NAMES}
@@ -310,7 +310,7 @@ def _write_eval(root, params, heldout) -> None:
 
 def _write_probes(root, params, heldout) -> None:
   """The zero-shot probe and the retrieval split (hpjax.data.synthetic_probes)."""
-  seen = [c for c in synthetic_probes.classes() if c not in heldout]
+  seen = [c for c in sw.combos() if c not in heldout]
   with open(os.path.join(root, "scenes.jsonl"), "a") as scenes:
     synthetic_probes.write_zeroshot(root, params["seed"], params["num_probe"],
                                     params["image_size"], scenes)
@@ -391,7 +391,7 @@ def write_world(out_dir: str, *, seed: int = 0, num_train: int = 10000, num_eval
     raise ValueError(f"num_train={num_train}, num_eval={num_eval}, web_captions={web_captions}, "
                      f"num_retrieval={num_retrieval} must be >= 1 and image_size={image_size} "
                      ">= 8")
-  num_classes = len(synthetic_probes.classes())
+  num_classes = len(sw.combos())
   if num_probe < num_classes:
     raise ValueError(f"num_probe={num_probe}: the zero-shot probe needs at least one image of "
                      f"each of its {num_classes} classes")

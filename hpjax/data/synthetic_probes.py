@@ -11,7 +11,6 @@ path is relative to the world's folder.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 
@@ -27,15 +26,10 @@ CAPTIONS_PER_IMAGE = 5
 _MAX_TRIES = 100
 
 
-def classes() -> list[tuple[str, str]]:
-  """Every (colour, shape) combination, in a fixed order: the probe's labels are positions."""
-  return list(itertools.product(sw.COLOURS, sw.SHAPES))
-
-
 def write_zeroshot(root: str, seed: int, num_images: int, image_size: int, scenes) -> None:
-  """`num_images` one-object images, class `i % len(classes())` for image i (balanced), at a
+  """`num_images` one-object images, class `i % len(sw.combos())` for image i (balanced), at a
   random cell and size; their scenes appended to the open `scenes` file."""
-  combos = classes()
+  combos = sw.combos()
   with open(os.path.join(root, ZEROSHOT_CLASSES), "w") as f:
     json.dump({"classnames": [f"{colour} {shape}" for colour, shape in combos],
                "templates": list(TEMPLATES)}, f, indent=0)

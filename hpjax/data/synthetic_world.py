@@ -49,6 +49,12 @@ GRID_CENTRES = (0.25, 0.75)
 JITTER = 0.04
 RELATION_MARGIN = 0.2
 
+def combos() -> list[tuple[str, str]]:
+  """Every (colour, shape) combination, in a fixed order (the zero-shot probe's labels are
+  positions in it)."""
+  return list(itertools.product(COLOURS, SHAPES))
+
+
 _COLOUR_OF = {w: c for c, words in COLOURS.items() for w in words}
 _SIZE_OF = {w: c for c, words in SIZES.items() for w in words}
 _RELATION_OF = {w: c for c, words in RELATIONS.items() for w in words}
