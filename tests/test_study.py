@@ -44,10 +44,10 @@ def test_variant_arguments_put_the_study_config_after_the_variants_own(tmp_path)
           {"step": 20, retrieval.MEAN_RECALL_AT_1: 30.0, "swap/original": 2.0}]
   path = tmp_path / "metrics.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert [r["step"] for r in study.evaluations(str(path))] == [0, 20]
+  assert [r["step"] for r in study.evaluations(str(tmp_path))] == [0, 20]
   path.write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
   with pytest.raises(ValueError, match="metrics.jsonl: no evaluation rows"):
-    study.evaluations(str(path))
+    study.evaluations(str(tmp_path))
 
 
 def test_variant_comparison_names_a_results_file_without_figures(tmp_path):

@@ -147,9 +147,9 @@ def main(argv=None) -> None:
       figures[(variant, seed)] = run_one(variant, seed, config_args, run_dir, world, cache_dir)
       models[(variant, seed)] = os.path.join(run_dir, "best")
   stage = pretrain.stage_dir(config, args.workdir, world)
-  stage_metrics = os.path.join(stage, "run", "metrics.jsonl")
-  figures[(study.PRETRAINED, 0)] = study.suite_metrics(study.evaluations(stage_metrics)[-1],
-                                                 stage_metrics)
+  stage_run = os.path.join(stage, "run")
+  figures[(study.PRETRAINED, 0)] = study.suite_metrics(study.evaluations(stage_run)[-1],
+                                                 os.path.join(stage_run, "metrics.jsonl"))
   models[(study.PRETRAINED, 0)] = os.path.join(stage, pretrain.PARAMS)
   if args.heldout:
     links = {key: _link(path, os.path.join(args.workdir, "heldout_models", (

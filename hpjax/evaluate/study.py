@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats
 
 from hpjax import zoo
+from hpjax.train import metrics_log
 from hpjax.train import retrieval
 
 # variant -> its registry row: the four variants and the hard-negative ablation.
@@ -46,13 +47,12 @@ def paper_figure(variant: str, suite: str, metric: str) -> float | None:
   return zoo.PAPER_FIGURES.get(_ROWS.get(variant, ""), {}).get(f"{suite}/{metric}")
 
 
-def evaluations(path: str) -> list[dict]:
-  """The evaluation rows (those with the retrieval figure) of a metrics.jsonl."""
+def evaluations(workdir: str) -> list[dict]:
+  """The evaluation rows of a run's metrics.jsonl (`metrics_log.evaluations`)."""
+  path = os.path.join(workdir, metrics_log.FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no metrics file {path}: the run did not start")
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  out = [r for r in rows if retrieval.MEAN_RECALL_AT_1 in r]
+  out = metrics_log.evaluations(workdir)
   if not out:
     raise ValueError(f"{path}: no evaluation rows (with {retrieval.MEAN_RECALL_AT_1!r})")
   return out

@@ -10,6 +10,7 @@ import jax
 from absl import logging
 
 from hpjax.data import records
+from hpjax.train import retrieval
 
 FILE = "metrics.jsonl"
 
@@ -22,6 +23,12 @@ def read(workdir: str) -> list[dict]:
     return []
   with open(path, encoding="utf-8") as f:
     return [row for _, row in records.json_lines(path, f)]
+
+
+def evaluations(workdir: str) -> list[dict]:
+  """The evaluation rows of WORKDIR/metrics.jsonl: those holding the held-out retrieval figure,
+  which every evaluation logs and a training row does not."""
+  return [row for row in read(workdir) if retrieval.MEAN_RECALL_AT_1 in row]
 
 
 class MetricsLog:

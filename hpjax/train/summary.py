@@ -15,15 +15,14 @@ from absl import logging
 from hpjax.evaluate import reports
 from hpjax.evaluate import runner
 from hpjax.train import metrics_log
-from hpjax.train import retrieval
 
 PRETRAINED, FINETUNED = "pretrained", "finetuned"
 
 
 def evaluation(rows: list[dict], step: int) -> dict[str, float] | None:
-  """The figures of the newest evaluation logged at `step` (an evaluation's row always holds
-  the held-out retrieval figure; a training row does not), or None."""
-  found = [r for r in rows if r.get("step") == step and retrieval.MEAN_RECALL_AT_1 in r]
+  """The figures of the newest of the evaluation `rows` (`metrics_log.evaluations`) logged at
+  `step`, or None."""
+  found = [r for r in rows if r.get("step") == step]
   return {k: v for k, v in found[-1].items() if k != "step"} if found else None
 
 
@@ -35,7 +34,7 @@ def write_table(workdir: str, directory: str, model_name: str, kept_step: int,
   in the log and left out; ("", {}) when both are, or when the log cannot be read (the run's
   checkpoints and other reports stand: its end is not failed for its summary)."""
   try:
-    rows = metrics_log.read(workdir)
+    rows = metrics_log.evaluations(workdir)
   except ValueError as e:  # e.g. a line torn by a crash
     logging.warning("no closing table: %s", e)
     return "", {}
