@@ -298,6 +298,16 @@ def test_a_second_run_on_a_folder_is_refused_and_a_dead_run_s_lock_is_taken_over
   assert not (tmp_path / run_lock.NAME).exists()  # released on close
 
 
+def test_a_run_that_fails_after_taking_its_folder_lets_the_next_run_in_the_process_take_it(
+    train_source, tmp_path):
+  """The trainer's lock is released however the run ends (here: a training file that is not
+  there, found after the checkpoints are held), so a rerun in the same process is not refused."""
+  with pytest.raises(FileNotFoundError):
+    trainer.run(hnhp.get_config(train_args(str(tmp_path / "missing.jsonl"))), str(tmp_path))
+  assert not (tmp_path / run_lock.NAME).exists()
+  checkpointing.Checkpointer(str(tmp_path), every_steps=2, keep=5, async_save=False).close()
+
+
 def test_the_trainer_is_refused_in_one_line_while_another_run_holds_the_workdir(train_source,
                                                                               tmp_path):
   holder = _holder(tmp_path)

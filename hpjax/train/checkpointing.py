@@ -96,14 +96,20 @@ class Checkpointer:
     self.lock = _hold(workdir)
     self.every_steps = every_steps
     self.best_metric = best_metric
-    for folder in ("checkpoints", "best"):
-      _remove_unfinished(absolute_path(os.path.join(workdir, folder)))
-    with errors.library_logs_quieted(ocp):  # (a manager reads every save's metadata)
-      self.last = _manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep,
-                           async_save=async_save)
-      self.best = (_manager(os.path.join(workdir, "best"), max_to_keep=1, async_save=async_save,
-                            best_metric=best_metric, best_mode=best_mode)
-                   if best_metric else None)
+    try:
+      for folder in ("checkpoints", "best"):
+        _remove_unfinished(absolute_path(os.path.join(workdir, folder)))
+      with errors.library_logs_quieted(ocp):  # (a manager reads every save's metadata)
+        self.last = _manager(os.path.join(workdir, "checkpoints"), max_to_keep=keep,
+                             async_save=async_save)
+        self.best = (_manager(os.path.join(workdir, "best"), max_to_keep=1,
+                              async_save=async_save, best_metric=best_metric,
+                              best_mode=best_mode)
+                     if best_metric else None)
+    except BaseException:
+      if self.lock is not None:
+        self.lock.release()
+      raise
 
   def steps(self) -> list[int]:
     """Every saved step, intact or not (a workdir with any belongs to a run)."""

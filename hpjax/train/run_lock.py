@@ -21,7 +21,6 @@ from absl import logging
 from hpjax import leftovers
 
 NAME = "hpjax-run.lock"
-_HELD: dict[str, "RunLock"] = {}  # this process's locks by path: a later run here takes over
 
 
 class FolderHeldError(ValueError):
@@ -39,12 +38,7 @@ class RunLock:
                    folder)
       return
     os.makedirs(folder, exist_ok=True)
-    earlier = _HELD.get(os.path.realpath(self.path))
-    if earlier is not None and earlier._fd is not None:  # a run of this process that failed
-      self._fd, earlier._fd = earlier._fd, None  # before closing its checkpoints: ours now
-    else:
-      self._fd = self._take()
-    _HELD[os.path.realpath(self.path)] = self
+    self._fd = self._take()
 
   def _take(self) -> int:
     while True:
@@ -80,7 +74,6 @@ class RunLock:
     """Removes the file and drops the lock (again: nothing)."""
     if self._fd is None:
       return
-    _HELD.pop(os.path.realpath(self.path), None)
     os.remove(self.path)
     os.close(self._fd)
     self._fd = None

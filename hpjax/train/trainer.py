@@ -268,6 +268,15 @@ def run(config, workdir: str) -> dict:
       checkpoint_dir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
       async_save=config.checkpoint.async_save, best_metric=config.checkpoint.best_metric or None,
       best_mode=config.checkpoint.best_mode)
+  try:
+    return _train(config, workdir, mesh, checkpoint_dir, ckpt)
+  finally:
+    ckpt.close()  # (its run lock too, however the run ends)
+
+
+def _train(config, workdir: str, mesh, checkpoint_dir: str,
+           ckpt: checkpointing.Checkpointer) -> dict:
+  """The run once its checkpoint folder is held: input, model, loop, the kept model's reports."""
   resuming = bool(ckpt.steps())
   run_config.check_same_run(config, workdir, has_checkpoints=resuming)
 
@@ -278,12 +287,8 @@ def run(config, workdir: str) -> dict:
   pretrained = config.model.pretrained or None
   if pretrain.applies(config):  # a resume restores its own params: the stage is not needed
     stage_dir = pretrain.stage_dir(config, workdir, world)
-    try:
-      pretrained = (ensure_pretrained(config, stage_dir, world) if not resuming else
-                    pretrain.params_if_complete(stage_dir))
-    finally:
-      if not resuming and pretrained is None:
-        ckpt.close()  # (a crashed or preempted stage)
+    pretrained = (ensure_pretrained(config, stage_dir, world) if not resuming else
+                  pretrain.params_if_complete(stage_dir))
     if pretrained is None and not resuming:
       logging.warning("stopped during pretraining; rerun to resume it, then finetune")
       return {}
@@ -444,7 +449,6 @@ def run(config, workdir: str) -> dict:
       logging.info("reports: %s", ", ".join(sorted(written.values())))
   finally:
     preemption.restore()
-    ckpt.close()
     log.close()
 
   return eval_metrics
